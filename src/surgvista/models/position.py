@@ -1,0 +1,32 @@
+"""Fixed sin-cos position tables (spec pretrain §1.3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def sincos_1d(positions: np.ndarray, dim: int) -> np.ndarray:
+    """``[sin(p * w_k) | cos(p * w_k)]`` with ``w_k = 10000^(-k / (dim/2))``; shape ``(len(positions), dim)``."""
+    if dim % 2:
+        raise ValueError(f"sin-cos dimension must be even, got {dim}")
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    angles = np.outer(positions.astype(np.float64), omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def sincos_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    """SurgVISTA/MVD 3-D table ``(1, T*H*W, dim)`` in t-major token order.
+
+    Channels are ``[temporal (dim/4) | column w (3dim/8) | row h (3dim/8)]``: the reference's
+    ``meshgrid(w, h)`` makes the first spatial half encode the column index.
+    """
+    if dim % 16:
+        raise ValueError(f"3-D sin-cos position table needs a width divisible by 16, got {dim}")
+    t_size, h_size, w_size = grid
+    dim_t, dim_s = dim // 4, 3 * dim // 8
+    t, h, w = np.meshgrid(np.arange(t_size), np.arange(h_size), np.arange(w_size), indexing="ij")
+    table = np.concatenate(
+        [sincos_1d(t.ravel(), dim_t), sincos_1d(w.ravel(), dim_s), sincos_1d(h.ravel(), dim_s)], axis=1
+    )
+    return torch.from_numpy(table.astype(np.float32))[None]

@@ -1,0 +1,158 @@
+"""SurgVISTA video student: masked ViT encoder plus image-distillation and pixel decoders (spec pretrain §1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from surgvista.models.position import sincos_3d
+from surgvista.models.vit import Block, TubeletEmbed, init_weights, run_blocks
+
+# name: (embed_dim, depth, heads, pixel-decoder dim, pixel-decoder heads, image-decoder dim, image-decoder heads)
+STUDENT_PRESETS: dict[str, tuple[int, int, int, int, int, int, int]] = {
+    "tiny": (192, 4, 3, 96, 3, 96, 3),
+    "small": (384, 12, 6, 384, 6, 384, 6),
+    "base": (768, 12, 12, 384, 6, 384, 6),
+    "large": (1024, 24, 16, 512, 8, 384, 6),
+    "huge": (1280, 32, 16, 640, 8, 384, 6),
+}
+
+
+class Decoder(nn.Module):
+    """Light decoder: blocks, then norm and head on the trailing ``return_token_num`` (mask) tokens."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, out_dim: int, drop_path: float, ln_eps: float):
+        super().__init__()
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.blocks = nn.ModuleList(Block(dim, num_heads, 4.0, r, ln_eps) for r in rates)
+        self.norm = nn.LayerNorm(dim, eps=ln_eps)
+        self.head = nn.Linear(dim, out_dim)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, return_token_num: int) -> torch.Tensor:
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)
+        return self.head(self.norm(x[:, -return_token_num:]))
+
+
+class SurgVISTAStudent(nn.Module):
+    """Masked video student whose ``state_dict`` matches the official SurgVISTA checkpoints key for key.
+
+    ``forward(video, mask)`` takes ``video (B,3,T,H,W)`` and a bool ``mask (B, N)`` (True = masked, the same
+    count per sample) and returns ``(image_pred, pixel_pred)``, each ``(B, N_masked, ·)`` in ascending token
+    order, or ``None`` for a decoder that is switched off (``image_decoder=False`` gives VideoMAE).
+    """
+
+    def __init__(
+        self,
+        preset: str = "base",
+        img_size: int = 224,
+        num_frames: int = 16,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        ln_eps: float = 1e-6,
+        image_decoder: bool = True,
+        image_decoder_dim: int | None = None,
+        image_decoder_depth: int = 2,
+        image_decoder_heads: int | None = None,
+        teacher_dim: int = 1024,
+        pixel_decoder: bool = True,
+        pixel_decoder_dim: int | None = None,
+        pixel_decoder_depth: int = 4,
+        pixel_decoder_heads: int | None = None,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if preset not in STUDENT_PRESETS:
+            raise ValueError(f"unknown student preset {preset!r}; expected one of {sorted(STUDENT_PRESETS)}")
+        if not (image_decoder or pixel_decoder):
+            raise ValueError("at least one of image_decoder / pixel_decoder must be enabled")
+        p_dim, p_depth, p_heads, pix_dim, pix_heads, img_dim, img_heads = STUDENT_PRESETS[preset]
+        dim = embed_dim or p_dim
+        depth = depth or p_depth
+        self.embed_dim, self.num_frames, self.img_size = dim, num_frames, img_size
+        self.tubelet_size, self.patch_size = tubelet_size, patch_size
+        self.grad_checkpointing = grad_checkpointing
+
+        grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
+        self.pos_embed = nn.Parameter(sincos_3d(dim, grid), requires_grad=False)
+        self.pixel_dim = tubelet_size * patch_size * patch_size * 3
+        if image_decoder:
+            img_dim = image_decoder_dim or img_dim
+            self.mask_token_img = nn.Parameter(torch.zeros(1, 1, img_dim))
+            self.pos_embed_img = nn.Parameter(sincos_3d(img_dim, grid), requires_grad=False)
+        if pixel_decoder:
+            pix_dim = pixel_decoder_dim or pix_dim
+            self.mask_token_vid = nn.Parameter(torch.zeros(1, 1, pix_dim))
+            self.pos_embed_vid = nn.Parameter(sincos_3d(pix_dim, grid), requires_grad=False)
+
+        self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, num_frames, dim)
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(Block(dim, num_heads or p_heads, mlp_ratio, r, ln_eps) for r in rates)
+        self.norm = nn.LayerNorm(dim, eps=ln_eps)
+        self.decoder_img = self.decoder_vid = None
+        if image_decoder:
+            self.down_img = nn.Linear(dim, img_dim)
+            self.decoder_img = Decoder(
+                img_dim, image_decoder_depth, image_decoder_heads or img_heads, teacher_dim, drop_path_rate, ln_eps
+            )
+        if pixel_decoder:
+            self.down_vid = nn.Linear(dim, pix_dim)
+            self.decoder_vid = Decoder(
+                pix_dim, pixel_decoder_depth, pixel_decoder_heads or pix_heads, self.pixel_dim,
+                drop_path_rate, ln_eps,
+            )
+        self.reset_parameters()
+        self.set_grad_checkpointing(grad_checkpointing)
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """``(T', H', W')`` token grid of the encoder."""
+        return self.patch_embed.grid
+
+    def reset_parameters(self) -> None:
+        """Initialise as the reference: Xavier Linear, unit LN, ±1σ-truncated mask tokens, default Conv3d."""
+        self.apply(init_weights)
+        for name in ("mask_token_img", "mask_token_vid"):
+            if hasattr(self, name):
+                nn.init.trunc_normal_(getattr(self, name), std=0.02, a=-0.02, b=0.02)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Per-block activation checkpointing in the encoder and both decoders."""
+        self.grad_checkpointing = enable
+        for dec in (self.decoder_img, self.decoder_vid):
+            if dec is not None:
+                dec.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        """Names excluded from weight decay by exact match (the reference's set; mask tokens still decay)."""
+        return {"pos_embed", "cls_token", "mask_token"}
+
+    def forward_encoder(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Encode the visible tokens: ``(B, N_visible, D)`` after the final norm."""
+        x = self.patch_embed(video) + self.pos_embed.type_as(video)
+        b, _, d = x.shape
+        x = x[~mask].reshape(b, -1, d)
+        return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
+
+    def _decode(self, latent, mask, down, decoder, pos_embed, mask_token) -> torch.Tensor:
+        b = latent.shape[0]
+        x_vis = down(latent)
+        d = x_vis.shape[-1]
+        pe = pos_embed.expand(b, -1, -1).type_as(x_vis)
+        pe_vis, pe_mask = pe[~mask].reshape(b, -1, d), pe[mask].reshape(b, -1, d)
+        x = torch.cat([x_vis + pe_vis, mask_token.type_as(x_vis) + pe_mask], dim=1)
+        return decoder(x, pe_mask.shape[1])
+
+    def forward(self, video: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        latent = self.forward_encoder(video, mask)
+        img = vid = None
+        if self.decoder_img is not None:
+            img = self._decode(latent, mask, self.down_img, self.decoder_img, self.pos_embed_img, self.mask_token_img)
+        if self.decoder_vid is not None:
+            vid = self._decode(latent, mask, self.down_vid, self.decoder_vid, self.pos_embed_vid, self.mask_token_vid)
+        return img, vid

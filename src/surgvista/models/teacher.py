@@ -1,0 +1,153 @@
+"""Frozen image-level surgical expert (EndoSSL ViT-L/16) built on timm (spec pretrain §2)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# name: (embed_dim, depth, heads)
+TEACHER_PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (192, 2, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
+
+
+class TeacherCheckpointError(ValueError):
+    """A teacher checkpoint whose keys do not match the EndoSSL/SurgVISTA layout."""
+
+
+def endossl_to_timm(state: Mapping[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """Map the EndoSSL layout (separate ``attn.q/k/v``) to timm's fused ``attn.qkv``."""
+    out = dict(state)
+    for i in range(depth):
+        pre = f"blocks.{i}.attn."
+        for kind in ("weight", "bias"):
+            parts = [f"{pre}{n}.{kind}" for n in "qkv"]
+            if all(p in out for p in parts):
+                out[f"{pre}qkv.{kind}"] = torch.cat([out.pop(p) for p in parts])
+    return out
+
+
+def timm_to_endossl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`endossl_to_timm`: split every fused ``attn.qkv`` into ``attn.q/k/v``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith(".attn.qkv.weight"):
+            pre = key.removesuffix("qkv.weight")
+            bias = state[f"{pre}qkv.bias"].chunk(3)
+            for name, w, b in zip("qkv", value.chunk(3), bias):
+                out[f"{pre}{name}.weight"], out[f"{pre}{name}.bias"] = w, b
+        elif not key.endswith(".attn.qkv.bias"):
+            out[key] = value
+    return out
+
+
+def unwrap_teacher_checkpoint(obj: object, source: str) -> dict[str, torch.Tensor]:
+    """Take ``['model']`` / ``['module']`` if present, drop ``head.*``, strip a ``backbone.`` prefix."""
+    if not isinstance(obj, Mapping):
+        raise TeacherCheckpointError(f"{source}: expected a state dict, got {type(obj).__name__}")
+    for wrapper in ("model", "module"):
+        if isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    state = {k.removeprefix("backbone."): v for k, v in obj.items()}
+    return {k: v for k, v in state.items() if not k.startswith("head.")}
+
+
+class ImageTeacher(nn.Module):
+    """Frozen ViT image expert giving the distillation targets of a video clip.
+
+    Output: the last block's patch tokens before the final norm (CLS dropped) of every ``frame_stride``-th
+    frame, ``(B, T/frame_stride · H'·W', D)`` in the student's t-major token order. The module is hidden from
+    parent ``state_dict``s (never saved in Lightning checkpoints) and always stays in eval mode.
+    """
+
+    def __init__(
+        self,
+        preset: str = "large",
+        img_size: int = 224,
+        patch_size: int = 16,
+        ckpt: str | None = None,
+        frame_stride: int = 2,
+        norm_targets: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if preset not in TEACHER_PRESETS:
+            raise ValueError(f"unknown teacher preset {preset!r}; expected one of {sorted(TEACHER_PRESETS)}")
+        dim, depth, heads = TEACHER_PRESETS[preset]
+        self.depth, self.embed_dim, self.frame_stride, self.norm_targets = depth, dim, frame_stride, norm_targets
+        self.tokens_per_frame = (img_size // patch_size) ** 2
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.vit = VisionTransformer(
+                img_size=img_size, patch_size=patch_size, embed_dim=dim, depth=depth, num_heads=heads,
+                mlp_ratio=4.0, qkv_bias=True, class_token=True, no_embed_class=True, num_classes=0,
+                global_pool="token", norm_layer=nn.LayerNorm, act_layer=nn.GELU,
+            )
+        if ckpt:
+            self.load_checkpoint(ckpt)
+        else:
+            log.warning(
+                "!!! NO TEACHER CHECKPOINT CONFIGURED: distilling from a RANDOM %s teacher (seed %d). "
+                "Set model.teacher.ckpt=/path/to/teacher.pth for real pre-training. !!!", preset, seed,
+            )
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> ImageTeacher:
+        """The teacher is frozen: it ignores requests to enter train mode."""
+        return super().train(False)
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):  # noqa: D102
+        # Invisible to checkpoints: contributes nothing when a parent collects its state.
+        return destination if destination is not None else {}
+
+    def endossl_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights in the EndoSSL/SurgVISTA teacher layout (``keys_teacher_large.txt``)."""
+        return timm_to_endossl(self.vit.state_dict())
+
+    def load_endossl_state_dict(self, state: Mapping[str, torch.Tensor], source: str = "<state dict>") -> None:
+        """Strictly load EndoSSL-layout weights: any missing or unexpected key is an error listing them."""
+        state = unwrap_teacher_checkpoint(state, source)
+        expected = {k: v.shape for k, v in self.endossl_state_dict().items()}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))
+        if missing or unexpected or wrong:
+            lines = [f"teacher checkpoint {source} does not match the EndoSSL ViT layout:"]
+            lines += [f"  missing key: {k}" for k in missing]
+            lines += [f"  unexpected key: {k}" for k in unexpected]
+            lines += [f"  wrong shape: {k} {tuple(state[k].shape)}, expected {tuple(expected[k])}" for k in wrong]
+            raise TeacherCheckpointError("\n".join(lines))
+        self.vit.load_state_dict(endossl_to_timm(state, self.depth), strict=True)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load a teacher ``.pth`` (EndoSSL/SurgVISTA layout) with ``weights_only=True``."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher checkpoint not found: {path}")
+        self.load_endossl_state_dict(torch.load(path, map_location="cpu", weights_only=True), str(path))
+        log.info("Loaded teacher weights from %s", path)
+
+    @torch.no_grad()
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        frames = video[:, :, :: self.frame_stride]
+        b, c, t, h, w = frames.shape
+        frames = frames.transpose(1, 2).reshape(b * t, c, h, w)
+        feats = self.vit.forward_intermediates(
+            frames, indices=1, norm=False, output_fmt="NLC", intermediates_only=True
+        )[-1]
+        if self.norm_targets:
+            feats = F.layer_norm(feats, (feats.shape[-1],), eps=1e-6)
+        return feats.reshape(b, t * feats.shape[1], feats.shape[2])

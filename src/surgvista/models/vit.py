@@ -1,0 +1,96 @@
+"""Transformer pieces shared by the student encoder and decoders (spec pretrain §1.2, §1.4)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` weight and separate ``q_bias``/``v_bias`` (no k bias)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+        qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + DropPath(attn(norm1(x)))`` then ``x + DropPath(mlp(norm2(x)))``."""
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, ln_eps: float = 1e-6
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=ln_eps)
+        self.attn = Attention(dim, num_heads)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=ln_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+    """Apply ``blocks`` in order, optionally with per-block activation checkpointing."""
+    for blk in blocks:
+        if grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(blk, x, use_reentrant=False)
+        else:
+            x = blk(x)
+    return x
+
+
+class TubeletEmbed(nn.Module):
+    """Conv3d tubelet embedding: ``(B,3,T,H,W)`` → ``(B, T'·H'·W', D)`` in t-major, row, column order."""
+
+    def __init__(self, img_size: int, patch_size: int, tubelet_size: int, num_frames: int, dim: int) -> None:
+        super().__init__()
+        if img_size % patch_size or num_frames % tubelet_size:
+            raise ValueError(
+                f"img_size {img_size} must be a multiple of patch_size {patch_size} and num_frames "
+                f"{num_frames} a multiple of tubelet_size {tubelet_size}"
+            )
+        self.patch_size = (patch_size, patch_size)
+        self.tubelet_size = tubelet_size
+        self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
+        kernel = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(3, dim, kernel_size=kernel, stride=kernel)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        expected = (self.grid[0] * self.tubelet_size, self.grid[1] * self.patch_size[0])
+        if video.ndim != 5 or video.shape[2] != expected[0] or video.shape[3:] != (expected[1], expected[1]):
+            raise ValueError(
+                f"expected video (B, 3, {expected[0]}, {expected[1]}, {expected[1]}), got {tuple(video.shape)}"
+            )
+        return self.proj(video).flatten(2).transpose(1, 2)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Xavier-uniform Linear weights, zero biases, unit LayerNorms (spec pretrain §1.7)."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

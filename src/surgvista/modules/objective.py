@@ -1,0 +1,90 @@
+"""The whole SurgVISTA pre-training objective (spec pretrain §4).
+
+``loss = pixel_weight · MSE(pixel_pred, normalised_pixels[mask]) + distill_weight · D(image_pred, teacher[mask])``
+
+* Pixel targets: the clip is un-normalised to [0, 1], cut into ``tubelet × patch × patch`` tubes laid out
+  ``(p0 p1 p2 c)`` with channel fastest, and normalised per patch and per channel over its pixels
+  (unbiased std, ``eps`` added to the std). Computed in fp32 whatever the autocast.
+* Distillation: SmoothL1 (β = 1, default), L1 or L2 between the image decoder and the frozen teacher's
+  patch features, masked tokens only.
+* VideoMAE = ``distill_weight=0`` with no image decoder; image-distillation only = ``pixel_weight=0``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+
+DISTILL_LOSSES = {"smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss, "l2": F.mse_loss}
+
+
+def pixel_targets(
+    video: torch.Tensor,
+    tubelet_size: int,
+    patch_size: int,
+    normalize: bool = True,
+    eps: float = 1e-6,
+    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
+    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
+) -> torch.Tensor:
+    """Per-token pixel targets ``(B, N, tubelet·patch·patch·3)`` from a normalised clip ``(B,3,T,H,W)``."""
+    with torch.autocast(video.device.type, enabled=False):
+        shape = (1, 3, 1, 1, 1)
+        x = video.float() * torch.tensor(std, device=video.device).view(shape)
+        x = x + torch.tensor(mean, device=video.device).view(shape)
+        b, c, t, h, w = x.shape
+        p0, p = tubelet_size, patch_size
+        x = x.reshape(b, c, t // p0, p0, h // p, p, w // p, p)
+        x = x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, -1, p0 * p * p, c)
+        if normalize:
+            x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + eps)
+        return x.flatten(2)
+
+
+class SurgVISTALoss(nn.Module):
+    """Weighted pixel-reconstruction plus feature-distillation loss on masked tokens."""
+
+    def __init__(
+        self,
+        pixel_weight: float = 1.0,
+        distill_weight: float = 0.05,
+        distill_loss: str = "smooth_l1",
+        normalize_pixels: bool = True,
+        pixel_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if distill_loss not in DISTILL_LOSSES:
+            raise ValueError(f"unknown distill_loss {distill_loss!r}; expected one of {sorted(DISTILL_LOSSES)}")
+        self.pixel_weight, self.distill_weight = pixel_weight, distill_weight
+        self.distill_fn = DISTILL_LOSSES[distill_loss]
+        self.normalize_pixels, self.pixel_eps = normalize_pixels, pixel_eps
+
+    def forward(
+        self,
+        video: torch.Tensor,
+        mask: torch.Tensor,
+        pixel_pred: torch.Tensor | None,
+        image_pred: torch.Tensor | None,
+        teacher_feats: torch.Tensor | None,
+        tubelet_size: int,
+        patch_size: int,
+    ) -> dict[str, torch.Tensor]:
+        """Return ``loss`` (weighted sum) and the unweighted ``loss_pixel`` / ``loss_distill`` terms."""
+        b = video.shape[0]
+        zero = video.new_zeros((), dtype=torch.float32)
+        out = {"loss": zero, "loss_pixel": zero, "loss_distill": zero}
+        if pixel_pred is not None:
+            with torch.no_grad():
+                target = pixel_targets(video, tubelet_size, patch_size, self.normalize_pixels, self.pixel_eps)
+                target = target[mask].reshape(b, -1, target.shape[-1])
+            out["loss_pixel"] = F.mse_loss(pixel_pred.float(), target)
+            out["loss"] = out["loss"] + self.pixel_weight * out["loss_pixel"]
+        if image_pred is not None:
+            if teacher_feats is None:
+                raise ValueError("the student has an image decoder but no teacher features were given")
+            target = teacher_feats[mask].reshape(b, -1, teacher_feats.shape[-1]).float()
+            out["loss_distill"] = self.distill_fn(image_pred.float(), target)
+            out["loss"] = out["loss"] + self.distill_weight * out["loss_distill"]
+        return out

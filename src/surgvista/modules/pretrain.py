@@ -1,0 +1,169 @@
+"""``PretrainModule``: SurgVISTA masked video pre-training with image-expert distillation (spec pretrain §7)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from surgvista.models.masking import MaskGenerator
+from surgvista.models.student import SurgVISTAStudent
+from surgvista.models.teacher import ImageTeacher
+from surgvista.modules.objective import SurgVISTALoss
+from surgvista.modules.schedule import warmup_cosine
+from surgvista.utils.reconstruction import log_image, reconstruction_panel
+
+log = logging.getLogger(__name__)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Reference decay/no-decay split: 1-D tensors, ``*.bias`` and exact ``no_weight_decay()`` names skip decay.
+
+    Frozen parameters (the sin-cos tables) are left out. ``mask_token_img/vid`` do *not* match ``mask_token``
+    exactly and so are decayed, as in the reference (spec §7.4, quirk B9).
+    """
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim == 1 or name.endswith(".bias") or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class PretrainModule(L.LightningModule):
+    """Student + frozen teacher + masking + loss, AdamW with linear warm-up and cosine decay per step.
+
+    ``lr = base_lr × global_batch / lr_scale_batch`` with ``global_batch = batch_size × accumulate × world``.
+    """
+
+    def __init__(
+        self,
+        student: SurgVISTAStudent,
+        teacher: ImageTeacher | None,
+        loss: SurgVISTALoss,
+        masking: MaskGenerator,
+        batch_size: int,
+        base_lr: float = 1.5e-4,
+        min_lr: float = 1e-4,
+        warmup_epochs: float = 40,
+        weight_decay: float = 0.05,
+        betas: Sequence[float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        lr_scale_batch: int = 256,
+        recon_every_n_steps: int = 0,
+        recon_frames: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["student", "teacher", "loss", "masking"])
+        self.student, self.teacher, self.loss, self.masking = student, teacher, loss, masking
+        self._check_teacher()
+        # The teacher is never saved (ImageTeacher.state_dict is empty): do not ask checkpoints for it.
+        self.register_load_state_dict_post_hook(self._ignore_missing_teacher_keys)
+        self._mask_rng: torch.Generator | None = None
+
+    @staticmethod
+    def _ignore_missing_teacher_keys(module: nn.Module, keys) -> None:
+        keys.missing_keys[:] = [k for k in keys.missing_keys if not k.startswith("teacher.")]
+
+    def _check_teacher(self) -> None:
+        s = self.student
+        if s.decoder_img is None:
+            return
+        if self.teacher is None:
+            raise ValueError("student.image_decoder=true needs a teacher; set model.teacher or disable the decoder")
+        want = (s.token_grid[0] * s.token_grid[1] * s.token_grid[2], s.decoder_img.head.out_features)
+        frames = s.num_frames // self.teacher.frame_stride
+        have = (frames * self.teacher.tokens_per_frame, self.teacher.embed_dim)
+        if want != have:
+            raise ValueError(
+                f"teacher gives {have[0]} tokens of width {have[1]} but the student expects {want[0]} of width "
+                f"{want[1]}: match model.teacher (preset, img_size, patch_size, frame_stride) with "
+                "model.student (img_size, num_frames, tubelet_size, teacher_dim)"
+            )
+
+    # ----------------------------------------------------------------------------------------- steps
+    def _shared_step(self, video: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        s = self.student
+        mask = self.masking(video.shape[0], s.token_grid, video.device, generator)
+        image_pred, pixel_pred = s(video, mask)
+        teacher_feats = self.teacher(video) if image_pred is not None else None
+        out = self.loss(video, mask, pixel_pred, image_pred, teacher_feats, s.tubelet_size, s.patch_size)
+        out.update(mask=mask, pixel_pred=pixel_pred)
+        return out
+
+    def _log_losses(self, out: dict[str, torch.Tensor], stage: str, batch_size: int) -> None:
+        on_step = stage == "train"
+        for name in ("loss", "loss_pixel", "loss_distill"):
+            self.log(
+                f"{stage}/{name}", out[name].detach(), on_step=on_step, on_epoch=True,
+                prog_bar=name == "loss", sync_dist=not on_step, batch_size=batch_size,
+            )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        video = batch["video"]
+        if self._mask_rng is None or self._mask_rng.device != video.device:
+            # Distinct masks per rank even when every rank was seeded alike.
+            self._mask_rng = torch.Generator(video.device)
+            self._mask_rng.manual_seed((torch.initial_seed() + 7919 * self.global_rank) % 2**63)
+        out = self._shared_step(video, self._mask_rng)
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(
+                f"non-finite loss {out['loss'].item()} at step {self.global_step} "
+                f"(pixel {out['loss_pixel'].item()}, distill {out['loss_distill'].item()})"
+            )
+        self._log_losses(out, "train", video.shape[0])
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True)
+        every = self.hparams.recon_every_n_steps
+        if every and self.global_step % every == 0 and out["pixel_pred"] is not None:
+            self._log_reconstruction(video, out)
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        video = batch["video"]
+        gen = torch.Generator(video.device)
+        gen.manual_seed(batch_idx)  # the same masks at every validation, so val/loss is comparable
+        self._log_losses(self._shared_step(video, gen), "val", video.shape[0])
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.student.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def _log_reconstruction(self, video: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+        if self.global_rank != 0:
+            return
+        s = self.student
+        panel = reconstruction_panel(
+            video[0], out["mask"][0], out["pixel_pred"][0].detach(), s.token_grid, s.tubelet_size,
+            s.patch_size, self.loss.normalize_pixels, self.hparams.recon_frames,
+        )
+        log_image(self.trainer.loggers, "train/reconstruction", panel, self.global_step,
+                  self.trainer.default_root_dir)
+
+    # ------------------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        hp, trainer = self.hparams, self.trainer
+        global_batch = hp.batch_size * trainer.accumulate_grad_batches * trainer.world_size
+        lr = hp.base_lr * global_batch / hp.lr_scale_batch
+        min_lr = hp.min_lr * global_batch / hp.lr_scale_batch
+        total = int(trainer.estimated_stepping_batches)
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        steps_per_epoch = total / epochs if epochs else total
+        warmup = int(round(hp.warmup_epochs * steps_per_epoch))
+        schedule = warmup_cosine(lr, min_lr, total, warmup)
+        log.info(
+            "global batch %d → lr %.3g (min %.3g); %d optimiser steps, %d warm-up", global_batch, lr, min_lr,
+            total, warmup,
+        )
+        optimizer = torch.optim.AdamW(param_groups(self.student, hp.weight_decay), lr=lr, betas=tuple(hp.betas),
+                                      eps=hp.eps)
+        last = len(schedule) - 1
+        factor = schedule / lr if lr > 0 else schedule * 0
+        scheduler = LambdaLR(optimizer, lambda step: float(factor[min(step, last)]))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

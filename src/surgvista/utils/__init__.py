@@ -1,0 +1,1 @@
+"""Helpers for the Hydra entry points and logging."""

@@ -1,0 +1,71 @@
+"""Reconstruction panels (input / masked / prediction) and their logging to any active logger."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from surgvista.modules.objective import pixel_targets
+
+log = logging.getLogger(__name__)
+
+
+def _tokens_to_video(tokens: torch.Tensor, grid, tubelet: int, patch: int) -> torch.Tensor:
+    """Inverse of the ``(p0 p1 p2 c)`` token layout: ``(N, p0·p·p·3)`` → ``(3, T, H, W)``."""
+    t, h, w = grid
+    x = tokens.reshape(t, h, w, tubelet, patch, patch, 3)
+    return x.permute(6, 0, 3, 1, 4, 2, 5).reshape(3, t * tubelet, h * patch, w * patch)
+
+
+@torch.no_grad()
+def reconstruction_panel(
+    video: torch.Tensor,
+    mask: torch.Tensor,
+    pixel_pred: torch.Tensor,
+    grid: tuple[int, int, int],
+    tubelet: int,
+    patch: int,
+    normalized_targets: bool = True,
+    num_frames: int = 4,
+) -> np.ndarray:
+    """Rows input / masked input / reconstruction of one clip, as an ``(H, W, 3)`` uint8 image.
+
+    ``video (3,T,H,W)`` normalised, ``mask (N,)``, ``pixel_pred (N_masked, D)``. Predicted patches in the
+    normalised-target space are mapped back with the true patch mean/std, as VideoMAE visualises them.
+    """
+    video = video.float()
+    raw = pixel_targets(video[None], tubelet, patch, normalize=False)[0].view(mask.shape[0], -1, 3)
+    pred = pixel_pred.float().view(-1, raw.shape[1], 3)
+    if normalized_targets:
+        masked_raw = raw[mask]
+        pred = pred * masked_raw.std(dim=1, unbiased=True, keepdim=True) + masked_raw.mean(dim=1, keepdim=True)
+    recon = raw.clone()
+    recon[mask] = pred
+    hidden = raw.clone()
+    hidden[mask] = 0.5
+    rows = [_tokens_to_video(x.flatten(1), grid, tubelet, patch) for x in (raw, hidden, recon)]
+    frames = np.linspace(0, rows[0].shape[1] - 1, num_frames).round().astype(int)
+    panel = torch.cat([torch.cat([r[:, f] for f in frames], dim=2) for r in rows], dim=1)
+    return (panel.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def log_image(loggers, key: str, image: np.ndarray, step: int, out_dir: str | Path) -> Path:
+    """Save ``image`` as ``out_dir/<key>/step_XXXXXXX.png`` and send it to W&B / TensorBoard if active."""
+    path = Path(out_dir) / key.replace("/", "_") / f"step_{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    for logger in loggers:
+        name = type(logger).__name__
+        if name == "WandbLogger":
+            logger.log_image(key=key, images=[image], step=step)
+        elif name == "TensorBoardLogger":
+            logger.experiment.add_image(key, image, step, dataformats="HWC")
+    return path
+
+
+__all__ = ["IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "log_image", "reconstruction_panel"]

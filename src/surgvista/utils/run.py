@@ -1,0 +1,125 @@
+"""What train.py and eval.py do with a composed Hydra config."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+
+import lightning as L
+import rich
+import rich.syntax
+import rich.tree
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every entry with a ``_target_`` of a callbacks/logger group (``None`` → empty)."""
+    if not group:
+        return []
+    if not isinstance(group, DictConfig):
+        raise TypeError(f"expected a config group mapping names to configs, got {type(group).__name__}")
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+@rank_zero_only
+def print_config(cfg: DictConfig, order=("data", "model", "callbacks", "logger", "trainer", "paths")) -> None:
+    """Print the composed config as a rich tree (resolving what can be resolved)."""
+    tree = rich.tree.Tree("CONFIG", guide_style="dim")
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    for key in keys:
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=False) if isinstance(value, DictConfig) else str(value)
+        tree.add(str(key)).add(rich.syntax.Syntax(text, "yaml"))
+    rich.print(tree)
+
+
+def task_wrapper(task: Callable[[DictConfig], dict]) -> Callable[[DictConfig], dict]:
+    """Log failures and always close the W&B run, so one failing job does not poison a multirun."""
+
+    @wraps(task)
+    def wrapped(cfg: DictConfig) -> dict:
+        try:
+            return task(cfg)
+        except Exception:
+            log.exception("task failed")
+            raise
+        finally:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+
+    return wrapped
+
+
+def _setup(cfg: DictConfig):
+    if cfg.get("print_config"):
+        print_config(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(container)
+    return datamodule, model, trainer
+
+
+def metric_value(metrics: dict, name: str | None) -> float | None:
+    """``metrics[name]`` as a float for sweepers; a clear error if the metric was never logged."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric {name!r} was not logged; available: {sorted(metrics)}")
+    return float(metrics[name])
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> dict:
+    """Seed, instantiate data/model/trainer, save the resolved config, fit; return the callback metrics."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    datamodule, model, trainer = _setup(cfg)
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    _report(trainer, out_dir)
+    return metrics
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> dict:
+    """Validate the checkpoint ``cfg.ckpt_path`` on the configured data; return its metrics."""
+    ckpt = Path(cfg.ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
+    datamodule, model, trainer = _setup(cfg)
+    results = trainer.validate(model, datamodule=datamodule, ckpt_path=str(ckpt))
+    return {k: float(v) for r in results for k, v in r.items()}
+
+
+@rank_zero_only
+def _report(trainer: L.Trainer, out_dir: Path) -> None:
+    lines = [f"Run directory:    {out_dir}"]
+    ckpt_cb = trainer.checkpoint_callback
+    if ckpt_cb is not None and ckpt_cb.dirpath:
+        lines.append(f"Checkpoints:      {ckpt_cb.dirpath} (last: {ckpt_cb.last_model_path or '-'})")
+    for lg in trainer.loggers:
+        metrics = Path(lg.log_dir or "") / "metrics.csv"
+        if metrics.is_file():
+            lines.append(f"Metrics:          {metrics}")
+    recon = out_dir / "train_reconstruction"
+    if recon.is_dir():
+        lines.append(f"Reconstructions:  {recon} ({len(list(recon.glob('*.png')))} images)")
+    log.info("\n".join(lines))
