@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,7 +24,7 @@ class Decoder(nn.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, out_dim: int, drop_path: float, ln_eps: float):
         super().__init__()
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = np.linspace(0, drop_path, depth).tolist()
         self.blocks = nn.ModuleList(Block(dim, num_heads, 4.0, r, ln_eps) for r in rates)
         self.norm = nn.LayerNorm(dim, eps=ln_eps)
         self.head = nn.Linear(dim, out_dim)
@@ -91,7 +92,7 @@ class SurgVISTAStudent(nn.Module):
             self.pos_embed_vid = nn.Parameter(sincos_3d(pix_dim, grid), requires_grad=False)
 
         self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, num_frames, dim)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = np.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(Block(dim, num_heads or p_heads, mlp_ratio, r, ln_eps) for r in rates)
         self.norm = nn.LayerNorm(dim, eps=ln_eps)
         self.decoder_img = self.decoder_vid = None

@@ -39,6 +39,9 @@ def pixel_targets(
         x = x.reshape(b, c, t // p0, p0, h // p, p, w // p, p)
         x = x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, -1, p0 * p * p, c)
         if normalize:
+            # Shift by the patch's first pixel first: the statistics are unchanged, a constant patch gives
+            # exactly 0 and there is less cancellation in fp32.
+            x = x - x[..., :1, :]
             x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + eps)
         return x.flatten(2)
 

@@ -1,0 +1,43 @@
+# `make demo` and `make test` install into .venv on first use (torch, timm, lightning, hydra, ...).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+export WANDB_MODE ?= offline
+export HYDRA_FULL_ERROR ?= 1
+
+.PHONY: install demo test test-fast lint format demo-data clean clean-logs
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade "pip>=24"
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -c "import torch, torchvision, timm, lightning, hydra, decord, av; print('torch', torch.__version__, '| lightning', lightning.__version__, '| timm', timm.__version__)"
+	touch $(STAMP)
+
+demo: install  ## pre-train a tiny student on the embedded demo dataset (CPU, a few minutes)
+	$(PY) train.py experiment=demo
+
+test: install  ## ruff, then the whole suite (slow tests included)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+lint: install
+	$(PY) -m ruff check .
+
+format: install
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+demo-data: install
+	$(PY) -m surgvista.data.demo --out data/demo
+
+clean-logs:
+	rm -rf logs/*
+
+clean: clean-logs
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

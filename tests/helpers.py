@@ -1,0 +1,37 @@
+"""Helpers shared by the tests: reference data, the small demo set, running the entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data"  # reference state-dict layouts (copied from the spec)
+
+# A small demo set: 3 videos (2 train, 1 val) of 60-80 frames at 96x80, trained at 64 px.
+SMALL_DEMO = {"num_videos": 3, "num_val_videos": 1, "frames_per_video": (60, 80), "size": (96, 80), "seed": 0}
+
+
+def small_demo_overrides(root: Path) -> list[str]:
+    """Hydra overrides that point ``experiment=demo`` at the small demo set and keep runs to seconds."""
+    return [
+        f"data.root={root}", "data.num_videos=3", "data.num_val_videos=1", "data.video_frames=[60,80]",
+        "data.video_size=[96,80]", "data.input_size=64", "data.batch_size=2", "data.num_workers=0",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1", "print_config=false", "model.recon_every_n_steps=2",
+    ]
+
+
+def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True, timeout: int = 600):
+    """Run ``python <script> args`` like a user would; return the CompletedProcess (output captured)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-5000:]}")
+    return proc
