@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import DATA
 
 from surgvista.models.position import sincos_3d
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.vit import Attention
 from surgvista.modules.pretrain import param_groups
-from helpers import DATA
 
 
 @pytest.fixture(scope="module")

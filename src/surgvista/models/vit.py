@@ -51,11 +51,9 @@ class Block(nn.Module):
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
     """Apply ``blocks`` in order, optionally with per-block activation checkpointing."""
+    use_checkpoint = grad_checkpointing and torch.is_grad_enabled()
     for blk in blocks:
-        if grad_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(blk, x, use_reentrant=False)
-        else:
-            x = blk(x)
+        x = checkpoint(blk, x, use_reentrant=False) if use_checkpoint else blk(x)
     return x
 
 

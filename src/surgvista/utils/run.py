@@ -63,8 +63,9 @@ def _setup(cfg: DictConfig):
         print_config(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    # Plain Python containers in hparams, so checkpoints load with torch.load(weights_only=True).
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
