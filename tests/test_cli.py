@@ -94,3 +94,12 @@ def test_pretrain_surgvista_config_only_misses_data_dir_and_teacher(tmp_path):
 def test_configs_compose_and_contain_no_absolute_paths():
     bad = [p for p in (ROOT / "conf").rglob("*.yaml") if "/home/" in p.read_text() or "/data/" in p.read_text()]
     assert not bad
+
+
+@pytest.mark.slow
+def test_wandb_logger_runs_offline_and_receives_reconstructions(demo_root, tmp_path):
+    run_script("train.py", "experiment=demo", *small_demo_overrides(demo_root), "logger=wandb",
+               f"hydra.run.dir={tmp_path}")
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].rglob("media/images/train/reconstruction*.png"))

@@ -171,3 +171,14 @@ def test_malformed_manifest_rows(tmp_path, row, message):
     path.write_text("{not json\n")
     with pytest.raises(ManifestError, match="m.jsonl:1: not valid JSON"):
         read_manifest(path)
+
+
+def test_pyav_fallback_when_decord_is_missing(demo_root, monkeypatch, caplog):
+    import importlib.util
+
+    from surgvista.data.readers import PyAVReader
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "decord" else real(name, *a))
+    reader = open_reader(demo_root / "videos" / "video02.mp4", "decord")
+    assert isinstance(reader, PyAVReader) and "decord is not installed" in caplog.text

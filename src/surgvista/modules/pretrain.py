@@ -65,6 +65,7 @@ class PretrainModule(L.LightningModule):
         # The teacher is never saved (ImageTeacher.state_dict is empty): do not ask checkpoints for it.
         self.register_load_state_dict_post_hook(self._ignore_missing_teacher_keys)
         self._mask_rng: torch.Generator | None = None
+        self._last_recon_step = -1
 
     @staticmethod
     def _ignore_missing_teacher_keys(module: nn.Module, keys) -> None:
@@ -118,8 +119,9 @@ class PretrainModule(L.LightningModule):
             )
         self._log_losses(out, "train", video.shape[0])
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True)
-        every = self.hparams.recon_every_n_steps
-        if every and self.global_step % every == 0 and out["pixel_pred"] is not None:
+        every, step = self.hparams.recon_every_n_steps, self.global_step
+        if every and step % every == 0 and step != self._last_recon_step and out["pixel_pred"] is not None:
+            self._last_recon_step = step  # once per optimiser step, also under gradient accumulation
             self._log_reconstruction(video, out)
         return out["loss"]
 

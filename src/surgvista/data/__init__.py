@@ -1,0 +1,1 @@
+"""Data code: manifests, video readers, clip sampling, transforms, datasets. Knows nothing of models."""

@@ -1,0 +1,141 @@
+"""The manifest format shared by every dataset adapter (see ``docs/data.md``).
+
+A manifest is a JSON Lines file with one row per video::
+
+    {"dataset": "cholec80", "video_id": "video01", "format": "video", "source": "videos/video01.mp4",
+     "fps": 1.0, "num_frames": 1733, "labels": {"phase": [0, 0, ...]}}
+
+``source`` is relative to the manifest's folder (or absolute). ``format`` is ``video`` (a file decoded with
+decord/PyAV; manifest frame ``i`` is the frame at time ``i / fps`` s, ``fps: null`` = every decoded frame)
+or ``frames`` (a folder of ``<int>.jpg|png`` files numbered 0..num_frames-1, one per manifest frame).
+``labels`` maps a label name to one value per manifest frame. An optional first line
+``{"_meta": {"version": 1, "label_names": {"phase": [...]}}}`` carries class names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMATS = ("video", "frames")
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class ManifestError(ValueError):
+    """A manifest row that is malformed or points at missing media."""
+
+
+@dataclass
+class VideoEntry:
+    """One row of a manifest, with ``source`` resolved to an absolute path."""
+
+    dataset: str
+    video_id: str
+    format: str
+    source: Path
+    num_frames: int
+    fps: float | None = None
+    labels: dict[str, list] = field(default_factory=dict)
+
+    def to_row(self, root: Path) -> dict:
+        """The JSON row, with ``source`` relative to ``root`` when it lies under it."""
+        source = self.source.relative_to(root) if self.source.is_relative_to(root) else self.source
+        return {
+            "dataset": self.dataset, "video_id": self.video_id, "format": self.format, "source": str(source),
+            "fps": self.fps, "num_frames": self.num_frames, "labels": self.labels,
+        }
+
+
+@dataclass
+class Manifest:
+    """Entries of one manifest file plus its optional metadata."""
+
+    path: Path
+    entries: list[VideoEntry]
+    meta: dict = field(default_factory=dict)
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """Image files of a frame folder sorted by their integer stem; errors on non-integer names or gaps."""
+    files = [p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS]
+    bad = [p.name for p in files if not p.stem.isdigit()]
+    if bad:
+        raise ManifestError(f"frame folder {folder}: file names must be frame numbers, got {bad[:5]}")
+    files.sort(key=lambda p: int(p.stem))
+    numbers = [int(p.stem) for p in files]
+    if numbers != list(range(len(numbers))):
+        missing = sorted(set(range(max(numbers, default=-1) + 1)) - set(numbers))
+        dup = len(numbers) != len(set(numbers))
+        what = "duplicate frame numbers" if dup and not missing else f"missing frames {missing[:10]}"
+        raise ManifestError(f"frame folder {folder} has a gap: {what} (frames must be numbered 0..N-1)")
+    return files
+
+
+def _parse_row(row: dict, root: Path, where: str, check_media: bool) -> VideoEntry:
+    required = ("dataset", "video_id", "format", "source", "num_frames")
+    missing = [k for k in required if k not in row]
+    if missing:
+        raise ManifestError(f"{where}: missing key(s) {missing}; a row needs {list(required)}")
+    if row["format"] not in FORMATS:
+        raise ManifestError(f"{where}: format {row['format']!r} is not one of {FORMATS}")
+    source = Path(row["source"])
+    source = source if source.is_absolute() else root / source
+    entry = VideoEntry(
+        dataset=str(row["dataset"]), video_id=str(row["video_id"]), format=row["format"], source=source,
+        num_frames=int(row["num_frames"]), fps=row.get("fps"), labels=dict(row.get("labels") or {}),
+    )
+    if entry.num_frames <= 0:
+        raise ManifestError(f"{where}: num_frames must be positive, got {entry.num_frames}")
+    for name, values in entry.labels.items():
+        if len(values) != entry.num_frames:
+            raise ManifestError(
+                f"{where}: label {name!r} has {len(values)} values but num_frames is {entry.num_frames}"
+            )
+    if check_media:
+        if entry.format == "video" and not source.is_file():
+            raise FileNotFoundError(f"{where}: video file not found: {source}")
+        if entry.format == "frames":
+            if not source.is_dir():
+                raise FileNotFoundError(f"{where}: frame folder not found: {source}")
+            count = len(frame_files(source))
+            if count != entry.num_frames:
+                raise ManifestError(f"{where}: frame folder {source} has {count} frames, manifest says "
+                                    f"{entry.num_frames}")
+    return entry
+
+
+def read_manifest(path: str | Path, check_media: bool = True) -> Manifest:
+    """Parse and validate a manifest; every error names the file, line and offending value."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    entries, meta = [], {}
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"{where}: not valid JSON ({e})") from e
+            if "_meta" in row:
+                meta = row["_meta"]
+                continue
+            entries.append(_parse_row(row, path.parent, where, check_media))
+    if not entries:
+        raise ManifestError(f"manifest {path} has no video rows")
+    return Manifest(path, entries, meta)
+
+
+def write_manifest(path: str | Path, entries: list[VideoEntry], meta: dict | None = None) -> Path:
+    """Write ``entries`` (and optional ``meta``) as a JSON Lines manifest; sources relative to its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        if meta:
+            f.write(json.dumps({"_meta": meta}) + "\n")
+        for e in entries:
+            f.write(json.dumps(e.to_row(path.parent.resolve())) + "\n")
+    return path
