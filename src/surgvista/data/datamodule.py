@@ -35,10 +35,6 @@ class PretrainDataModule(L.LightningDataModule):
         self.train_set: VideoClipDataset | None = None
         self.val_set: VideoClipDataset | None = None
 
-    @property
-    def batch_size(self) -> int:
-        return self.hparams.batch_size
-
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         common = {"num_frames": hp.num_frames, "sampling_rate": hp.sampling_rate, "backend": hp.backend}

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from surgvista.modules.objective import pixel_targets
-
-log = logging.getLogger(__name__)
 
 
 def _tokens_to_video(tokens: torch.Tensor, grid, tubelet: int, patch: int) -> torch.Tensor:
@@ -67,5 +63,3 @@ def log_image(loggers, key: str, image: np.ndarray, step: int, out_dir: str | Pa
             logger.experiment.add_image(key, image, step, dataformats="HWC")
     return path
 
-
-__all__ = ["IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "log_image", "reconstruction_panel"]
