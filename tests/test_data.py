@@ -182,3 +182,8 @@ def test_pyav_fallback_when_decord_is_missing(demo_root, monkeypatch, caplog):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "decord" else real(name, *a))
     reader = open_reader(demo_root / "videos" / "video02.mp4", "decord")
     assert isinstance(reader, PyAVReader) and "decord is not installed" in caplog.text
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="unknown video backend 'opencv'"):
+        EntryReader("opencv")

@@ -17,7 +17,7 @@ class AnnotationError(ValueError):
 def read_phase_file(path: str | Path, phase_names=CHOLEC80_PHASES) -> list[int]:
     """Per-frame phase ids from a Cholec80-style ``Frame<TAB>Phase`` file (frames 0..N-1 in order)."""
     path = Path(path)
-    lines = [line.rstrip("\r\n") for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
     if not lines or lines[0].split("\t")[:2] != ["Frame", "Phase"]:
         raise AnnotationError(f"{path}: expected a 'Frame<TAB>Phase' header, got {lines[:1]}")
     index = {name: i for i, name in enumerate(phase_names)}

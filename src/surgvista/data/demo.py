@@ -132,14 +132,15 @@ def write_demo_video(path: Path, label_path: Path, seed: int, num_frames: int, s
     rng = np.random.default_rng(seed)
     width, height = size
     scene = _Scene(rng, height, width)
-    phases = [p for p, n in enumerate(_phase_lengths(rng, num_frames)) for _ in range(n)]
-    starts = {p: phases.index(p) for p in set(phases)}
+    lengths = _phase_lengths(rng, num_frames)
+    phases = [p for p, n in enumerate(lengths) for _ in range(n)]
+    starts = np.cumsum([0, *lengths[:-1]])
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps, options={"crf": "23"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = 12
         for i, p in enumerate(phases):
-            progress = (i - starts[p]) / max(1, phases.count(p))
+            progress = (i - starts[p]) / max(1, lengths[p])
             frame = av.VideoFrame.from_ndarray(scene.render(i / fps, p, progress), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())

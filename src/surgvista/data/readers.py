@@ -126,6 +126,12 @@ class FrameFolderReader(VideoReader):
         return np.stack(out)
 
 
+def check_backend(backend: str) -> None:
+    """Raise a ``ValueError`` naming ``backend`` unless it is one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+
+
 def open_reader(path: str | Path, backend: str = "decord") -> VideoReader:
     """Open a video file with ``backend`` (``decord`` | ``pyav``) or a frame folder."""
     path = Path(path)
@@ -133,8 +139,7 @@ def open_reader(path: str | Path, backend: str = "decord") -> VideoReader:
         return FrameFolderReader(path)
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+    check_backend(backend)
     if backend == "decord" and importlib.util.find_spec("decord") is None:
         log.warning("decord is not installed: decoding %s with PyAV instead (slower)", path)
         backend = "pyav"
@@ -145,8 +150,7 @@ class EntryReader:
     """Reads manifest frames of entries, keeping a few readers open per process (LRU)."""
 
     def __init__(self, backend: str = "decord", cache_size: int = 8) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+        check_backend(backend)  # fail at construction, not in the first DataLoader worker
         self.backend, self.cache_size = backend, cache_size
         self._cache: OrderedDict[Path, VideoReader] = OrderedDict()
 
