@@ -30,3 +30,16 @@ def sincos_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
         [sincos_1d(t.ravel(), dim_t), sincos_1d(w.ravel(), dim_s), sincos_1d(h.ravel(), dim_s)], axis=1
     )
     return torch.from_numpy(table.astype(np.float32))[None]
+
+
+def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
+    """VideoMAE/UMT 1-D table ``(1, N, dim)`` over the flat token index.
+
+    ``angle(p, j) = p / 10000^(2⌊j/2⌋/dim)``; sin on even channels, cos on odd ones (interleaved, unlike
+    :func:`sincos_1d`).
+    """
+    pos = np.arange(num_positions, dtype=np.float64)[:, None]
+    j = np.arange(dim)
+    angles = pos / np.power(10000.0, 2 * (j // 2) / dim)
+    table = np.where(j % 2 == 0, np.sin(angles), np.cos(angles))
+    return torch.from_numpy(table.astype(np.float32))[None]

@@ -104,8 +104,12 @@ class SurgVISTAStudent(nn.Module):
         if pixel_decoder:
             self.down_vid = nn.Linear(dim, pix_dim)
             self.decoder_vid = Decoder(
-                pix_dim, pixel_decoder_depth, pixel_decoder_heads or pix_heads, self.pixel_dim,
-                drop_path_rate, ln_eps,
+                pix_dim,
+                pixel_decoder_depth,
+                pixel_decoder_heads or pix_heads,
+                self.pixel_dim,
+                drop_path_rate,
+                ln_eps,
             )
         self.reset_parameters()
         self.set_grad_checkpointing(grad_checkpointing)

@@ -91,16 +91,28 @@ class ImageTeacher(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.vit = VisionTransformer(
-                img_size=img_size, patch_size=patch_size, embed_dim=dim, depth=depth, num_heads=heads,
-                mlp_ratio=4.0, qkv_bias=True, class_token=True, no_embed_class=True, num_classes=0,
-                global_pool="token", norm_layer=nn.LayerNorm, act_layer=nn.GELU,
+                img_size=img_size,
+                patch_size=patch_size,
+                embed_dim=dim,
+                depth=depth,
+                num_heads=heads,
+                mlp_ratio=4.0,
+                qkv_bias=True,
+                class_token=True,
+                no_embed_class=True,
+                num_classes=0,
+                global_pool="token",
+                norm_layer=nn.LayerNorm,
+                act_layer=nn.GELU,
             )
         if ckpt:
             self.load_checkpoint(ckpt)
         else:
             log.warning(
                 "!!! NO TEACHER CHECKPOINT CONFIGURED: distilling from a RANDOM %s teacher (seed %d). "
-                "Set model.teacher.ckpt=/path/to/teacher.pth for real pre-training. !!!", preset, seed,
+                "Set model.teacher.ckpt=/path/to/teacher.pth for real pre-training. !!!",
+                preset,
+                seed,
             )
         self.requires_grad_(False)
         self.eval()

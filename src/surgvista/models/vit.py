@@ -8,24 +8,39 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+QKV_BIAS_KINDS = ("divided", "fused", "none")
+
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` weight and separate ``q_bias``/``v_bias`` (no k bias)."""
+    """Multi-head self-attention with a fused ``qkv`` weight.
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    ``qkv_bias`` picks the bias layout of the checkpoint family: ``"divided"`` (VideoMAE/MVD/UMT/SurgVISTA:
+    learnable ``q_bias``/``v_bias``, k bias fixed at 0), ``"fused"`` (timm ImageNet ViTs: ``qkv.bias``) or
+    ``"none"``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: str = "divided") -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        if qkv_bias not in QKV_BIAS_KINDS:
+            raise ValueError(f"unknown qkv_bias {qkv_bias!r}; expected one of {QKV_BIAS_KINDS}")
         self.num_heads = num_heads
-        self.q_bias = nn.Parameter(torch.zeros(dim))
-        self.v_bias = nn.Parameter(torch.zeros(dim))
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        if qkv_bias == "divided":
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias == "fused")
         self.proj = nn.Linear(dim, dim)
+
+    def qkv_bias(self) -> torch.Tensor | None:
+        """The effective ``(3·dim,)`` qkv bias, or ``None``."""
+        if hasattr(self, "q_bias"):
+            return torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+        return self.qkv.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        qkv = F.linear(x, self.qkv.weight, self.qkv_bias()).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
@@ -35,11 +50,17 @@ class Block(nn.Module):
     """Pre-norm transformer block: ``x + DropPath(attn(norm1(x)))`` then ``x + DropPath(mlp(norm2(x)))``."""
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, ln_eps: float = 1e-6
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        ln_eps: float = 1e-6,
+        qkv_bias: str = "divided",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=ln_eps)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, qkv_bias)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=ln_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
@@ -92,3 +113,25 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+class FrameEmbed(nn.Module):
+    """Conv2d patch embedding applied per frame (image checkpoints): ``(B,3,T,H,W)`` → ``(B, T·H'·W', D)``."""
+
+    def __init__(self, img_size: int, patch_size: int, num_frames: int, dim: int) -> None:
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
+        self.patch_size = (patch_size, patch_size)
+        self.tubelet_size = 1
+        self.grid = (num_frames, img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        size = self.grid[1] * self.patch_size[0]
+        if video.ndim != 5 or video.shape[2] != self.grid[0] or video.shape[3:] != (size, size):
+            raise ValueError(f"expected video (B, 3, {self.grid[0]}, {size}, {size}), got {tuple(video.shape)}")
+        b, c, t, h, w = video.shape
+        x = self.proj(video.transpose(1, 2).reshape(b * t, c, h, w))  # (B·T, D, H', W')
+        return x.flatten(2).transpose(1, 2).reshape(b, -1, x.shape[1])

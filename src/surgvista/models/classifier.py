@@ -1,0 +1,138 @@
+"""Fine-tuning backbone: the student encoder with mean pooling and a linear head (spec downstream §0, §5.1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from surgvista.models.position import sincos_3d, sinusoid_table
+from surgvista.models.student import STUDENT_PRESETS
+from surgvista.models.vit import Block, FrameEmbed, TubeletEmbed, run_blocks
+
+POS_EMBED_KINDS = ("sincos3d", "sinusoid1d", "learned")
+PATCH_EMBED_KINDS = ("video", "image")
+
+
+class VideoClassifier(nn.Module):
+    """ViT video classifier whose ``state_dict`` follows the reference ``unifiedmodel.VisionTransformer``.
+
+    Keys: ``patch_embed.proj.*``, ``blocks.{i}.*``, ``fc_norm.*`` (mean pooling) or ``norm.*`` (first-token
+    pooling), ``head.*``. The position table is a fixed, non-persistent buffer recomputed for the model's
+    geometry (``"sincos3d"`` for SurgVISTA/MVD, ``"sinusoid1d"`` for VideoMAE/UMT/HF), or a learnable
+    ``pos_embed`` parameter with ``"learned"``.
+
+    ``patch_embed="video"`` is a Conv3d tubelet (``tubelet_size`` frames); ``"image"`` is a Conv2d per frame
+    (image checkpoints, tubelet 1). ``forward(video (B,3,T,H,W))`` returns logits ``(B, num_classes)``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        preset: str = "base",
+        img_size: int = 224,
+        num_frames: int = 16,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        patch_embed: str = "video",
+        pos_embed: str = "sincos3d",
+        qkv_bias: str = "divided",
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        fc_drop_rate: float = 0.5,
+        head_init_scale: float = 0.0,
+        use_mean_pooling: bool = True,
+        ln_eps: float = 1e-6,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if preset not in STUDENT_PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(STUDENT_PRESETS)}")
+        if pos_embed not in POS_EMBED_KINDS:
+            raise ValueError(f"unknown pos_embed {pos_embed!r}; expected one of {POS_EMBED_KINDS}")
+        if patch_embed not in PATCH_EMBED_KINDS:
+            raise ValueError(f"unknown patch_embed {patch_embed!r}; expected one of {PATCH_EMBED_KINDS}")
+        p_dim, p_depth, p_heads, *_ = STUDENT_PRESETS[preset]
+        dim, depth, num_heads = embed_dim or p_dim, depth or p_depth, num_heads or p_heads
+        self.num_classes, self.embed_dim, self.num_frames, self.img_size = num_classes, dim, num_frames, img_size
+        self.pos_embed_kind, self.grad_checkpointing = pos_embed, grad_checkpointing
+
+        if patch_embed == "video":
+            self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, num_frames, dim)
+        else:
+            self.patch_embed = FrameEmbed(img_size, patch_size, num_frames, dim)
+        table = self._position_table()
+        if pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros_like(table))
+        else:
+            self.register_buffer("pos_embed", table, persistent=False)
+
+        rates = np.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, r, ln_eps, qkv_bias) for r in rates)
+        self.use_mean_pooling = use_mean_pooling
+        if use_mean_pooling:
+            self.fc_norm = nn.LayerNorm(dim, eps=ln_eps)
+        else:
+            self.norm = nn.LayerNorm(dim, eps=ln_eps)
+        self.fc_dropout = nn.Dropout(fc_drop_rate)
+        self.head = nn.Linear(dim, num_classes)
+        self.reset_parameters(head_init_scale)
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """``(T', H', W')`` token grid."""
+        return self.patch_embed.grid
+
+    def _position_table(self) -> torch.Tensor:
+        grid = self.token_grid
+        if self.pos_embed_kind == "sincos3d":
+            return sincos_3d(self.embed_dim, grid)
+        return sinusoid_table(grid[0] * grid[1] * grid[2], self.embed_dim)
+
+    def reset_parameters(self, head_init_scale: float = 0.0) -> None:
+        """Reference init: trunc-normal(0.02) Linears, zero biases, unit LN; head scaled by ``head_init_scale``."""
+
+        def init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        self.apply(init)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        with torch.no_grad():
+            self.head.weight.mul_(head_init_scale)
+            self.head.bias.mul_(head_init_scale)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Per-block activation checkpointing."""
+        self.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        """Names excluded from weight decay (the reference's set)."""
+        return {"pos_embed", "cls_token"}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm layer grouping for layer-wise lr decay: stem → 0, ``blocks.i`` → i+1, norms and head last."""
+        blocks = [(r"^blocks\.(\d+)", None), (r"^fc_norm|^norm", (99999,))]
+        return {"stem": r"^pos_embed|^patch_embed", "blocks": blocks}
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        """Token features ``(B, N, D)`` after the blocks (before pooling)."""
+        x = self.patch_embed(video) + self.pos_embed.type_as(video)
+        return run_blocks(self.blocks, x, self.grad_checkpointing)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool tokens (mean → ``fc_norm``, or first token → ``norm``), dropout, head."""
+        x = self.fc_norm(x.mean(1)) if self.use_mean_pooling else self.norm(x)[:, 0]
+        return x if pre_logits else self.head(self.fc_dropout(x))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(video))
