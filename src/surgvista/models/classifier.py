@@ -120,9 +120,8 @@ class VideoClassifier(nn.Module):
         return {"pos_embed", "cls_token"}
 
     def group_matcher(self, coarse: bool = False) -> dict:
-        """timm layer grouping for layer-wise lr decay: stem → 0, ``blocks.i`` → i+1, norms and head last."""
-        blocks = [(r"^blocks\.(\d+)", None), (r"^fc_norm|^norm", (99999,))]
-        return {"stem": r"^pos_embed|^patch_embed", "blocks": blocks}
+        """timm layer grouping for layer-wise lr decay: stem → 0, ``blocks.i`` → i+1, the rest (norm, head) last."""
+        return {"stem": r"^pos_embed|^patch_embed", "blocks": [(r"^blocks\.(\d+)", None)]}
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """Token features ``(B, N, D)`` after the blocks (before pooling)."""
