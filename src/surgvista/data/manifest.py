@@ -8,8 +8,17 @@ A manifest is a JSON Lines file with one row per video::
 ``source`` is relative to the manifest's folder (or absolute). ``format`` is ``video`` (a file decoded with
 decord/PyAV; manifest frame ``i`` is the frame at time ``i / fps`` s, ``fps: null`` = every decoded frame)
 or ``frames`` (a folder of ``<int>.jpg|png`` files numbered 0..num_frames-1, one per manifest frame).
-``labels`` maps a label name to one value per manifest frame. An optional first line
-``{"_meta": {"version": 1, "label_names": {"phase": [...]}}}`` carries class names.
+``labels`` maps a label name either to a list with one value per manifest frame or to a single value for
+the whole video (clip-level tasks). Label conventions shared by the adapters and the task modules:
+
+* ``phase``: ``int`` class id per frame; ``-1`` = unannotated (usable as clip context, never a target).
+* ``triplet``: sorted list of triplet ids per frame (``[]`` = no triplet); ``null`` = unannotated.
+* ``cvs``: Endoscapes per-frame class ``int`` (``-1`` = unannotated), or Cholec80-CVS clip-level ``int``.
+* ``action``: SurgicalActions160 clip-level ``int``.
+
+An optional first line ``{"_meta": {"version": 1, "label_names": {"phase": [...]}, ...}}`` carries class
+names (and whatever else the adapter records, e.g. ``split``). ``sha256`` (optional) is the digest of the
+source video file, used by the leakage guard.
 """
 
 from __future__ import annotations
@@ -36,15 +45,19 @@ class VideoEntry:
     source: Path
     num_frames: int
     fps: float | None = None
-    labels: dict[str, list] = field(default_factory=dict)
+    labels: dict[str, list | int] = field(default_factory=dict)
+    sha256: str | None = None
 
     def to_row(self, root: Path) -> dict:
         """The JSON row, with ``source`` relative to ``root`` when it lies under it."""
         source = self.source.relative_to(root) if self.source.is_relative_to(root) else self.source
-        return {
+        row = {
             "dataset": self.dataset, "video_id": self.video_id, "format": self.format, "source": str(source),
             "fps": self.fps, "num_frames": self.num_frames, "labels": self.labels,
         }
+        if self.sha256:
+            row["sha256"] = self.sha256
+        return row
 
 
 @dataclass
@@ -84,11 +97,12 @@ def _parse_row(row: dict, root: Path, where: str, check_media: bool) -> VideoEnt
     entry = VideoEntry(
         dataset=str(row["dataset"]), video_id=str(row["video_id"]), format=row["format"], source=source,
         num_frames=int(row["num_frames"]), fps=row.get("fps"), labels=dict(row.get("labels") or {}),
+        sha256=row.get("sha256"),
     )
     if entry.num_frames <= 0:
         raise ManifestError(f"{where}: num_frames must be positive, got {entry.num_frames}")
     for name, values in entry.labels.items():
-        if len(values) != entry.num_frames:
+        if isinstance(values, list) and len(values) != entry.num_frames:
             raise ManifestError(
                 f"{where}: label {name!r} has {len(values)} values but num_frames is {entry.num_frames}"
             )
