@@ -1,0 +1,274 @@
+"""Downstream fine-tuning LightningModules (spec downstream §5-§6).
+
+One base class holds the reference recipe: AdamW (0.9, 0.999, eps 1e-8), weight decay 0.05 except 1-D
+tensors/biases/``no_weight_decay()``, timm layer-wise lr decay 0.75, ``lr = base_lr × global_batch / 64``,
+per-step linear warm-up from 0 then cosine to ``min_lr`` (scaled the same way), Mixup 0.8 / CutMix 1.0 /
+label smoothing 0.1 with ``SoftTargetCrossEntropy`` for single-label tasks, BCE-with-logits for triplets.
+
+Tasks: :class:`PhaseModule` (per-frame phase, online causal clip), :class:`TripletModule` (multi-label
+triplets), :class:`ClipModule` (clip-level single label: Cholec80-CVS, SurgicalActions160) and
+:class:`FrameCVSModule` (Endoscapes per-frame CVS).
+
+Validation logs ``val/top1`` (frame/clip-level top-1, single-label) or ``val/mAP_ivt`` (triplets); the
+selection rule is the checkpoint callback's (``monitor``), see ``docs``/README. ``test`` writes per-video
+prediction CSVs and the metric table (Markdown + JSON) to ``<output_dir>/<stage>/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics.classification import MulticlassAccuracy
+
+from surgvista.data.clip_augment import make_mixup, mix_clips
+from surgvista.models.classifier import VideoClassifier
+from surgvista.modules.schedule import warmup_cosine
+from surgvista.utils.predictions import PredictionCollector, log_table, write_metrics, write_prediction_files
+
+log = logging.getLogger(__name__)
+
+
+class FinetuneModule(L.LightningModule):
+    """Shared recipe; subclasses choose the loss, the metrics and the monitored value."""
+
+    multilabel = False
+    monitor = "val/top1"
+
+    def __init__(
+        self,
+        net: VideoClassifier,
+        batch_size: int,
+        ckpt: str | None = None,
+        ckpt_strict: bool = True,
+        base_lr: float = 5e-4,
+        min_lr: float = 1e-6,
+        warmup_epochs: float = 5,
+        weight_decay: float = 0.05,
+        layer_decay: float = 0.75,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        lr_scale_batch: int = 64,
+        mixup: float = 0.8,
+        cutmix: float = 1.0,
+        label_smoothing: float = 0.1,
+        dataset: str = "cholec80",
+        fps: float = 1.0,
+        relaxed: bool = False,
+        matlab_compatible: bool = False,
+        output_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.num_classes = net.num_classes
+        self.class_names: list[str] | None = None
+        self._backbone_loaded = False
+        self.mixup = None if self.multilabel else make_mixup(net.num_classes, mixup, cutmix, label_smoothing=
+                                                             label_smoothing)
+        self.metrics = nn.ModuleDict()
+
+    # ------------------------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(dm, "label_names", None)
+        if names is not None and len(names) != self.num_classes:
+            raise ValueError(f"the data has {len(names)} classes {list(names)} but model.net.num_classes is "
+                             f"{self.num_classes}")
+        self.class_names = list(names) if names is not None else None
+        if stage == "fit" and self.hparams.ckpt and not self._backbone_loaded:
+            self.load_backbone(self.hparams.ckpt)
+        for split in ("val", "test"):
+            if split not in self.metrics:
+                self.metrics[split] = self.make_metrics()
+                self.metrics[f"{split}_preds"] = PredictionCollector()
+                self.metrics[f"{split}_top1"] = MulticlassAccuracy(self.num_classes, average="micro") \
+                    if not self.multilabel else PredictionCollector()
+
+    def load_backbone(self, source: str):
+        """Load pre-trained encoder weights into ``net`` (prints the key diff, refuses partial loads)."""
+        from surgvista.checkpoints import load_backbone
+
+        report = load_backbone(source, self.net, strict=self.hparams.ckpt_strict)
+        self._backbone_loaded = True
+        return report
+
+    def make_metrics(self) -> nn.Module:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------ steps
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.net(video)
+
+    def loss_fn(self, logits: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+        if soft is not None:
+            return SoftTargetCrossEntropy()(logits, soft)
+        if self.hparams.label_smoothing > 0:
+            return LabelSmoothingCrossEntropy(self.hparams.label_smoothing)(logits, target)
+        return F.cross_entropy(logits, target)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().sigmoid() if self.multilabel else logits.float().softmax(-1)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        video, target = batch["video"], batch["target"]
+        soft = None
+        if self.mixup is not None:
+            video, soft = mix_clips(self.mixup, video, target)
+        loss = self.loss_fn(self(video), target, soft)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=video.shape[0])
+        self.log("lr", self.optimizers().param_groups[-1]["lr"], on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: dict, split: str) -> None:
+        video, target = batch["video"], batch["target"]
+        if video.ndim == 6:  # (B, V, C, T, H, W): average the probabilities of the views
+            b, v = video.shape[:2]
+            probs = self.probabilities(self(video.flatten(0, 1))).view(b, v, -1).mean(1)
+            logits = None
+        else:
+            logits = self(video)
+            probs = self.probabilities(logits)
+        if logits is not None:
+            loss = (F.binary_cross_entropy_with_logits(logits.float(), target.float()) if self.multilabel
+                    else F.cross_entropy(logits.float(), target))
+            self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(video))
+        vid, frame = batch["video_index"], batch["frame_index"]
+        self.metrics[split].update(probs, target, vid, frame)
+        self.metrics[f"{split}_preds"].update(batch["index"], vid, frame, probs, target)
+        if not self.multilabel:
+            self.metrics[f"{split}_top1"].update(probs, target)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _epoch_metrics(self, split: str) -> dict[str, float]:
+        values = {k: float(v) for k, v in self.metrics[split].compute().items()}
+        if not self.multilabel:
+            values["top1"] = float(self.metrics[f"{split}_top1"].compute()) * 100
+            self.metrics[f"{split}_top1"].reset()
+        self.metrics[split].reset()
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            for k in ("val", "val_preds", "val_top1"):
+                self.metrics[k].reset()
+            return
+        values = self._epoch_metrics("val")
+        self.metrics["val_preds"].reset()
+        for k, v in values.items():
+            self.log(f"val/{k}", v, prog_bar=f"val/{k}" == self.monitor)
+
+    def on_test_epoch_end(self) -> None:
+        values = self._epoch_metrics("test")
+        preds = self.metrics["test_preds"].compute()
+        self.metrics["test_preds"].reset()
+        for k, v in values.items():
+            self.log(f"test/{k}", v)
+        if self.trainer.is_global_zero:
+            self.write_outputs("test", values, preds)
+
+    # ------------------------------------------------------------------------------------ outputs
+    def output_dir(self) -> Path:
+        return Path(self.hparams.output_dir or self.trainer.default_root_dir)
+
+    def write_outputs(self, split: str, values: dict[str, float], preds: dict) -> Path:
+        """Per-video CSVs under ``<output_dir>/<split>/predictions`` and ``<split>/metrics.{md,json}``."""
+        from surgvista.metrics import metrics_table
+
+        dm = self.trainer.datamodule
+        out = self.output_dir() / split
+        files = write_prediction_files(out / "predictions", preds, dm.video_ids(split), self.class_names,
+                                       self.multilabel)
+        table = metrics_table({self.hparams.dataset: values})
+        write_metrics(out, values, table)
+        log_table(self.trainer.loggers, f"{split}/metrics_table", values, table, self.global_step)
+        log.info("%s metrics (%d prediction files in %s):\n%s", split, len(files), out / "predictions", table)
+        print(table)
+        return out
+
+    # ------------------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        hp, trainer = self.hparams, self.trainer
+        global_batch = hp.batch_size * trainer.accumulate_grad_batches * trainer.world_size
+        lr = hp.base_lr * global_batch / hp.lr_scale_batch
+        min_lr = hp.min_lr * global_batch / hp.lr_scale_batch
+        total = int(trainer.estimated_stepping_batches)
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        steps_per_epoch = total / epochs if epochs else total
+        warmup = int(round(hp.warmup_epochs * steps_per_epoch))
+        schedule = warmup_cosine(lr, min_lr, total, warmup)
+        groups = param_groups_layer_decay(self.net, hp.weight_decay, self.net.no_weight_decay(),
+                                          layer_decay=hp.layer_decay)
+        for g in groups:
+            g["lr"] = lr * g["lr_scale"]
+        log.info("global batch %d → lr %.3g (min %.3g), layer decay %.3g; %d optimiser steps, %d warm-up",
+                 global_batch, lr, min_lr, hp.layer_decay, total, warmup)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), eps=hp.eps)
+        last = len(schedule) - 1
+        factor = schedule / lr if lr > 0 else schedule * 0
+        scheduler = LambdaLR(optimizer, lambda step: float(factor[min(step, last)]))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class PhaseModule(FinetuneModule):
+    """Surgical phase recognition: one online causal clip per annotated frame, single label."""
+
+    def make_metrics(self) -> nn.Module:
+        from surgvista.metrics import PhaseMetrics
+
+        hp = self.hparams
+        return PhaseMetrics(self.num_classes, fps=hp.fps, relaxed=hp.relaxed, matlab_compatible=hp.matlab_compatible,
+                            dataset=hp.dataset, class_names=self.class_names)
+
+
+class TripletModule(FinetuneModule):
+    """Action-triplet recognition (CholecT50 / Prostate21): multi-label, BCE-with-logits, no mixup."""
+
+    multilabel = True
+    monitor = "val/mAP_ivt"
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.update(mixup=0.0, cutmix=0.0, label_smoothing=0.0)
+        super().__init__(*args, **kwargs)
+
+    def loss_fn(self, logits: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+    def make_metrics(self) -> nn.Module:
+        from surgvista.metrics import TripletMetrics
+
+        return TripletMetrics(self.num_classes)
+
+
+class ClipModule(FinetuneModule):
+    """Clip-level single-label classification (Cholec80-CVS, SurgicalActions160)."""
+
+    def make_metrics(self) -> nn.Module:
+        from surgvista.metrics import ClipMetrics
+
+        return ClipMetrics(self.num_classes, top_k=(1, min(5, self.num_classes)))
+
+
+class FrameCVSModule(FinetuneModule):
+    """Endoscapes frame-level CVS: online causal clip per annotated frame, single label (top-1/top-3)."""
+
+    def make_metrics(self) -> nn.Module:
+        from surgvista.metrics import ClipMetrics
+
+        return ClipMetrics(self.num_classes, top_k=(1, min(3, self.num_classes)))
