@@ -13,6 +13,7 @@ import rich.syntax
 import rich.tree
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -94,19 +95,36 @@ def train(cfg: DictConfig) -> dict:
     datamodule, model, trainer = _setup(cfg)
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule, ckpt_path=_selected_ckpt(trainer, cfg.get("test_ckpt", "best")))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     _report(trainer, out_dir)
     return metrics
 
 
+def _selected_ckpt(trainer: L.Trainer, which: str) -> str | None:
+    """Checkpoint to test after fitting: ``best`` (monitored) or ``last`` (the weights in memory)."""
+    if which not in ("best", "last"):
+        raise ValueError(f"test_ckpt must be 'best' or 'last', got {which!r}")
+    cb = trainer.checkpoint_callback
+    if which == "best" and cb is not None and cb.monitor and cb.best_model_path:
+        log.info("testing the best checkpoint (%s = %s): %s", cb.monitor, cb.best_model_score, cb.best_model_path)
+        return cb.best_model_path
+    if which == "best":
+        log.warning("test_ckpt=best but no monitored checkpoint was saved: testing the last-epoch weights")
+    return None
+
+
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict:
-    """Validate the checkpoint ``cfg.ckpt_path`` on the configured data; return its metrics."""
+    """Evaluate the checkpoint ``cfg.ckpt_path``: ``trainer.test`` for modules with a ``test_step`` (fine-tuning:
+    writes predictions and metric tables), otherwise ``trainer.validate`` (pre-training); return its metrics."""
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
     datamodule, model, trainer = _setup(cfg)
-    results = trainer.validate(model, datamodule=datamodule, ckpt_path=str(ckpt))
+    run = trainer.test if is_overridden("test_step", model, L.LightningModule) else trainer.validate
+    results = run(model, datamodule=datamodule, ckpt_path=str(ckpt))
     return {k: float(v) for r in results for k, v in r.items()}
 
 
