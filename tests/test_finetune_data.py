@@ -47,7 +47,7 @@ def test_train_augmentation_is_identical_on_every_frame(seed):
         assert torch.equal(d, diff[0])
     if diff[0].any():
         ys, xs = torch.nonzero(diff[0], as_tuple=True)
-        box = diff[0][ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        box = diff[0][ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
         assert box.float().mean() > 0.9  # a rectangle
 
 
@@ -125,8 +125,9 @@ def test_prediction_files_roundtrip_and_malformed_files(tmp_path):
     col = PredictionCollector()
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.3, 0.3, 0.4]])
     # sample 1 twice (distributed padding): its probabilities are averaged
-    col.update(torch.tensor([2, 0, 1]), torch.tensor([1, 0, 0]), torch.tensor([0, 0, 5]), probs[:3],
-               torch.tensor([2, 0, 1]))
+    col.update(
+        torch.tensor([2, 0, 1]), torch.tensor([1, 0, 0]), torch.tensor([0, 0, 5]), probs[:3], torch.tensor([2, 0, 1])
+    )
     col.update(torch.tensor([1]), torch.tensor([0]), torch.tensor([5]), probs[3:], torch.tensor([1]))
     preds = col.compute()
     assert preds["index"].tolist() == [0, 1, 2]

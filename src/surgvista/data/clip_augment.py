@@ -25,8 +25,9 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 EVAL_VIEWS = ("squash", "center", "hflip")
 
 
-def normalize_frames(frames: np.ndarray | torch.Tensor, mean=IMAGENET_DEFAULT_MEAN,
-                     std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
+def normalize_frames(
+    frames: np.ndarray | torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD
+) -> torch.Tensor:
     """``(T, H, W, 3)`` uint8 → normalised float ``(T, 3, H, W)``."""
     x = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255)
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
@@ -46,8 +47,9 @@ class ClipRandAugment:
     before the first frame and restored before every other frame, so each frame sees the same draws.
     """
 
-    def __init__(self, config: str = "rand-m7-n4-mstd0.5-inc1", translate_const: int = 100,
-                 fill: Sequence[int] = (128, 128, 128)) -> None:
+    def __init__(
+        self, config: str = "rand-m7-n4-mstd0.5-inc1", translate_const: int = 100, fill: Sequence[int] = (128, 128, 128)
+    ) -> None:
         hparams = {"translate_const": translate_const, "img_mean": tuple(fill), "interpolation": Image.BICUBIC}
         self.config = config
         self.transform = rand_augment_transform(config, hparams)
@@ -88,7 +90,7 @@ class TrainClipTransform:
             frames = np.stack([np.asarray(f) for f in self.randaug([Image.fromarray(f) for f in frames])])
         x = normalize_frames(frames, self.mean, self.std)  # (T, 3, H, W)
         top, left, h, w = RandomResizedCropAndInterpolation.get_params(x, self.scale, self.ratio)
-        x = resize_frames(x[..., top:top + h, left:left + w], self.input_size)
+        x = resize_frames(x[..., top : top + h, left : left + w], self.input_size)
         if random.random() < self.hflip:
             x = x.flip(-1)
         if self.erase is not None:
@@ -105,8 +107,13 @@ class EvalClipTransform:
     ``hflip``: the squashed view mirrored.
     """
 
-    def __init__(self, input_size: int = 224, views: Sequence[str] = ("squash",),
-                 mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD) -> None:
+    def __init__(
+        self,
+        input_size: int = 224,
+        views: Sequence[str] = ("squash",),
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    ) -> None:
         bad = [v for v in views if v not in EVAL_VIEWS]
         if not views or bad:
             raise ValueError(f"unknown eval view(s) {bad or views!r}; expected a non-empty list from {EVAL_VIEWS}")
@@ -117,7 +124,7 @@ class EvalClipTransform:
             h, w = x.shape[-2:]
             side = min(h, w)
             top, left = (h - side) // 2, (w - side) // 2
-            return resize_frames(x[..., top:top + side, left:left + side], self.input_size)
+            return resize_frames(x[..., top : top + side, left : left + side], self.input_size)
         x = resize_frames(x, self.input_size)
         return x.flip(-1) if view == "hflip" else x
 
@@ -127,13 +134,26 @@ class EvalClipTransform:
         return views[0] if len(views) == 1 else torch.stack(views)
 
 
-def make_mixup(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, prob: float = 1.0,
-               switch_prob: float = 0.5, label_smoothing: float = 0.1) -> Mixup | None:
+def make_mixup(
+    num_classes: int,
+    mixup: float = 0.8,
+    cutmix: float = 1.0,
+    prob: float = 1.0,
+    switch_prob: float = 0.5,
+    label_smoothing: float = 0.1,
+) -> Mixup | None:
     """timm ``Mixup`` in batch mode (the reference), or ``None`` when both alphas are 0."""
     if mixup <= 0 and cutmix <= 0:
         return None
-    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, switch_prob=switch_prob, mode="batch",
-                 label_smoothing=label_smoothing, num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        prob=prob,
+        switch_prob=switch_prob,
+        mode="batch",
+        label_smoothing=label_smoothing,
+        num_classes=num_classes,
+    )
 
 
 def mix_clips(mixup: Mixup, video: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -85,16 +85,20 @@ class DownstreamDataset(Dataset):
         if self.multilabel:
             if value is None:
                 return False
-            if not isinstance(value, list) or any(not isinstance(v, int) or not 0 <= v < self.num_classes
-                                                  for v in value):
-                raise ManifestError(f"{where}: label {self.label!r} must be a list of ids in "
-                                    f"[0, {self.num_classes}) or null, got {value!r}")
+            if not isinstance(value, list) or any(
+                not isinstance(v, int) or not 0 <= v < self.num_classes for v in value
+            ):
+                raise ManifestError(
+                    f"{where}: label {self.label!r} must be a list of ids in "
+                    f"[0, {self.num_classes}) or null, got {value!r}"
+                )
             return True
         if value is None or value == -1:
             return False
         if not isinstance(value, int) or not 0 <= value < self.num_classes:
-            raise ManifestError(f"{where}: label {self.label!r} must be an int in [0, {self.num_classes}) or -1, "
-                                f"got {value!r}")
+            raise ManifestError(
+                f"{where}: label {self.label!r} must be an int in [0, {self.num_classes}) or -1, got {value!r}"
+            )
         return True
 
     def _index(self, target_stride: int) -> np.ndarray:
@@ -106,14 +110,14 @@ class DownstreamDataset(Dataset):
             values = e.labels[self.label]
             if self.sampler == "clip":
                 if isinstance(values, list) and not self.multilabel:
-                    raise ManifestError(f"{where}: the clip sampler needs one clip-level {self.label!r} value, "
-                                        f"got a per-frame list")
+                    raise ManifestError(
+                        f"{where}: the clip sampler needs one clip-level {self.label!r} value, got a per-frame list"
+                    )
                 if self._check_value(values, where):
                     rows.append((v, 0))
                 continue
             if not isinstance(values, list):
-                raise ManifestError(f"{where}: the frame sampler needs per-frame {self.label!r} labels, "
-                                    f"got {values!r}")
+                raise ManifestError(f"{where}: the frame sampler needs per-frame {self.label!r} labels, got {values!r}")
             frames = [t for t, x in enumerate(values) if self._check_value(x, f"{where} frame {t}")]
             rows.extend((v, t) for t in frames[::target_stride])
         return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
@@ -141,8 +145,13 @@ class DownstreamDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         v, t = (int(x) for x in self.samples[index])
         frames = self.reader.read(self.entries[v], self.frame_ids(index))
-        return {"video": self.transform(frames), "target": self.target(index), "video_index": v,
-                "frame_index": t, "index": index}
+        return {
+            "video": self.transform(frames),
+            "target": self.target(index),
+            "video_index": v,
+            "frame_index": t,
+            "index": index,
+        }
 
     def video_ids(self) -> list[str]:
         """``video_id`` of every manifest row (indexed by ``video_index``)."""
@@ -190,14 +199,23 @@ class DownstreamDataModule(L.LightningDataModule):
     def _dataset(self, split: str, manifest: str, train: bool) -> DownstreamDataset:
         hp = self.hparams
         if train:
-            transform = TrainClipTransform(hp.input_size, hp.auto_augment, hp.crop_scale, hp.crop_ratio, hp.hflip,
-                                           hp.reprob)
+            transform = TrainClipTransform(
+                hp.input_size, hp.auto_augment, hp.crop_scale, hp.crop_ratio, hp.hflip, hp.reprob
+            )
         else:
             transform = EvalClipTransform(hp.input_size, hp.eval_views)
         stride = {"train": 1, "val": hp.val_target_stride, "test": hp.test_target_stride}[split]
         return DownstreamDataset(
-            manifest, hp.label, hp.num_classes, transform, hp.sampler, hp.multilabel, hp.num_frames,
-            hp.sampling_rate, stride, hp.backend,
+            manifest,
+            hp.label,
+            hp.num_classes,
+            transform,
+            hp.sampler,
+            hp.multilabel,
+            hp.num_frames,
+            hp.sampling_rate,
+            stride,
+            hp.backend,
         )
 
     def manifests(self) -> dict[str, str | None]:
@@ -226,8 +244,12 @@ class DownstreamDataModule(L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         hp, train = self.hparams, split == "train"
         return DataLoader(
-            self.datasets[split], batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
-            shuffle=train, drop_last=train, num_workers=hp.num_workers, pin_memory=hp.pin_memory,
+            self.datasets[split],
+            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            shuffle=train,
+            drop_last=train,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
         )
 
@@ -244,16 +266,31 @@ class DownstreamDataModule(L.LightningDataModule):
 class DemoDownstreamDataModule(DownstreamDataModule):
     """Phase fine-tuning on the embedded demo dataset (generated under ``root`` on first use); test = val."""
 
-    def __init__(self, root: str, num_videos: int = 8, num_val_videos: int = 2,
-                 video_frames: Sequence[int] = (300, 420), video_size: Sequence[int] = (160, 128), seed: int = 0,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        root: str,
+        num_videos: int = 8,
+        num_val_videos: int = 2,
+        video_frames: Sequence[int] = (300, 420),
+        video_size: Sequence[int] = (160, 128),
+        seed: int = 0,
+        **kwargs,
+    ) -> None:
         root_path = Path(root)
         kwargs.setdefault("label", "phase")
-        super().__init__(train_manifest=str(root_path / "train.jsonl"), val_manifest=str(root_path / "val.jsonl"),
-                         test_manifest=None, **kwargs)
+        super().__init__(
+            train_manifest=str(root_path / "train.jsonl"),
+            val_manifest=str(root_path / "val.jsonl"),
+            test_manifest=None,
+            **kwargs,
+        )
         self.demo_args = {
-            "root": root_path, "num_videos": num_videos, "num_val_videos": num_val_videos,
-            "frames_per_video": tuple(video_frames), "size": tuple(video_size), "seed": seed,
+            "root": root_path,
+            "num_videos": num_videos,
+            "num_val_videos": num_val_videos,
+            "frames_per_video": tuple(video_frames),
+            "size": tuple(video_size),
+            "seed": seed,
         }
 
     def prepare_data(self) -> None:

@@ -72,8 +72,9 @@ class FinetuneModule(L.LightningModule):
         self.num_classes = net.num_classes
         self.class_names: list[str] | None = None
         self._backbone_loaded = False
-        self.mixup = None if self.multilabel else make_mixup(net.num_classes, mixup, cutmix, label_smoothing=
-                                                             label_smoothing)
+        self.mixup = (
+            None if self.multilabel else make_mixup(net.num_classes, mixup, cutmix, label_smoothing=label_smoothing)
+        )
         self.metrics = nn.ModuleDict()
 
     # ------------------------------------------------------------------------------------ setup
@@ -81,8 +82,9 @@ class FinetuneModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = getattr(dm, "label_names", None)
         if names is not None and len(names) != self.num_classes:
-            raise ValueError(f"the data has {len(names)} classes {list(names)} but model.net.num_classes is "
-                             f"{self.num_classes}")
+            raise ValueError(
+                f"the data has {len(names)} classes {list(names)} but model.net.num_classes is {self.num_classes}"
+            )
         self.class_names = list(names) if names is not None else None
         if stage == "fit" and self.hparams.ckpt and not self._backbone_loaded:
             self.load_backbone(self.hparams.ckpt)
@@ -90,8 +92,11 @@ class FinetuneModule(L.LightningModule):
             if split not in self.metrics:
                 self.metrics[split] = self.make_metrics()
                 self.metrics[f"{split}_preds"] = PredictionCollector()
-                self.metrics[f"{split}_top1"] = MulticlassAccuracy(self.num_classes, average="micro") \
-                    if not self.multilabel else PredictionCollector()
+                self.metrics[f"{split}_top1"] = (
+                    MulticlassAccuracy(self.num_classes, average="micro")
+                    if not self.multilabel
+                    else PredictionCollector()
+                )
 
     def load_backbone(self, source: str):
         """Load pre-trained encoder weights into ``net`` (prints the key diff, refuses partial loads)."""
@@ -126,8 +131,7 @@ class FinetuneModule(L.LightningModule):
         loss = self.loss_fn(self(video), target, soft)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=video.shape[0])
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=video.shape[0])
         self.log("lr", self.optimizers().param_groups[-1]["lr"], on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
@@ -141,8 +145,11 @@ class FinetuneModule(L.LightningModule):
             logits = self(video)
             probs = self.probabilities(logits)
         if logits is not None:
-            loss = (F.binary_cross_entropy_with_logits(logits.float(), target.float()) if self.multilabel
-                    else F.cross_entropy(logits.float(), target))
+            loss = (
+                F.binary_cross_entropy_with_logits(logits.float(), target.float())
+                if self.multilabel
+                else F.cross_entropy(logits.float(), target)
+            )
             self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(video))
         vid, frame = batch["video_index"], batch["frame_index"]
         self.metrics[split].update(probs, target, vid, frame)
@@ -193,8 +200,9 @@ class FinetuneModule(L.LightningModule):
 
         dm = self.trainer.datamodule
         out = self.output_dir() / split
-        files = write_prediction_files(out / "predictions", preds, dm.video_ids(split), self.class_names,
-                                       self.multilabel)
+        files = write_prediction_files(
+            out / "predictions", preds, dm.video_ids(split), self.class_names, self.multilabel
+        )
         table = metrics_table({self.hparams.dataset: values})
         write_metrics(out, values, table)
         log_table(self.trainer.loggers, f"{split}/metrics_table", values, table, self.global_step)
@@ -213,12 +221,20 @@ class FinetuneModule(L.LightningModule):
         steps_per_epoch = total / epochs if epochs else total
         warmup = int(round(hp.warmup_epochs * steps_per_epoch))
         schedule = warmup_cosine(lr, min_lr, total, warmup)
-        groups = param_groups_layer_decay(self.net, hp.weight_decay, self.net.no_weight_decay(),
-                                          layer_decay=hp.layer_decay)
+        groups = param_groups_layer_decay(
+            self.net, hp.weight_decay, self.net.no_weight_decay(), layer_decay=hp.layer_decay
+        )
         for g in groups:
             g["lr"] = lr * g["lr_scale"]
-        log.info("global batch %d → lr %.3g (min %.3g), layer decay %.3g; %d optimiser steps, %d warm-up",
-                 global_batch, lr, min_lr, hp.layer_decay, total, warmup)
+        log.info(
+            "global batch %d → lr %.3g (min %.3g), layer decay %.3g; %d optimiser steps, %d warm-up",
+            global_batch,
+            lr,
+            min_lr,
+            hp.layer_decay,
+            total,
+            warmup,
+        )
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), eps=hp.eps)
         last = len(schedule) - 1
         factor = schedule / lr if lr > 0 else schedule * 0
@@ -233,8 +249,14 @@ class PhaseModule(FinetuneModule):
         from surgvista.metrics import PhaseMetrics
 
         hp = self.hparams
-        return PhaseMetrics(self.num_classes, fps=hp.fps, relaxed=hp.relaxed, matlab_compatible=hp.matlab_compatible,
-                            dataset=hp.dataset, class_names=self.class_names)
+        return PhaseMetrics(
+            self.num_classes,
+            fps=hp.fps,
+            relaxed=hp.relaxed,
+            matlab_compatible=hp.matlab_compatible,
+            dataset=hp.dataset,
+            class_names=self.class_names,
+        )
 
 
 class TripletModule(FinetuneModule):

@@ -33,8 +33,9 @@ class PredictionCollector(Metric):
         for name in ("index", "video", "frame", "probs", "target"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, index: torch.Tensor, video: torch.Tensor, frame: torch.Tensor, probs: torch.Tensor,
-               target: torch.Tensor) -> None:
+    def update(
+        self, index: torch.Tensor, video: torch.Tensor, frame: torch.Tensor, probs: torch.Tensor, target: torch.Tensor
+    ) -> None:
         self.index.append(index.long())
         self.video.append(video.long())
         self.frame.append(frame.long())
@@ -47,13 +48,19 @@ class PredictionCollector(Metric):
 
         if not self.index:
             raise RuntimeError("PredictionCollector.compute() called before any update()")
-        index, video, frame, probs, target = (cat(getattr(self, n)) for n in
-                                              ("index", "video", "frame", "probs", "target"))
+        index, video, frame, probs, target = (
+            cat(getattr(self, n)) for n in ("index", "video", "frame", "probs", "target")
+        )
         keys, first, inverse, counts = np.unique(index, return_index=True, return_inverse=True, return_counts=True)
         mean = np.zeros((len(keys), probs.shape[1]), np.float64)
         np.add.at(mean, inverse, probs)
-        return {"index": keys, "video": video[first], "frame": frame[first],
-                "probs": (mean / counts[:, None]).astype(np.float32), "target": target[first]}
+        return {
+            "index": keys,
+            "video": video[first],
+            "frame": frame[first],
+            "probs": (mean / counts[:, None]).astype(np.float32),
+            "target": target[first],
+        }
 
 
 def _safe_name(video_id: str) -> str:
@@ -67,8 +74,13 @@ def prob_columns(class_names: Sequence[str] | None, num_classes: int) -> list[st
     return [f"prob_{n}" for n in names]
 
 
-def write_prediction_files(out_dir: str | Path, preds: dict[str, np.ndarray], video_ids: Sequence[str],
-                           class_names: Sequence[str] | None = None, multilabel: bool = False) -> list[Path]:
+def write_prediction_files(
+    out_dir: str | Path,
+    preds: dict[str, np.ndarray],
+    video_ids: Sequence[str],
+    class_names: Sequence[str] | None = None,
+    multilabel: bool = False,
+) -> list[Path]:
     """One CSV per video (rows sorted by frame) from :meth:`PredictionCollector.compute` output."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,10 +110,16 @@ def read_prediction_file(path: str | Path, multilabel: bool = False) -> dict[str
     path = Path(path)
     with path.open(newline="") as f:
         rows = list(csv.reader(f))
-    if not rows or rows[0][:3] != ["frame", "target", "prediction"] or len(rows[0]) < 4 or \
-            not all(c.startswith("prob_") for c in rows[0][3:]):
-        raise PredictionFileError(f"{path}:1: expected header 'frame,target,prediction,prob_<class>...', "
-                                  f"got {','.join(rows[0]) if rows else 'an empty file'!r}")
+    if (
+        not rows
+        or rows[0][:3] != ["frame", "target", "prediction"]
+        or len(rows[0]) < 4
+        or not all(c.startswith("prob_") for c in rows[0][3:])
+    ):
+        raise PredictionFileError(
+            f"{path}:1: expected header 'frame,target,prediction,prob_<class>...', "
+            f"got {','.join(rows[0]) if rows else 'an empty file'!r}"
+        )
     width = len(rows[0])
     frames, targets, preds, probs = [], [], [], []
     for lineno, row in enumerate(rows[1:], 2):
@@ -124,19 +142,26 @@ def read_prediction_file(path: str | Path, multilabel: bool = False) -> dict[str
         targets.append(target)
         preds.append(pred)
         probs.append(prob)
-    return {"frame": np.asarray(frames, np.int64), "target": targets if multilabel else np.asarray(targets),
-            "prediction": preds if multilabel else np.asarray(preds), "probs": np.asarray(probs, np.float32),
-            "classes": [c[len("prob_"):] for c in rows[0][3:]]}
+    return {
+        "frame": np.asarray(frames, np.int64),
+        "target": targets if multilabel else np.asarray(targets),
+        "prediction": preds if multilabel else np.asarray(preds),
+        "probs": np.asarray(probs, np.float32),
+        "classes": [c[len("prob_") :] for c in rows[0][3:]],
+    }
 
 
-def write_metrics(out_dir: str | Path, metrics: dict[str, float], table: str, name: str = "metrics") -> tuple[Path,
-                                                                                                            Path]:
+def write_metrics(
+    out_dir: str | Path, metrics: dict[str, float], table: str, name: str = "metrics"
+) -> tuple[Path, Path]:
     """``<name>.json`` (all values) and ``<name>.md`` (the Markdown table) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    js.write_text(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
-                              for k, v in metrics.items()}, indent=2) + "\n")
+    js.write_text(
+        json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}, indent=2)
+        + "\n"
+    )
     md.write_text(table.rstrip() + "\n")
     return js, md
 
