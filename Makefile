@@ -17,8 +17,14 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch, torchvision, timm, lightning, hydra, decord, av; print('torch', torch.__version__, '| lightning', lightning.__version__, '| timm', timm.__version__)"
 	touch $(STAMP)
 
-demo: install  ## pre-train a tiny student on the embedded demo dataset (CPU, a few minutes)
-	$(PY) train.py experiment=demo
+DEMO_DIR ?= $${paths.log_dir}/demo_pipeline
+
+demo: install  ## pre-train a tiny student on the demo dataset, fine-tune it on the phase labels, evaluate (CPU)
+	$(PY) train.py experiment=demo hydra.run.dir='$(DEMO_DIR)/pretrain'
+	$(PY) train.py experiment=demo_phase test=false hydra.run.dir='$(DEMO_DIR)/finetune' \
+		model.ckpt='$(DEMO_DIR)/pretrain/checkpoints/last.ckpt'
+	$(PY) eval.py experiment=demo_phase hydra.run.dir='$(DEMO_DIR)/eval' \
+		ckpt_path='$(DEMO_DIR)/finetune/checkpoints/best.ckpt'
 
 test: install  ## ruff, then the whole suite (slow tests included)
 	$(PY) -m ruff check .

@@ -62,8 +62,8 @@ class FinetuneModule(L.LightningModule):
         label_smoothing: float = 0.1,
         dataset: str = "cholec80",
         fps: float = 1.0,
-        relaxed: bool = False,
-        matlab_compatible: bool = False,
+        relaxed: bool | str = "auto",
+        matlab_compatible: bool = True,
         output_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -109,6 +109,10 @@ class FinetuneModule(L.LightningModule):
     def make_metrics(self) -> nn.Module:
         raise NotImplementedError
 
+    def update_metrics(self, metric: nn.Module, probs: torch.Tensor, target: torch.Tensor, batch: dict) -> None:
+        """Per-sample keys (video, frame) let the metric classes merge distributed-padding duplicates."""
+        metric.update(probs, target, batch["video_index"], batch["frame_index"])
+
     # ------------------------------------------------------------------------------------ steps
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.net(video)
@@ -152,7 +156,7 @@ class FinetuneModule(L.LightningModule):
             )
             self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(video))
         vid, frame = batch["video_index"], batch["frame_index"]
-        self.metrics[split].update(probs, target, vid, frame)
+        self.update_metrics(self.metrics[split], probs, target, batch)
         self.metrics[f"{split}_preds"].update(batch["index"], vid, frame, probs, target)
         if not self.multilabel:
             self.metrics[f"{split}_top1"].update(probs, target)
@@ -203,7 +207,7 @@ class FinetuneModule(L.LightningModule):
         files = write_prediction_files(
             out / "predictions", preds, dm.video_ids(split), self.class_names, self.multilabel
         )
-        table = metrics_table({self.hparams.dataset: values})
+        table = metrics_table(values, title=f"{self.hparams.dataset} {split} ({len(files)} videos)")
         write_metrics(out, values, table)
         log_table(self.trainer.loggers, f"{split}/metrics_table", values, table, self.global_step)
         log.info("%s metrics (%d prediction files in %s):\n%s", split, len(files), out / "predictions", table)
@@ -273,24 +277,28 @@ class TripletModule(FinetuneModule):
         return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
     def make_metrics(self) -> nn.Module:
-        from surgvista.metrics import TripletMetrics
+        from surgvista.metrics import CHOLECT50, TripletMetrics
 
-        return TripletMetrics(self.num_classes)
+        # The i/v/t component map is CholecT50's; other vocabularies (Prostate21) get mAP_ivt only.
+        cmap = CHOLECT50 if self.num_classes == CHOLECT50.num_triplets else None
+        return TripletMetrics(self.num_classes, component_map=cmap)
 
 
 class ClipModule(FinetuneModule):
     """Clip-level single-label classification (Cholec80-CVS, SurgicalActions160)."""
 
+    top_k = 5
+
     def make_metrics(self) -> nn.Module:
         from surgvista.metrics import ClipMetrics
 
-        return ClipMetrics(self.num_classes, top_k=(1, min(5, self.num_classes)))
+        return ClipMetrics(self.num_classes, top_k=(1, min(self.top_k, self.num_classes)), class_names=self.class_names)
+
+    def update_metrics(self, metric: nn.Module, probs: torch.Tensor, target: torch.Tensor, batch: dict) -> None:
+        metric.update(probs, target, batch["index"])
 
 
-class FrameCVSModule(FinetuneModule):
+class FrameCVSModule(ClipModule):
     """Endoscapes frame-level CVS: online causal clip per annotated frame, single label (top-1/top-3)."""
 
-    def make_metrics(self) -> nn.Module:
-        from surgvista.metrics import ClipMetrics
-
-        return ClipMetrics(self.num_classes, top_k=(1, min(3, self.num_classes)))
+    top_k = 3
