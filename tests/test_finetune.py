@@ -170,3 +170,34 @@ def test_checkpoint_of_a_different_architecture_is_refused(tmp_path):
     assert isinstance(module.net, VideoClassifier)
     with pytest.raises(CheckpointError, match="(?i)architecture|shape|depth"):
         module.load_backbone(str(_tiny_student_ckpt(tmp_path / "small.ckpt", preset="small")))
+
+
+def test_recipe_layer_decay_and_lr_scaling():
+    from types import SimpleNamespace
+
+    cfg = _compose("phase_cholec80", "model.base_lr=1e-3", "model.warmup_epochs=1", "model.net.drop_path_rate=0")
+    module = instantiate(cfg.model, _convert_="all")
+    module.trainer = SimpleNamespace(
+        accumulate_grad_batches=1, world_size=4, estimated_stepping_batches=40, max_epochs=4
+    )  # global batch 2 x 4 = 8 -> lr x 8/64
+    opt = module.configure_optimizers()
+    optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    lr = 1e-3 * 8 / 64
+    by_name = {}
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            name = next(n for n, q in module.net.named_parameters() if q is p)
+            by_name[name] = g
+    depth = len(module.net.blocks)  # tiny: 4 blocks -> scales 0.75^(5 - layer id)
+    assert by_name["patch_embed.proj.weight"]["lr_scale"] == pytest.approx(0.75 ** (depth + 1))
+    assert by_name["blocks.0.attn.qkv.weight"]["lr_scale"] == pytest.approx(0.75**depth)
+    assert by_name["head.weight"]["lr_scale"] == by_name["fc_norm.weight"]["lr_scale"] == 1.0
+    assert by_name["head.weight"]["weight_decay"] == 0.05 and by_name["head.bias"]["weight_decay"] == 0.0
+    assert by_name["blocks.0.norm1.weight"]["weight_decay"] == 0.0
+    lrs = []
+    for _ in range(40):
+        lrs.append(max(g["lr"] for g in optimizer.param_groups))
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == 0.0 and lrs[9] == pytest.approx(lr)  # warm-up from 0 over one epoch (10 steps)
+    assert lrs[10] == pytest.approx(lr) and lrs[-1] < lrs[20] < lr and lrs[-1] > 1e-6 * 8 / 64

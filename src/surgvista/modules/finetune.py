@@ -136,7 +136,9 @@ class FinetuneModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=video.shape[0])
-        self.log("lr", self.optimizers().param_groups[-1]["lr"], on_step=True, on_epoch=False, prog_bar=True)
+        self.log(
+            "lr", max(g["lr"] for g in self.optimizers().param_groups), on_step=True, on_epoch=False, prog_bar=True
+        )
         return loss
 
     def _eval_step(self, batch: dict, split: str) -> None:
