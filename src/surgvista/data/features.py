@@ -89,6 +89,7 @@ class FeatureDataModule(L.LightningDataModule):
         extract_missing: bool = True,
         shuffle: bool = True,
         num_workers: int = 0,
+        persistent_workers: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -135,7 +136,9 @@ class FeatureDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader | list:
         if split not in self.datasets:
             return []
-        return DataLoader(self.datasets[split], batch_size=1, shuffle=shuffle, num_workers=self.hparams.num_workers)
+        hp = self.hparams
+        return DataLoader(self.datasets[split], batch_size=1, shuffle=shuffle, num_workers=hp.num_workers,
+                          persistent_workers=hp.persistent_workers and hp.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.shuffle)

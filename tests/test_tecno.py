@@ -1,0 +1,154 @@
+"""TeCNO two-stage pipeline: causal MS-TCN, the per-frame feature cache, the module and the demo experiment."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from helpers import SMALL_DEMO, run_script
+
+import surgvista.features as features
+from surgvista.data.features import FeatureDataModule, FeatureDataset
+from surgvista.data.manifest import read_manifest
+from surgvista.data.readers import EntryReader
+from surgvista.data.sampling import causal_clip_indices
+from surgvista.data.transforms import to_normalized_clip
+from surgvista.models.mstcn import MSTCN
+from surgvista.modules.tecno import TeCNOModule, median_frequency_weights
+
+# A 1-block tiny video backbone on 2-frame clips at 32 px: extraction of the small demo set takes a second.
+SETTINGS = {
+    "backbone": {"_target_": "surgvista.models.classifier.VideoClassifier", "num_classes": 7, "preset": "tiny",
+                 "depth": 1, "img_size": 32, "num_frames": 2, "tubelet_size": 2, "drop_path_rate": 0.0},
+    "clip_len": 2, "clip_stride": 3, "input_size": 32, "batch_size": 5, "read_chunk": 4, "device": "cpu",
+}
+
+
+def manifests(root):
+    return [str(root / "train.jsonl"), str(root / "val.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, demo_root):
+    root = tmp_path_factory.mktemp("features")
+    return features.extract_features(SETTINGS, manifests(demo_root), root, progress=False), root
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3])
+def test_mstcn_shapes_and_causality(num_stages):
+    torch.manual_seed(0)
+    net = MSTCN(12, 5, num_stages=num_stages, num_layers=3, num_f_maps=8).eval()
+    x = torch.randn(2, 60, 12)
+    out = net(x)
+    assert out.shape == (num_stages, 2, 60, 5)
+    y = x.clone()
+    y[:, 25:] += torch.randn(2, 35, 12)
+    torch.testing.assert_close(net(y)[:, :, :25], out[:, :, :25])  # the past never sees the future
+    assert not torch.allclose(net(y)[:, :, 25:], out[:, :, 25:])
+    # Receptive field: frame 0 never reaches t >= rf.
+    rf = net.receptive_field
+    assert rf == 1 + num_stages * 2 * 7
+    z = x.clone()
+    z[:, 0] += 10.0
+    diff = (net(z) - out).abs().amax(dim=(0, 1, 3))
+    assert diff[:rf].amax() > 0 and torch.all(diff[rf:] == 0)
+    # The non-causal variant does look ahead.
+    acausal = MSTCN(12, 5, num_stages=num_stages, num_layers=3, num_f_maps=8, causal=False).eval()
+    assert not torch.allclose(acausal(y)[:, :, :25], acausal(x)[:, :, :25])
+    with pytest.raises(ValueError, match=r"expects features \(B, T, 12\)"):
+        net(torch.randn(1, 40, 11))
+
+
+def test_median_frequency_weights():
+    w = median_frequency_weights(torch.tensor([10, 40, 20, 0]))
+    # present frequencies 1/7, 4/7, 2/7 -> median 2/7
+    torch.testing.assert_close(w, torch.tensor([2.0, 0.5, 1.0, 1.0]))
+
+
+def test_cache_holds_causal_clip_features_labels_and_frames(cache, demo_root):
+    directory, _ = cache
+    entries = [e for m in manifests(demo_root) for e in read_manifest(m).entries]
+    assert len(entries) == SMALL_DEMO["num_videos"]
+    extractor = features.build_extractor(SETTINGS)
+    reader = EntryReader()
+    for entry in entries:
+        item = torch.load(directory / "demo" / f"{entry.video_id}.pt", weights_only=True)
+        n = entry.num_frames
+        assert item["features"].shape == (n, 192) and item["features"].dtype == torch.float32
+        assert item["frames"].tolist() == list(range(n))
+        assert item["labels"].tolist() == entry.labels["phase"]
+        assert item["fps"] == entry.fps
+    # The buffered extraction equals running the backbone on each causal clip on its own.
+    entry = entries[0]
+    item = torch.load(directory / "demo" / f"{entry.video_id}.pt", weights_only=True)
+    for t in (0, 4, entry.num_frames - 1):
+        clip = to_normalized_clip(torch.from_numpy(reader.read(entry, causal_clip_indices(t, 2, 3))), 32)
+        torch.testing.assert_close(extractor(clip[None])[0], item["features"][t], atol=1e-5, rtol=1e-4)
+
+
+def test_cache_is_reused_and_keyed_by_backbone(cache, demo_root, monkeypatch, tmp_path):
+    directory, root = cache
+    stamps = {p: p.stat().st_mtime_ns for p in directory.rglob("*.pt")}
+
+    def no_build(settings):
+        raise AssertionError("the backbone was built although every video is cached")
+
+    monkeypatch.setattr(features, "build_extractor", no_build)
+    assert features.extract_features(SETTINGS, manifests(demo_root), root, progress=False) == directory
+    assert {p: p.stat().st_mtime_ns for p in directory.rglob("*.pt")} == stamps
+    monkeypatch.undo()
+
+    # Another backbone (init seed, checkpoint contents, clip geometry) gets another cache folder.
+    ckpt = tmp_path / "backbone.pt"
+    backbone = features.build_extractor(SETTINGS).backbone
+    torch.save({"state_dict": {f"net.{k}": v for k, v in backbone.state_dict().items()}}, ckpt)
+    with_ckpt = {**SETTINGS, "ckpt": str(ckpt), "ckpt_prefix": "net."}
+    keys = {features.cache_key(s) for s in (SETTINGS, {**SETTINGS, "seed": 1}, {**SETTINGS, "clip_stride": 2},
+                                            with_ckpt)}
+    assert len(keys) == 4
+    key = features.cache_key(with_ckpt)
+    torch.save({"state_dict": {f"net.{k}": v * 2 for k, v in backbone.state_dict().items()}}, ckpt)
+    assert features.cache_key(with_ckpt) != key  # same path, new contents
+    with pytest.raises(ValueError, match="unknown feature extractor setting"):
+        features.cache_key({**SETTINGS, "clip_length": 3})
+
+    # A video whose media changed is re-extracted; a partly filled cache only extracts what is missing.
+    dm = FeatureDataModule(str(root), SETTINGS, [manifests(demo_root)[0]], [manifests(demo_root)[1]],
+                           extract_missing=True)
+    victim = next(iter(stamps))
+    victim.unlink()
+    dm.prepare_data()
+    assert victim.is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != victim)
+
+
+def test_dataset_errors_name_the_missing_video(demo_root, tmp_path):
+    with pytest.raises(features.FeatureCacheError, match=r"no cached features for demo/video01 .*extract"):
+        FeatureDataset([manifests(demo_root)[0]], tmp_path)
+
+
+def test_tecno_module_learns_the_demo_phases(cache, demo_root):
+    _, root = cache
+    L.seed_everything(0)
+    dm = FeatureDataModule(str(root), SETTINGS, [manifests(demo_root)[0]], [manifests(demo_root)[1]],
+                           extract_missing=False)
+    module = TeCNOModule(num_classes=7, num_layers=4, num_f_maps=16, dropout=0.0, lr=1e-2)
+    trainer = L.Trainer(max_epochs=15, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        check_val_every_n_epoch=15)
+    trainer.fit(module, datamodule=dm)
+    assert module.net.input_dim == 192 and module.hparams.input_dim == 192
+    assert module.class_weight.shape == (7,) and not torch.all(module.class_weight == 1)
+    acc = float(trainer.callback_metrics["val/acc_video"])
+    assert acc > 0.4, acc  # held-out video; chance is 1/7 (0.79 when written)
+
+
+def test_demo_tecno_fast_dev_run(demo_root, tmp_path):
+    proc = run_script(
+        "train.py", "experiment=demo_tecno", f"data.root={demo_root}", f"data.cache_root={tmp_path / 'cache'}",
+        "data.num_videos=3", "data.num_val_videos=1", "data.video_frames=[60,80]", "data.video_size=[96,80]",
+        "data.extractor.input_size=32", "data.extractor.backbone.img_size=32", "+data.extractor.backbone.depth=1",
+        "debug=fdr", "print_config=false", f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 3
+    assert "val/acc_video" in proc.stdout + proc.stderr
