@@ -18,9 +18,22 @@ from surgvista.modules.tecno import TeCNOModule, median_frequency_weights
 
 # A 1-block tiny video backbone on 2-frame clips at 32 px: extraction of the small demo set takes a second.
 SETTINGS = {
-    "backbone": {"_target_": "surgvista.models.classifier.VideoClassifier", "num_classes": 7, "preset": "tiny",
-                 "depth": 1, "img_size": 32, "num_frames": 2, "tubelet_size": 2, "drop_path_rate": 0.0},
-    "clip_len": 2, "clip_stride": 3, "input_size": 32, "batch_size": 5, "read_chunk": 4, "device": "cpu",
+    "backbone": {
+        "_target_": "surgvista.models.classifier.VideoClassifier",
+        "num_classes": 7,
+        "preset": "tiny",
+        "depth": 1,
+        "img_size": 32,
+        "num_frames": 2,
+        "tubelet_size": 2,
+        "drop_path_rate": 0.0,
+    },
+    "clip_len": 2,
+    "clip_stride": 3,
+    "input_size": 32,
+    "batch_size": 5,
+    "read_chunk": 4,
+    "device": "cpu",
 }
 
 
@@ -103,8 +116,9 @@ def test_cache_is_reused_and_keyed_by_backbone(cache, demo_root, monkeypatch, tm
     backbone = features.build_extractor(SETTINGS).backbone
     torch.save({"state_dict": {f"net.{k}": v for k, v in backbone.state_dict().items()}}, ckpt)
     with_ckpt = {**SETTINGS, "ckpt": str(ckpt), "ckpt_prefix": "net."}
-    keys = {features.cache_key(s) for s in (SETTINGS, {**SETTINGS, "seed": 1}, {**SETTINGS, "clip_stride": 2},
-                                            with_ckpt)}
+    keys = {
+        features.cache_key(s) for s in (SETTINGS, {**SETTINGS, "seed": 1}, {**SETTINGS, "clip_stride": 2}, with_ckpt)
+    }
     assert len(keys) == 4
     key = features.cache_key(with_ckpt)
     torch.save({"state_dict": {f"net.{k}": v * 2 for k, v in backbone.state_dict().items()}}, ckpt)
@@ -113,8 +127,9 @@ def test_cache_is_reused_and_keyed_by_backbone(cache, demo_root, monkeypatch, tm
         features.cache_key({**SETTINGS, "clip_length": 3})
 
     # A video whose media changed is re-extracted; a partly filled cache only extracts what is missing.
-    dm = FeatureDataModule(str(root), SETTINGS, [manifests(demo_root)[0]], [manifests(demo_root)[1]],
-                           extract_missing=True)
+    dm = FeatureDataModule(
+        str(root), SETTINGS, [manifests(demo_root)[0]], [manifests(demo_root)[1]], extract_missing=True
+    )
     victim = next(iter(stamps))
     victim.unlink()
     dm.prepare_data()
@@ -130,12 +145,20 @@ def test_dataset_errors_name_the_missing_video(demo_root, tmp_path):
 def test_tecno_module_learns_the_demo_phases(cache, demo_root):
     _, root = cache
     L.seed_everything(0)
-    dm = FeatureDataModule(str(root), SETTINGS, [manifests(demo_root)[0]], [manifests(demo_root)[1]],
-                           extract_missing=False)
+    dm = FeatureDataModule(
+        str(root), SETTINGS, [manifests(demo_root)[0]], [manifests(demo_root)[1]], extract_missing=False
+    )
     module = TeCNOModule(num_classes=7, num_layers=4, num_f_maps=16, dropout=0.0, lr=1e-2)
-    trainer = L.Trainer(max_epochs=15, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        check_val_every_n_epoch=15)
+    trainer = L.Trainer(
+        max_epochs=15,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=15,
+    )
     trainer.fit(module, datamodule=dm)
     assert module.net.input_dim == 192 and module.hparams.input_dim == 192
     assert module.class_weight.shape == (7,) and not torch.all(module.class_weight == 1)
@@ -145,10 +168,20 @@ def test_tecno_module_learns_the_demo_phases(cache, demo_root):
 
 def test_demo_tecno_fast_dev_run(demo_root, tmp_path):
     proc = run_script(
-        "train.py", "experiment=demo_tecno", f"data.root={demo_root}", f"data.cache_root={tmp_path / 'cache'}",
-        "data.num_videos=3", "data.num_val_videos=1", "data.video_frames=[60,80]", "data.video_size=[96,80]",
-        "data.extractor.input_size=32", "data.extractor.backbone.img_size=32", "+data.extractor.backbone.depth=1",
-        "debug=fdr", "print_config=false", f"hydra.run.dir={tmp_path / 'run'}",
+        "train.py",
+        "experiment=demo_tecno",
+        f"data.root={demo_root}",
+        f"data.cache_root={tmp_path / 'cache'}",
+        "data.num_videos=3",
+        "data.num_val_videos=1",
+        "data.video_frames=[60,80]",
+        "data.video_size=[96,80]",
+        "data.extractor.input_size=32",
+        "data.extractor.backbone.img_size=32",
+        "+data.extractor.backbone.depth=1",
+        "debug=fdr",
+        "print_config=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert len(list((tmp_path / "cache").rglob("*.pt"))) == 3
     assert "val/acc_video" in proc.stdout + proc.stderr

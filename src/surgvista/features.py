@@ -44,14 +44,40 @@ FEATURE_VERSION = 1
 INPUT_KINDS = ("video", "image")
 POOL_KINDS = ("pre_logits", "mean_tokens")
 # Extractor settings that change the features (part of the cache key); the others only change speed.
-KEY_FIELDS = ("backbone", "ckpt", "ckpt_prefix", "seed", "input", "clip_len", "clip_stride", "input_size",
-              "pool", "frame_stride", "dtype", "module_attr")
+KEY_FIELDS = (
+    "backbone",
+    "ckpt",
+    "ckpt_prefix",
+    "seed",
+    "input",
+    "clip_len",
+    "clip_stride",
+    "input_size",
+    "pool",
+    "frame_stride",
+    "dtype",
+    "module_attr",
+)
 RUNTIME_FIELDS = ("batch_size", "device", "autocast", "backend", "read_chunk")
 DEFAULTS = {
-    "backbone": None, "ckpt": None, "ckpt_prefix": None, "ckpt_strict": True, "seed": 0, "input": "video",
-    "clip_len": 16, "clip_stride": 4, "input_size": 224, "pool": "pre_logits", "frame_stride": 1,
-    "dtype": "float32", "module_attr": None, "batch_size": 32, "device": "auto", "autocast": None,
-    "backend": "decord", "read_chunk": 64,
+    "backbone": None,
+    "ckpt": None,
+    "ckpt_prefix": None,
+    "ckpt_strict": True,
+    "seed": 0,
+    "input": "video",
+    "clip_len": 16,
+    "clip_stride": 4,
+    "input_size": 224,
+    "pool": "pre_logits",
+    "frame_stride": 1,
+    "dtype": "float32",
+    "module_attr": None,
+    "batch_size": 32,
+    "device": "auto",
+    "autocast": None,
+    "backend": "decord",
+    "read_chunk": 64,
 }
 
 
@@ -113,9 +139,16 @@ def cache_key(settings: Mapping) -> str:
 def media_fingerprint(entry: VideoEntry) -> dict:
     """What identifies a video's frames independently of where the dataset lies on disk."""
     size = entry.source.stat().st_size if entry.source.is_file() else None
-    return {"dataset": entry.dataset, "video_id": entry.video_id, "format": entry.format,
-            "source": entry.source.name, "num_frames": entry.num_frames, "fps": entry.fps, "size": size,
-            "sha256": entry.sha256}
+    return {
+        "dataset": entry.dataset,
+        "video_id": entry.video_id,
+        "format": entry.format,
+        "source": entry.source.name,
+        "num_frames": entry.num_frames,
+        "fps": entry.fps,
+        "size": size,
+        "sha256": entry.sha256,
+    }
 
 
 def frame_labels(entry: VideoEntry, label: str, frames: Sequence[int], where: str) -> torch.Tensor:
@@ -128,8 +161,7 @@ def frame_labels(entry: VideoEntry, label: str, frames: Sequence[int], where: st
     return torch.tensor([-1 if values[i] is None else int(values[i]) for i in frames], dtype=torch.long)
 
 
-def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | None = None,
-                          strict: bool = True) -> None:
+def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | None = None, strict: bool = True) -> None:
     """Load a raw or Lightning checkpoint into ``module``.
 
     Unwraps ``state_dict``/``model``/``module``; with ``prefix`` keeps only keys starting with it (stripped).
@@ -147,8 +179,11 @@ def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | Non
     if prefix:
         state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     own = module.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if wrong or (strict and (missing or unexpected)) or not set(own) & set(state):
         raise FeatureCacheError(
@@ -156,8 +191,14 @@ def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | Non
             f"shape mismatches {wrong[:5]}, missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     if missing or unexpected:
-        log.warning("backbone checkpoint %s: %d missing key(s) %s, %d unexpected key(s) %s", path, len(missing),
-                    missing[:5], len(unexpected), unexpected[:5])
+        log.warning(
+            "backbone checkpoint %s: %d missing key(s) %s, %d unexpected key(s) %s",
+            path,
+            len(missing),
+            missing[:5],
+            len(unexpected),
+            unexpected[:5],
+        )
     module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     log.info("loaded backbone weights from %s", path)
 
@@ -205,8 +246,9 @@ def _device(name: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
 
 
-def extract_video(extractor: FrameFeatureExtractor, reader: EntryReader, entry: VideoEntry, settings: Mapping,
-                  device: torch.device) -> tuple[torch.Tensor, list[int]]:
+def extract_video(
+    extractor: FrameFeatureExtractor, reader: EntryReader, entry: VideoEntry, settings: Mapping, device: torch.device
+) -> tuple[torch.Tensor, list[int]]:
     """Features ``(N, D)`` of every ``frame_stride``-th frame of ``entry``, each frame decoded once.
 
     Frames are read in order into a buffer that keeps only what later causal clips still need.
@@ -216,15 +258,15 @@ def extract_video(extractor: FrameFeatureExtractor, reader: EntryReader, entry: 
     span = (clip_len - 1) * stride
     anchors = list(range(0, entry.num_frames, int(s["frame_stride"])))
     batch = int(s["batch_size"])
-    amp = (torch.autocast(device.type, dtype=getattr(torch, s["autocast"])) if s["autocast"] else nullcontext())
+    amp = torch.autocast(device.type, dtype=getattr(torch, s["autocast"])) if s["autocast"] else nullcontext()
     buffer: dict[int, torch.Tensor] = {}
     out = []
     for start in range(0, len(anchors), batch):
-        chunk = anchors[start:start + batch]
+        chunk = anchors[start : start + batch]
         clips = [causal_clip_indices(a, clip_len, stride) for a in chunk]
         todo = sorted({i for c in clips for i in c} - buffer.keys())
         for r in range(0, len(todo), int(s["read_chunk"])):
-            ids = todo[r:r + int(s["read_chunk"])]
+            ids = todo[r : r + int(s["read_chunk"])]
             frames = to_normalized_clip(torch.from_numpy(reader.read(entry, ids)), size)  # (3, n, size, size)
             buffer.update(zip(ids, frames.unbind(1)))
         x = torch.stack([torch.stack([buffer[i] for i in c], 1) for c in clips]).to(device)
@@ -249,8 +291,10 @@ def _unique_entries(manifests: Iterable[str | Path]) -> list[tuple[VideoEntry, s
         for e in read_manifest(m).entries:
             key = (e.dataset, e.video_id)
             if key in seen and (seen[key][0].source != e.source or seen[key][0].labels != e.labels):
-                raise FeatureCacheError(f"video {e.dataset}/{e.video_id} appears in {seen[key][1]} and {m} with "
-                                        "different sources or labels; video ids must be unique per dataset")
+                raise FeatureCacheError(
+                    f"video {e.dataset}/{e.video_id} appears in {seen[key][1]} and {m} with "
+                    "different sources or labels; video ids must be unique per dataset"
+                )
             seen.setdefault(key, (e, str(m)))
     return list(seen.values())
 
@@ -265,8 +309,13 @@ def video_cache_path(directory: Path, entry: VideoEntry) -> Path:
     return directory / entry.dataset / f"{entry.video_id}.pt"
 
 
-def extract_features(settings: Mapping, manifests: Iterable[str | Path], cache_root: str | Path,
-                     label: str = "phase", progress: bool = True) -> Path:
+def extract_features(
+    settings: Mapping,
+    manifests: Iterable[str | Path],
+    cache_root: str | Path,
+    label: str = "phase",
+    progress: bool = True,
+) -> Path:
     """Extract every video of ``manifests`` not yet cached under ``<cache_root>/<key>``; return that folder.
 
     The backbone is only built when some video is missing or stale.
@@ -282,8 +331,12 @@ def extract_features(settings: Mapping, manifests: Iterable[str | Path], cache_r
             continue
         cached = torch.load(path, map_location="cpu", weights_only=True)
         if cached.get("media") != media:
-            log.warning("feature cache %s was made from different media (%s, now %s): re-extracting", path,
-                        cached.get("media"), media)
+            log.warning(
+                "feature cache %s was made from different media (%s, now %s): re-extracting",
+                path,
+                cached.get("media"),
+                media,
+            )
             todo.append((entry, where))
             continue
         labels = frame_labels(entry, label, cached["frames"].tolist(), where)
@@ -291,8 +344,12 @@ def extract_features(settings: Mapping, manifests: Iterable[str | Path], cache_r
             log.info("feature cache %s: labels changed in the manifest, updating them", path)
             _save_atomic({**cached, "labels": labels}, path)
     directory.mkdir(parents=True, exist_ok=True)
-    meta = {"version": FEATURE_VERSION, "key": directory.name,
-            "settings": {k: s[k] for k in KEY_FIELDS}, "checkpoints": _with_file_digests(s["ckpt"])}
+    meta = {
+        "version": FEATURE_VERSION,
+        "key": directory.name,
+        "settings": {k: s[k] for k in KEY_FIELDS},
+        "checkpoints": _with_file_digests(s["ckpt"]),
+    }
     (directory / "extractor.json").write_text(json.dumps(meta, indent=1, default=str))
     if not todo:
         log.info("feature cache %s: all %d videos present", directory, len(entries))
@@ -307,12 +364,18 @@ def extract_features(settings: Mapping, manifests: Iterable[str | Path], cache_r
         feats, frames = extract_video(extractor, reader, entry, s, device)
         path = video_cache_path(directory, entry)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomic({
-            "features": feats, "labels": frame_labels(entry, label, frames, where),
-            "frames": torch.tensor(frames, dtype=torch.long), "video_id": entry.video_id,
-            "dataset": entry.dataset, "fps": (entry.fps / int(s["frame_stride"])) if entry.fps else None,
-            "media": media_fingerprint(entry),
-        }, path)
+        _save_atomic(
+            {
+                "features": feats,
+                "labels": frame_labels(entry, label, frames, where),
+                "frames": torch.tensor(frames, dtype=torch.long),
+                "video_id": entry.video_id,
+                "dataset": entry.dataset,
+                "fps": (entry.fps / int(s["frame_stride"])) if entry.fps else None,
+                "media": media_fingerprint(entry),
+            },
+            path,
+        )
     return directory
 
 
@@ -320,8 +383,9 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m surgvista.features extract [hydra overrides]``: fill the cache of the composed ``data``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "extract":
-        raise SystemExit("usage: python -m surgvista.features extract experiment=<a features experiment> "
-                         "[key=value ...]")
+        raise SystemExit(
+            "usage: python -m surgvista.features extract experiment=<a features experiment> [key=value ...]"
+        )
     from hydra import compose, initialize_config_dir
 
     root = Path(os.environ.setdefault("PROJECT_ROOT", str(Path.cwd())))

@@ -42,12 +42,16 @@ class FeatureDataset(Dataset):
     def _load(self, entry: VideoEntry) -> dict:
         path = video_cache_path(self.directory, entry)
         if not path.is_file():
-            raise FeatureCacheError(f"no cached features for {entry.dataset}/{entry.video_id} at {path}; run "
-                                    "`python -m surgvista.features extract ...` (or data.extract_missing=true)")
+            raise FeatureCacheError(
+                f"no cached features for {entry.dataset}/{entry.video_id} at {path}; run "
+                "`python -m surgvista.features extract ...` (or data.extract_missing=true)"
+            )
         item = torch.load(path, map_location="cpu", weights_only=True)
         if entry.source.exists() and item.get("media") != media_fingerprint(entry):
-            raise FeatureCacheError(f"{path} was extracted from other media ({item.get('media')}) than the manifest "
-                                    f"describes ({media_fingerprint(entry)}); re-run the extraction")
+            raise FeatureCacheError(
+                f"{path} was extracted from other media ({item.get('media')}) than the manifest "
+                f"describes ({media_fingerprint(entry)}); re-run the extraction"
+            )
         return item
 
     @property
@@ -137,8 +141,13 @@ class FeatureDataModule(L.LightningDataModule):
         if split not in self.datasets:
             return []
         hp = self.hparams
-        return DataLoader(self.datasets[split], batch_size=1, shuffle=shuffle, num_workers=hp.num_workers,
-                          persistent_workers=hp.persistent_workers and hp.num_workers > 0)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=1,
+            shuffle=shuffle,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.shuffle)
@@ -167,12 +176,19 @@ class DemoFeatureDataModule(FeatureDataModule):
     ) -> None:
         root_path = Path(root)
         super().__init__(
-            cache_root=cache_root or str(root_path / "features"), extractor=extractor,
-            train_manifests=[str(root_path / "train.jsonl")], val_manifests=[str(root_path / "val.jsonl")], **kwargs
+            cache_root=cache_root or str(root_path / "features"),
+            extractor=extractor,
+            train_manifests=[str(root_path / "train.jsonl")],
+            val_manifests=[str(root_path / "val.jsonl")],
+            **kwargs,
         )
         self.demo_args = {
-            "root": root_path, "num_videos": num_videos, "num_val_videos": num_val_videos,
-            "frames_per_video": tuple(video_frames), "size": tuple(video_size), "seed": seed,
+            "root": root_path,
+            "num_videos": num_videos,
+            "num_val_videos": num_val_videos,
+            "frames_per_video": tuple(video_frames),
+            "size": tuple(video_size),
+            "seed": seed,
         }
 
     def extract(self) -> Path:

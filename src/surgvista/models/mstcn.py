@@ -32,13 +32,12 @@ class DilatedResidualLayer(nn.Module):
 class SingleStage(nn.Module):
     """One MS-TCN stage: ``(B, in_dim, T) -> (B, num_classes, T)`` logits."""
 
-    def __init__(self, num_layers: int, num_f_maps: int, in_dim: int, num_classes: int, dropout: float = 0.5,
-                 causal: bool = True) -> None:
+    def __init__(
+        self, num_layers: int, num_f_maps: int, in_dim: int, num_classes: int, dropout: float = 0.5, causal: bool = True
+    ) -> None:
         super().__init__()
         self.conv_1x1 = nn.Conv1d(in_dim, num_f_maps, 1)
-        self.layers = nn.ModuleList(
-            DilatedResidualLayer(2**i, num_f_maps, dropout, causal) for i in range(num_layers)
-        )
+        self.layers = nn.ModuleList(DilatedResidualLayer(2**i, num_f_maps, dropout, causal) for i in range(num_layers))
         self.conv_out = nn.Conv1d(num_f_maps, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -74,18 +74,21 @@ class TeCNOModule(L.LightningModule):
         self.net: MSTCN | None = None
         if input_dim is not None:
             self._build(input_dim)
-        self.metrics = torch.nn.ModuleDict({
-            stage: torch.nn.ModuleDict({
-                "acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=-1),
-                "acc_video": MeanMetric(),
-            })
-            for stage in ("val", "test")
-        })
+        self.metrics = torch.nn.ModuleDict(
+            {
+                stage: torch.nn.ModuleDict(
+                    {
+                        "acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=-1),
+                        "acc_video": MeanMetric(),
+                    }
+                )
+                for stage in ("val", "test")
+            }
+        )
 
     def _build(self, input_dim: int) -> None:
         hp = self.hparams
-        self.net = MSTCN(input_dim, hp.num_classes, hp.num_stages, hp.num_layers, hp.num_f_maps, hp.dropout,
-                         hp.causal)
+        self.net = MSTCN(input_dim, hp.num_classes, hp.num_stages, hp.num_layers, hp.num_f_maps, hp.dropout, hp.causal)
         self.hparams.input_dim = input_dim  # so load_from_checkpoint rebuilds the same network
 
     def setup(self, stage: str) -> None:
@@ -94,14 +97,20 @@ class TeCNOModule(L.LightningModule):
             if datamodule is None or not hasattr(datamodule, "feature_dim"):
                 raise ValueError("TeCNOModule(input_dim=None) needs a data module with feature_dim")
             self._build(datamodule.feature_dim)
-        elif datamodule is not None and hasattr(datamodule, "feature_dim") and \
-                datamodule.feature_dim != self.net.input_dim:
+        elif (
+            datamodule is not None
+            and hasattr(datamodule, "feature_dim")
+            and datamodule.feature_dim != self.net.input_dim
+        ):
             raise ValueError(f"features are {datamodule.feature_dim}-d but the MS-TCN expects {self.net.input_dim}")
         if self.hparams.class_weights == "median_frequency" and stage == "fit":
             counts = datamodule.class_counts()
             self.class_weight.copy_(median_frequency_weights(counts))
-            log.info("class frames %s -> median-frequency weights %s", counts.tolist(),
-                     [round(w, 3) for w in self.class_weight.tolist()])
+            log.info(
+                "class frames %s -> median-frequency weights %s",
+                counts.tolist(),
+                [round(w, 3) for w in self.class_weight.tolist()],
+            )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Per-stage logits ``(stages, B, T, C)`` of features ``(B, T, D)``."""
