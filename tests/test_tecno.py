@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from helpers import SMALL_DEMO, run_script
+from helpers import ROOT, SMALL_DEMO, run_script
 
 import surgvista.features as features
 from surgvista.data.features import FeatureDataModule, FeatureDataset
@@ -130,11 +130,16 @@ def test_cache_is_reused_and_keyed_by_backbone(cache, demo_root, monkeypatch, tm
     dm = FeatureDataModule(
         str(root), SETTINGS, [manifests(demo_root)[0]], [manifests(demo_root)[1]], extract_missing=True
     )
-    victim = next(iter(stamps))
+    victim, stale = sorted(stamps)[:2]
     victim.unlink()
+    item = torch.load(stale, weights_only=True)
+    torch.save({**item, "media": {**item["media"], "num_frames": 1}}, stale)
+    stamps[stale] = stale.stat().st_mtime_ns
     dm.prepare_data()
     assert victim.is_file()
-    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != victim)
+    assert torch.load(stale, weights_only=True)["media"] == item["media"]
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p not in (victim, stale))
+    assert stale.stat().st_mtime_ns != stamps[stale]
 
 
 def test_dataset_errors_name_the_missing_video(demo_root, tmp_path):
@@ -142,7 +147,7 @@ def test_dataset_errors_name_the_missing_video(demo_root, tmp_path):
         FeatureDataset([manifests(demo_root)[0]], tmp_path)
 
 
-def test_tecno_module_learns_the_demo_phases(cache, demo_root):
+def test_tecno_module_learns_the_demo_phases(cache, demo_root, tmp_path):
     _, root = cache
     L.seed_everything(0)
     dm = FeatureDataModule(
@@ -164,12 +169,15 @@ def test_tecno_module_learns_the_demo_phases(cache, demo_root):
     assert module.class_weight.shape == (7,) and not torch.all(module.class_weight == 1)
     acc = float(trainer.callback_metrics["val/acc_video"])
     assert acc > 0.4, acc  # held-out video; chance is 1/7 (0.79 when written)
+    trainer.save_checkpoint(tmp_path / "tecno.ckpt")
+    reloaded = TeCNOModule.load_from_checkpoint(tmp_path / "tecno.ckpt", map_location="cpu")
+    torch.testing.assert_close(reloaded.class_weight, module.class_weight)
+    x = torch.randn(1, 9, 192)
+    torch.testing.assert_close(reloaded.eval()(x), module.eval()(x))
 
 
-def test_demo_tecno_fast_dev_run(demo_root, tmp_path):
-    proc = run_script(
-        "train.py",
-        "experiment=demo_tecno",
+def test_extract_cli_then_demo_tecno_fast_dev_run(demo_root, tmp_path, monkeypatch, capsys):
+    overrides = [
         f"data.root={demo_root}",
         f"data.cache_root={tmp_path / 'cache'}",
         "data.num_videos=3",
@@ -179,9 +187,19 @@ def test_demo_tecno_fast_dev_run(demo_root, tmp_path):
         "data.extractor.input_size=32",
         "data.extractor.backbone.img_size=32",
         "+data.extractor.backbone.depth=1",
+    ]
+    monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
+    features.main(["extract", "experiment=demo_tecno", *overrides])
+    assert "features in" in capsys.readouterr().out
+    cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")}
+    assert len(cached) == 3
+    proc = run_script(
+        "train.py",
+        "experiment=demo_tecno",
+        *overrides,
         "debug=fdr",
         "print_config=false",
         f"hydra.run.dir={tmp_path / 'run'}",
     )
-    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 3
-    assert "val/acc_video" in proc.stdout + proc.stderr
+    assert "all 3 videos present" in proc.stdout + proc.stderr  # the training run reuses the CLI's cache
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")} == cached
