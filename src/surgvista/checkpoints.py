@@ -312,31 +312,49 @@ def to_canonical(
 # ------------------------------------------------------------------------------------- position tables
 
 
-def guess_grid(num_tokens: int, like: tuple[int, int, int] | None = None) -> tuple[int, int, int] | None:
-    """A ``(T', H', W')`` grid with square frames and ``T'·H'·W' = num_tokens`` (prefers ``like``'s T' or H')."""
-    cands = []
-    if like:
-        cands += [like[0]]
-        if num_tokens % (like[1] * like[2]) == 0:
-            return (num_tokens // (like[1] * like[2]), like[1], like[2])
-    cands += [8, 16, 4, 2, 1, 32]
-    for t in cands:
-        if t > 0 and num_tokens % t == 0:
+def candidate_grids(num_tokens: int) -> list[tuple[int, int, int]]:
+    """Every ``(T', S, S)`` grid with square frames and ``T'·S·S = num_tokens``."""
+    out = []
+    for t in range(1, num_tokens + 1):
+        if num_tokens % t == 0:
             s = math.isqrt(num_tokens // t)
             if s * s * t == num_tokens:
-                return (t, s, s)
-    return None
+                out.append((t, s, s))
+    return out
 
 
-def classify_table(table: torch.Tensor, grid: tuple[int, int, int] | None) -> str:
-    """``sincos3d`` / ``sinusoid1d`` when ``table`` is that fixed table (to 1e-4), else ``learned``."""
+def guess_grid(num_tokens: int, like: tuple[int, int, int] | None = None) -> tuple[int, int, int] | None:
+    """The token grid of a ``num_tokens`` table: ``like``'s frame size or T' if they fit, else the only candidate."""
+    if like:
+        if num_tokens % (like[1] * like[2]) == 0:
+            return (num_tokens // (like[1] * like[2]), like[1], like[2])
+        if num_tokens % like[0] == 0:
+            s = math.isqrt(num_tokens // like[0])
+            if s * s * like[0] == num_tokens:
+                return (like[0], s, s)
+    cands = candidate_grids(num_tokens)
+    return cands[0] if len(cands) == 1 else None
+
+
+def classify_table(table: torch.Tensor, grid: tuple[int, int, int] | None = None) -> str:
+    """``sincos3d`` / ``sinusoid1d`` when ``table`` is that fixed table (to 1e-4), else ``learned``.
+
+    Without ``grid`` every square-frame grid of the table's length is tried for ``sincos3d``.
+    """
+    return classify_table_grid(table, grid)[0]
+
+
+def classify_table_grid(table: torch.Tensor, grid=None) -> tuple[str, tuple[int, int, int] | None]:
+    """As :func:`classify_table`, also returning the grid a ``sincos3d`` table was matched on."""
     n, dim = table.shape[-2:]
     t = table.detach().float().reshape(n, dim).cpu()
     if torch.allclose(t, sinusoid_table(n, dim)[0], atol=1e-4):
-        return "sinusoid1d"
-    if grid is not None and dim % 16 == 0 and torch.allclose(t, sincos_3d(dim, grid)[0], atol=1e-4):
-        return "sincos3d"
-    return "learned"
+        return "sinusoid1d", grid
+    if dim % 16 == 0:
+        for g in [grid] if grid else candidate_grids(n):
+            if g[0] * g[1] * g[2] == n and torch.allclose(t, sincos_3d(dim, g)[0], atol=1e-4):
+                return "sincos3d", g
+    return "learned", grid
 
 
 def interpolate_pos_embed(table: torch.Tensor, src_grid: tuple[int, int, int], dst_grid: tuple[int, int, int]):
@@ -406,6 +424,10 @@ def load_backbone(
     style = layout or ("hf" if "hf_config" in meta else detect_style(list(state)))
     if style not in ("surgvista", "videomae", "hf"):
         raise ValueError(f"unknown layout {style!r}; expected surgvista, videomae or hf")
+    if container == "raw" and "hf_config" in meta:
+        container = "hf_dir"
+    elif container == "raw" and str(name).endswith(".safetensors"):
+        container = "safetensors"
     report = LoadReport(source=name, layout=f"{container}/{style}", meta={**extra, **meta})
     canon, unmapped = to_canonical(state, style)
     report.unexpected += unmapped
