@@ -333,6 +333,8 @@ def guess_grid(num_tokens: int, like: tuple[int, int, int] | None = None) -> tup
             if s * s * like[0] == num_tokens:
                 return (like[0], s, s)
     cands = candidate_grids(num_tokens)
+    if like and cands:  # neither axis kept: the grid with the closest T'/H' proportion
+        return min(cands, key=lambda g: abs(math.log(g[0] / g[1]) - math.log(like[0] / like[1])))
     return cands[0] if len(cands) == 1 else None
 
 
