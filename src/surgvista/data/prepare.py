@@ -381,7 +381,7 @@ def prepare(
             entries.setdefault(sp, []).append(entry)
         checksums.update(res["checksums"])
         for sp in src.splits:
-            hours[sp] += (len(tl.native) / tl.fps if tl.fps and src.clip else tl.duration) / 3600
+            hours[sp] += float(len(tl.native) / tl.fps if tl.fps and src.clip else tl.duration) / 3600
     for s in sources:
         for f in s.annotation_files:
             checksums.setdefault(str(f), None)
@@ -417,7 +417,7 @@ def prepare(
             sp: {
                 "videos": len(es),
                 "frames": sum(e.num_frames for e in es),
-                "hours": round(hours[sp], 4),
+                "hours": round(hours[sp], 6),
                 "labels": label_counts(es),
             }
             for sp, es in entries.items()
@@ -440,7 +440,11 @@ def _order(video_id: str) -> tuple:
 
 def _job(src: Source, out: Path, opts: Options) -> dict:
     frames = None if src.is_video else [str(f) for f in src.frames]
-    key = str(src.path) if src.is_video else f"{src.path}:{len(frames)}"
+    if src.is_video:
+        st = src.path.stat()
+        key = f"{src.path}:{st.st_size}:{st.st_mtime_ns}"
+    else:
+        key = f"{src.path}:{len(frames)}:{frames[-1] if frames else ''}"
     if src.clip is not None:
         key += f"@{src.clip}:{src.meta.get('clip_frame_limit')}"
     return {

@@ -62,7 +62,7 @@ class Cholec80CVS(Adapter):
     def meta(self) -> dict:
         return {
             "note": "one entry per annotated interval; cvs = total score 0-6 (sum of three 0/1/2 criteria), "
-            "cvs_criteria = the three scores; intervals cut at the first ClippingCutting frame"
+            "cvs_criteria = the three scores (0/1/2, repeated per frame); intervals cut at the first ClippingCutting frame"
         }
 
     def discover(self) -> list[Source]:
@@ -106,19 +106,24 @@ class Cholec80CVS(Adapter):
                 ann = (pf,)
             k = counters[vid] = counters.get(vid, -1) + 1
             split = ("test",) if vid in CVS_TEST else ("val",) if vid in CVS_VAL else ("train",)
-            labels = {"cvs": sum(scores), "cvs_criteria": scores}
+            labels = {"cvs": sum(scores), "criteria": scores}
             sources.append(
                 Source(
                     f"{video.stem}_{k:02d}",
                     split,
                     video,
                     clip=(float(start), float(end)),
-                    labels=(lambda lab: lambda tl: dict(lab))(labels),
+                    labels=(lambda lab: lambda tl: _clip_labels(lab, tl))(labels),
                     annotation_files=(table, *ann),
                     meta={"clip_frame_limit": limit, "source_video": video.stem},
                 )
             )
         return sources
+
+
+def _clip_labels(labels: dict, tl) -> dict:
+    # clip-level total; the criteria per frame (a clip-level list would read as one value per frame)
+    return {"cvs": labels["cvs"], "cvs_criteria": [list(labels["criteria"]) for _ in tl.native]}
 
 
 @register
