@@ -84,8 +84,11 @@ def cholec80(root: Path, numbers=(1, 2, 41, 45, 50), frames: int = 100) -> Path:
 
 
 def m2cai16(root: Path) -> Path:
-    for folder, stem in (("train_dataset", "workflow_video_01"), ("train_dataset", "workflow_video_02"),
-                         ("test_dataset", "test_workflow_video_01")):
+    for folder, stem in (
+        ("train_dataset", "workflow_video_01"),
+        ("train_dataset", "workflow_video_02"),
+        ("test_dataset", "test_workflow_video_01"),
+    ):
         write_video(root / folder / f"{stem}.mp4", 75)
         phases = [min(k // 10, 7) for k in range(75)]
         _phase_txt(root / folder / f"{stem}.txt", phases, M2CAI16_PHASES)
@@ -114,7 +117,8 @@ def pitvis(root: Path) -> Path:
     steps = [-1, -1, 1, 3, 3]
     (root / "annotations_01.csv").write_text(
         "int_video,int_time,int_step,int_instrument1,int_instrument2\n"
-        + "".join(f"1,{t},{s},-1,-2\n" for t, s in enumerate(steps)))
+        + "".join(f"1,{t},{s},-1,-2\n" for t, s in enumerate(steps))
+    )
     (root / "map_steps.csv").write_text("int,step\n-1,operation_not_started\n")
     return root
 
@@ -133,7 +137,8 @@ def autolaparo(root: Path) -> Path:
         write_video(task / "videos" / f"{n:02d}.mp4", 100)
         (task / "labels").mkdir(parents=True, exist_ok=True)
         (task / "labels" / f"label_{n:02d}.txt").write_text(
-            "Frame\tPhase\n" + "".join(f"{s}\t{min(s, 7)}\n" for s in range(1, 5)))
+            "Frame\tPhase\n" + "".join(f"{s}\t{min(s, 7)}\n" for s in range(1, 5))
+        )
     return root
 
 
@@ -142,10 +147,14 @@ def bypass(root: Path, prefix: str = "BBP") -> Path:
     folder, site = ("BernBypass70", "bern") if prefix == "BBP" else ("StrasBypass70", "strasbourg")
     write_video(root / folder / "videos" / f"{prefix}01.mp4", 100)
     write_video(root / folder / "videos" / f"{prefix}02.mp4", 50)
-    labels = {"phases": [{"start": 0, "end": 2500, "label_name": "preparation", "label_id": 0},
-                         {"start": 1000, "end": 2000, "label_name": "out_of_body", "label_id": 12},
-                         {"start": 2500, "end": 4000, "label_name": "gastric_pouch_creation", "label_id": 1}],
-              "steps": [{"start": 0, "end": 4000, "label_name": "s0_null_step", "label_id": 0}]}
+    labels = {
+        "phases": [
+            {"start": 0, "end": 2500, "label_name": "preparation", "label_id": 0},
+            {"start": 1000, "end": 2000, "label_name": "out_of_body", "label_id": 12},
+            {"start": 2500, "end": 4000, "label_name": "gastric_pouch_creation", "label_id": 1},
+        ],
+        "steps": [{"start": 0, "end": 4000, "label_name": "s0_null_step", "label_id": 0}],
+    }
     path = root / "labels" / site / "labels_by70" / f"{prefix}01.mp4.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(labels))
@@ -187,8 +196,16 @@ def cataract101(root: Path) -> Path:
     """``videos/case_<id>.mp4`` + ``annotations.csv`` of phase start frames (`;`), phases.csv, videos.csv."""
     for vid in (269, 270, 271):
         write_video(root / "videos" / f"case_{vid}.mp4", 150)
-    rows = ["VideoID;FrameNo;Phase", "269;30;1", "269;60;2", "269;100;3", "269;120;3",  # repeated last = end
-            "270;0;1", "270;90;4", "271;10;1"]
+    rows = [
+        "VideoID;FrameNo;Phase",
+        "269;30;1",
+        "269;60;2",
+        "269;100;3",
+        "269;120;3",  # repeated last = end
+        "270;0;1",
+        "270;90;4",
+        "271;10;1",
+    ]
     (root / "annotations.csv").write_text("\n".join(rows) + "\n")
     (root / "phases.csv").write_text("Phase;Meaning\n1;Incision\n")
     (root / "videos.csv").write_text("VideoID;Frames;FPS;Surgeon;Experience\n269;150;25;4;1\n")
@@ -210,7 +227,8 @@ def pmlr50(root: Path) -> Path:
             write_image(root / "frames" / f"{v:02d}" / f"{k:08d}.jpg", k)
         (root / "phase_annotations").mkdir(exist_ok=True)
         (root / "phase_annotations" / f"{v:02d}.txt").write_text(
-            "frame phase\n" + "".join(f"{k} {min(k + v % 3, 4)}\n" for k in range(3)))
+            "frame phase\n" + "".join(f"{k} {min(k + v % 3, 4)}\n" for k in range(3))
+        )
     return root
 
 
@@ -224,8 +242,13 @@ def cholect50_json(vid: int, n: int) -> dict:
             ann[str(k)] = [[17] + [-1] * 13 + [1], [3] + [-1] * 13 + [1]]
         elif k != 3:  # frame 3 not annotated
             ann[str(k)] = [[k] + [-1] * 13 + [2]]
-    return {"video": vid, "fps": 1, "num_frames": n, "annotations": ann,
-            "categories": {"triplet": triplet, "phase": {str(i): f"p{i}" for i in range(7)}}}
+    return {
+        "video": vid,
+        "fps": 1,
+        "num_frames": n,
+        "annotations": ann,
+        "categories": {"triplet": triplet, "phase": {str(i): f"p{i}" for i in range(7)}},
+    }
 
 
 def cholect50(root: Path, vids=(1, 5, 6, 92)) -> Path:
@@ -242,8 +265,11 @@ def cholect50(root: Path, vids=(1, 5, 6, 92)) -> Path:
 
 def prostate21(root: Path) -> Path:
     """``frames/<split>/<video>/<n>.jpg`` with gaps + ``annos/<split>/<video>.json`` (labelme ids 1..89)."""
-    for split, video, numbers in (("train", "PWH01", (0, 2, 5, 11)), ("val", "ESAD02", (0, 1)),
-                                  ("test", "CASE003", (3, 4))):
+    for split, video, numbers in (
+        ("train", "PWH01", (0, 2, 5, 11)),
+        ("val", "ESAD02", (0, 1)),
+        ("test", "CASE003", (3, 4)),
+    ):
         for k in numbers:
             write_image(root / "frames" / split / video / f"{k}.jpg", k)
         ann = {str(k): [[89 if k == 5 else 1 + k, 1, 2, 3, -1, -1, -1, -1, -1, -1]] for k in numbers if k != 2}
@@ -262,8 +288,20 @@ def cholec80_cvs(root: Path) -> Path:
         _phase_txt(root / "phase_annotations" / f"video{n:02d}-phase.txt", cholec_phases(100, 60), CHOLEC80_PHASES)
     book = openpyxl.Workbook()
     sheet = book.active
-    sheet.append(["video", "critical_view", "initial_minute", "initial_second", "final_minute", "final_second",
-                  "two_structures", "cystic_plate", "hepatocystic_triangle", "total"])
+    sheet.append(
+        [
+            "video",
+            "critical_view",
+            "initial_minute",
+            "initial_second",
+            "final_minute",
+            "final_second",
+            "two_structures",
+            "cystic_plate",
+            "hepatocystic_triangle",
+            "total",
+        ]
+    )
     sheet.append([1, 0, 0, 1, 0, 3, 1, 2, 0, 3])  # 1..3 s, cut at the clipping frame 60 (2.4 s): 2 frames
     sheet.append([3, 1, 0, 0, 0, 2, 2, 2, 1, 5])
     sheet.append([3, 0, 0, 3, 0, 1, 0, 0, 0, 0])  # final < initial: skipped
@@ -300,9 +338,23 @@ def surgicalactions160(root: Path) -> Path:
 
 
 BUILDERS = {
-    "cholec80": cholec80, "m2cai16": m2cai16, "heichole": heichole, "pitvis": pitvis, "psiava": psiava,
-    "autolaparo": autolaparo, "bernbypass70": lambda r: bypass(r, "BBP"), "strasbypass70": lambda r: bypass(r, "SBP"),
-    "gensurgery": gensurgery, "cataracts": cataracts, "cataract21": cataract21, "cataract101": cataract101,
-    "esd57": esd57, "pmlr50": pmlr50, "cholect50": cholect50, "prostate21": prostate21,
-    "cholec80_cvs": cholec80_cvs, "endoscapes": endoscapes, "surgicalactions160": surgicalactions160,
+    "cholec80": cholec80,
+    "m2cai16": m2cai16,
+    "heichole": heichole,
+    "pitvis": pitvis,
+    "psiava": psiava,
+    "autolaparo": autolaparo,
+    "bernbypass70": lambda r: bypass(r, "BBP"),
+    "strasbypass70": lambda r: bypass(r, "SBP"),
+    "gensurgery": gensurgery,
+    "cataracts": cataracts,
+    "cataract21": cataract21,
+    "cataract101": cataract101,
+    "esd57": esd57,
+    "pmlr50": pmlr50,
+    "cholect50": cholect50,
+    "prostate21": prostate21,
+    "cholec80_cvs": cholec80_cvs,
+    "endoscapes": endoscapes,
+    "surgicalactions160": surgicalactions160,
 }

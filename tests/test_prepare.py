@@ -245,8 +245,12 @@ def test_cholec80_cvs(raw, tmp_path):
     assert entry(m["train"], "video03_00").labels["cvs"] == 5 and entry(m["train"], "video03_00").num_frames == 3
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert len(stats["skipped"]) == 1 and "final < initial" in stats["skipped"][0]["reason"]
-    assert main(["cholec80_cvs", "--raw", str(raw("cholec80_cvs")), "--out", str(tmp_path / "x"), "--no-extract",
-                 "--quiet"]) == 2
+    assert (
+        main(
+            ["cholec80_cvs", "--raw", str(raw("cholec80_cvs")), "--out", str(tmp_path / "x"), "--no-extract", "--quiet"]
+        )
+        == 2
+    )
 
 
 def test_endoscapes_numeric_order(raw, tmp_path):
@@ -295,8 +299,13 @@ def test_crop_black_margin():
 
 def test_subprocess_cli_prints_table(raw, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, "-m", "surgvista.data.prepare", "pmlr50", "--raw", str(raw("pmlr50")),
-                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "surgvista.data.prepare", "pmlr50", "--raw", str(raw("pmlr50")), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "videos" in proc.stdout and "train" in proc.stdout and (tmp_path / "test.jsonl").is_file()
 
@@ -364,5 +373,7 @@ def test_no_extract_frame_folders_in_place(raw, tmp_path):
     m = run("pmlr50", raw("pmlr50"), tmp_path, "--no-extract")
     e = entry(m["train"], "01")
     assert e.format == "frames" and e.source == (raw("pmlr50") / "frames" / "01").resolve() and e.num_frames == 3
-    assert main(["endoscapes", "--raw", str(raw("endoscapes")), "--out", str(tmp_path / "e"), "--no-extract",
-                 "--quiet"]) == 2  # <vid>_<frame>.jpg names cannot be read in place
+    assert (
+        main(["endoscapes", "--raw", str(raw("endoscapes")), "--out", str(tmp_path / "e"), "--no-extract", "--quiet"])
+        == 2
+    )  # <vid>_<frame>.jpg names cannot be read in place

@@ -62,7 +62,8 @@ class Cholec80CVS(Adapter):
     def meta(self) -> dict:
         return {
             "note": "one entry per annotated interval; cvs = total score 0-6 (sum of three 0/1/2 criteria), "
-            "cvs_criteria = the three scores (0/1/2, repeated per frame); intervals cut at the first ClippingCutting frame"
+            "cvs_criteria = the three scores (0/1/2, repeated per frame); "
+            "intervals cut at the first ClippingCutting frame"
         }
 
     def discover(self) -> list[Source]:
