@@ -71,6 +71,7 @@ def test_cholec80_pretrain(raw, tmp_path):
     e = entry(pre, "video01")
     assert e.format == "frames" and e.labels["phase"] == [0, 1, 3, 5] and e.fps == 1.0
     assert F.frame_number(tmp_path / "frames" / "video01" / "1.jpg") == 25 % 32
+    assert e.labels["tool"] == [[1, 0, 0, 0, 0, 0, 0]] * 4 and pre.meta["label_names"]["tool"][0] == "Grasper"
     assert e.sha256 == sha256_file(raw("cholec80") / "videos" / "video01.mp4")
     sums = (tmp_path / "checksums.sha256").read_text()
     assert f"{e.sha256}  videos/video01.mp4" in sums and "phase_annotations/video01-phase.txt" in sums
@@ -171,6 +172,10 @@ def test_cataracts_ntsc_rate(raw, tmp_path):
     assert e.num_frames == 21  # 600 frames at 29.97 fps
     assert F.frame_number(tmp_path / "frames" / "train01" / "17.jpg") == 509 % 32  # not 510: no ceil(fps) drift
     assert e.labels["phase"][17] == 5 and e.labels["phase"][0] == 0  # 1-based csv frames: frame 510 -> step 5
+    v = entry(run("cataracts", raw("cataracts"), tmp_path / "v", "--no-extract")["train"], "train01")
+    assert v.format == "video" and v.labels == e.labels
+    frames = EntryReader("decord").read(v, [16, 17, 20])  # decord agrees on which native frames these are
+    assert [round(float(f[..., 0].mean()) / 8) % 32 for f in frames] == [480 % 32, 509 % 32, 599 % 32]
 
 
 def test_cataract21(raw, tmp_path):

@@ -10,6 +10,7 @@ from surgvista.data.adapters.base import (
     Adapter,
     PrepareError,
     Source,
+    check_length,
     class_index,
     find_ci,
     numeric_key,
@@ -58,13 +59,42 @@ def _per_frame(path: Path, names):
     return lambda tl: {"phase": sample_per_frame(values, path, tl)}
 
 
+CHOLEC80_TOOLS = ("Grasper", "Bipolar", "Hook", "Scissors", "Clipper", "Irrigator", "SpecimenBag")
+
+
+def read_tool_file(path: Path) -> list[list[int]]:
+    """``Frame<TAB>Grasper…SpecimenBag`` header, then one 0/1 row every 25 native frames (0, 25, 50, …)."""
+    lines = read_lines(path)
+    header = lines[0].split() if lines else []
+    if header != ["Frame", *CHOLEC80_TOOLS]:
+        raise AnnotationError(f"{path}: expected the header 'Frame' + {list(CHOLEC80_TOOLS)}, got {lines[:1]}")
+    rows = []
+    for lineno, line in enumerate(lines[1:], 2):
+        parts = line.split()
+        frame = parse_int(parts[0], path, lineno, "frame number")
+        if frame != 25 * len(rows) or len(parts) != 8 or any(p not in ("0", "1") for p in parts[1:]):
+            raise AnnotationError(f"{path}:{lineno}: expected frame {25 * len(rows)} and 7 values 0/1, got {line!r}")
+        rows.append([int(p) for p in parts[1:]])
+    return rows
+
+
+def sample_tools(rows: list[list[int]], path: Path, tl) -> list:
+    """Tool presence of the nearest annotated frame (every 25 native frames); null past the table."""
+    check_length(path, len(rows), -(-tl.native_count // 25), "rows (one per 25 frames)", 1)
+    out = []
+    for k in tl.native:
+        j = round(k / 25)
+        out.append(rows[j] if j < len(rows) else None)
+    return out
+
+
 @register
 class Cholec80(Adapter):
     name = "cholec80"
     description = "Cholec80: videos/videoNN.mp4 + phase_annotations/videoNN-phase.txt (25 fps, 7 phases)"
     variants = ("40-40", "40-8-32")
     splits = ("pretrain", "train", "val", "test")
-    label_names = {"phase": list(CHOLEC80_PHASES)}
+    label_names = {"phase": list(CHOLEC80_PHASES), "tool": list(CHOLEC80_TOOLS)}
 
     def split_of(self, number: int) -> tuple[str, ...]:
         if number <= 40:
@@ -79,6 +109,7 @@ class Cholec80(Adapter):
     def discover(self) -> list[Source]:
         videos = self.find("videos")
         phases = self.find("phase_annotations")
+        tools = self.find("tool_annotations", required=False)
         sources = []
         for video in video_files(videos):
             m = re.fullmatch(r"video(\d+)", video.stem)
@@ -87,14 +118,15 @@ class Cholec80(Adapter):
             ann = find_ci(phases, f"{video.stem}-phase.txt")
             if ann is None:
                 raise PrepareError(f"cholec80: no phase file {phases / (video.stem + '-phase.txt')} for {video}")
+            files, phase_fn, tool_fn = (ann,), _per_frame(ann, CHOLEC80_PHASES), None
+            tool = find_ci(tools, f"{video.stem}-tool.txt") if tools else None
+            if tool is not None:
+                rows = read_tool_file(tool)
+                files += (tool,)
+                tool_fn = (lambda r, t: lambda tl: sample_tools(r, t, tl))(rows, tool)
+            labels = (lambda p, t: lambda tl: {**p(tl), **({"tool": t(tl)} if t else {})})(phase_fn, tool_fn)
             sources.append(
-                Source(
-                    video.stem,
-                    self.split_of(int(m.group(1))),
-                    video,
-                    labels=_per_frame(ann, CHOLEC80_PHASES),
-                    annotation_files=(ann,),
-                )
+                Source(video.stem, self.split_of(int(m.group(1))), video, labels=labels, annotation_files=files)
             )
         return sources
 
