@@ -226,6 +226,7 @@ def test_cholect50_splits_labels_and_image_modes(raw, tmp_path):
     assert e.num_frames == 12
     assert e.labels["triplet"][:4] == [[], [1], [3, 17], None]  # -1 instance = no triplet; missing key = null
     assert e.labels["phase"][2] == 1 and m["train"].meta["label_names"]["triplet"][17] == "t17,v,x"
+    assert m["train"].meta["same_video_as"] == {"VID01": ["cholec80", "video01"], "VID06": ["cholec80", "video06"]}
     for k in (4, 5):  # an RGBA and a greyscale source frame are converted, not crashed on
         img = Image.open(tmp_path / "a" / "frames" / "VID01" / f"{k}.jpg")
         assert img.mode == "RGB" and F.frame_number(tmp_path / "a" / "frames" / "VID01" / f"{k}.jpg") == k
@@ -247,6 +248,8 @@ def test_cholec80_cvs(raw, tmp_path):
     val = entry(m["val"], "video01_00")
     assert val.num_frames == 2 and val.labels["cvs"] == 3 and val.labels["cvs_criteria"] == [[1, 2, 0]] * 2
     assert F.frame_number(tmp_path / "frames" / "video01_00" / "0.jpg") == 25  # interval starts at 1 s
+    assert val.sha256 == sha256_file(raw("cholec80_cvs") / "videos" / "video01.mp4")  # the Cholec80 video's digest
+    assert m["val"].meta["same_video_as"] == {"video01_00": ["cholec80", "video01"]}
     assert entry(m["train"], "video03_00").labels["cvs"] == 5 and entry(m["train"], "video03_00").num_frames == 3
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert len(stats["skipped"]) == 1 and "final < initial" in stats["skipped"][0]["reason"]

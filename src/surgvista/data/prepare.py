@@ -53,7 +53,6 @@ class Options:
     keep_aspect: bool = False
     jpeg_quality: int = 90
     crop_black: bool = False
-    min_frames: int = 1
 
     def key(self) -> dict:
         return {"v": MARKER_VERSION, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}}
@@ -202,14 +201,10 @@ def process_video(job: dict) -> dict:
                             _save(img, partial, [i], opts)
                     except OSError as e:
                         raise BadVideoError(f"cannot read frame image {files[k]}: {e}") from e
-        if len(native) < opts.min_frames:
-            raise BadVideoError(
-                f"{job['path']}: {len(native)} frame(s) at the manifest rate, fewer than the "
-                f"required {opts.min_frames} (one clip)"
-            )
         if opts.extract:
             partial.rename(folder)
     except BadVideoError as e:
+        shutil.rmtree(Path(job["frames_out"] + ".partial"), ignore_errors=True)
         return {"video_id": job["video_id"], "error": str(e)}
     result = {
         "video_id": job["video_id"],
@@ -354,7 +349,6 @@ def prepare(
         keep_aspect=keep_aspect,
         jpeg_quality=jpeg_quality,
         crop_black=crop_black,
-        min_frames=min_frames,
     )
     by_id = {s.video_id: s for s in sources}
     jobs = [_job(s, out, opts) for s in sources]
@@ -364,6 +358,11 @@ def prepare(
     skipped, checksums, hours = [], {}, Counter()
     for job in jobs:
         res, src = results[job["video_id"]], by_id[job["video_id"]]
+        if "error" not in res and len(res["native"]) < min_frames:
+            res = {
+                "error": f"{src.path}: {len(res['native'])} frame(s) at the manifest rate, fewer than the "
+                f"required {min_frames} (one clip)"
+            }
         if "error" in res:
             if on_bad_video == "error":
                 raise BadVideoError(f"{dataset}: {res['error']} (use --on-bad-video skip to skip it)")
@@ -389,10 +388,12 @@ def prepare(
     if meta_extra.get("val_is_test") and "test" in entries:
         entries["val"] = list(entries["test"])
 
+    same_video = {s.video_id: s.meta["same_video_as"] for s in sources if s.meta.get("same_video_as")}
     written = {}
     for sp, es in entries.items():
         if not es:
             continue
+        same = {e.video_id: same_video[e.video_id] for e in es if e.video_id in same_video}
         meta = {
             "version": 1,
             "dataset": dataset,
@@ -403,9 +404,12 @@ def prepare(
             "variant": adapter.variant,
             "raw": str(Path(raw).resolve()),
             **meta_extra,
+            **({"same_video_as": same} if same else {}),
         }
         written[sp] = write_manifest(out / f"{sp}.jsonl", sorted(es, key=lambda e: _order(e.video_id)), meta)
 
+    for sp in set(adapter.splits) - set(written):
+        (out / f"{sp}.jsonl").unlink(missing_ok=True)  # a split emptied since an earlier run
     _write_checksums(out / "checksums.sha256", checksums, Path(raw))
     stats = {
         "dataset": dataset,

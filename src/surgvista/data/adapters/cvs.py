@@ -116,7 +116,7 @@ class Cholec80CVS(Adapter):
                     clip=(float(start), float(end)),
                     labels=(lambda lab: lambda tl: _clip_labels(lab, tl))(labels),
                     annotation_files=(table, *ann),
-                    meta={"clip_frame_limit": limit, "source_video": video.stem},
+                    meta={"clip_frame_limit": limit, "same_video_as": ["cholec80", video.stem]},
                 )
             )
         return sources

@@ -117,7 +117,10 @@ class CholecT50(Adapter):
                     "phase": _sample_frames(files, phases, ann, tl, missing=-1),
                 }
 
-            sources.append(Source(folder.name, which, folder, frames=files, labels=lab, annotation_files=(ann,)))
+            same = {"same_video_as": ["cholec80", f"video{n:02d}"]} if n <= 80 else {}  # CholecT50 ⊃ 45 Cholec80 videos
+            sources.append(
+                Source(folder.name, which, folder, frames=files, labels=lab, annotation_files=(ann,), meta=same)
+            )
         return sources
 
 
