@@ -385,3 +385,17 @@ def test_no_extract_frame_folders_in_place(raw, tmp_path):
         main(["endoscapes", "--raw", str(raw("endoscapes")), "--out", str(tmp_path / "e"), "--no-extract", "--quiet"])
         == 2
     )  # <vid>_<frame>.jpg names cannot be read in place
+
+
+def test_prepared_manifests_feed_the_clip_dataset(raw, tmp_path):
+    import torch
+
+    from surgvista.data.clips import VideoClipDataset
+
+    run("cholec80", raw("cholec80"), tmp_path / "x")
+    run("cholec80", raw("cholec80"), tmp_path / "v", "--no-extract")
+    for folder in ("x", "v"):
+        ds = VideoClipDataset([tmp_path / folder / "pretrain.jsonl"], torch.from_numpy, num_frames=2, sampling_rate=2)
+        clip = ds[3]["video"]  # anchor frame 3 (native 75), previous frame 1 (native 25)
+        assert len(ds) == 8 and clip.shape == (2, 24, 32, 3)
+        assert [round(float(f[..., 0].float().mean()) / 8) % 32 for f in clip] == [25, 75 % 32]
