@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from surgvista.models.position import sincos_3d
+from surgvista.models.position import sincos_3d, sinusoid_table
 from surgvista.models.vit import Block, TubeletEmbed, init_weights, run_blocks
 
 # name: (embed_dim, depth, heads, pixel-decoder dim, pixel-decoder heads, image-decoder dim, image-decoder heads)
@@ -17,16 +17,26 @@ STUDENT_PRESETS: dict[str, tuple[int, int, int, int, int, int, int]] = {
     "large": (1024, 24, 16, 512, 8, 384, 6),
     "huge": (1280, 32, 16, 640, 8, 384, 6),
 }
+STUDENT_POS_EMBED_KINDS = ("sincos3d", "sinusoid1d")
 
 
 class Decoder(nn.Module):
     """Light decoder: blocks, then norm and head on the trailing ``return_token_num`` (mask) tokens."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, out_dim: int, drop_path: float, ln_eps: float):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        out_dim: int,
+        drop_path: float,
+        ln_eps: float,
+        norm_eps: float | None = None,
+    ):
         super().__init__()
         rates = np.linspace(0, drop_path, depth).tolist()
         self.blocks = nn.ModuleList(Block(dim, num_heads, 4.0, r, ln_eps) for r in rates)
-        self.norm = nn.LayerNorm(dim, eps=ln_eps)
+        self.norm = nn.LayerNorm(dim, eps=ln_eps if norm_eps is None else norm_eps)
         self.head = nn.Linear(dim, out_dim)
         self.grad_checkpointing = False
 
@@ -41,6 +51,13 @@ class SurgVISTAStudent(nn.Module):
     ``forward(video, mask)`` takes ``video (B,3,T,H,W)`` and a bool ``mask (B, N)`` (True = masked, the same
     count per sample) and returns ``(image_pred, pixel_pred)``, each ``(B, N_masked, ·)`` in ascending token
     order, or ``None`` for a decoder that is switched off (``image_decoder=False`` gives VideoMAE).
+
+    ``pos_embed`` picks the fixed tables of the encoder and both decoders: ``"sincos3d"`` (SurgVISTA/MVD, the
+    default) or ``"sinusoid1d"`` (VideoMAE/HF: the 1-D table over the flat token index). With
+    ``image_decoder=False, pos_embed="sinusoid1d", decoder_norm_eps=1e-5`` the student computes exactly what
+    ``transformers.VideoMAEForPreTraining`` does (HF hard-codes eps 1e-5 on the decoder's final norm; its
+    ``encoder_to_decoder`` has no bias, so load it with ``down_vid.bias`` = 0). The ``state_dict`` layout is the
+    same for both kinds.
     """
 
     def __init__(
@@ -66,10 +83,14 @@ class SurgVISTAStudent(nn.Module):
         pixel_decoder_depth: int = 4,
         pixel_decoder_heads: int | None = None,
         grad_checkpointing: bool = False,
+        pos_embed: str = "sincos3d",
+        decoder_norm_eps: float | None = None,
     ) -> None:
         super().__init__()
         if preset not in STUDENT_PRESETS:
             raise ValueError(f"unknown student preset {preset!r}; expected one of {sorted(STUDENT_PRESETS)}")
+        if pos_embed not in STUDENT_POS_EMBED_KINDS:
+            raise ValueError(f"unknown pos_embed {pos_embed!r}; expected one of {STUDENT_POS_EMBED_KINDS}")
         if not (image_decoder or pixel_decoder):
             raise ValueError("at least one of image_decoder / pixel_decoder must be enabled")
         p_dim, p_depth, p_heads, pix_dim, pix_heads, img_dim, img_heads = STUDENT_PRESETS[preset]
@@ -77,19 +98,25 @@ class SurgVISTAStudent(nn.Module):
         depth = depth or p_depth
         self.embed_dim, self.num_frames, self.img_size = dim, num_frames, img_size
         self.tubelet_size, self.patch_size = tubelet_size, patch_size
-        self.grad_checkpointing = grad_checkpointing
+        self.grad_checkpointing, self.pos_embed_kind = grad_checkpointing, pos_embed
 
         grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
-        self.pos_embed = nn.Parameter(sincos_3d(dim, grid), requires_grad=False)
+
+        def table(width: int) -> torch.Tensor:
+            if pos_embed == "sincos3d":
+                return sincos_3d(width, grid)
+            return sinusoid_table(grid[0] * grid[1] * grid[2], width)
+
+        self.pos_embed = nn.Parameter(table(dim), requires_grad=False)
         self.pixel_dim = tubelet_size * patch_size * patch_size * 3
         if image_decoder:
             img_dim = image_decoder_dim or img_dim
             self.mask_token_img = nn.Parameter(torch.zeros(1, 1, img_dim))
-            self.pos_embed_img = nn.Parameter(sincos_3d(img_dim, grid), requires_grad=False)
+            self.pos_embed_img = nn.Parameter(table(img_dim), requires_grad=False)
         if pixel_decoder:
             pix_dim = pixel_decoder_dim or pix_dim
             self.mask_token_vid = nn.Parameter(torch.zeros(1, 1, pix_dim))
-            self.pos_embed_vid = nn.Parameter(sincos_3d(pix_dim, grid), requires_grad=False)
+            self.pos_embed_vid = nn.Parameter(table(pix_dim), requires_grad=False)
 
         self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, num_frames, dim)
         rates = np.linspace(0, drop_path_rate, depth).tolist()
@@ -99,7 +126,13 @@ class SurgVISTAStudent(nn.Module):
         if image_decoder:
             self.down_img = nn.Linear(dim, img_dim)
             self.decoder_img = Decoder(
-                img_dim, image_decoder_depth, image_decoder_heads or img_heads, teacher_dim, drop_path_rate, ln_eps
+                img_dim,
+                image_decoder_depth,
+                image_decoder_heads or img_heads,
+                teacher_dim,
+                drop_path_rate,
+                ln_eps,
+                decoder_norm_eps,
             )
         if pixel_decoder:
             self.down_vid = nn.Linear(dim, pix_dim)
@@ -110,6 +143,7 @@ class SurgVISTAStudent(nn.Module):
                 self.pixel_dim,
                 drop_path_rate,
                 ln_eps,
+                decoder_norm_eps,
             )
         self.reset_parameters()
         self.set_grad_checkpointing(grad_checkpointing)
