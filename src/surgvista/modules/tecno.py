@@ -8,9 +8,8 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
+from surgvista.metrics import PhaseMetrics
 from surgvista.models.mstcn import MSTCN
 
 log = logging.getLogger(__name__)
@@ -40,8 +39,10 @@ class TeCNOModule(L.LightningModule):
     Cholec80 weights), ``"none"``, or an explicit list. ``stage_reduction``: how the per-stage losses are
     combined (the reference averages them). ``loss_on_softmax=True`` reproduces the reference's quirk of
     feeding softmax outputs to the cross-entropy (a second softmax); the default uses the logits.
-    Logged: ``{train,val,test}/loss``, ``val/acc`` (frames pooled), ``val/acc_video`` (mean per-video accuracy
-    of the last stage, the reference's model-selection metric).
+    Logged: ``{train,val,test}/loss`` and the :class:`~surgvista.metrics.PhaseMetrics` of the last stage under
+    ``val/`` and ``test/`` (percent): ``accuracy`` (frames pooled), ``video_accuracy_mean`` (mean per-video
+    accuracy, the reference's model-selection metric), ``precision``, ``recall``, ``jaccard``, ``f1``, ``edit``,
+    ... (``relaxed``/``matlab_compatible``/``dataset``/``fps`` as in PhaseMetrics).
     """
 
     def __init__(
@@ -60,6 +61,9 @@ class TeCNOModule(L.LightningModule):
         stage_reduction: str = "mean",
         loss_on_softmax: bool = False,
         fps: float = 1.0,
+        dataset: str = "cholec80",
+        relaxed: bool | str = "auto",
+        matlab_compatible: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(class_weights, str) and class_weights not in CLASS_WEIGHT_KINDS:
@@ -76,11 +80,8 @@ class TeCNOModule(L.LightningModule):
             self._build(input_dim)
         self.metrics = torch.nn.ModuleDict(
             {
-                stage: torch.nn.ModuleDict(
-                    {
-                        "acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=-1),
-                        "acc_video": MeanMetric(),
-                    }
+                stage: PhaseMetrics(
+                    num_classes, fps=fps, relaxed=relaxed, matlab_compatible=matlab_compatible, dataset=dataset
                 )
                 for stage in ("val", "test")
             }
@@ -139,17 +140,17 @@ class TeCNOModule(L.LightningModule):
         labels = batch["labels"].reshape(-1)
         self.log(f"{stage}/loss", self._loss(logits, labels), on_epoch=True, batch_size=1, sync_dist=True)
         probs = logits[-1].reshape(-1, logits.shape[-1]).softmax(-1)
-        metrics = self.metrics[stage]
-        metrics["acc"].update(probs, labels)
-        annotated = labels >= 0
-        if annotated.any():
-            correct = probs.argmax(-1)[annotated] == labels[annotated]
-            metrics["acc_video"].update(correct.float().mean())
+        video = batch["video"].reshape(1).expand(labels.shape[0])
+        self.metrics[stage].update(probs, labels, video, batch["frames"].reshape(-1))
 
     def _log_metrics(self, stage: str) -> None:
-        for name, metric in self.metrics[stage].items():
-            self.log(f"{stage}/{name}", metric.compute(), prog_bar=name == "acc_video")
+        metric = self.metrics[stage]
+        if self.trainer.sanity_checking:
             metric.reset()
+            return
+        for name, value in metric.compute().items():
+            self.log(f"{stage}/{name}", float(value), prog_bar=name == "video_accuracy_mean")
+        metric.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
