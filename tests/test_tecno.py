@@ -121,6 +121,10 @@ def test_cache_is_reused_and_keyed_by_backbone(cache, demo_root, monkeypatch, tm
     }
     assert len(keys) == 4
     key = features.cache_key(with_ckpt)
+    clip = torch.randn(2, 3, 2, 32, 32)
+    torch.testing.assert_close(features.build_extractor(with_ckpt)(clip), features.build_extractor(SETTINGS)(clip))
+    with pytest.raises(features.FeatureCacheError, match="no key starts with ckpt_prefix 'model.'"):
+        features.build_extractor({**with_ckpt, "ckpt_prefix": "model."})
     torch.save({"state_dict": {f"net.{k}": v * 2 for k, v in backbone.state_dict().items()}}, ckpt)
     assert features.cache_key(with_ckpt) != key  # same path, new contents
     with pytest.raises(ValueError, match="unknown feature extractor setting"):
@@ -140,6 +144,21 @@ def test_cache_is_reused_and_keyed_by_backbone(cache, demo_root, monkeypatch, tm
     assert torch.load(stale, weights_only=True)["media"] == item["media"]
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p not in (victim, stale))
     assert stale.stat().st_mtime_ns != stamps[stale]
+
+
+def test_image_backbone_submodule():
+    """A per-frame image model (the reference's TeCNO image FMs): the ImageTeacher's timm ViT, CLS pre-logits."""
+    settings = {
+        "backbone": {"_target_": "surgvista.models.teacher.ImageTeacher", "preset": "tiny", "img_size": 32},
+        "module_attr": "vit",
+        "input": "image",
+        "clip_len": 1,
+        "input_size": 32,
+    }
+    out = features.build_extractor(settings)(torch.randn(3, 3, 1, 32, 32))
+    assert out.shape == (3, 192)
+    with pytest.raises(ValueError, match="input=image needs clip_len=1"):
+        features.cache_key({**settings, "clip_len": 4})
 
 
 def test_dataset_errors_name_the_missing_video(demo_root, tmp_path):
@@ -205,3 +224,18 @@ def test_extract_cli_then_demo_tecno_fast_dev_run(demo_root, tmp_path, monkeypat
     )
     assert "all 3 videos present" in proc.stdout + proc.stderr  # the training run reuses the CLI's cache
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")} == cached
+
+
+def test_tecno_cholec80_experiment_composes(monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=tecno_cholec80", "paths.data_dir=/datasets"])
+    assert cfg.data.train_manifests == ["/datasets/cholec80/train.jsonl"]
+    assert cfg.data.val_manifests == ["/datasets/cholec80/val.jsonl"]
+    m = cfg.model
+    assert (m.num_stages, m.num_layers, m.num_f_maps, m.lr, m.num_classes) == (2, 8, 32, 7e-5, 7)
+    ex = cfg.data.extractor
+    assert (ex.clip_len, ex.clip_stride, ex.input_size, ex.backbone.preset) == (16, 4, 224, "base")
+    assert cfg.callbacks.model_checkpoint.monitor == "val/video_accuracy_mean" == cfg.optimized_metric

@@ -105,6 +105,14 @@ def _with_file_digests(value: object) -> object:
     return value
 
 
+def _ckpt_digest(value: object) -> object:
+    """A checkpoint file or (HF) directory by content; anything else as :func:`_with_file_digests`."""
+    if isinstance(value, str) and value and Path(value).is_dir():
+        files = sorted(p for p in Path(value).rglob("*") if p.is_file())
+        return {"dir_sha256": {str(p.relative_to(value)): file_digest(p) for p in files}}
+    return _with_file_digests(value)
+
+
 def resolve_settings(settings: Mapping) -> dict:
     """Extractor settings with defaults filled in; unknown keys and bad values are errors naming them."""
     unknown = sorted(set(settings) - set(DEFAULTS))
@@ -133,6 +141,7 @@ def cache_key(settings: Mapping) -> str:
     """Digest (16 hex) of everything that determines the features; checkpoint files enter by content."""
     s = resolve_settings(settings)
     payload = {"version": FEATURE_VERSION, **{k: _with_file_digests(s[k]) for k in KEY_FIELDS}}
+    payload["ckpt"] = _ckpt_digest(s["ckpt"])
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -162,22 +171,28 @@ def frame_labels(entry: VideoEntry, label: str, frames: Sequence[int], where: st
 
 
 def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | None = None, strict: bool = True) -> None:
-    """Load a raw or Lightning checkpoint into ``module``.
+    """Load a checkpoint into ``module``; with ``prefix`` only the keys starting with it (stripped).
 
-    Unwraps ``state_dict``/``model``/``module``; with ``prefix`` keeps only keys starting with it (stripped).
-    ``strict=False`` tolerates missing/unexpected keys (logged) but still errors on a shape mismatch or when
-    no key matches at all.
+    ``VideoClassifier``/``SurgVISTAStudent`` go through :func:`surgvista.checkpoints.load_backbone` (every
+    supported layout: our Lightning checkpoints, official/exported ``.pth``, VideoMAE, HF; strict key diff).
+    Other modules (e.g. timm models) load the unwrapped state dict directly: ``strict=False`` tolerates
+    missing/unexpected keys (logged), never a shape mismatch or a checkpoint with no matching key.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model", "module"):
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-            break
+    from surgvista.checkpoints import load_backbone, read_checkpoint, unwrap
+    from surgvista.models import SurgVISTAStudent, VideoClassifier
+
+    ours = isinstance(module, (VideoClassifier, SurgVISTAStudent))
+    if ours and not prefix:
+        load_backbone(path, module, strict=strict)
+        return
+    state, _, _ = unwrap(read_checkpoint(path)[0], str(path))
     if prefix:
         state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise FeatureCacheError(f"backbone checkpoint {path}: no key starts with ckpt_prefix {prefix!r}")
+    if ours:
+        load_backbone(state, module, strict=strict)
+        return
     own = module.state_dict()
     wrong = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
@@ -348,7 +363,7 @@ def extract_features(
         "version": FEATURE_VERSION,
         "key": directory.name,
         "settings": {k: s[k] for k in KEY_FIELDS},
-        "checkpoints": _with_file_digests(s["ckpt"]),
+        "checkpoints": _ckpt_digest(s["ckpt"]),
     }
     (directory / "extractor.json").write_text(json.dumps(meta, indent=1, default=str))
     if not todo:
