@@ -170,7 +170,12 @@ def test_tecno_module_learns_the_demo_phases(cache, demo_root, tmp_path):
     _, root = cache
     L.seed_everything(0)
     dm = FeatureDataModule(
-        str(root), SETTINGS, [manifests(demo_root)[0]], [manifests(demo_root)[1]], extract_missing=False
+        str(root),
+        SETTINGS,
+        [manifests(demo_root)[0]],
+        [manifests(demo_root)[1]],
+        [manifests(demo_root)[1]],
+        extract_missing=False,
     )
     module = TeCNOModule(num_classes=7, num_layers=4, num_f_maps=16, dropout=0.0, lr=1e-2, fps=5.0, dataset="demo")
     trainer = L.Trainer(
@@ -182,6 +187,7 @@ def test_tecno_module_learns_the_demo_phases(cache, demo_root, tmp_path):
         enable_model_summary=False,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=15,
+        default_root_dir=tmp_path,
     )
     trainer.fit(module, datamodule=dm)
     assert module.net.input_dim == 192 and module.hparams.input_dim == 192
@@ -191,6 +197,12 @@ def test_tecno_module_learns_the_demo_phases(cache, demo_root, tmp_path):
     assert acc > 40, acc  # percent, held-out video; chance is 1/7 (78.6 when written)
     assert {"val/accuracy", "val/jaccard", "val/f1", "val/loss"} <= set(metrics)
     trainer.save_checkpoint(tmp_path / "tecno.ckpt")
+    trainer.test(module, datamodule=dm)
+    files = sorted((tmp_path / "test" / "predictions").glob("*.txt"))
+    assert [f.name for f in files] == [f"demo_{v.split('/')[1]}.txt" for v in dm.video_ids("test")]
+    rows = files[0].read_text().splitlines()
+    assert rows[0] == "Frame\tPhase\tTarget" and len(rows) == 1 + int((dm.datasets["test"][0]["labels"] >= 0).sum())
+    assert float(trainer.callback_metrics["test/video_accuracy_mean"]) == pytest.approx(acc)
     reloaded = TeCNOModule.load_from_checkpoint(tmp_path / "tecno.ckpt", map_location="cpu")
     torch.testing.assert_close(reloaded.class_weight, module.class_weight)
     x = torch.randn(1, 9, 192)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -148,9 +150,28 @@ class TeCNOModule(L.LightningModule):
         if self.trainer.sanity_checking:
             metric.reset()
             return
-        for name, value in metric.compute().items():
-            self.log(f"{stage}/{name}", float(value), prog_bar=name == "video_accuracy_mean")
+        values = {k: float(v) for k, v in metric.compute().items()}
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "video_accuracy_mean")
+        if stage == "test":
+            videos = metric.predictions()
+            if self.trainer.is_global_zero:
+                self.write_predictions(stage, videos, values)
         metric.reset()
+
+    def write_predictions(self, stage: str, videos: dict, values: dict[str, float]) -> Path:
+        """``<default_root_dir>/<stage>/predictions/<video_id>.txt`` (``Frame<TAB>Phase`` ids, the reference's
+        evaluator format, plus the target) and ``<stage>/metrics.json``."""
+        out = Path(self.trainer.default_root_dir) / stage
+        (out / "predictions").mkdir(parents=True, exist_ok=True)
+        names = self.trainer.datamodule.video_ids(stage)
+        for index, v in videos.items():
+            rows = ["Frame\tPhase\tTarget"]
+            rows += [f"{f}\t{p}\t{t}" for f, p, t in zip(v["frame"], v["prediction"], v["target"])]
+            (out / "predictions" / f"{names[index].replace('/', '_')}.txt").write_text("\n".join(rows) + "\n")
+        (out / "metrics.json").write_text(json.dumps(values, indent=1))
+        log.info("%s: %d prediction files in %s", stage, len(videos), out / "predictions")
+        return out
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
