@@ -218,6 +218,7 @@ def _strip_wrappers(key: str) -> str:
 
 def detect_style(keys: list[str]) -> str:
     """``hf`` (transformers VideoMAE), ``videomae`` (original encoder./decoder. layout) or ``surgvista``."""
+    keys = [_strip_wrappers(k) for k in keys]
     if any(k.startswith(("videomae.", "embeddings.patch_embeddings.")) or ".attention.attention." in k for k in keys):
         return "hf"
     if any(k.startswith(("encoder.", "encoder_to_decoder", "decoder.")) for k in keys):
