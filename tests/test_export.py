@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import ROOT
 from test_checkpoints import ARCH, GEOM, classifier, randomize, student
 
 from surgvista.checkpoints import load_backbone, read_checkpoint
-from surgvista.export import ExportError, export
+from surgvista.export import ExportError, export, main
 
 
 def lightning_ckpt(tmp_path, model, name: str = "last.ckpt", **extra) -> str:
@@ -40,14 +36,14 @@ def assert_same_state(a: torch.nn.Module, b: torch.nn.Module, skip: tuple[str, .
             assert torch.equal(sa[key], sb[key]), key
 
 
-def test_cli_original_round_trip_is_bit_exact(tmp_path):
+def test_cli_original_round_trip_is_bit_exact(tmp_path, capsys):
     ours = student()
     ckpt = lightning_ckpt(tmp_path, ours)
     out = tmp_path / "surgvista.pth"
-    cmd = [sys.executable, "-m", "surgvista.export", f"ckpt={ckpt}", "format=original", f"out={out}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert f"wrote {out}" in proc.stdout
+    assert main([f"ckpt={ckpt}", "format=original", f"out={out}"]) == 0  # the CLI entry point, in-process
+    assert f"wrote {out}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="missing argument"):
+        main([f"ckpt={ckpt}", "format=original"])
     obj = torch.load(out, weights_only=True)
     assert list(obj) == ["model"] and list(obj["model"]) == list(ours.state_dict())
     back = student(seed=11)

@@ -49,7 +49,9 @@ def randomize(model: nn.Module, seed: int, std: float = 0.1) -> nn.Module:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if "norm" in name and "weight" in name else 0))
+                p.normal_(0.0, std, generator=g)
+                if "norm" in name and "weight" in name:
+                    p.add_(1.0)
     return model.eval()
 
 

@@ -412,6 +412,7 @@ def load_backbone(
         model: a :class:`~surgvista.models.SurgVISTAStudent` or :class:`~surgvista.models.VideoClassifier`.
         strict: raise :class:`CheckpointError` on any missing, unexpected or wrong-shape key and on a position
             embedding kind that disagrees with the model's; ``False`` loads what matches and logs the diff.
+            A checkpoint of another architecture (width, depth, patch size) is an error either way.
         layout: force the key style (``surgvista``, ``videomae``, ``hf``) instead of detecting it.
         pos_embed_kind: declare the checkpoint's position table kind when it cannot be seen in the file
             (e.g. an MVD original without ``pos_embed``: ``"sincos3d"``).
