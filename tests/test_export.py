@@ -140,3 +140,37 @@ def test_fine_tuning_init_from_export_equals_init_from_lightning(tmp_path):
     torch.manual_seed(0)
     loss_b = torch.nn.functional.cross_entropy(b(video), target)
     assert torch.equal(loss_a, loss_b)
+
+
+@pytest.mark.slow
+def test_real_lightning_checkpoint_loads_and_exports(tmp_path, demo_root):
+    """A checkpoint written by an actual (1-step) fit: weights_only loading, export and reload."""
+    import lightning as L
+    from test_train import make_data, make_module
+
+    L.seed_everything(0)
+    module = make_module()
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)],
+    )
+    trainer.fit(module, datamodule=make_data(demo_root))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    fresh = make_module().student
+    report = load_backbone(ckpt, fresh)
+    assert report.layout == "lightning/surgvista" and report.ok and report.meta["hyper_parameters"]["batch_size"] == 2
+    assert_same_state(module.student, fresh)
+    out = export(ckpt, "safetensors", tmp_path / "student.safetensors")
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["global_step"] == 1 and card["architecture"]["img_size"] == 64 and card["pos_embed"] == "sincos3d"
+    again = make_module().student
+    load_backbone(out, again)
+    assert_same_state(module.student, again)
