@@ -312,6 +312,13 @@ def test_fixed_tables_are_recomputed_for_new_frames_and_resolution(all_layouts):
     )
     report = load_backbone({"model": s.state_dict()}, s_big)
     assert report.ok and torch.equal(s_big.pos_embed, sincos_3d(64, (4, 6, 6)))
+    assert report.pos_embed == "fixed sincos3d table for grid (4, 6, 6) (checkpoint: sincos3d)"
+    # A 16-frame 224-px SurgVISTA table is recognised whatever the target grid.
+    base_like = {**s.state_dict(), "pos_embed": sincos_3d(64, (8, 14, 14))}
+    report = load_backbone({"model": base_like}, classifier("sincos3d"))
+    assert "checkpoint pos_embed is the sincos3d table of grid (8, 14, 14)" in report.notes
+    with pytest.raises(CheckpointError, match="sincos3d table but the model uses sinusoid1d"):
+        load_backbone({"model": base_like}, classifier("sinusoid1d"))
     hf_big = classifier("sinusoid1d", num_frames=8, img_size=48)
     load_backbone(all_layouts[6][1], hf_big)
     torch.testing.assert_close(hf_big.pos_embed, sinusoid_table(4 * 36, 64), rtol=0, atol=0)
