@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: install demo test test-fast lint format demo-data clean clean-logs
+.PHONY: install demo test test-fast lint format demo-data prepare clean clean-logs
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ format: install
 
 demo-data: install
 	$(PY) -m surgvista.data.demo --out data/demo
+
+prepare: install  ## make prepare DATASET=cholec80 RAW=/data/raw/cholec80 OUT=data/cholec80 [ARGS="--workers 8"]
+	$(PY) -m surgvista.data.prepare $(DATASET) --raw "$(RAW)" --out "$(OUT)" $(ARGS)
 
 clean-logs:
 	rm -rf logs/*
