@@ -63,6 +63,8 @@ def test_safetensors_export_carries_a_model_card(tmp_path):
         tmp_path, ours, datamodule_hyper_parameters={"train_manifests": [str(manifest)]}, callbacks=callbacks
     )
     (tmp_path / "config.yaml").write_text("model:\n  student:\n    img_size: 32\n    num_frames: 4\n")
+    (tmp_path / "csv" / "version_0").mkdir(parents=True)
+    (tmp_path / "csv" / "version_0" / "metrics.csv").write_text("epoch,step,val/loss\n0,1,0.75\n1,2,0.5\n")
     out = export(ckpt, "safetensors", tmp_path / "out" / "surgvista.safetensors")
     _, meta = read_checkpoint(out)
     card = meta["card"]
@@ -71,7 +73,7 @@ def test_safetensors_export_carries_a_model_card(tmp_path):
     assert card["pos_embed"] == "sincos3d" and card["architecture"]["img_size"] == 32
     assert card["architecture"]["embed_dim"] == ARCH["embed_dim"] and card["num_tensors"] == len(ours.state_dict())
     assert len(card["data_manifest_hash"]) == 64 and card["data_manifests"][0]["sha256"]
-    assert card["metrics"]["ModelCheckpoint.best_model_score"] == 0.25
+    assert card["metrics"]["ModelCheckpoint.best_model_score"] == 0.25 and card["metrics"]["last.val/loss"] == 0.5
     back = student(seed=12)
     assert load_backbone(out, back).layout == "safetensors/surgvista"
     assert_same_state(ours, back)
