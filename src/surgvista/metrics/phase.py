@@ -90,12 +90,13 @@ def relaxation_rules(dataset: str, num_classes: int | None = None) -> Relaxation
     """The relaxed-boundary rules of ``dataset``; errors if it has none or its class count differs."""
     key = normalise_dataset(dataset)
     if key not in RELAXATION_RULES:
-        raise ValueError(f"no relaxed-boundary rules for dataset {dataset!r}; rules exist for "
-                         f"{sorted(RELAXATION_RULES)} (use relaxed=False for the others)")
+        raise ValueError(
+            f"no relaxed-boundary rules for dataset {dataset!r}; rules exist for "
+            f"{sorted(RELAXATION_RULES)} (use relaxed=False for the others)"
+        )
     rules = RELAXATION_RULES[key]
     if num_classes is not None and num_classes != rules.num_classes:
-        raise ValueError(f"relaxed-boundary rules of {key} expect num_classes={rules.num_classes}, got "
-                         f"{num_classes}")
+        raise ValueError(f"relaxed-boundary rules of {key} expect num_classes={rules.num_classes}, got {num_classes}")
     return rules
 
 
@@ -128,11 +129,11 @@ def relaxed_correct(target, pred, rules: RelaxationRules, window: int, matlab_co
         t = min(window, e - s)
         head = cur[:t]
         head[np.isin(head, list(rules.late[p]))] = 0
-        tail_hit = np.isin(cur[e - s - t:], list(rules.early[p]))
+        tail_hit = np.isin(cur[e - s - t :], list(rules.early[p]))
         if matlab_compatible:
             cur[:t][tail_hit] = 0
         else:
-            cur[e - s - t:][tail_hit] = 0
+            cur[e - s - t :][tail_hit] = 0
     return d == 0
 
 
@@ -188,11 +189,16 @@ def aggregate_phase_scores(videos: Sequence[VideoPhaseScores], prefix: str = "")
     jac, prec, rec, f1 = (nanmean_rows(clipped(n)) for n in ("jaccard", "precision", "recall", "f1"))
     f1_per_video = nanmean_rows(clipped("f1").T)
     out = {
-        "video_accuracy_mean": mean(acc), "video_accuracy_std": std(acc),
-        "precision": nanmean(prec), "precision_std": nanstd(prec),
-        "recall": mean(rec), "recall_std": std(rec),
-        "jaccard": mean(jac), "jaccard_std": std(jac),
-        "f1": mean(f1), "f1_std": std(f1_per_video),
+        "video_accuracy_mean": mean(acc),
+        "video_accuracy_std": std(acc),
+        "precision": nanmean(prec),
+        "precision_std": nanstd(prec),
+        "recall": mean(rec),
+        "recall_std": std(rec),
+        "jaccard": mean(jac),
+        "jaccard_std": std(jac),
+        "f1": mean(f1),
+        "f1_std": std(f1_per_video),
     }
     return {prefix + k: v for k, v in out.items()}
 
@@ -219,14 +225,18 @@ def _check_videos(preds_per_video, targets_per_video, num_classes: int) -> tuple
         raise ValueError("phase_scores: no videos given")
     for i, (p, t) in enumerate(zip(preds, targets)):
         if p.shape != t.shape or p.size == 0:
-            raise ValueError(f"phase_scores: video {i} has {p.size} predicted and {t.size} target frames; expected "
-                             "the same non-zero number")
+            raise ValueError(
+                f"phase_scores: video {i} has {p.size} predicted and {t.size} target frames; expected "
+                "the same non-zero number"
+            )
         for what, x in (("prediction", p), ("target", t)):
             if not np.issubdtype(x.dtype, np.integer):
                 raise ValueError(f"phase_scores: video {i} {what} labels must be integers, got dtype {x.dtype}")
             if x.min() < 0 or x.max() >= num_classes:
-                raise ValueError(f"phase_scores: video {i} {what} labels must lie in [0, {num_classes - 1}] "
-                                 f"(num_classes={num_classes}), got range [{x.min()}, {x.max()}]")
+                raise ValueError(
+                    f"phase_scores: video {i} {what} labels must lie in [0, {num_classes - 1}] "
+                    f"(num_classes={num_classes}), got range [{x.min()}, {x.max()}]"
+                )
     return preds, targets
 
 
