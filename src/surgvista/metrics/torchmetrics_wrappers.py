@@ -36,7 +36,7 @@ def _as_1d_int(name: str, owner: str, x, batch: int) -> torch.Tensor:
         raise ValueError(
             f"{owner}.update: {name} must be an integer tensor of shape [{batch}], got {tuple(x.shape)} {x.dtype}"
         )
-    return x.detach().to("cpu", torch.int64)
+    return x.detach().to(dtype=torch.int64)
 
 
 def _as_probs(owner: str, probs, num_classes: int) -> torch.Tensor:
@@ -48,7 +48,7 @@ def _as_probs(owner: str, probs, num_classes: int) -> torch.Tensor:
         )
     if not torch.isfinite(probs).all():
         raise ValueError(f"{owner}.update: probs contain NaN or Inf")
-    return probs.detach().to("cpu", torch.float32)
+    return probs.detach().to(dtype=torch.float32)
 
 
 class _KeyedMetric(Metric):
@@ -62,6 +62,11 @@ class _KeyedMetric(Metric):
         super().__init__(**kwargs)
         for name in ("probs", "target", "video", "frame"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def _store(self, probs: torch.Tensor, target: torch.Tensor, video: torch.Tensor, frame: torch.Tensor) -> None:
+        """Append one batch to the states, on the metric's device (so NCCL/gloo can gather them)."""
+        for name, value in (("probs", probs), ("target", target), ("video", video), ("frame", frame)):
+            getattr(self, name).append(value.to(self.device))
 
     def _merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """All rows (gathered when synced), duplicates merged; rows keyed ``video == -1`` are never merged."""
@@ -138,10 +143,10 @@ class PhaseMetrics(_KeyedMetric):
                 f"(num_classes={self.num_classes}, ignore_index={self.ignore_index}), got "
                 f"{target[bad][:5].tolist()}"
             )
-        self.probs.append(probs[keep])
-        self.target.append(target[keep])
-        self.video.append(video[keep])
-        self.frame.append(frame[keep])
+        keep = keep.to(probs.device)
+        self._store(
+            probs[keep], target.to(probs.device)[keep], video.to(probs.device)[keep], frame.to(probs.device)[keep]
+        )
 
     def _per_video(self) -> dict[int, dict[str, np.ndarray]]:
         video, frame, probs, target = self._merged()
@@ -220,10 +225,12 @@ class TripletMetrics(_KeyedMetric):
             )
         if ((target != 0) & (target != 1)).any():
             raise ValueError("TripletMetrics.update: target must be multi-hot (0/1 values)")
-        self.probs.append(probs)
-        self.target.append(target.detach().to("cpu", torch.int64))
-        self.video.append(_as_1d_int("video", "TripletMetrics", video, probs.shape[0]))
-        self.frame.append(_as_1d_int("frame", "TripletMetrics", frame, probs.shape[0]))
+        self._store(
+            probs,
+            target.detach().to(dtype=torch.int64),
+            _as_1d_int("video", "TripletMetrics", video, probs.shape[0]),
+            _as_1d_int("frame", "TripletMetrics", frame, probs.shape[0]),
+        )
 
     def _videos(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         video, _, probs, target = self._merged()
@@ -293,10 +300,7 @@ class ClipMetrics(_KeyedMetric):
             index = _as_1d_int("index", "ClipMetrics", index, batch)
             if (index < 0).any():
                 raise ValueError("ClipMetrics.update: index must be non-negative sample ids")
-        self.probs.append(probs)
-        self.target.append(target.detach().to("cpu", torch.int64))
-        self.video.append(index)
-        self.frame.append(torch.zeros(batch, dtype=torch.int64))
+        self._store(probs, target.detach().to(dtype=torch.int64), index, torch.zeros(batch, dtype=torch.int64))
 
     def compute(self) -> dict[str, float]:
         _, _, probs, target = self._merged()
