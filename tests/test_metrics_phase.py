@@ -300,3 +300,40 @@ def test_relaxation_only_forgives(data):
         runs = np.diff(np.r_[0, np.flatnonzero(t[1:] != t[:-1]) + 1, len(t)])
         if runs.max() <= 10:
             assert np.array_equal(corrected, relaxed_correct(t, p, rules, 10, matlab_compatible=True))
+
+
+def spec_reference_correct(gt: np.ndarray, pred: np.ndarray, window: int, matlab: bool) -> np.ndarray:
+    """Spec §7.3a item 1 written frame by frame with 1-based run offsets: for a run [s, e] and i = 1..t, the late
+    rule sets frame s+i-1 to 0 if d[s+i-1] in LATE(p); then frame s+i-1 (MATLAB) or e-t+i (corrected) is set to 0
+    iff d[e-t+i] in EARLY(p). Cholec80 ids 0..6: LATE = {-1,-2} for 5, 6 else {-1}; EARLY = {+1,+2} for 3..6
+    else {+1}."""
+    d = [int(x) for x in pred - gt]
+    n, s = len(d), 0
+    while s < n:
+        e = s
+        while e + 1 < n and gt[e + 1] == gt[s]:
+            e += 1
+        p = int(gt[s])
+        late = {-1, -2} if p in (5, 6) else {-1}
+        early = {1, 2} if p in (3, 4, 5, 6) else {1}
+        t = min(window, e - s + 1)
+        for i in range(1, t + 1):
+            if d[s + i - 1] in late:
+                d[s + i - 1] = 0
+        hits = [d[e - t + i] in early for i in range(1, t + 1)]  # read after the late rule
+        for i in range(1, t + 1):
+            if hits[i - 1]:
+                d[(s + i - 1) if matlab else (e - t + i)] = 0
+        s = e + 1
+    return np.array(d) == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(phase_sets(), st.integers(1, 12))
+def test_relaxation_equals_spec_reference(data, window):
+    preds, targets = data
+    rules = relaxation_rules("cholec80")
+    for p, t in zip(preds, targets):
+        for matlab in (True, False):
+            ours = relaxed_correct(t, p, rules, window, matlab_compatible=matlab)
+            assert np.array_equal(ours, spec_reference_correct(t, p, window, matlab))
