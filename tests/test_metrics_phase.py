@@ -20,6 +20,7 @@ from surgvista.metrics import (
     relaxation_rules,
     relaxed_correct,
     segment_scores,
+    video_macro_scores,
     video_phase_scores,
 )
 from surgvista.metrics.phase import VideoPhaseScores
@@ -126,6 +127,11 @@ def test_hand_example_summary():
     assert close(r["relaxed_precision_std"], 0.0)
     corrected = phase_scores([PRED], [GT], 7, matlab_compatible=False)
     assert close(corrected["relaxed_video_accuracy_mean"], 2900 / 30)
+    # Macro scores over the classes in GT or prediction {0, 1, 2, 3, 5}, 0/0 -> 0:
+    #   P = (10/12, 7/9, 0, 4/4, 0), R = (10/12, 7/12, 0, 4/6, 0), F1 = 2TP/(#pred + #gt) = (20/24, 14/21, 0, 8/10, 0)
+    assert close(r["macro_precision"], (10 / 12 + 7 / 9 + 1) / 5 * 100)
+    assert close(r["macro_recall"], (10 / 12 + 7 / 12 + 4 / 6) / 5 * 100)
+    assert close(r["macro_f1"], (20 / 24 + 14 / 21 + 0.8) / 5 * 100)
     # Segments: pred runs 0,1,0,1,5,1,2,3,5 vs GT 0,1,3 -> Levenshtein 6 -> edit (1 - 6/9) * 100.
     # F1@k: TP = pred runs [0,10) (IoU 10/12), [14,20) (6/12), [25,29) (4/6) at every k; 6 FP; 0 FN -> 50.
     assert close(r["edit"], 100 / 3)
@@ -337,3 +343,14 @@ def test_relaxation_equals_spec_reference(data, window):
         for matlab in (True, False):
             ours = relaxed_correct(t, p, rules, window, matlab_compatible=matlab)
             assert np.array_equal(ours, spec_reference_correct(t, p, window, matlab))
+
+
+@settings(max_examples=20, deadline=None)
+@given(phase_sets())
+def test_macro_scores_equal_sklearn(data):
+    from sklearn.metrics import precision_recall_fscore_support
+
+    for p, t in zip(*data):
+        labels = np.union1d(p, t)
+        ref = precision_recall_fscore_support(t, p, labels=labels, average="macro", zero_division=0)[:3]
+        assert np.allclose(video_macro_scores(t, p), np.array(ref) * 100, rtol=0, atol=1e-9)

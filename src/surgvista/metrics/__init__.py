@@ -23,6 +23,7 @@ from surgvista.metrics.phase import (
     relax_window,
     relaxation_rules,
     relaxed_correct,
+    video_macro_scores,
     video_phase_scores,
 )
 from surgvista.metrics.segments import edit_score, overlap_counts, segment_scores, segments
@@ -62,5 +63,6 @@ __all__ = [
     "topk_accuracy",
     "triplet_scores",
     "video_ap",
+    "video_macro_scores",
     "video_phase_scores",
 ]
