@@ -207,6 +207,27 @@ def test_pretraining_layouts_load_into_a_student(all_layouts, index):
         assert torch.equal(got[key], value), key
 
 
+def test_mvd_and_umt_originals():
+    s3, s1 = student("sincos3d"), student("sinusoid1d", image_decoder=False, seed=5)
+    # MVD: DeepSpeed container, encoder./decoder. keys, a stored 3-D sin-cos encoder table.
+    mvd = {"module": {**videomae_original(s3), "encoder.pos_embed": s3.pos_embed.detach()}}
+    mvd["module"] = {k: v for k, v in mvd["module"].items() if "_img" not in k}
+    report = load_backbone(mvd, model := classifier("sincos3d"))
+    assert report.layout == "module/videomae" and report.ok and "sincos3d" in report.pos_embed
+    torch.testing.assert_close(encoder_out(model, VIDEO), encoder_out(s3, VIDEO), rtol=0, atol=0)
+    # Without its table an MVD file cannot show its kind: declare it.
+    no_table = {k: v for k, v in mvd["module"].items() if k != "encoder.pos_embed"}
+    with pytest.raises(CheckpointError, match="sinusoid1d table but the model uses sincos3d"):
+        load_backbone(no_table, classifier("sincos3d"))
+    assert load_backbone(no_table, classifier("sincos3d"), pos_embed_kind="sincos3d").ok
+    # UMT: backbone./model. prefixes and a CLIP-alignment decoder that no model of ours has.
+    umt = {f"backbone.{k}": v for k, v in videomae_original(s1).items()}
+    umt |= {"backbone.clip_decoder.0.head.weight": torch.zeros(4, 4), "backbone.clip_pos_embed": torch.zeros(1, 4)}
+    report = load_backbone({"model": umt}, model := classifier("sinusoid1d"))
+    assert report.ok and report.unexpected == [] and "backbone.clip_pos_embed" in report.ignored
+    torch.testing.assert_close(encoder_out(model, VIDEO), encoder_out(s1, VIDEO), rtol=0, atol=0)
+
+
 def test_lightning_checkpoint_keeps_hyper_parameters(all_layouts):
     report = load_backbone(all_layouts[0][1], student(seed=4))
     assert report.meta["hyper_parameters"] == {"base_lr": 1.5e-4} and report.meta["epoch"] == 2
@@ -291,6 +312,13 @@ def test_fixed_tables_are_recomputed_for_new_frames_and_resolution(all_layouts):
     )
     report = load_backbone({"model": s.state_dict()}, s_big)
     assert report.ok and torch.equal(s_big.pos_embed, sincos_3d(64, (4, 6, 6)))
+    assert report.pos_embed == "fixed sincos3d table for grid (4, 6, 6) (checkpoint: sincos3d)"
+    # A 16-frame 224-px SurgVISTA table is recognised whatever the target grid.
+    base_like = {**s.state_dict(), "pos_embed": sincos_3d(64, (8, 14, 14))}
+    report = load_backbone({"model": base_like}, classifier("sincos3d"))
+    assert "checkpoint pos_embed is the sincos3d table of grid (8, 14, 14)" in report.notes
+    with pytest.raises(CheckpointError, match="sincos3d table but the model uses sinusoid1d"):
+        load_backbone({"model": base_like}, classifier("sinusoid1d"))
     hf_big = classifier("sinusoid1d", num_frames=8, img_size=48)
     load_backbone(all_layouts[6][1], hf_big)
     torch.testing.assert_close(hf_big.pos_embed, sinusoid_table(4 * 36, 64), rtol=0, atol=0)

@@ -20,6 +20,7 @@ from surgvista.metrics import (
     relaxation_rules,
     relaxed_correct,
     segment_scores,
+    video_macro_scores,
     video_phase_scores,
 )
 from surgvista.metrics.phase import VideoPhaseScores
@@ -55,12 +56,16 @@ def test_hand_example_unrelaxed():
     # phase 3: U = 24..29 (6), TP 4, #pred 4 -> J 4/6, P 100, R 4/6, F1 80
     # phases 2, 4, 5, 6 absent from the GT -> NaN (phase 2 and 5 are predicted, but not penalised)
     s = video_phase_scores(GT, PRED, 7)
-    assert_scores(s, {
-        "jaccard": [1000 / 14, 50, NAN, 400 / 6, NAN, NAN, NAN],
-        "precision": [1000 / 12, 700 / 9, NAN, 100, NAN, NAN, NAN],
-        "recall": [1000 / 12, 700 / 12, NAN, 400 / 6, NAN, NAN, NAN],
-        "f1": [1000 / 12, 1400 / 21, NAN, 80, NAN, NAN, NAN],
-    }, accuracy=70.0)
+    assert_scores(
+        s,
+        {
+            "jaccard": [1000 / 14, 50, NAN, 400 / 6, NAN, NAN, NAN],
+            "precision": [1000 / 12, 700 / 9, NAN, 100, NAN, NAN, NAN],
+            "recall": [1000 / 12, 700 / 12, NAN, 400 / 6, NAN, NAN, NAN],
+            "f1": [1000 / 12, 1400 / 21, NAN, 80, NAN, NAN, NAN],
+        },
+        accuracy=70.0,
+    )
 
 
 def test_hand_example_relaxed_matlab():
@@ -77,12 +82,16 @@ def test_hand_example_relaxed_matlab():
     #          F1 = 2 (P R)/(P + R) = 2000/21
     # phase 3: U = 24..29, TP 6; #pred 4 -> J 100, P 150, R 100, F1 120
     s = video_phase_scores(GT, PRED, 7, correct)
-    assert_scores(s, {
-        "jaccard": [1200 / 14, 1000 / 14, NAN, 100, NAN, NAN, NAN],
-        "precision": [100, 1000 / 9, NAN, 150, NAN, NAN, NAN],
-        "recall": [100, 1000 / 12, NAN, 100, NAN, NAN, NAN],
-        "f1": [100, 2000 / 21, NAN, 120, NAN, NAN, NAN],
-    }, accuracy=2600 / 30)
+    assert_scores(
+        s,
+        {
+            "jaccard": [1200 / 14, 1000 / 14, NAN, 100, NAN, NAN, NAN],
+            "precision": [100, 1000 / 9, NAN, 150, NAN, NAN, NAN],
+            "recall": [100, 1000 / 12, NAN, 100, NAN, NAN, NAN],
+            "f1": [100, 2000 / 21, NAN, 120, NAN, NAN, NAN],
+        },
+        accuracy=2600 / 30,
+    )
 
 
 def test_hand_example_relaxed_corrected():
@@ -94,12 +103,16 @@ def test_hand_example_relaxed_corrected():
     # phase 1: U = 10..23, TP 13 -> J 13/14, P 1300/9, R 1300/12, F1 = 2*1300/21
     # phase 3: as in the MATLAB flavour
     s = video_phase_scores(GT, PRED, 7, correct)
-    assert_scores(s, {
-        "jaccard": [100, 1300 / 14, NAN, 100, NAN, NAN, NAN],
-        "precision": [1400 / 12, 1300 / 9, NAN, 150, NAN, NAN, NAN],
-        "recall": [1400 / 12, 1300 / 12, NAN, 100, NAN, NAN, NAN],
-        "f1": [1400 / 12, 2600 / 21, NAN, 120, NAN, NAN, NAN],
-    }, accuracy=2900 / 30)
+    assert_scores(
+        s,
+        {
+            "jaccard": [100, 1300 / 14, NAN, 100, NAN, NAN, NAN],
+            "precision": [1400 / 12, 1300 / 9, NAN, 150, NAN, NAN, NAN],
+            "recall": [1400 / 12, 1300 / 12, NAN, 100, NAN, NAN, NAN],
+            "f1": [1400 / 12, 2600 / 21, NAN, 120, NAN, NAN, NAN],
+        },
+        accuracy=2900 / 30,
+    )
 
 
 def test_hand_example_summary():
@@ -114,6 +127,11 @@ def test_hand_example_summary():
     assert close(r["relaxed_precision_std"], 0.0)
     corrected = phase_scores([PRED], [GT], 7, matlab_compatible=False)
     assert close(corrected["relaxed_video_accuracy_mean"], 2900 / 30)
+    # Macro scores over the classes in GT or prediction {0, 1, 2, 3, 5}, 0/0 -> 0:
+    #   P = (10/12, 7/9, 0, 4/4, 0), R = (10/12, 7/12, 0, 4/6, 0), F1 = 2TP/(#pred + #gt) = (20/24, 14/21, 0, 8/10, 0)
+    assert close(r["macro_precision"], (10 / 12 + 7 / 9 + 1) / 5 * 100)
+    assert close(r["macro_recall"], (10 / 12 + 7 / 12 + 4 / 6) / 5 * 100)
+    assert close(r["macro_f1"], (20 / 24 + 14 / 21 + 0.8) / 5 * 100)
     # Segments: pred runs 0,1,0,1,5,1,2,3,5 vs GT 0,1,3 -> Levenshtein 6 -> edit (1 - 6/9) * 100.
     # F1@k: TP = pred runs [0,10) (IoU 10/12), [14,20) (6/12), [25,29) (4/6) at every k; 6 FP; 0 FN -> 50.
     assert close(r["edit"], 100 / 3)
@@ -148,10 +166,20 @@ def test_rules_per_dataset():
 
 def test_aggregation_rules():
     # Two videos, 3 phases; phase 2 absent from video 1. Values > 100 clipped before averaging.
-    v1 = VideoPhaseScores(np.array([50.0, 150.0, NAN]), np.array([40.0, 60.0, NAN]), np.array([80.0, 20.0, NAN]),
-                          np.array([60.0, 90.0, NAN]), 70.0)
-    v2 = VideoPhaseScores(np.array([70.0, 90.0, 30.0]), np.array([np.inf, 80.0, 10.0]), np.array([60.0, 40.0, 50.0]),
-                          np.array([NAN, 70.0, 40.0]), 90.0)
+    v1 = VideoPhaseScores(
+        np.array([50.0, 150.0, NAN]),
+        np.array([40.0, 60.0, NAN]),
+        np.array([80.0, 20.0, NAN]),
+        np.array([60.0, 90.0, NAN]),
+        70.0,
+    )
+    v2 = VideoPhaseScores(
+        np.array([70.0, 90.0, 30.0]),
+        np.array([np.inf, 80.0, 10.0]),
+        np.array([60.0, 40.0, 50.0]),
+        np.array([NAN, 70.0, 40.0]),
+        90.0,
+    )
     r = aggregate_phase_scores([v1, v2])
     # jaccard per phase: (50+70)/2=60, (100+90)/2=95, 30 -> mean 61.667; std (N-1) over phases
     assert close(r["jaccard"], 185 / 3)
@@ -181,11 +209,9 @@ def test_malformed_inputs():
         phase_scores([np.array([0, 1])], [np.array([0, 1, 1])], 7)
     m = PhaseMetrics(7)
     with pytest.raises(ValueError, match=r"probs must be a float tensor of shape \[B, 7\] \(num_classes=7\)"):
-        m.update(torch.rand(4, 8), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long),
-                 torch.arange(4))
+        m.update(torch.rand(4, 8), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), torch.arange(4))
     with pytest.raises(ValueError, match=r"target must be an integer tensor of shape \[4\]"):
-        m.update(torch.rand(4, 7), torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long),
-                 torch.arange(4))
+        m.update(torch.rand(4, 7), torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long), torch.arange(4))
     with pytest.raises(ValueError, match=r"targets must lie in \[0, 6\]"):
         m.update(torch.rand(2, 7), torch.tensor([0, 9]), torch.zeros(2, dtype=torch.long), torch.arange(2))
     with pytest.raises(ValueError, match="no samples"):
@@ -205,8 +231,12 @@ def test_phase_metric_class_matches_functional():
         probs = rng.random((n, 7)).astype(np.float32)
         probs[np.arange(n), target] += 0.7  # mostly right
         frames = rng.permutation(n)  # any update order
-        m.update(torch.from_numpy(probs[frames]), torch.from_numpy(target[frames]), torch.full((n,), v),
-                 torch.from_numpy(frames))
+        m.update(
+            torch.from_numpy(probs[frames]),
+            torch.from_numpy(target[frames]),
+            torch.full((n,), v),
+            torch.from_numpy(frames),
+        )
         preds.append(probs.argmax(1))
         targets.append(target)
     m.update(torch.rand(1, 7), torch.tensor([-1]), torch.tensor([0]), torch.tensor([99]))  # unannotated: dropped
@@ -221,6 +251,7 @@ def test_phase_metric_class_matches_functional():
 
 
 # ---- properties --------------------------------------------------------------------------------------------
+
 
 def _video(draw, num_classes: int) -> np.ndarray:
     runs = draw(st.lists(st.tuples(st.integers(0, num_classes - 1), st.integers(1, 15)), min_size=1, max_size=6))
@@ -275,3 +306,51 @@ def test_relaxation_only_forgives(data):
         runs = np.diff(np.r_[0, np.flatnonzero(t[1:] != t[:-1]) + 1, len(t)])
         if runs.max() <= 10:
             assert np.array_equal(corrected, relaxed_correct(t, p, rules, 10, matlab_compatible=True))
+
+
+def spec_reference_correct(gt: np.ndarray, pred: np.ndarray, window: int, matlab: bool) -> np.ndarray:
+    """Spec §7.3a item 1 written frame by frame with 1-based run offsets: for a run [s, e] and i = 1..t, the late
+    rule sets frame s+i-1 to 0 if d[s+i-1] in LATE(p); then frame s+i-1 (MATLAB) or e-t+i (corrected) is set to 0
+    iff d[e-t+i] in EARLY(p). Cholec80 ids 0..6: LATE = {-1,-2} for 5, 6 else {-1}; EARLY = {+1,+2} for 3..6
+    else {+1}."""
+    d = [int(x) for x in pred - gt]
+    n, s = len(d), 0
+    while s < n:
+        e = s
+        while e + 1 < n and gt[e + 1] == gt[s]:
+            e += 1
+        p = int(gt[s])
+        late = {-1, -2} if p in (5, 6) else {-1}
+        early = {1, 2} if p in (3, 4, 5, 6) else {1}
+        t = min(window, e - s + 1)
+        for i in range(1, t + 1):
+            if d[s + i - 1] in late:
+                d[s + i - 1] = 0
+        hits = [d[e - t + i] in early for i in range(1, t + 1)]  # read after the late rule
+        for i in range(1, t + 1):
+            if hits[i - 1]:
+                d[(s + i - 1) if matlab else (e - t + i)] = 0
+        s = e + 1
+    return np.array(d) == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(phase_sets(), st.integers(1, 12))
+def test_relaxation_equals_spec_reference(data, window):
+    preds, targets = data
+    rules = relaxation_rules("cholec80")
+    for p, t in zip(preds, targets):
+        for matlab in (True, False):
+            ours = relaxed_correct(t, p, rules, window, matlab_compatible=matlab)
+            assert np.array_equal(ours, spec_reference_correct(t, p, window, matlab))
+
+
+@settings(max_examples=20, deadline=None)
+@given(phase_sets())
+def test_macro_scores_equal_sklearn(data):
+    from sklearn.metrics import precision_recall_fscore_support
+
+    for p, t in zip(*data):
+        labels = np.union1d(p, t)
+        ref = precision_recall_fscore_support(t, p, labels=labels, average="macro", zero_division=0)[:3]
+        assert np.allclose(video_macro_scores(t, p), np.array(ref) * 100, rtol=0, atol=1e-9)

@@ -16,6 +16,7 @@ there: a 3-D sin-cos (SurgVISTA/MVD) or learned table is refused rather than sil
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -179,7 +180,11 @@ def to_hf(
     if hf_arch == "auto":
         if "head.weight" in state:
             hf_arch = "classification"
-        elif "decoder_vid.head.weight" in state and not torch.count_nonzero(state.get("down_vid.bias", torch.zeros(1))):
+        elif (
+            "decoder_vid.head.weight" in state
+            and "down_img.weight" not in state
+            and not torch.count_nonzero(state.get("down_vid.bias", torch.zeros(1)))
+        ):
             hf_arch = "pretraining"
         else:
             hf_arch = "model"
@@ -322,6 +327,12 @@ def model_card(state: Mapping[str, torch.Tensor], info: Mapping[str, Any], arch:
             for k in ("best_model_score", "current_score", "monitor", "best_model_path"):
                 if cb.get(k) is not None:
                     metrics[f"{name.split('{')[0]}.{k}"] = cb[k]
+    run_dir = info.get("run_dir")
+    if run_dir is not None:  # the CSV logger's last value of every metric
+        for csv_path in sorted(Path(run_dir).glob("csv/version_*/metrics.csv"))[-1:]:
+            with csv_path.open() as f:
+                for row in csv.DictReader(f):
+                    metrics.update({f"last.{k}": float(v) for k, v in row.items() if v not in ("", None)})
     if metrics:
         card["metrics"] = metrics
     return _plain(card)
@@ -350,6 +361,7 @@ def export(
     state, info = canonical_state(ckpt)
     cfg = run_config(ckpt)
     info["run_config"] = cfg
+    info["run_dir"] = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     student_cfg = ((cfg.get("model") or {}).get("student") or {}) if cfg else {}
     if not student_cfg and isinstance(info.get("card"), Mapping):
         student_cfg = {**info["card"].get("architecture", {}), "pos_embed": info["card"].get("pos_embed")}

@@ -38,6 +38,7 @@ def average_precision_per_class(target, score) -> np.ndarray:
     y = np.asarray(target)
     s = np.asarray(score)
     if y.ndim != 2 or y.shape != s.shape:
-        raise ValueError(f"average_precision_per_class: expected two (N, K) arrays of one shape, got {y.shape} "
-                         f"and {s.shape}")
+        raise ValueError(
+            f"average_precision_per_class: expected two (N, K) arrays of one shape, got {y.shape} and {s.shape}"
+        )
     return np.array([average_precision(y[:, k], s[:, k]) for k in range(y.shape[1])], dtype=np.float64)

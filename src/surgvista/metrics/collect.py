@@ -19,8 +19,10 @@ def merge_duplicates(video, frame, probs, target) -> tuple[np.ndarray, np.ndarra
     probs, target = np.asarray(probs, dtype=np.float64), np.asarray(target)
     n = video.shape[0]
     if not (frame.shape[0] == probs.shape[0] == target.shape[0] == n):
-        raise ValueError(f"merge_duplicates: {n} videos, {frame.shape[0]} frames, {probs.shape[0]} probability rows "
-                         f"and {target.shape[0]} targets; expected one of each per sample")
+        raise ValueError(
+            f"merge_duplicates: {n} videos, {frame.shape[0]} frames, {probs.shape[0]} probability rows "
+            f"and {target.shape[0]} targets; expected one of each per sample"
+        )
     order = np.lexsort((frame, video))
     video, frame, probs, target = video[order], frame[order], probs[order], target[order]
     first = np.r_[True, (video[1:] != video[:-1]) | (frame[1:] != frame[:-1])] if n else np.zeros(0, dtype=bool)
@@ -30,8 +32,10 @@ def merge_duplicates(video, frame, probs, target) -> tuple[np.ndarray, np.ndarra
     differs = (target != target[starts][group]).reshape(n, -1).any(axis=1)
     if differs.any():
         i = int(np.flatnonzero(differs)[0])
-        raise ValueError(f"conflicting targets for the same sample (video {video[i]}, frame {frame[i]}): "
-                         f"{target[starts][group][i].tolist()} vs {target[i].tolist()}")
+        raise ValueError(
+            f"conflicting targets for the same sample (video {video[i]}, frame {frame[i]}): "
+            f"{target[starts][group][i].tolist()} vs {target[i].tolist()}"
+        )
     if n and counts.max() > 1:
         probs = np.add.reduceat(probs, starts, axis=0) / counts.reshape(-1, *([1] * (probs.ndim - 1)))
     else:
@@ -43,4 +47,4 @@ def split_by_video(video: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, 
     """Video ids (sorted) and, per video, the slices of ``arrays`` (rows must be sorted by video)."""
     ids, starts = np.unique(video, return_index=True)
     bounds = np.r_[starts, len(video)]
-    return ids, [tuple(a[bounds[j]:bounds[j + 1]] for a in arrays) for j in range(len(ids))]
+    return ids, [tuple(a[bounds[j] : bounds[j + 1]] for a in arrays) for j in range(len(ids))]

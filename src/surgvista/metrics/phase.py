@@ -90,12 +90,13 @@ def relaxation_rules(dataset: str, num_classes: int | None = None) -> Relaxation
     """The relaxed-boundary rules of ``dataset``; errors if it has none or its class count differs."""
     key = normalise_dataset(dataset)
     if key not in RELAXATION_RULES:
-        raise ValueError(f"no relaxed-boundary rules for dataset {dataset!r}; rules exist for "
-                         f"{sorted(RELAXATION_RULES)} (use relaxed=False for the others)")
+        raise ValueError(
+            f"no relaxed-boundary rules for dataset {dataset!r}; rules exist for "
+            f"{sorted(RELAXATION_RULES)} (use relaxed=False for the others)"
+        )
     rules = RELAXATION_RULES[key]
     if num_classes is not None and num_classes != rules.num_classes:
-        raise ValueError(f"relaxed-boundary rules of {key} expect num_classes={rules.num_classes}, got "
-                         f"{num_classes}")
+        raise ValueError(f"relaxed-boundary rules of {key} expect num_classes={rules.num_classes}, got {num_classes}")
     return rules
 
 
@@ -128,11 +129,11 @@ def relaxed_correct(target, pred, rules: RelaxationRules, window: int, matlab_co
         t = min(window, e - s)
         head = cur[:t]
         head[np.isin(head, list(rules.late[p]))] = 0
-        tail_hit = np.isin(cur[e - s - t:], list(rules.early[p]))
+        tail_hit = np.isin(cur[e - s - t :], list(rules.early[p]))
         if matlab_compatible:
             cur[:t][tail_hit] = 0
         else:
-            cur[e - s - t:][tail_hit] = 0
+            cur[e - s - t :][tail_hit] = 0
     return d == 0
 
 
@@ -188,11 +189,16 @@ def aggregate_phase_scores(videos: Sequence[VideoPhaseScores], prefix: str = "")
     jac, prec, rec, f1 = (nanmean_rows(clipped(n)) for n in ("jaccard", "precision", "recall", "f1"))
     f1_per_video = nanmean_rows(clipped("f1").T)
     out = {
-        "video_accuracy_mean": mean(acc), "video_accuracy_std": std(acc),
-        "precision": nanmean(prec), "precision_std": nanstd(prec),
-        "recall": mean(rec), "recall_std": std(rec),
-        "jaccard": mean(jac), "jaccard_std": std(jac),
-        "f1": mean(f1), "f1_std": std(f1_per_video),
+        "video_accuracy_mean": mean(acc),
+        "video_accuracy_std": std(acc),
+        "precision": nanmean(prec),
+        "precision_std": nanstd(prec),
+        "recall": mean(rec),
+        "recall_std": std(rec),
+        "jaccard": mean(jac),
+        "jaccard_std": std(jac),
+        "f1": mean(f1),
+        "f1_std": std(f1_per_video),
     }
     return {prefix + k: v for k, v in out.items()}
 
@@ -210,6 +216,24 @@ def per_phase_table(videos: Sequence[VideoPhaseScores], class_names: Sequence[st
     return table
 
 
+def video_macro_scores(target, pred) -> tuple[float, float, float]:
+    """Unrelaxed macro precision, recall, F1 (percent) of one video over the classes in ``target`` or ``pred``.
+
+    The per-video convention of TeCNO (pycm, spec §7.4) and of the Surgformer Python ``agg="video"`` variant
+    (scikit-learn ``average="macro"`` on the present labels): per class ``P = TP/#pred``, ``R = TP/#gt`` with
+    0/0 -> 0, ``F1 = 2TP/(2TP + FP + FN)``; macro = plain mean over the present classes.
+    """
+    gt, pr = np.asarray(target), np.asarray(pred)
+    classes = np.union1d(gt, pr)
+    tp = np.array([np.count_nonzero((gt == c) & (pr == c)) for c in classes], dtype=np.float64)
+    n_pred = np.array([np.count_nonzero(pr == c) for c in classes], dtype=np.float64)
+    n_gt = np.array([np.count_nonzero(gt == c) for c in classes], dtype=np.float64)
+    prec = np.divide(tp, n_pred, out=np.zeros_like(tp), where=n_pred > 0)
+    rec = np.divide(tp, n_gt, out=np.zeros_like(tp), where=n_gt > 0)
+    f1 = 2 * tp / (n_pred + n_gt)
+    return mean(prec) * 100, mean(rec) * 100, mean(f1) * 100
+
+
 def _check_videos(preds_per_video, targets_per_video, num_classes: int) -> tuple[list, list]:
     preds = [np.asarray(p).ravel() for p in preds_per_video]
     targets = [np.asarray(t).ravel() for t in targets_per_video]
@@ -219,14 +243,18 @@ def _check_videos(preds_per_video, targets_per_video, num_classes: int) -> tuple
         raise ValueError("phase_scores: no videos given")
     for i, (p, t) in enumerate(zip(preds, targets)):
         if p.shape != t.shape or p.size == 0:
-            raise ValueError(f"phase_scores: video {i} has {p.size} predicted and {t.size} target frames; expected "
-                             "the same non-zero number")
+            raise ValueError(
+                f"phase_scores: video {i} has {p.size} predicted and {t.size} target frames; expected "
+                "the same non-zero number"
+            )
         for what, x in (("prediction", p), ("target", t)):
             if not np.issubdtype(x.dtype, np.integer):
                 raise ValueError(f"phase_scores: video {i} {what} labels must be integers, got dtype {x.dtype}")
             if x.min() < 0 or x.max() >= num_classes:
-                raise ValueError(f"phase_scores: video {i} {what} labels must lie in [0, {num_classes - 1}] "
-                                 f"(num_classes={num_classes}), got range [{x.min()}, {x.max()}]")
+                raise ValueError(
+                    f"phase_scores: video {i} {what} labels must lie in [0, {num_classes - 1}] "
+                    f"(num_classes={num_classes}), got range [{x.min()}, {x.max()}]"
+                )
     return preds, targets
 
 
@@ -254,7 +282,9 @@ def phase_scores(
 
     Returns (percent): ``accuracy`` (frame-pooled, the SurgVISTA runner's top-1), the unrelaxed
     ``video_accuracy_mean/_std``, ``precision``, ``recall``, ``jaccard``, ``f1`` (+ ``_std``), the same prefixed
-    ``relaxed_`` when relaxation is on (plus ``relaxed_accuracy``, frame-pooled), ``edit`` and ``f1@10/25/50``.
+    ``relaxed_`` when relaxation is on (plus ``relaxed_accuracy``, frame-pooled), the per-video macro scores
+    ``macro_precision/_recall/_f1`` (mean, ``_std`` over videos; ``video_macro_scores``), ``edit`` and
+    ``f1@10/25/50``.
     ``relaxed="auto"`` relaxes iff ``dataset`` has rules (cholec80, autolaparo, m2cai16); the window is
     ``round(10 * fps)`` frames.
     """
@@ -268,6 +298,9 @@ def phase_scores(
         out["relaxed_accuracy"] = float(sum(int(c.sum()) for c in correct)) / all_t.size * 100
         videos = [video_phase_scores(t, p, num_classes, c) for p, t, c in zip(preds, targets, correct)]
         out.update(aggregate_phase_scores(videos, prefix="relaxed_"))
+    macro = np.array([video_macro_scores(t, p) for p, t in zip(preds, targets)])
+    for j, name in enumerate(("macro_precision", "macro_recall", "macro_f1")):
+        out[name], out[name + "_std"] = mean(macro[:, j]), std(macro[:, j])
     out.update(segment_scores(preds, targets, overlaps))
     return out
 

@@ -33,19 +33,22 @@ from surgvista.metrics.triplet import CHOLECT50, COMPONENTS, ComponentMap, tripl
 def _as_1d_int(name: str, owner: str, x, batch: int) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.shape != (batch,) or x.is_floating_point() or x.dtype == torch.bool:
-        raise ValueError(f"{owner}.update: {name} must be an integer tensor of shape [{batch}], got "
-                         f"{tuple(x.shape)} {x.dtype}")
-    return x.detach().to("cpu", torch.int64)
+        raise ValueError(
+            f"{owner}.update: {name} must be an integer tensor of shape [{batch}], got {tuple(x.shape)} {x.dtype}"
+        )
+    return x.detach().to(dtype=torch.int64)
 
 
 def _as_probs(owner: str, probs, num_classes: int) -> torch.Tensor:
     probs = torch.as_tensor(probs)
     if probs.ndim != 2 or probs.shape[1] != num_classes or not probs.is_floating_point():
-        raise ValueError(f"{owner}.update: probs must be a float tensor of shape [B, {num_classes}] "
-                         f"(num_classes={num_classes}), got {tuple(probs.shape)} {probs.dtype}")
+        raise ValueError(
+            f"{owner}.update: probs must be a float tensor of shape [B, {num_classes}] "
+            f"(num_classes={num_classes}), got {tuple(probs.shape)} {probs.dtype}"
+        )
     if not torch.isfinite(probs).all():
         raise ValueError(f"{owner}.update: probs contain NaN or Inf")
-    return probs.detach().to("cpu", torch.float32)
+    return probs.detach().to(dtype=torch.float32)
 
 
 class _KeyedMetric(Metric):
@@ -60,12 +63,18 @@ class _KeyedMetric(Metric):
         for name in ("probs", "target", "video", "frame"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
+    def _store(self, probs: torch.Tensor, target: torch.Tensor, video: torch.Tensor, frame: torch.Tensor) -> None:
+        """Append one batch to the states, on the metric's device (so NCCL/gloo can gather them)."""
+        for name, value in (("probs", probs), ("target", target), ("video", video), ("frame", frame)):
+            getattr(self, name).append(value.to(self.device))
+
     def _merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """All rows (gathered when synced), duplicates merged; rows keyed ``video == -1`` are never merged."""
         if isinstance(self.probs, list) and not self.probs:
             raise ValueError(f"{type(self).__name__}.compute: no samples; call update() first")
-        video, frame, probs, target = (dim_zero_cat(getattr(self, n)).cpu().numpy()
-                                       for n in ("video", "frame", "probs", "target"))
+        video, frame, probs, target = (
+            dim_zero_cat(getattr(self, n)).cpu().numpy() for n in ("video", "frame", "probs", "target")
+        )
         if (video == -1).all():
             return video, frame, probs.astype(np.float64), target
         if (video == -1).any():
@@ -74,8 +83,9 @@ class _KeyedMetric(Metric):
 
     def _synced(self, fn):
         """Run ``fn`` on the states gathered from all processes (like ``compute`` does)."""
-        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync,
-                               should_unsync=self._should_unsync):
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
+        ):
             return fn()
 
 
@@ -85,7 +95,8 @@ class PhaseMetrics(_KeyedMetric):
     ``update(probs [B, C], target [B], video [B], frame [B])``: softmax probabilities, phase ids, integer video
     index and frame index (temporal order within a video). Rows whose target equals ``ignore_index`` are dropped.
     ``compute()`` -> flat dict: ``accuracy`` (frame-pooled), ``accuracy_top5`` (C > 5), ``video_accuracy_mean/_std``,
-    ``precision``, ``recall``, ``jaccard``, ``f1`` (+ ``_std``), ``relaxed_*`` when relaxation is on, ``edit``,
+    ``precision``, ``recall``, ``jaccard``, ``f1`` (+ ``_std``), ``relaxed_*`` when relaxation is on,
+    ``macro_precision/_recall/_f1`` (+ ``_std``), ``edit``,
     ``f1@10/25/50``.
 
     ``relaxed``: True / False / ``"auto"`` (on iff ``dataset`` has relaxed-boundary rules: cholec80, autolaparo,
@@ -128,19 +139,23 @@ class PhaseMetrics(_KeyedMetric):
         keep = target != self.ignore_index if self.ignore_index is not None else torch.ones_like(target, dtype=bool)
         bad = keep & ((target < 0) | (target >= self.num_classes))
         if bad.any():
-            raise ValueError(f"PhaseMetrics.update: targets must lie in [0, {self.num_classes - 1}] "
-                             f"(num_classes={self.num_classes}, ignore_index={self.ignore_index}), got "
-                             f"{target[bad][:5].tolist()}")
-        self.probs.append(probs[keep])
-        self.target.append(target[keep])
-        self.video.append(video[keep])
-        self.frame.append(frame[keep])
+            raise ValueError(
+                f"PhaseMetrics.update: targets must lie in [0, {self.num_classes - 1}] "
+                f"(num_classes={self.num_classes}, ignore_index={self.ignore_index}), got "
+                f"{target[bad][:5].tolist()}"
+            )
+        keep = keep.to(probs.device)
+        self._store(
+            probs[keep], target.to(probs.device)[keep], video.to(probs.device)[keep], frame.to(probs.device)[keep]
+        )
 
     def _per_video(self) -> dict[int, dict[str, np.ndarray]]:
         video, frame, probs, target = self._merged()
         ids, parts = split_by_video(video, frame, probs, target)
-        return {int(v): {"frame": f, "target": t.astype(np.int64), "prediction": np.argmax(p, axis=1), "probs": p}
-                for v, (f, p, t) in zip(ids, parts)}
+        return {
+            int(v): {"frame": f, "target": t.astype(np.int64), "prediction": np.argmax(p, axis=1), "probs": p}
+            for v, (f, p, t) in zip(ids, parts)
+        }
 
     def _options(self) -> dict:
         return {"fps": self.fps, "matlab_compatible": self.matlab_compatible, "dataset": self.dataset}
@@ -149,8 +164,9 @@ class PhaseMetrics(_KeyedMetric):
         videos = self._per_video()
         preds = [v["prediction"] for v in videos.values()]
         targets = [v["target"] for v in videos.values()]
-        out = phase_scores(preds, targets, self.num_classes, relaxed=self.relaxed, overlaps=self.overlaps,
-                           **self._options())
+        out = phase_scores(
+            preds, targets, self.num_classes, relaxed=self.relaxed, overlaps=self.overlaps, **self._options()
+        )
         if self.num_classes > 5:
             probs = np.concatenate([v["probs"] for v in videos.values()])
             top5 = np.argsort(-probs, axis=1, kind="stable")[:, :5]
@@ -165,8 +181,14 @@ class PhaseMetrics(_KeyedMetric):
     def per_phase(self, relaxed: bool = False) -> dict[str, dict[str, float]]:
         """Per-phase Jaccard/precision/recall/F1 (mean and std over videos), keyed by class name."""
         videos = self.predictions()
-        return phase_table([v["prediction"] for v in videos.values()], [v["target"] for v in videos.values()],
-                           self.num_classes, self.class_names, relaxed=relaxed, **self._options())
+        return phase_table(
+            [v["prediction"] for v in videos.values()],
+            [v["target"] for v in videos.values()],
+            self.num_classes,
+            self.class_names,
+            relaxed=relaxed,
+            **self._options(),
+        )
 
 
 class TripletMetrics(_KeyedMetric):
@@ -186,9 +208,11 @@ class TripletMetrics(_KeyedMetric):
     ) -> None:
         super().__init__(**kwargs)
         if component_map is not None and component_map.num_triplets != num_classes:
-            raise ValueError(f"TripletMetrics: num_classes={num_classes} but the component map has "
-                             f"{component_map.num_triplets} triplets (pass component_map=None for a dataset "
-                             "without one)")
+            raise ValueError(
+                f"TripletMetrics: num_classes={num_classes} but the component map has "
+                f"{component_map.num_triplets} triplets (pass component_map=None for a dataset "
+                "without one)"
+            )
         self.num_classes, self.component_map, self.ignore_null = num_classes, component_map, ignore_null
         self.components = COMPONENTS if component_map is not None else ("ivt",)
 
@@ -196,14 +220,18 @@ class TripletMetrics(_KeyedMetric):
         probs = _as_probs("TripletMetrics", probs, self.num_classes)
         target = torch.as_tensor(target)
         if target.shape != probs.shape:
-            raise ValueError(f"TripletMetrics.update: target must be multi-hot of shape {tuple(probs.shape)} "
-                             f"(num_classes={self.num_classes}), got {tuple(target.shape)}")
+            raise ValueError(
+                f"TripletMetrics.update: target must be multi-hot of shape {tuple(probs.shape)} "
+                f"(num_classes={self.num_classes}), got {tuple(target.shape)}"
+            )
         if ((target != 0) & (target != 1)).any():
             raise ValueError("TripletMetrics.update: target must be multi-hot (0/1 values)")
-        self.probs.append(probs)
-        self.target.append(target.detach().to("cpu", torch.int64))
-        self.video.append(_as_1d_int("video", "TripletMetrics", video, probs.shape[0]))
-        self.frame.append(_as_1d_int("frame", "TripletMetrics", frame, probs.shape[0]))
+        self._store(
+            probs,
+            target.detach().to(dtype=torch.int64),
+            _as_1d_int("video", "TripletMetrics", video, probs.shape[0]),
+            _as_1d_int("frame", "TripletMetrics", frame, probs.shape[0]),
+        )
 
     def _videos(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         video, _, probs, target = self._merged()
@@ -256,28 +284,37 @@ class ClipMetrics(_KeyedMetric):
         target = torch.as_tensor(target)
         if self.multilabel:
             if target.shape != probs.shape:
-                raise ValueError(f"ClipMetrics.update: multi-label target must have shape {tuple(probs.shape)}, "
-                                 f"got {tuple(target.shape)}")
+                raise ValueError(
+                    f"ClipMetrics.update: multi-label target must have shape {tuple(probs.shape)}, "
+                    f"got {tuple(target.shape)}"
+                )
         else:
             target = _as_1d_int("target", "ClipMetrics", target, batch)
             if ((target < 0) | (target >= self.num_classes)).any():
-                raise ValueError(f"ClipMetrics.update: targets must lie in [0, {self.num_classes - 1}] "
-                                 f"(num_classes={self.num_classes})")
+                raise ValueError(
+                    f"ClipMetrics.update: targets must lie in [0, {self.num_classes - 1}] "
+                    f"(num_classes={self.num_classes})"
+                )
         if index is None:  # key -1: rows are kept as they are, never merged
             index = torch.full((batch,), -1, dtype=torch.int64)
         else:
             index = _as_1d_int("index", "ClipMetrics", index, batch)
             if (index < 0).any():
                 raise ValueError("ClipMetrics.update: index must be non-negative sample ids")
-        self.probs.append(probs)
-        self.target.append(target.detach().to("cpu", torch.int64))
-        self.video.append(index)
-        self.frame.append(torch.zeros(batch, dtype=torch.int64))
+        self._store(probs, target.detach().to(dtype=torch.int64), index, torch.zeros(batch, dtype=torch.int64))
 
     def compute(self) -> dict[str, float]:
         _, _, probs, target = self._merged()
-        return clip_scores(probs, target, multilabel=self.multilabel, top_k=self.top_k, absent=self.absent,
-                           threshold=self.threshold, class_names=self.class_names, per_class=self.per_class)
+        return clip_scores(
+            probs,
+            target,
+            multilabel=self.multilabel,
+            top_k=self.top_k,
+            absent=self.absent,
+            threshold=self.threshold,
+            class_names=self.class_names,
+            per_class=self.per_class,
+        )
 
     def per_class_ap(self) -> np.ndarray:
         """AP per class (percent, NaN for classes without positives)."""

@@ -32,14 +32,39 @@ from surgvista.metrics.stats import nanmean
 COMPONENTS = ("i", "v", "t", "iv", "it", "ivt")
 
 CHOLECT50_INSTRUMENTS = ("grasper", "bipolar", "hook", "scissors", "clipper", "irrigator")
-CHOLECT50_VERBS = ("grasp", "retract", "dissect", "coagulate", "clip", "cut", "aspirate", "irrigate", "pack",
-                   "null_verb")
-CHOLECT50_TARGETS = ("gallbladder", "cystic_plate", "cystic_duct", "cystic_artery", "cystic_pedicle", "blood_vessel",
-                     "fluid", "abdominal_wall_cavity", "liver", "adhesion", "omentum", "peritoneum", "gut",
-                     "specimen_bag", "null_target")
+CHOLECT50_VERBS = (
+    "grasp",
+    "retract",
+    "dissect",
+    "coagulate",
+    "clip",
+    "cut",
+    "aspirate",
+    "irrigate",
+    "pack",
+    "null_verb",
+)
+CHOLECT50_TARGETS = (
+    "gallbladder",
+    "cystic_plate",
+    "cystic_duct",
+    "cystic_artery",
+    "cystic_pedicle",
+    "blood_vessel",
+    "fluid",
+    "abdominal_wall_cavity",
+    "liver",
+    "adhesion",
+    "omentum",
+    "peritoneum",
+    "gut",
+    "specimen_bag",
+    "null_target",
+)
 
 # (instrument, verb, target) of CholecT50 triplet ids 0..99, the dataset's label definition (the order of the
 # CholecT50 triplet list and of the ivtmetrics component map).
+# fmt: off
 CHOLECT50_IVT = (
     (0, 2, 1), (0, 2, 0), (0, 2, 10), (0, 0, 3), (0, 0, 2), (0, 0, 4), (0, 0, 1), (0, 0, 0), (0, 0, 12), (0, 0, 8),
     (0, 0, 10), (0, 0, 11), (0, 0, 13), (0, 8, 0), (0, 1, 2), (0, 1, 4), (0, 1, 1), (0, 1, 0), (0, 1, 12), (0, 1, 8),
@@ -53,6 +78,7 @@ CHOLECT50_IVT = (
     (5, 7, 8), (5, 1, 0), (5, 1, 8), (5, 1, 10), (0, 9, 14), (1, 9, 14), (2, 9, 14), (3, 9, 14), (4, 9, 14),
     (5, 9, 14),
 )
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -72,16 +98,27 @@ class ComponentMap:
 
     def __post_init__(self) -> None:
         table = np.asarray(self.ivt, dtype=np.int64).reshape(-1, 3)
-        for col, names, what in ((0, self.instruments, "instrument"), (1, self.verbs, "verb"),
-                                 (2, self.targets, "target")):
+        for col, names, what in (
+            (0, self.instruments, "instrument"),
+            (1, self.verbs, "verb"),
+            (2, self.targets, "target"),
+        ):
             if table.size and (table[:, col].min() < 0 or table[:, col].max() >= len(names)):
                 raise ValueError(f"ComponentMap: {what} ids must lie in [0, {len(names) - 1}]")
         bad = [k for k in self.null_triplets if not 0 <= k < len(table)]
         if bad:
             raise ValueError(f"ComponentMap: null triplet ids {bad} outside [0, {len(table) - 1}]")
         i, v, t = table.T
-        self._columns.update({"ivt": np.arange(len(table)), "i": i, "v": v, "t": t,
-                              "iv": i * len(self.verbs) + v, "it": i * len(self.targets) + t})
+        self._columns.update(
+            {
+                "ivt": np.arange(len(table)),
+                "i": i,
+                "v": v,
+                "t": t,
+                "iv": i * len(self.verbs) + v,
+                "it": i * len(self.targets) + t,
+            }
+        )
 
     @property
     def num_triplets(self) -> int:
@@ -103,7 +140,9 @@ class ComponentMap:
         if component == "ivt":
             return [f"{self.instruments[i]},{self.verbs[v]},{self.targets[t]}" for i, v, t in self.ivt]
         fmt = {
-            "i": lambda k: self.instruments[k], "v": lambda k: self.verbs[k], "t": lambda k: self.targets[k],
+            "i": lambda k: self.instruments[k],
+            "v": lambda k: self.verbs[k],
+            "t": lambda k: self.targets[k],
             "iv": lambda k: f"{self.instruments[k // nv]},{self.verbs[k % nv]}",
             "it": lambda k: f"{self.instruments[k // nt]},{self.targets[k % nt]}",
         }[component]
@@ -120,20 +159,25 @@ class ComponentMap:
         return np.stack([x[:, col == k].max(axis=1) for k in self.classes(component)], axis=1)
 
 
-CHOLECT50 = ComponentMap(CHOLECT50_IVT, CHOLECT50_INSTRUMENTS, CHOLECT50_VERBS, CHOLECT50_TARGETS,
-                         null_triplets=tuple(range(94, 100)))
+CHOLECT50 = ComponentMap(
+    CHOLECT50_IVT, CHOLECT50_INSTRUMENTS, CHOLECT50_VERBS, CHOLECT50_TARGETS, null_triplets=tuple(range(94, 100))
+)
 
 
 def _check(targets_per_video, probs_per_video, num_classes: int) -> tuple[list, list]:
     targets = [np.asarray(t) for t in targets_per_video]
     probs = [np.asarray(p, dtype=np.float64) for p in probs_per_video]
     if len(targets) != len(probs) or not targets:
-        raise ValueError(f"triplet AP: got {len(probs)} probability and {len(targets)} target arrays; expected the "
-                         "same non-zero number of videos")
+        raise ValueError(
+            f"triplet AP: got {len(probs)} probability and {len(targets)} target arrays; expected the "
+            "same non-zero number of videos"
+        )
     for i, (t, p) in enumerate(zip(targets, probs)):
         if t.ndim != 2 or t.shape[1] != num_classes or t.shape != p.shape:
-            raise ValueError(f"triplet AP: video {i} targets {t.shape} / probabilities {p.shape}; expected two "
-                             f"(frames, {num_classes}) arrays")
+            raise ValueError(
+                f"triplet AP: video {i} targets {t.shape} / probabilities {p.shape}; expected two "
+                f"(frames, {num_classes}) arrays"
+            )
     return targets, probs
 
 
@@ -179,5 +223,6 @@ def triplet_scores(
 ) -> dict[str, float]:
     """``{"mAP_i": ..., ..., "mAP_ivt": ...}`` (percent) for per-video (frames, N) multi-hot targets and
     probabilities (sigmoid outputs)."""
-    return {f"mAP_{c}": video_ap(targets_per_video, probs_per_video, c, component_map, ignore_null)[2]
-            for c in components}
+    return {
+        f"mAP_{c}": video_ap(targets_per_video, probs_per_video, c, component_map, ignore_null)[2] for c in components
+    }
