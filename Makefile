@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: install demo test test-fast lint format demo-data prepare clean clean-logs
+.PHONY: install demo demo-tecno test test-fast lint format demo-data prepare clean clean-logs
 
 install: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 
 demo: install  ## pre-train a tiny student on the embedded demo dataset (CPU, a few minutes)
 	$(PY) train.py experiment=demo
+
+demo-tecno: install  ## TeCNO (cached features + causal MS-TCN) on the embedded demo dataset (CPU, about a minute)
+	$(PY) train.py experiment=demo_tecno
 
 test: install  ## ruff, then the whole suite (slow tests included)
 	$(PY) -m ruff check .
