@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import ROOT, SMALL_DEMO, run_script
 
 import surgvista.features as features
@@ -78,6 +79,25 @@ def test_median_frequency_weights():
     torch.testing.assert_close(w, torch.tensor([2.0, 0.5, 1.0, 1.0]))
 
 
+def test_loss_masks_unannotated_frames_and_combines_stages():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 6, 4)  # (stages, B, T, C)
+    labels = torch.tensor([[0, -1, 2, 3, -1, 1]])
+    weights = [1.0, 2.0, 0.5, 1.0]
+    module = TeCNOModule(num_classes=4, input_dim=8, dataset="demo", class_weights=weights)
+    keep = labels[0] >= 0
+    per_stage = [F.cross_entropy(s[0][keep], labels[0][keep], weight=torch.tensor(weights)) for s in logits]
+    torch.testing.assert_close(module._loss(logits, labels), (per_stage[0] + per_stage[1]) / 2)
+    summed = TeCNOModule(num_classes=4, input_dim=8, dataset="demo", class_weights=weights, stage_reduction="sum")
+    torch.testing.assert_close(summed._loss(logits, labels), per_stage[0] + per_stage[1])
+    quirk = TeCNOModule(num_classes=4, input_dim=8, dataset="demo", class_weights="none", loss_on_softmax=True)
+    expected = F.cross_entropy(logits[0, 0][keep].softmax(-1), labels[0][keep])
+    torch.testing.assert_close(quirk._loss(logits[:1], labels), expected)
+    assert module._loss(logits, torch.full((1, 6), -1)) == 0  # no annotated frame: zero, not NaN
+    with pytest.raises(ValueError, match="class_weights has 3 values but num_classes is 4"):
+        TeCNOModule(num_classes=4, dataset="demo", class_weights=[1.0, 1.0, 1.0])
+
+
 def test_cache_holds_causal_clip_features_labels_and_frames(cache, demo_root):
     directory, _ = cache
     entries = [e for m in manifests(demo_root) for e in read_manifest(m).entries]
@@ -139,10 +159,15 @@ def test_cache_is_reused_and_keyed_by_backbone(cache, demo_root, monkeypatch, tm
     item = torch.load(stale, weights_only=True)
     torch.save({**item, "media": {**item["media"], "num_frames": 1}}, stale)
     stamps[stale] = stale.stat().st_mtime_ns
+    relabel = sorted(stamps)[2]
+    item3 = torch.load(relabel, weights_only=True)
+    torch.save({**item3, "labels": torch.zeros_like(item3["labels"]) - 1}, relabel)
     dm.prepare_data()
+    refreshed = torch.load(relabel, weights_only=True)
+    assert torch.equal(refreshed["labels"], item3["labels"]) and torch.equal(refreshed["features"], item3["features"])
     assert victim.is_file()
     assert torch.load(stale, weights_only=True)["media"] == item["media"]
-    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p not in (victim, stale))
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p not in (victim, stale, relabel))
     assert stale.stat().st_mtime_ns != stamps[stale]
 
 
