@@ -42,6 +42,15 @@ def manifests(root):
     return [str(root / "train.jsonl"), str(root / "val.jsonl")]
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions: intra-op threads only add overhead (and contention on shared CI cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, demo_root):
     root = tmp_path_factory.mktemp("features")
@@ -191,7 +200,7 @@ def test_dataset_errors_name_the_missing_video(demo_root, tmp_path):
         FeatureDataset([manifests(demo_root)[0]], tmp_path)
 
 
-def test_tecno_module_learns_the_demo_phases(cache, demo_root, tmp_path):
+def test_tecno_module_learns_the_demo_phases(cache, demo_root, tmp_path, one_thread):
     _, root = cache
     L.seed_everything(0)
     dm = FeatureDataModule(
@@ -204,14 +213,14 @@ def test_tecno_module_learns_the_demo_phases(cache, demo_root, tmp_path):
     )
     module = TeCNOModule(num_classes=7, num_layers=4, num_f_maps=16, dropout=0.0, lr=1e-2, fps=5.0, dataset="demo")
     trainer = L.Trainer(
-        max_epochs=15,
+        max_epochs=10,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        check_val_every_n_epoch=15,
+        check_val_every_n_epoch=10,
         default_root_dir=tmp_path,
     )
     trainer.fit(module, datamodule=dm)

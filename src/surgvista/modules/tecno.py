@@ -45,6 +45,10 @@ class TeCNOModule(L.LightningModule):
     ``val/`` and ``test/`` (percent): ``accuracy`` (frames pooled), ``video_accuracy_mean`` (mean per-video
     accuracy, the reference's model-selection metric), ``precision``, ``recall``, ``jaccard``, ``f1``, ``edit``,
     ... (``relaxed``/``matlab_compatible``/``dataset``/``fps`` as in PhaseMetrics).
+
+    ``cpu_threads``: on a CPU device, ``torch.set_num_threads`` for the run (process-wide). The MS-TCN's
+    convolutions are tiny: with several intra-op threads they get much slower, not faster (the demo trains in
+    17 s with 1 thread and in minutes with 2 on busy shared cores). ``None`` leaves the setting alone.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class TeCNOModule(L.LightningModule):
         dataset: str = "cholec80",
         relaxed: bool | str = "auto",
         matlab_compatible: bool = True,
+        cpu_threads: int | None = 1,
     ) -> None:
         super().__init__()
         if isinstance(class_weights, str) and class_weights not in CLASS_WEIGHT_KINDS:
@@ -96,6 +101,9 @@ class TeCNOModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self._trainer is not None else None
+        threads = self.hparams.get("cpu_threads")
+        if threads and self._trainer is not None and self.trainer.strategy.root_device.type == "cpu":
+            torch.set_num_threads(int(threads))
         if self.net is None:
             if datamodule is None or not hasattr(datamodule, "feature_dim"):
                 raise ValueError("TeCNOModule(input_dim=None) needs a data module with feature_dim")
