@@ -58,7 +58,7 @@ def cache(tmp_path_factory, demo_root):
 
 
 @pytest.mark.parametrize("num_stages", [1, 2, 3])
-def test_mstcn_shapes_and_causality(num_stages):
+def test_mstcn_shapes_and_causality(num_stages, one_thread):
     torch.manual_seed(0)
     net = MSTCN(12, 5, num_stages=num_stages, num_layers=3, num_f_maps=8).eval()
     x = torch.randn(2, 60, 12)
