@@ -116,14 +116,26 @@ class FrameFolderReader(VideoReader):
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         self._check(indices)
-        out = []
-        for i in indices:
-            try:
-                with Image.open(self._files[i]) as img:
-                    out.append(np.asarray(img.convert("RGB")))
-            except OSError as e:
-                raise VideoDecodeError(f"cannot read frame image {self._files[i]}: {e}") from e
-        return np.stack(out)
+        out = None
+        for k, i in enumerate(indices):
+            frame = read_image(self._files[i])
+            if out is None:
+                out = np.empty((len(indices), *frame.shape), np.uint8)
+            elif frame.shape != out.shape[1:]:
+                raise VideoDecodeError(f"frame image {self._files[i]} is {frame.shape[1]}x{frame.shape[0]} but "
+                                       f"earlier frames of {self.path} are {out.shape[2]}x{out.shape[1]}")
+            out[k] = frame
+        return out
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as ``(H, W, 3)`` uint8 RGB (greyscale, palette and RGBA images are converted)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    except OSError as e:  # includes FileNotFoundError and truncated/corrupt files
+        raise VideoDecodeError(f"cannot read frame image {path}: {e}") from e
 
 
 def check_backend(backend: str) -> None:
@@ -161,13 +173,36 @@ class EntryReader:
             self._cache.popitem(last=False)
         return reader
 
-    def read(self, entry: VideoEntry, frame_ids: Sequence[int]) -> np.ndarray:
-        """Frames ``frame_ids`` (manifest numbering) of ``entry`` as ``(T, H, W, 3)`` uint8."""
-        reader = self._reader(entry)
+    def native_ids(self, entry: VideoEntry, reader: VideoReader, frame_ids: Sequence[int]) -> list[int]:
+        """Decoded-frame numbers of manifest frames ``frame_ids``; errors if the file is shorter than promised."""
+        n = len(reader)
         if entry.format == "video" and entry.fps and reader.fps:
             step = reader.fps / entry.fps
-            frame_ids = [min(int(round(i * step)), len(reader) - 1) for i in frame_ids]
-        return reader.read(frame_ids)
+            native = [int(round(i * step)) for i in frame_ids]
+            # Rounding may overshoot the last decoded frame by a frame or so; more means a short/truncated file.
+            slack = max(1, int(np.ceil(step)))
+        else:
+            native, slack = list(frame_ids), 0
+        worst = max(native)
+        if worst > n - 1 + slack:
+            raise VideoDecodeError(
+                f"{entry.source} has only {n} decoded frames but manifest frame {max(frame_ids)} of "
+                f"{entry.dataset}/{entry.video_id} (num_frames={entry.num_frames}, fps={entry.fps}) needs frame "
+                f"{worst}: the file is truncated or shorter than its manifest row"
+            )
+        return [min(i, n - 1) for i in native]
+
+    def read(self, entry: VideoEntry, frame_ids: Sequence[int]) -> np.ndarray:
+        """Frames ``frame_ids`` (manifest numbering) of ``entry`` as ``(T, H, W, 3)`` uint8.
+
+        Each distinct frame is decoded once (clips padded at the video start repeat frames), in ascending
+        order and in one batch, so decord seeks at most once to the keyframe before the first needed frame.
+        """
+        reader = self._reader(entry)
+        native = np.asarray(self.native_ids(entry, reader, frame_ids))
+        unique, inverse = np.unique(native, return_inverse=True)
+        frames = reader.read(unique.tolist())
+        return frames if len(unique) == len(native) and np.array_equal(unique, native) else frames[inverse]
 
     def __getstate__(self) -> dict:
         # Open decoders are not picklable and must not be shared across DataLoader workers.
