@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from surgvista.data.manifest import ManifestError, VideoEntry, read_manifest
+from surgvista.data.manifest import ManifestError, VideoEntry, frame_files, read_manifest
 from surgvista.data.readers import EntryReader, VideoDecodeError
 from surgvista.data.sampling import causal_clip_indices
 
@@ -21,6 +21,19 @@ BAD_VIDEO_POLICIES = ("error", "skip")
 # What a bad file raises at load time: undecodable/truncated media, a frame folder with a missing or broken
 # image, a file that vanished after the manifest was read.
 BAD_MEDIA_ERRORS = (VideoDecodeError, ManifestError, OSError)
+
+
+def media_problem(entry: VideoEntry) -> str | None:
+    """Why ``entry``'s media cannot be used (missing file/folder, frame count mismatch), or ``None``."""
+    if entry.format == "video":
+        return None if entry.source.is_file() else f"video file not found: {entry.source}"
+    if not entry.source.is_dir():
+        return f"frame folder not found: {entry.source}"
+    try:
+        count = len(frame_files(entry.source))
+    except ManifestError as e:
+        return str(e)
+    return None if count == entry.num_frames else f"{entry.source} has {count} frames, manifest says {entry.num_frames}"
 
 
 class VideoClipDataset(Dataset):
@@ -63,7 +76,11 @@ class VideoClipDataset(Dataset):
         self.manifest_of_entry: list[int] = []
         dropped = []
         for m_idx, m in enumerate(manifests):
-            for e in read_manifest(m).entries:
+            # error: read_manifest checks every file and raises on the first bad one; skip: check each here.
+            for e in read_manifest(m, check_media=on_bad_video == "error").entries:
+                if on_bad_video == "skip" and (problem := media_problem(e)):
+                    dropped.append(f"{e.dataset}/{e.video_id} in {m}: {problem}")
+                    continue
                 if e.num_frames < min_video_frames:
                     msg = (f"{e.source} ({e.dataset}/{e.video_id} in {m}) has {e.num_frames} frames, shorter than "
                            f"one clip ({min_video_frames} frames)")
@@ -74,8 +91,8 @@ class VideoClipDataset(Dataset):
                 self.entries.append(e)
                 self.manifest_of_entry.append(m_idx)
         if dropped:
-            log.warning("on_bad_video=skip: left out %d video(s) shorter than one clip: %s", len(dropped),
-                        "; ".join(dropped[:20]))
+            log.warning("on_bad_video=skip: left out %d bad video(s) (missing media or shorter than one clip): %s",
+                        len(dropped), "; ".join(dropped[:20]))
         if not self.entries:
             raise ManifestError(f"no usable videos in {list(map(str, manifests))}")
         self.num_dropped_videos = len(dropped)

@@ -129,11 +129,22 @@ class FrameFolderReader(VideoReader):
 
 
 def read_image(path: Path) -> np.ndarray:
-    """One image file as ``(H, W, 3)`` uint8 RGB (greyscale, palette and RGBA images are converted)."""
+    """One image file as ``(H, W, 3)`` uint8 RGB.
+
+    Greyscale, palette and alpha images are converted (alpha dropped); 16-bit greyscale is scaled to 8 bits.
+    """
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+            if img.mode == "RGB":
+                return np.asarray(img)
+            if img.mode.startswith("I;16"):
+                grey = (np.asarray(img).astype(np.uint32) * 255 + 32767) // 65535
+                return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+            if img.mode in ("I", "F"):
+                raise VideoDecodeError(f"frame image {path} has mode {img.mode!r} (32-bit); expected 8-bit RGB, "
+                                       "greyscale or palette images")
+            return np.asarray(img.convert("RGB"))
     except OSError as e:  # includes FileNotFoundError and truncated/corrupt files
         raise VideoDecodeError(f"cannot read frame image {path}: {e}") from e
 
