@@ -23,8 +23,10 @@ def resolve_split(spec: str, data_dir: str | Path | None) -> Path:
         return Path(spec)
     name, sep, split = spec.rpartition("_")
     if not sep or not name or split not in SPLITS:
-        raise ValueError(f"exclude_from entry {spec!r}: expected <dataset>_<split> with split in {SPLITS} "
-                         "(e.g. cholec80_test) or a manifest path")
+        raise ValueError(
+            f"exclude_from entry {spec!r}: expected <dataset>_<split> with split in {SPLITS} "
+            "(e.g. cholec80_test) or a manifest path"
+        )
     if data_dir is None:
         raise ValueError(f"exclude_from entry {spec!r} needs data_dir to find <data_dir>/{name}/{split}.jsonl")
     return Path(data_dir) / name / f"{split}.jsonl"
@@ -42,13 +44,16 @@ def find_overlap(train: Sequence[VideoEntry], held_out: Sequence[tuple[VideoEntr
             hit, why = by_sha.get(e.sha256.lower()), "same sha256"
         if hit is not None:
             other, manifest = hit
-            lines.append(f"{e.dataset}/{e.video_id} ({e.source}) is {other.dataset}/{other.video_id} of {manifest} "
-                         f"({why})")
+            lines.append(
+                f"{e.dataset}/{e.video_id} ({e.source}) is {other.dataset}/{other.video_id} of {manifest} ({why})"
+            )
     return lines
 
 
 def check_leakage(
-    train: Sequence[VideoEntry], exclude_from: Sequence[str], data_dir: str | Path | None = None,
+    train: Sequence[VideoEntry],
+    exclude_from: Sequence[str],
+    data_dir: str | Path | None = None,
     allow_leakage: bool = False,
 ) -> list[str]:
     """Raise :class:`LeakageError` listing every training video found in an ``exclude_from`` split.
@@ -72,6 +77,7 @@ def check_leakage(
             f"\n  {listing}\nRemove them from the pre-training manifests, or set data.allow_leakage=true to train "
             "on them anyway."
         )
-    log.warning("data.allow_leakage=true: pre-training on %d downstream evaluation video(s):\n  %s", len(lines),
-                listing)
+    log.warning(
+        "data.allow_leakage=true: pre-training on %d downstream evaluation video(s):\n  %s", len(lines), listing
+    )
     return lines
