@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: install demo test test-fast lint format demo-data clean clean-logs
+.PHONY: install demo test test-fast lint format demo-data bench-data clean clean-logs
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ format: install
 
 demo-data: install
 	$(PY) -m surgvista.data.demo --out data/demo
+
+bench-data: install  ## clips/s per CPU core: the reference loader vs our JPEG frame and decord paths (a few minutes)
+	$(PY) bench/data_throughput.py
 
 clean-logs:
 	rm -rf logs/*

@@ -1,26 +1,26 @@
-"""Pre-training data throughput per CPU core: the reference loader vs our frame-folder and decord paths.
+"""Pre-training data throughput per CPU core: the reference loader vs our frame-folder and mp4 paths.
 
-Writes synthetic surgical videos (the demo renderer) at 512×320 into a temporary folder as PNG frames, JPEG
-frames and mp4 files, then times 16-frame training clips at 224² on one core (``torch.set_num_threads(1)``, no
-DataLoader workers), each path in a fresh process so that its peak RSS is its own. The per-core rate is clips
-per CPU-second of that process (``time.process_time``), so a busy machine does not distort it; the wall rate
-is printed too:
+Writes synthetic surgical videos (the demo renderer, 1 frame per second of surgery) at 512×320 into a temporary
+folder as PNG frames, JPEG frames and mp4 files, then times 16-frame training clips (stride 4) at 224² on one
+thread (``torch.set_num_threads(1)``, no DataLoader workers, one decoding thread). The per-core rate is clips
+per CPU-second (``time.process_time``), timed in interleaved rounds in one process so that the load of a busy
+machine hits every path alike; the wall rate is printed too. Peak RSS is measured in a fresh process per path.
 
 (a) ``reference``: a re-implementation of the reference loader from the spec (pretrain §6.2-§6.4): 16
     ``PIL.Image.open`` of PNG frames, the multi-scale fixed-corner crop, PIL bilinear resize done twice (the
     student copy and the teacher copy), ``Stack`` + ``ToTorchFormatTensor`` + per-channel ``GroupNormalize`` for
     both copies, and the tube mask drawn in numpy;
-(b) ``frames``: our ``VideoClipDataset`` on JPEG frame folders (``python -m surgvista.data.prepare`` output);
-(c) ``decord``: our ``VideoClipDataset`` on mp4 files with one keyframe per frame (x264 ``-g 1 -tune
-    fastdecode``: decord seeks to each needed frame and decodes only those, each once); ``decord-gop12`` shows a
-    12-frame GOP with default tuning (decoding runs from the keyframe before the first needed frame through the
-    anchor); ``decord-K4`` is ``decord`` with ``num_clips_per_video=4`` (4 crops per decoded anchor, counted as
-    4 clips);
-(b)/(c) produce uint8 clips, normalised after the transfer to the GPU (``data.normalize_on_device=true``, the
+(b) ``frames``: our ``VideoClipDataset`` on JPEG (q90) frame folders, as ``surgvista.data.prepare`` writes them;
+(c) ``decord`` / ``pyav``: our ``VideoClipDataset`` on mp4 files with one keyframe per frame (x264 ``-g 1 -tune
+    fastdecode``), each distinct frame decoded once in one sorted batch: decord seeks to each needed frame;
+    ``PyAVReader`` seeks, decodes one packet and converts only the needed frames. ``*-gop12`` use a 12-frame GOP
+    with default tuning (decoding runs from the keyframe before a needed frame). ``pyav-K4`` is ``pyav`` with
+    ``num_clips_per_video=4`` (4 crops per decoded anchor, counted as 4 clips).
+Our paths produce uint8 clips, normalised after the transfer to the GPU (``data.normalize_on_device=true``, the
 default of ``data=pretrain_mix``); ``frames+norm`` adds the CPU normalisation for comparison.
 
-``python bench/data_throughput.py`` (about 2-3 minutes on one core) or ``make bench-data``; ``--tiny`` for a
-smoke run. Clips/s figures are per core; a loader with W workers scales roughly W×.
+``python bench/data_throughput.py`` (a few minutes) or ``make bench-data``; ``--tiny`` for a smoke run.
+Rates are per core: a loader with W workers on W free cores scales roughly W×.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-PATHS = ("reference", "frames", "frames+norm", "decord", "decord-gop12", "decord-K4")
+PATHS = ("reference", "frames", "frames+norm", "decord", "pyav", "decord-gop12", "pyav-gop12", "pyav-K4")
 # mp4 encodings (libx264, crf 23, 1 fps): one keyframe per frame tuned for decoding speed (what random access
 # into 1-fps pre-training videos wants), and a 12-frame GOP with default tuning for comparison.
 ENCODINGS = {"intra": (1, {"crf": "23", "tune": "fastdecode"}), "gop12": (12, {"crf": "23"})}
@@ -179,64 +179,108 @@ class ReferenceLoader:
 
 
 # --------------------------------------------------------------------------------------------- timing
+# path → (manifest, backend, clips per visit, normalise on CPU)
+OURS = {
+    "frames": ("jpg", "decord", 1, False),
+    "frames+norm": ("jpg", "decord", 1, True),
+    "decord": ("intra", "decord", 1, False),
+    "pyav": ("intra", "pyav", 1, False),
+    "decord-gop12": ("gop12", "decord", 1, False),
+    "pyav-gop12": ("gop12", "pyav", 1, False),
+    "pyav-K4": ("intra", "pyav", 4, False),
+}
+
+
 def build(path: str, data: dict, num_frames: int, input_size: int):
     if path == "reference":
         return ReferenceLoader(data["png"], num_frames, input_size)
     from surgvista.data.clips import VideoClipDataset
     from surgvista.data.transforms import MultiScaleCrop
 
-    manifest = {
-        "frames": "jpg",
-        "frames+norm": "jpg",
-        "decord": "intra",
-        "decord-gop12": "gop12",
-        "decord-K4": "intra",
-    }[path]
-    transform = MultiScaleCrop(input_size, normalize=path == "frames+norm")
-    return VideoClipDataset(
-        [data[manifest]], transform, num_frames, 4, backend="decord", num_clips=4 if path.endswith("K4") else 1
-    )
+    manifest, backend, k, norm = OURS[path]
+    transform = MultiScaleCrop(input_size, normalize=norm)
+    return VideoClipDataset([data[manifest]], transform, num_frames, 4, backend=backend, num_clips=k)
 
 
-def run_path(path: str, data: dict, anchors: list[int], num_frames: int, input_size: int, queue=None) -> dict:
-    """Time ``len(anchors)`` clips of ``path`` on one thread; clips/s and this process's peak RSS."""
+def clips_per_item(path: str) -> int:
+    return 1 if path == "reference" else OURS[path][2]
+
+
+def time_paths(
+    paths: list[str], data: dict, anchors: list[int], num_frames: int, input_size: int, rounds: int, queue=None
+) -> dict:
+    """Clips per CPU-second and per wall-second of each path, timed in interleaved rounds on one thread (so a
+    change in machine load hits every path alike)."""
     import torch
 
     torch.set_num_threads(1)
     random.seed(0)
     np.random.seed(0)
-    ds = build(path, data, num_frames, input_size)
-    ds[anchors[0]]  # warm-up: imports, first decoder open
-    wall, cpu = time.perf_counter(), time.process_time()
-    for a in anchors[1:]:
-        ds[a]
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    clips = (len(anchors) - 1) * (4 if path.endswith("K4") else 1)
+    loaders = {p: build(p, data, num_frames, input_size) for p in paths}
+    for ds in loaders.values():
+        ds[anchors[0]]  # warm-up: imports, first decoder open
+    cpu = dict.fromkeys(paths, 0.0)
+    wall = dict.fromkeys(paths, 0.0)
+    chunks = np.array_split(np.asarray(anchors[1:]), rounds)
+    for chunk in chunks:
+        for p, ds in loaders.items():
+            w, c = time.perf_counter(), time.process_time()
+            for a in chunk:
+                ds[int(a)]
+            cpu[p] += time.process_time() - c
+            wall[p] += time.perf_counter() - w
+    n = len(anchors) - 1
     out = {
-        "path": path,
-        "clips_per_s": clips / cpu,
-        "clips_per_wall_s": clips / wall,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        p: {"clips_per_s": n * clips_per_item(p) / cpu[p], "clips_per_wall_s": n * clips_per_item(p) / wall[p]}
+        for p in paths
     }
     if queue is not None:
         queue.put(out)
     return out
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def peak_rss(path: str, data: dict, anchors: list[int], num_frames: int, input_size: int, queue=None) -> float:
+    """Peak RSS (MB) of a process that loads clips of ``path`` only."""
+    import torch
+
+    torch.set_num_threads(1)
+    ds = build(path, data, num_frames, input_size)
+    for a in anchors:
+        ds[a]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if queue is not None:
+        queue.put(rss)
+    return rss
+
+
+def in_child(fn, *args):
+    """Run ``fn(*args, queue)`` in a fresh (spawned) process and return what it puts on the queue."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=fn, args=(*args, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=3)
     p.add_argument("--frames", type=int, default=100, help="frames per video (1 fps)")
-    p.add_argument("--clips", type=int, default=80, help="timed clips per path (loader samples)")
+    p.add_argument("--clips", type=int, default=60, help="timed loader samples per path")
+    p.add_argument("--rounds", type=int, default=6, help="interleaved timing rounds")
     p.add_argument("--size", type=int, nargs=2, default=(512, 320), metavar=("W", "H"))
     p.add_argument("--num-frames", type=int, default=16)
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    p.add_argument("--no-rss", action="store_true", help="skip the per-path peak-RSS processes")
     p.add_argument("--tiny", action="store_true", help="smoke run: 2 small videos, a few clips, in-process")
     p.add_argument("--out", type=Path, default=None, help="data folder (default: a temporary one, removed)")
     args = p.parse_args(argv)
     if args.tiny:
-        args.videos, args.frames, args.clips, args.size, args.input_size = 2, 20, 3, (96, 64), 32
+        args.videos, args.frames, args.clips, args.rounds = 2, 20, 4, 2
+        args.size, args.input_size, args.no_rss = (96, 64), 32, True
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
@@ -245,34 +289,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
         data = make_data(root, args.videos, args.frames, tuple(args.size))
         print(
             f"synthetic data: {args.videos} videos x {args.frames} frames at {args.size[0]}x{args.size[1]} "
-            f"({time.perf_counter() - t0:.0f} s); {args.num_frames}-frame clips at {args.input_size}², stride 4, "
-            f"{args.clips} clips per path, 1 thread",
+            f"({time.perf_counter() - t0:.0f} s); {args.num_frames}-frame clips at {args.input_size}², stride 4; "
+            f"{args.clips} loader samples per path in {args.rounds} interleaved rounds, 1 thread",
             flush=True,
         )
         rng = random.Random(0)
         anchors = [rng.randrange(args.videos * args.frames) for _ in range(args.clips + 1)]
-        results = []
+        timing = (args.paths, data, anchors, args.num_frames, args.input_size, args.rounds)
+        results = time_paths(*timing) if args.tiny else in_child(time_paths, *timing)
         for path in args.paths:
-            if args.tiny:
-                res = run_path(path, data, anchors, args.num_frames, args.input_size)
-            else:  # a fresh process per path: its own peak RSS, no shared caches
-                ctx = mp.get_context("spawn")
-                queue = ctx.Queue()
-                proc = ctx.Process(target=run_path, args=(path, data, anchors, args.num_frames, args.input_size, queue))
-                proc.start()
-                res = queue.get()
-                proc.join()
-            results.append(res)
+            res = results[path]
+            if not args.no_rss:
+                res["peak_rss_mb"] = in_child(peak_rss, path, data, anchors[:10], args.num_frames, args.input_size)
+            rss = f"   peak RSS {res['peak_rss_mb']:5.0f} MB" if "peak_rss_mb" in res else ""
             print(
                 f"  {path:<13} {res['clips_per_s']:8.1f} clips/s per core (CPU time; wall "
-                f"{res['clips_per_wall_s']:.1f}/s)   peak RSS {res['peak_rss_mb']:5.0f} MB",
+                f"{res['clips_per_wall_s']:.1f}/s){rss}",
                 flush=True,
             )
-    ref = next((r for r in results if r["path"] == "reference"), None)
-    if ref:
+    if "reference" in results:
+        ref = results["reference"]["clips_per_s"]
         print(
             "ratio to reference (a): "
-            + ", ".join(f"{r['path']} {r['clips_per_s'] / ref['clips_per_s']:.2f}x" for r in results if r is not ref)
+            + ", ".join(f"{p} {r['clips_per_s'] / ref:.2f}x" for p, r in results.items() if p != "reference")
         )
     return results
 
