@@ -267,7 +267,7 @@ def in_child(fn, *args):
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=3)
-    p.add_argument("--frames", type=int, default=100, help="frames per video (1 fps)")
+    p.add_argument("--frames", type=int, default=80, help="frames per video (1 fps)")
     p.add_argument("--clips", type=int, default=60, help="timed loader samples per path")
     p.add_argument("--rounds", type=int, default=6, help="interleaved timing rounds")
     p.add_argument("--size", type=int, nargs=2, default=(512, 320), metavar=("W", "H"))

@@ -187,19 +187,22 @@ def test_corrupt_mp4_errors_or_is_skipped_counted_and_logged(tmp_path, caplog):
     assert collate_clips(items)["skipped"] == 3
 
 
-def test_truncated_mp4_is_named(tmp_path):
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_truncated_mp4_is_named(tmp_path, backend):
     whole = mp4(tmp_path / "whole.mp4", 40, faststart=True).read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole[: len(whole) // 2])
-    ds = VideoClipDataset([one_video(tmp_path, VideoEntry("x", "cut", "video", cut, 40, None))], CenterCrop(16), 4, 1)
+    manifest = one_video(tmp_path, VideoEntry("x", "cut", "video", cut, 40, None))
+    ds = VideoClipDataset([manifest], CenterCrop(16), 4, 1, backend=backend)
     with pytest.raises(VideoDecodeError, match="cut.mp4"):
         ds[39]
 
 
-def test_video_shorter_than_its_manifest_row_is_named(tmp_path):
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_video_shorter_than_its_manifest_row_is_named(tmp_path, backend):
     short = mp4(tmp_path / "short.mp4", 10)
     ds = VideoClipDataset([one_video(tmp_path, VideoEntry("x", "short", "video", short, 30, None))], CenterCrop(16),
-                          4, 1)
+                          4, 1, backend=backend)
     assert ds[9]["video"].shape == (3, 4, 16, 16)
     with pytest.raises(VideoDecodeError, match=r"short.mp4 has only 10 decoded frames .* needs frame 20"):
         ds[20]
@@ -259,3 +262,21 @@ def test_throughput_benchmark_tiny_mode_runs(tmp_path):
     for name in ("reference", "frames", "decord"):
         assert name in out
     assert "ratio to reference" in out
+
+
+# ------------------------------------------------------------------------------------------ readers
+def test_pyav_random_access_equals_sequential_decoding(demo_root, caplog):
+    from surgvista.data.readers import PyAVReader, open_reader
+
+    video = demo_root / "videos" / "video01.mp4"  # h264 with B-frames, GOP 12
+    reader = open_reader(video, "pyav")
+    assert isinstance(reader, PyAVReader)
+    n = len(reader)
+    for ids in ([0, 3, 17, n - 1], [40, 41, 44, 52, 60], [5, 5, 1, 30, 29], [n - 1, 0]):
+        np.testing.assert_array_equal(reader.read(ids), reader._read_sequential(ids))
+    assert np.abs(reader.read([7, 33]).astype(int) - open_reader(video).read([7, 33]).astype(int)).mean() < 2
+    broken = PyAVReader(video)
+    broken.fps *= 2  # timestamps no longer map onto frame numbers: must fall back, not return wrong frames
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(broken.read([3, 9]), reader._read_sequential([3, 9]))
+    assert "decoding it sequentially" in caplog.text
