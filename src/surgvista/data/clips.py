@@ -47,7 +47,8 @@ class VideoClipDataset(Dataset):
     Bad media (``on_bad_video``): ``error`` raises an error naming the file; ``skip`` logs it, remembers the
     video as bad, and returns a random sample of another video instead (its own ``index``, so labels looked up
     by index stay right); ``skipped`` counts the bad attempts behind a sample. Videos with fewer than
-    ``min_video_frames`` manifest frames (shorter than one clip) are refused or, with ``skip``, left out.
+    ``min_video_frames`` manifest frames (e.g. ``num_frames``: shorter than one clip) are refused or, with ``skip``,
+    left out.
     """
 
     def __init__(
@@ -82,8 +83,8 @@ class VideoClipDataset(Dataset):
                     dropped.append(f"{e.dataset}/{e.video_id} in {m}: {problem}")
                     continue
                 if e.num_frames < min_video_frames:
-                    msg = (f"{e.source} ({e.dataset}/{e.video_id} in {m}) has {e.num_frames} frames, shorter than "
-                           f"one clip ({min_video_frames} frames)")
+                    msg = (f"{e.source} ({e.dataset}/{e.video_id} in {m}) has {e.num_frames} frames, fewer than "
+                           f"min_video_frames={min_video_frames}")
                     if on_bad_video == "error":
                         raise ManifestError(f"{msg}; drop it from the manifest or set data.on_bad_video=skip")
                     dropped.append(msg)
@@ -91,7 +92,7 @@ class VideoClipDataset(Dataset):
                 self.entries.append(e)
                 self.manifest_of_entry.append(m_idx)
         if dropped:
-            log.warning("on_bad_video=skip: left out %d bad video(s) (missing media or shorter than one clip): %s",
+            log.warning("on_bad_video=skip: left out %d bad video(s) (missing media, too few frames): %s",
                         len(dropped), "; ".join(dropped[:20]))
         if not self.entries:
             raise ManifestError(f"no usable videos in {list(map(str, manifests))}")

@@ -55,7 +55,8 @@ class PretrainDataModule(L.LightningDataModule):
     Throughput: ``num_clips_per_video`` K clips per decoded anchor (each batch holds ``batch_size × K`` clips:
     the effective batch, which the LR scaling uses), persistent workers, pinned memory, and
     ``normalize_on_device`` (the loader yields uint8 clips, normalised after the transfer to the accelerator).
-    Robustness: ``on_bad_video`` (``error`` | ``skip``), ``min_video_frames`` (default: one clip).
+    Robustness: ``on_bad_video`` (``error`` | ``skip``); ``min_video_frames`` (default 1: short videos are padded at
+    the start like the reference; ``num_frames`` refuses videos shorter than one clip).
     Leakage guard: ``exclude_from`` names downstream splits (``cholec80_test`` → ``<data_dir>/cholec80/test.jsonl``
     or manifest paths) whose videos must not be pre-trained on; ``allow_leakage`` turns the error into a warning.
     """
@@ -78,7 +79,7 @@ class PretrainDataModule(L.LightningDataModule):
         normalize_on_device: bool = False,
         prefetch_factor: int | None = None,
         on_bad_video: str = "error",
-        min_video_frames: int | None = None,
+        min_video_frames: int = 1,
         data_dir: str | None = None,
         exclude_from: Sequence[str] = (),
         allow_leakage: bool = False,
@@ -101,7 +102,7 @@ class PretrainDataModule(L.LightningDataModule):
         common = {
             "num_frames": hp.num_frames, "sampling_rate": hp.sampling_rate, "backend": hp.backend,
             "on_bad_video": hp.on_bad_video,
-            "min_video_frames": hp.num_frames if hp.min_video_frames is None else hp.min_video_frames,
+            "min_video_frames": hp.min_video_frames,
         }
         if self.train_set is None:
             self.train_set = VideoClipDataset(
