@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: install demo demo-tecno test test-fast lint format demo-data prepare clean clean-logs
+.PHONY: install demo demo-tecno test test-fast lint format demo-data prepare bench-data clean clean-logs
 
 install: $(STAMP)
 
@@ -41,6 +41,9 @@ demo-data: install
 
 prepare: install  ## make prepare DATASET=cholec80 RAW=/data/raw/cholec80 OUT=data/cholec80 [ARGS="--workers 8"]
 	$(PY) -m surgvista.data.prepare $(DATASET) --raw "$(RAW)" --out "$(OUT)" $(ARGS)
+
+bench-data: install  ## clips/s per CPU core: the reference loader vs our JPEG frame-folder and mp4 paths (a few minutes)
+	$(PY) bench/data_throughput.py
 
 clean-logs:
 	rm -rf logs/*

@@ -109,7 +109,7 @@ def test_pretrain_surgvista_config_only_misses_data_dir_and_teacher(tmp_path):
         "ratio": 0.85,
     }
     assert cfg["model"]["student"]["preset"] == "base" and cfg["model"]["teacher"]["preset"] == "large"
-    assert len(cfg["data"]["train_manifests"]) == 9
+    assert len(cfg["data"]["include"]) == 9 and cfg["data"]["_target_"].endswith("MixtureDataModule")
 
 
 def test_configs_compose_and_contain_no_absolute_paths():
