@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: install demo test test-fast lint format demo-data clean clean-logs
+.PHONY: install demo demo-tecno test test-fast lint format demo-data prepare bench-data clean clean-logs
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ demo: install  ## pre-train a tiny student on the demo dataset, fine-tune it on 
 	$(PY) eval.py experiment=demo_phase hydra.run.dir='$(DEMO_DIR)/eval' \
 		ckpt_path='$(DEMO_DIR)/finetune/checkpoints/best.ckpt'
 
+demo-tecno: install  ## TeCNO (cached features + causal MS-TCN) on the embedded demo dataset (CPU, about a minute)
+	$(PY) train.py experiment=demo_tecno
+
 test: install  ## ruff, then the whole suite (slow tests included)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
@@ -41,6 +44,12 @@ format: install
 
 demo-data: install
 	$(PY) -m surgvista.data.demo --out data/demo
+
+prepare: install  ## make prepare DATASET=cholec80 RAW=/data/raw/cholec80 OUT=data/cholec80 [ARGS="--workers 8"]
+	$(PY) -m surgvista.data.prepare $(DATASET) --raw "$(RAW)" --out "$(OUT)" $(ARGS)
+
+bench-data: install  ## clips/s per CPU core: the reference loader vs our JPEG frame-folder and mp4 paths (a few minutes)
+	$(PY) bench/data_throughput.py
 
 clean-logs:
 	rm -rf logs/*

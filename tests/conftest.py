@@ -19,4 +19,3 @@ def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     generate_demo_dataset(root, **SMALL_DEMO)
     return root
-

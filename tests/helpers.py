@@ -17,10 +17,20 @@ SMALL_DEMO = {"num_videos": 3, "num_val_videos": 1, "frames_per_video": (60, 80)
 def small_demo_overrides(root: Path) -> list[str]:
     """Hydra overrides that point ``experiment=demo`` at the small demo set and keep runs to seconds."""
     return [
-        f"data.root={root}", "data.num_videos=3", "data.num_val_videos=1", "data.video_frames=[60,80]",
-        "data.video_size=[96,80]", "data.input_size=64", "data.batch_size=2", "data.num_workers=0",
-        "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
-        "trainer.log_every_n_steps=1", "print_config=false", "model.recon_every_n_steps=2",
+        f"data.root={root}",
+        "data.num_videos=3",
+        "data.num_val_videos=1",
+        "data.video_frames=[60,80]",
+        "data.video_size=[96,80]",
+        "data.input_size=64",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "print_config=false",
+        "model.recon_every_n_steps=2",
     ]
 
 
@@ -28,10 +38,15 @@ def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True, ti
     """Run ``python <script> args`` like a user would; return the CompletedProcess (output captured)."""
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc

@@ -35,15 +35,26 @@ def test_demo_run_writes_checkpoint_metrics_images_and_config(demo_run):
 
 def test_eval_validates_a_checkpoint(demo_run, demo_root, tmp_path):
     out, _ = demo_run
-    proc = run_script("eval.py", "experiment=demo", *small_demo_overrides(demo_root),
-                      f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path}")
+    proc = run_script(
+        "eval.py",
+        "experiment=demo",
+        *small_demo_overrides(demo_root),
+        f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert "val/loss:" in proc.stdout
 
 
 @pytest.mark.slow
 def test_multirun_over_two_learning_rates(demo_root, tmp_path):
-    run_script("train.py", "-m", "experiment=demo", *small_demo_overrides(demo_root),
-               "model.base_lr=0.001,0.002", f"hydra.sweep.dir={tmp_path}")
+    run_script(
+        "train.py",
+        "-m",
+        "experiment=demo",
+        *small_demo_overrides(demo_root),
+        "model.base_lr=0.001,0.002",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     lrs = []
     for job in ("0", "1"):
         assert (tmp_path / job / "checkpoints" / "last.ckpt").is_file()
@@ -53,16 +64,23 @@ def test_multirun_over_two_learning_rates(demo_root, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_sim_two_process_fit(demo_root, tmp_path):
-    proc = run_script("train.py", "experiment=demo", *small_demo_overrides(demo_root), "trainer=ddp_sim",
-                      "trainer.limit_train_batches=2", f"hydra.run.dir={tmp_path}")
+    proc = run_script(
+        "train.py",
+        "experiment=demo",
+        *small_demo_overrides(demo_root),
+        "trainer=ddp_sim",
+        "trainer.limit_train_batches=2",
+        f"hydra.run.dir={tmp_path}",
+    )
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2  # 2 steps per process, each on its own half of the data
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
 
 
 def test_unknown_config_key_is_refused(tmp_path):
-    proc = run_script("train.py", "experiment=demo", "model.learning_rate=0.1", f"hydra.run.dir={tmp_path}",
-                      check=False)
+    proc = run_script(
+        "train.py", "experiment=demo", "model.learning_rate=0.1", f"hydra.run.dir={tmp_path}", check=False
+    )
     assert proc.returncode != 0
     assert "Could not override 'model.learning_rate'" in proc.stderr
     assert "Key 'learning_rate' is not in struct" in proc.stderr
@@ -86,9 +104,12 @@ def test_pretrain_surgvista_config_only_misses_data_dir_and_teacher(tmp_path):
     assert cfg["trainer"]["max_epochs"] == 201 and cfg["trainer"]["precision"] == "bf16-mixed"
     assert cfg["data"]["batch_size"] == 64 and cfg["data"]["sampling_rate"] == 4
     assert cfg["model"]["warmup_epochs"] == 40 and cfg["model"]["masking"] == {
-        "_target_": "surgvista.models.masking.MaskGenerator", "kind": "tube", "ratio": 0.85}
+        "_target_": "surgvista.models.masking.MaskGenerator",
+        "kind": "tube",
+        "ratio": 0.85,
+    }
     assert cfg["model"]["student"]["preset"] == "base" and cfg["model"]["teacher"]["preset"] == "large"
-    assert len(cfg["data"]["train_manifests"]) == 9
+    assert len(cfg["data"]["include"]) == 9 and cfg["data"]["_target_"].endswith("MixtureDataModule")
 
 
 def test_configs_compose_and_contain_no_absolute_paths():
@@ -98,8 +119,9 @@ def test_configs_compose_and_contain_no_absolute_paths():
 
 @pytest.mark.slow
 def test_wandb_logger_runs_offline_and_receives_reconstructions(demo_root, tmp_path):
-    run_script("train.py", "experiment=demo", *small_demo_overrides(demo_root), "logger=wandb",
-               f"hydra.run.dir={tmp_path}")
+    run_script(
+        "train.py", "experiment=demo", *small_demo_overrides(demo_root), "logger=wandb", f"hydra.run.dir={tmp_path}"
+    )
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].rglob("media/images/train/reconstruction*.png"))

@@ -52,8 +52,9 @@ def test_multiscale_crop_is_shared_by_all_frames_and_normalised():
     assert clip.shape == (3, 4, 64, 64)
     assert torch.equal(clip[:, 0], clip[:, 3])
     flat = CenterCrop(64)(np.full((2, 80, 96, 3), 255, np.uint8))
-    torch.testing.assert_close(flat[:, 0, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) /
-                               torch.tensor([0.229, 0.224, 0.225]))
+    torch.testing.assert_close(
+        flat[:, 0, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    )
 
 
 def test_decord_and_pyav_readers_agree_on_demo_video(demo_root):
@@ -159,8 +160,17 @@ def test_corrupt_mp4_is_named(tmp_path, demo_root):
     [
         ({"dataset": "x", "video_id": "v", "format": "video", "source": "v.mp4"}, "missing key.*num_frames"),
         ({"dataset": "x", "video_id": "v", "format": "gif", "source": "v", "num_frames": 3}, "format 'gif'"),
-        ({"dataset": "x", "video_id": "v", "format": "video", "source": "v", "num_frames": 3,
-          "labels": {"phase": [0, 1]}}, "label 'phase' has 2 values but num_frames is 3"),
+        (
+            {
+                "dataset": "x",
+                "video_id": "v",
+                "format": "video",
+                "source": "v",
+                "num_frames": 3,
+                "labels": {"phase": [0, 1]},
+            },
+            "label 'phase' has 2 values but num_frames is 3",
+        ),
     ],
 )
 def test_malformed_manifest_rows(tmp_path, row, message):

@@ -71,7 +71,7 @@ def downstream_root(demo_root, tmp_path_factory) -> Path:
             False,
             lambda i, p: [x % 4 if t % 5 else -1 for t, x in enumerate(p)],
         ),
-        "cholec80cvs": ("cvs", [f"score{k}" for k in range(6)], True, None),
+        "cholec80_cvs": ("cvs", [f"score{k}" for k in range(6)], True, None),
         "surgicalactions160": ("action", [f"a{k}" for k in range(16)], True, None),
     }
     for name, (label, names, clip, fn) in kinds.items():

@@ -45,8 +45,12 @@ def test_generator_makes_masks_reproducible_and_bad_args_fail():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    kind=st.sampled_from(["tube", "random"]), ratio=st.floats(0.0, 0.99), batch=st.integers(1, 4),
-    t=st.integers(1, 4), h=st.integers(1, 6), w=st.integers(1, 6),
+    kind=st.sampled_from(["tube", "random"]),
+    ratio=st.floats(0.0, 0.99),
+    batch=st.integers(1, 4),
+    t=st.integers(1, 4),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
 )
 def test_mask_count_is_fixed_per_sample(kind, ratio, batch, t, h, w):
     gen = MaskGenerator(kind, ratio)

@@ -30,8 +30,12 @@ def test_base_state_dict_matches_reference_keys_line_for_line(base_student):
 
 @pytest.mark.parametrize(
     ("preset", "total", "trainable"),
-    [("small", 35_614_336, 33_808_000), ("base", 100_858_624, 98_450_176),
-     ("large", 325_130_240, 322_119_680), ("huge", 661_153_024, 657_540_352)],
+    [
+        ("small", 35_614_336, 33_808_000),
+        ("base", 100_858_624, 98_450_176),
+        ("large", 325_130_240, 322_119_680),
+        ("huge", 661_153_024, 657_540_352),
+    ],
 )
 def test_parameter_counts(preset, total, trainable):
     with torch.device("meta"):

@@ -17,18 +17,35 @@ from surgvista.modules.pretrain import PretrainModule
 
 
 def make_module(**kw) -> PretrainModule:
-    student = SurgVISTAStudent("tiny", img_size=64, num_frames=4, teacher_dim=192, image_decoder_depth=1,
-                               pixel_decoder_depth=1)
+    student = SurgVISTAStudent(
+        "tiny", img_size=64, num_frames=4, teacher_dim=192, image_decoder_depth=1, pixel_decoder_depth=1
+    )
     teacher = ImageTeacher("tiny", img_size=64, patch_size=16)
-    return PretrainModule(student, teacher, SurgVISTALoss(), MaskGenerator("tube", 0.75), batch_size=2,
-                          base_lr=0.05, min_lr=0.005, warmup_epochs=1, **kw)
+    return PretrainModule(
+        student,
+        teacher,
+        SurgVISTALoss(),
+        MaskGenerator("tube", 0.75),
+        batch_size=2,
+        base_lr=0.05,
+        min_lr=0.005,
+        warmup_epochs=1,
+        **kw,
+    )
 
 
 def make_data(root) -> DemoDataModule:
     return DemoDataModule(
-        str(root), num_videos=SMALL_DEMO["num_videos"], num_val_videos=SMALL_DEMO["num_val_videos"],
-        video_frames=SMALL_DEMO["frames_per_video"], video_size=SMALL_DEMO["size"], batch_size=2, num_workers=0,
-        num_frames=4, sampling_rate=2, input_size=64,
+        str(root),
+        num_videos=SMALL_DEMO["num_videos"],
+        num_val_videos=SMALL_DEMO["num_val_videos"],
+        video_frames=SMALL_DEMO["frames_per_video"],
+        video_size=SMALL_DEMO["size"],
+        batch_size=2,
+        num_workers=0,
+        num_frames=4,
+        sampling_rate=2,
+        input_size=64,
     )
 
 
@@ -48,8 +65,15 @@ class RecordLR(Callback):
 def make_trainer(tmp_path, *callbacks) -> L.Trainer:
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_epochs=1, save_top_k=-1)
     return L.Trainer(
-        max_epochs=3, limit_train_batches=3, limit_val_batches=1, accelerator="cpu", devices=1, logger=False,
-        callbacks=[ckpt, *callbacks], enable_progress_bar=False, enable_model_summary=False,
+        max_epochs=3,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[ckpt, *callbacks],
+        enable_progress_bar=False,
+        enable_model_summary=False,
         default_root_dir=tmp_path,
     )
 

@@ -218,6 +218,7 @@ def _strip_wrappers(key: str) -> str:
 
 def detect_style(keys: list[str]) -> str:
     """``hf`` (transformers VideoMAE), ``videomae`` (original encoder./decoder. layout) or ``surgvista``."""
+    keys = [_strip_wrappers(k) for k in keys]
     if any(k.startswith(("videomae.", "embeddings.patch_embeddings.")) or ".attention.attention." in k for k in keys):
         return "hf"
     if any(k.startswith(("encoder.", "encoder_to_decoder", "decoder.")) for k in keys):
@@ -312,31 +313,51 @@ def to_canonical(
 # ------------------------------------------------------------------------------------- position tables
 
 
-def guess_grid(num_tokens: int, like: tuple[int, int, int] | None = None) -> tuple[int, int, int] | None:
-    """A ``(T', H', W')`` grid with square frames and ``T'·H'·W' = num_tokens`` (prefers ``like``'s T' or H')."""
-    cands = []
-    if like:
-        cands += [like[0]]
-        if num_tokens % (like[1] * like[2]) == 0:
-            return (num_tokens // (like[1] * like[2]), like[1], like[2])
-    cands += [8, 16, 4, 2, 1, 32]
-    for t in cands:
-        if t > 0 and num_tokens % t == 0:
+def candidate_grids(num_tokens: int) -> list[tuple[int, int, int]]:
+    """Every ``(T', S, S)`` grid with square frames and ``T'·S·S = num_tokens``."""
+    out = []
+    for t in range(1, num_tokens + 1):
+        if num_tokens % t == 0:
             s = math.isqrt(num_tokens // t)
             if s * s * t == num_tokens:
-                return (t, s, s)
-    return None
+                out.append((t, s, s))
+    return out
 
 
-def classify_table(table: torch.Tensor, grid: tuple[int, int, int] | None) -> str:
-    """``sincos3d`` / ``sinusoid1d`` when ``table`` is that fixed table (to 1e-4), else ``learned``."""
+def guess_grid(num_tokens: int, like: tuple[int, int, int] | None = None) -> tuple[int, int, int] | None:
+    """The token grid of a ``num_tokens`` table: ``like``'s frame size or T' if they fit, else the only candidate."""
+    if like:
+        if num_tokens % (like[1] * like[2]) == 0:
+            return (num_tokens // (like[1] * like[2]), like[1], like[2])
+        if num_tokens % like[0] == 0:
+            s = math.isqrt(num_tokens // like[0])
+            if s * s * like[0] == num_tokens:
+                return (like[0], s, s)
+    cands = candidate_grids(num_tokens)
+    if like and cands:  # neither axis kept: the grid with the closest T'/H' proportion
+        return min(cands, key=lambda g: abs(math.log(g[0] / g[1]) - math.log(like[0] / like[1])))
+    return cands[0] if len(cands) == 1 else None
+
+
+def classify_table(table: torch.Tensor, grid: tuple[int, int, int] | None = None) -> str:
+    """``sincos3d`` / ``sinusoid1d`` when ``table`` is that fixed table (to 1e-4), else ``learned``.
+
+    ``grid`` is tried first for ``sincos3d``, then every square-frame grid of the table's length.
+    """
+    return classify_table_grid(table, grid)[0]
+
+
+def classify_table_grid(table: torch.Tensor, grid=None) -> tuple[str, tuple[int, int, int] | None]:
+    """As :func:`classify_table`, also returning the grid a ``sincos3d`` table was matched on."""
     n, dim = table.shape[-2:]
     t = table.detach().float().reshape(n, dim).cpu()
     if torch.allclose(t, sinusoid_table(n, dim)[0], atol=1e-4):
-        return "sinusoid1d"
-    if grid is not None and dim % 16 == 0 and torch.allclose(t, sincos_3d(dim, grid)[0], atol=1e-4):
-        return "sincos3d"
-    return "learned"
+        return "sinusoid1d", grid
+    if dim % 16 == 0:
+        for g in ([grid] if grid else []) + candidate_grids(n):
+            if g[0] * g[1] * g[2] == n and torch.allclose(t, sincos_3d(dim, g)[0], atol=1e-4):
+                return "sincos3d", g
+    return "learned", grid
 
 
 def interpolate_pos_embed(table: torch.Tensor, src_grid: tuple[int, int, int], dst_grid: tuple[int, int, int]):
@@ -391,6 +412,7 @@ def load_backbone(
         model: a :class:`~surgvista.models.SurgVISTAStudent` or :class:`~surgvista.models.VideoClassifier`.
         strict: raise :class:`CheckpointError` on any missing, unexpected or wrong-shape key and on a position
             embedding kind that disagrees with the model's; ``False`` loads what matches and logs the diff.
+            A checkpoint of another architecture (width, depth, patch size) is an error either way.
         layout: force the key style (``surgvista``, ``videomae``, ``hf``) instead of detecting it.
         pos_embed_kind: declare the checkpoint's position table kind when it cannot be seen in the file
             (e.g. an MVD original without ``pos_embed``: ``"sincos3d"``).
@@ -406,6 +428,10 @@ def load_backbone(
     style = layout or ("hf" if "hf_config" in meta else detect_style(list(state)))
     if style not in ("surgvista", "videomae", "hf"):
         raise ValueError(f"unknown layout {style!r}; expected surgvista, videomae or hf")
+    if container == "raw" and "hf_config" in meta:
+        container = "hf_dir"
+    elif container == "raw" and str(name).endswith(".safetensors"):
+        container = "safetensors"
     report = LoadReport(source=name, layout=f"{container}/{style}", meta={**extra, **meta})
     canon, unmapped = to_canonical(state, style)
     report.unexpected += unmapped
@@ -422,8 +448,9 @@ def load_backbone(
     src_kind = pos_embed_kind
     if "pos_embed" in canon:
         _, table = canon["pos_embed"]
-        s_grid = source_grid or guess_grid(table.shape[-2], grid)
-        seen = classify_table(table, s_grid)
+        seen, found = classify_table_grid(table, source_grid or guess_grid(table.shape[-2], grid))
+        if seen == "sincos3d" and found != grid:
+            report.notes.append(f"checkpoint pos_embed is the sincos3d table of grid {found}")
         if src_kind is None:
             src_kind = seen
         elif seen != "learned" and seen != src_kind:
@@ -457,27 +484,23 @@ def load_backbone(
     else:
         report.pos_embed = f"fixed {kind} table for grid {grid}" + (f" (checkpoint: {src_kind})" if src_kind else "")
 
-    # Head and pooling norm of a classifier.
+    # Head and pooling norm of a classifier: loaded together, only when the head fits (or load_head=True).
     has_head = "head.weight" in target
-    for hkey in ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"):
-        item = canon.pop(hkey, None)
-        if hkey not in target:
-            if item is not None:
-                report.ignored.append(item[0])
-            continue
-        fits = item is not None and tuple(item[1].shape) == tuple(target[hkey].shape)
-        if item is not None and (load_head or (load_head is None and fits)):
-            if not fits:
-                report.mismatched.append(
-                    f"{item[0]}: checkpoint {tuple(item[1].shape)}, model {tuple(target[hkey].shape)}"
-                )
-                continue
-            new[hkey] = item[1]
-            report.loaded.append(hkey)
+    head_keys = [k for k in ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias") if k in target]
+    items = {k: canon.pop(k) for k in ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias") if k in canon}
+    fits = all(k in items and tuple(items[k][1].shape) == tuple(target[k].shape) for k in head_keys)
+    take = bool(head_keys) and all(k in items for k in head_keys) and (load_head or (load_head is None and fits))
+    for key, (src, value) in items.items():
+        if key not in target or not take:
+            shape = "" if key not in target else f" (checkpoint {tuple(value.shape)}; left fresh)"
+            report.ignored.append(f"{src}{shape}")
+        elif tuple(value.shape) != tuple(target[key].shape):
+            report.mismatched.append(f"{src}: checkpoint {tuple(value.shape)}, model {tuple(target[key].shape)}")
         else:
-            report.expected_missing.append(hkey)
-            if item is not None:
-                report.ignored.append(f"{item[0]} (shape {tuple(item[1].shape)}; head left fresh)")
+            new[key] = value
+            report.loaded.append(key)
+    if not take:
+        report.expected_missing += head_keys
     if has_head and "norm.weight" in canon and "norm.weight" not in target:
         for k in ("norm.weight", "norm.bias"):
             if k in canon:

@@ -1,19 +1,65 @@
-"""LightningDataModules for pre-training on manifests, and on the embedded demo dataset."""
+"""LightningDataModules for pre-training on manifests, a mixture of datasets, and the embedded demo dataset."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Sampler
 
-from surgvista.data.clips import VideoClipDataset
-from surgvista.data.transforms import CenterCrop, MultiScaleCrop
+from surgvista.data.clips import VideoClipDataset, collate_clips
+from surgvista.data.leakage import check_leakage
+from surgvista.data.transforms import CenterCrop, MultiScaleCrop, normalize_clip
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_DATASETS = ("cholec80", "m2cai16", "heichole", "pitvis", "psiava", "autolaparo", "bernbypass70",
+                     "strasbypass70", "gensurgery")
+
+
+class MixtureSampler(Sampler[int]):
+    """``num_samples`` indices per epoch: a part is drawn with probability ``shares[p]``, then a sample of
+    that part uniformly (with replacement). Parts are consecutive index ranges of ``sizes``.
+
+    Every iteration draws afresh from one generator seeded with ``seed``, so all ranks draw the same list
+    (Lightning shards it under DDP) and successive epochs differ.
+    """
+
+    def __init__(self, sizes: Sequence[int], shares: Sequence[float], num_samples: int, seed: int = 0) -> None:
+        if len(sizes) != len(shares) or any(w < 0 for w in shares) or sum(shares) <= 0:
+            raise ValueError(f"need one non-negative share per part and a positive sum; got {list(shares)}")
+        empty = [i for i, (n, w) in enumerate(zip(sizes, shares, strict=True)) if w > 0 and n == 0]
+        if empty:
+            raise ValueError(f"parts {empty} have a positive share but no samples")
+        self.sizes, self.num_samples = list(sizes), num_samples
+        self.shares = torch.tensor(shares, dtype=torch.float64) / sum(shares)
+        self.starts = torch.tensor([0, *self.sizes[:-1]]).cumsum(0)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        part = torch.multinomial(self.shares, self.num_samples, replacement=True, generator=self.generator)
+        sizes = torch.tensor(self.sizes, dtype=torch.float64)[part]
+        offset = (torch.rand(self.num_samples, generator=self.generator, dtype=torch.float64) * sizes).long()
+        return iter((self.starts[part] + offset).tolist())
 
 
 class PretrainDataModule(L.LightningDataModule):
-    """Clips from ``train_manifests`` (multi-scale crop) and optional ``val_manifests`` (centre crop)."""
+    """Clips from ``train_manifests`` (multi-scale crop) and optional ``val_manifests`` (centre crop).
+
+    Throughput: ``num_clips_per_video`` K clips per decoded anchor (each batch holds ``batch_size × K`` clips:
+    the effective batch, which the LR scaling uses), persistent workers, pinned memory, and
+    ``normalize_on_device`` (the loader yields uint8 clips, normalised after the transfer to the accelerator).
+    Robustness: ``on_bad_video`` (``error`` | ``skip``); ``min_video_frames`` (default 1: short videos are padded at
+    the start like the reference; ``num_frames`` refuses videos shorter than one clip).
+    Leakage guard: ``exclude_from`` names downstream splits (``cholec80_test`` → ``<data_dir>/cholec80/test.jsonl``
+    or manifest paths) whose videos must not be pre-trained on; ``allow_leakage`` turns the error into a warning.
+    """
 
     def __init__(
         self,
@@ -29,33 +75,69 @@ class PretrainDataModule(L.LightningDataModule):
         scales: Sequence[float] = (1, 0.875, 0.75, 0.66),
         backend: str = "decord",
         val_anchor_stride: int = 8,
+        num_clips_per_video: int = 1,
+        normalize_on_device: bool = False,
+        prefetch_factor: int | None = None,
+        on_bad_video: str = "error",
+        min_video_frames: int = 1,
+        data_dir: str | None = None,
+        exclude_from: Sequence[str] = (),
+        allow_leakage: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.train_set: VideoClipDataset | None = None
         self.val_set: VideoClipDataset | None = None
+        self.train_shares: list[float] | None = None  # per train manifest; None = proportional to frames
+
+    @property
+    def clips_per_batch(self) -> int:
+        """Clips in one training batch: ``batch_size × num_clips_per_video``."""
+        return self.hparams.batch_size * self.hparams.num_clips_per_video
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
-        common = {"num_frames": hp.num_frames, "sampling_rate": hp.sampling_rate, "backend": hp.backend}
+        norm = not hp.normalize_on_device
+        common = {
+            "num_frames": hp.num_frames, "sampling_rate": hp.sampling_rate, "backend": hp.backend,
+            "on_bad_video": hp.on_bad_video,
+            "min_video_frames": hp.min_video_frames,
+        }
         if self.train_set is None:
             self.train_set = VideoClipDataset(
-                list(hp.train_manifests), MultiScaleCrop(hp.input_size, hp.scales), **common
+                list(hp.train_manifests), MultiScaleCrop(hp.input_size, hp.scales, normalize=norm),
+                num_clips=hp.num_clips_per_video, **common,
             )
+            check_leakage(self.train_set.entries, list(hp.exclude_from or ()), hp.data_dir, hp.allow_leakage)
         if self.val_set is None and hp.val_manifests:
             self.val_set = VideoClipDataset(
-                list(hp.val_manifests), CenterCrop(hp.input_size), anchor_stride=hp.val_anchor_stride, **common
+                list(hp.val_manifests), CenterCrop(hp.input_size, normalize=norm), anchor_stride=hp.val_anchor_stride,
+                **common,
             )
 
-    def _loader(self, dataset: VideoClipDataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: VideoClipDataset, train: bool, sampler: Sampler | None = None) -> DataLoader:
         hp = self.hparams
+        workers = hp.num_workers > 0
         return DataLoader(
-            dataset, batch_size=hp.batch_size, shuffle=train, drop_last=train, num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory, persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            dataset, batch_size=hp.batch_size, shuffle=train and sampler is None, sampler=sampler, drop_last=train,
+            num_workers=hp.num_workers, pin_memory=hp.pin_memory, persistent_workers=hp.persistent_workers and workers,
+            prefetch_factor=hp.prefetch_factor if workers else None, collate_fn=collate_clips,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        sampler = None
+        if self.train_shares is not None:
+            sizes = self.train_set.manifest_sizes(len(self.hparams.train_manifests))
+            sampler = MixtureSampler(sizes, self.train_shares, len(self.train_set), self.hparams.seed)
+        return self._loader(self.train_set, train=True, sampler=sampler)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``normalize_on_device``, uint8 clips become normalised float here, on the accelerator."""
+        video = batch.get("video") if isinstance(batch, dict) else None
+        if isinstance(video, torch.Tensor) and video.dtype == torch.uint8:
+            batch = {**batch, "video": normalize_clip(video)}
+        return batch
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set, train=False) if self.val_set is not None else []
@@ -87,3 +169,53 @@ class DemoDataModule(PretrainDataModule):
         from surgvista.data.demo import generate_demo_dataset
 
         generate_demo_dataset(**self.demo_args)
+
+
+class MixtureDataModule(PretrainDataModule):
+    """Pre-training on any subset of datasets: ``include`` names them, each read from ``manifests[name]``
+    (default ``<data_dir>/<name>/pretrain.jsonl``) and concatenated.
+
+    ``weights``: ``None`` = every anchor frame equally likely (datasets weighted by their frame counts, as the
+    reference); or a mapping ``name → weight`` covering every included dataset, giving each dataset the share
+    ``weight / Σ weights`` of an epoch's samples (drawn with replacement; the epoch length stays the number of
+    frames).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        include: Sequence[str] = PRETRAIN_DATASETS,
+        manifests: Mapping[str, str | None] | None = None,
+        weights: Mapping[str, float] | None = None,
+        val_manifests: Sequence[str] | None = None,
+        **kwargs,
+    ) -> None:
+        include = list(include)
+        if not include:
+            raise ValueError("data.include is empty: name at least one pre-training dataset")
+        dup = sorted({n for n in include if include.count(n) > 1})
+        if dup:
+            raise ValueError(f"data.include names {dup} more than once")
+        manifests = dict(manifests or {})
+        paths = [str(manifests.get(n) or Path(data_dir) / n / "pretrain.jsonl") for n in include]
+        super().__init__(train_manifests=paths, val_manifests=val_manifests, data_dir=data_dir, **kwargs)
+        self.include = include
+        if weights is not None:
+            weights = dict(weights)
+            missing = [n for n in include if n not in weights]
+            extra = [n for n in weights if n not in include]
+            if missing or extra:
+                raise ValueError(f"data.weights must give a weight for every dataset in data.include={include}: "
+                                 f"missing {missing}, not included {extra}")
+            self.train_shares = [float(weights[n]) for n in include]
+
+    def setup(self, stage: str | None = None) -> None:
+        first = self.train_set is None
+        super().setup(stage)
+        if first:
+            sizes = self.train_set.manifest_sizes(len(self.include))
+            shares = self.train_shares or sizes
+            total = sum(shares)
+            parts = [f"{n} {c} frames → {100 * w / total:.2f}%"
+                     for n, c, w in zip(self.include, sizes, shares, strict=True)]
+            log.info("pre-training mixture (%d anchors/epoch): %s", len(self.train_set), ", ".join(parts))

@@ -34,6 +34,9 @@ class VideoReader:
     def read(self, indices: Sequence[int]) -> np.ndarray:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release the file (readers evicted from :class:`EntryReader`'s cache)."""
+
     def _check(self, indices: Sequence[int]) -> None:
         n = len(self)
         bad = [i for i in indices if not 0 <= i < n]
@@ -68,37 +71,112 @@ class DecordReader(VideoReader):
 
 
 class PyAVReader(VideoReader):
-    """Sequential PyAV decoding up to the last requested frame (slower; for when decord is unavailable)."""
+    """PyAV with keyframe-aware random access (one decoding thread).
+
+    Frame ``i`` is the frame whose timestamp rounds to ``i / fps``. Each needed frame is reached either by
+    decoding forward from the current position or by seeking to the keyframe before it, whichever decodes fewer
+    frames (the cost of a seek is learnt from the file: 1 frame for an all-keyframe mp4, about half a GOP
+    otherwise); frames that are skipped are decoded but not converted to RGB. If the timestamps do not map
+    one-to-one onto frame numbers (variable frame rate, broken timestamps), reading falls back to counting
+    decoded frames from the start, so a wrong frame is never returned.
+    """
 
     def __init__(self, path: Path) -> None:
         import av
 
         self.path = path
         try:
-            with av.open(str(path)) as container:
-                stream = container.streams.video[0]
-                self.fps = float(stream.average_rate or stream.guessed_rate or 0)
-                self._len = stream.frames or sum(1 for _ in container.decode(stream))
+            self._container = av.open(str(path))
+            stream = self._container.streams.video[0]
+            stream.thread_count = 1  # one decoding thread per DataLoader worker
+            self.fps = float(stream.average_rate or stream.guessed_rate or 0)
+            self._len = stream.frames or self._count_frames()
         except (av.FFmpegError, IndexError) as e:
             raise VideoDecodeError(f"cannot open video {path} with PyAV: {e}") from e
+        self._stream = stream
+        self._start = stream.start_time or 0
+        self._tb = float(stream.time_base or 0)
+        self._random_access = self.fps > 0 and self._tb > 0
+        self._iter = None
+        self._pos: int | None = None  # frame number of the last decoded frame
+        self._seek_cost = [1, 1]  # frames decoded to reach a target after a seek: [total, seeks]
+
+    def _count_frames(self) -> int:
+        import av
+
+        with av.open(str(self.path)) as container:
+            return sum(1 for _ in container.decode(video=0))
 
     def __len__(self) -> int:
         return self._len
+
+    def close(self) -> None:
+        self._iter = None
+        self._container.close()
+
+    def _index(self, pts: int) -> int:
+        return int(round((pts - self._start) * self._tb * self.fps))
+
+    def _decode(self):
+        for packet in self._container.demux(self._stream):
+            for frame in packet.decode():  # the last (empty) packet drains the decoder
+                if frame.pts is not None:
+                    yield self._index(frame.pts), frame
+
+    def _seek(self, index: int) -> None:
+        pts = self._start + int(round(index / (self.fps * self._tb)))
+        self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
+        self._stream.codec_context.flush_buffers()
+        self._iter, self._pos = self._decode(), None
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         import av
 
         self._check(indices)
-        wanted, last, frames = set(indices), max(indices), {}
         try:
-            with av.open(str(self.path)) as container:
-                for i, frame in enumerate(container.decode(video=0)):
-                    if i in wanted:
-                        frames[i] = frame.to_ndarray(format="rgb24")
-                    if i >= last:
-                        break
+            if self._random_access:
+                frames = self._read_random(sorted(set(indices)))
+                if frames is not None:
+                    return np.stack([frames[i] for i in indices])
+                log.warning("%s: timestamps do not map onto frame numbers; decoding it sequentially", self.path)
+                self._random_access = False
+            return self._read_sequential(indices)
         except av.FFmpegError as e:
+            self._iter = self._pos = None
             raise VideoDecodeError(f"cannot decode {self.path}: {e}") from e
+
+    def _read_random(self, wanted: list[int]) -> dict[int, np.ndarray] | None:
+        out = {}
+        for i in wanted:
+            total, seeks = self._seek_cost
+            sought = self._pos is None or i <= self._pos or i - self._pos > total / seeks
+            if sought:
+                self._seek(i)
+            decoded = 0
+            for index, frame in self._iter:
+                decoded += 1
+                if index > i or (self._pos is not None and index <= self._pos):
+                    return None  # skipped past the target, or timestamps not increasing
+                self._pos = index
+                if index == i:
+                    out[i] = frame.to_ndarray(format="rgb24")
+                    break
+            else:
+                return None  # ran out of frames before the target
+            if sought:
+                self._seek_cost = [total + decoded, seeks + 1]
+        return out
+
+    def _read_sequential(self, indices: Sequence[int]) -> np.ndarray:
+        import av
+
+        wanted, last, frames = set(indices), max(indices), {}
+        with av.open(str(self.path)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
         if len(frames) != len(wanted):
             raise VideoDecodeError(f"{self.path}: decoded fewer frames than its header promised")
         return np.stack([frames[i] for i in indices])
@@ -116,14 +194,37 @@ class FrameFolderReader(VideoReader):
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         self._check(indices)
-        out = []
-        for i in indices:
-            try:
-                with Image.open(self._files[i]) as img:
-                    out.append(np.asarray(img.convert("RGB")))
-            except OSError as e:
-                raise VideoDecodeError(f"cannot read frame image {self._files[i]}: {e}") from e
-        return np.stack(out)
+        out = None
+        for k, i in enumerate(indices):
+            frame = read_image(self._files[i])
+            if out is None:
+                out = np.empty((len(indices), *frame.shape), np.uint8)
+            elif frame.shape != out.shape[1:]:
+                raise VideoDecodeError(f"frame image {self._files[i]} is {frame.shape[1]}x{frame.shape[0]} but "
+                                       f"earlier frames of {self.path} are {out.shape[2]}x{out.shape[1]}")
+            out[k] = frame
+        return out
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as ``(H, W, 3)`` uint8 RGB.
+
+    Greyscale, palette and alpha images are converted (alpha dropped); 16-bit greyscale is scaled to 8 bits.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode == "RGB":
+                return np.asarray(img)
+            if img.mode.startswith("I;16"):
+                grey = (np.asarray(img).astype(np.uint32) * 255 + 32767) // 65535
+                return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+            if img.mode in ("I", "F"):
+                raise VideoDecodeError(f"frame image {path} has mode {img.mode!r} (32-bit); expected 8-bit RGB, "
+                                       "greyscale or palette images")
+            return np.asarray(img.convert("RGB"))
+    except OSError as e:  # includes FileNotFoundError and truncated/corrupt files
+        raise VideoDecodeError(f"cannot read frame image {path}: {e}") from e
 
 
 def check_backend(backend: str) -> None:
@@ -158,16 +259,39 @@ class EntryReader:
         reader = self._cache.pop(entry.source, None) or open_reader(entry.source, self.backend)
         self._cache[entry.source] = reader
         while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            self._cache.popitem(last=False)[1].close()
         return reader
 
-    def read(self, entry: VideoEntry, frame_ids: Sequence[int]) -> np.ndarray:
-        """Frames ``frame_ids`` (manifest numbering) of ``entry`` as ``(T, H, W, 3)`` uint8."""
-        reader = self._reader(entry)
+    def native_ids(self, entry: VideoEntry, reader: VideoReader, frame_ids: Sequence[int]) -> list[int]:
+        """Decoded-frame numbers of manifest frames ``frame_ids``; errors if the file is shorter than promised."""
+        n = len(reader)
         if entry.format == "video" and entry.fps and reader.fps:
             step = reader.fps / entry.fps
-            frame_ids = [min(int(round(i * step)), len(reader) - 1) for i in frame_ids]
-        return reader.read(frame_ids)
+            native = [int(round(i * step)) for i in frame_ids]
+            # Rounding may overshoot the last decoded frame by a frame or so; more means a short/truncated file.
+            slack = max(1, int(np.ceil(step)))
+        else:
+            native, slack = list(frame_ids), 0
+        worst = max(native)
+        if worst > n - 1 + slack:
+            raise VideoDecodeError(
+                f"{entry.source} has only {n} decoded frames but manifest frame {max(frame_ids)} of "
+                f"{entry.dataset}/{entry.video_id} (num_frames={entry.num_frames}, fps={entry.fps}) needs frame "
+                f"{worst}: the file is truncated or shorter than its manifest row"
+            )
+        return [min(i, n - 1) for i in native]
+
+    def read(self, entry: VideoEntry, frame_ids: Sequence[int]) -> np.ndarray:
+        """Frames ``frame_ids`` (manifest numbering) of ``entry`` as ``(T, H, W, 3)`` uint8.
+
+        Each distinct frame is decoded once (clips padded at the video start repeat frames), in ascending
+        order and in one batch, so decord seeks at most once to the keyframe before the first needed frame.
+        """
+        reader = self._reader(entry)
+        native = np.asarray(self.native_ids(entry, reader, frame_ids))
+        unique, inverse = np.unique(native, return_inverse=True)
+        frames = reader.read(unique.tolist())
+        return frames if len(unique) == len(native) and np.array_equal(unique, native) else frames[inverse]
 
     def __getstate__(self) -> dict:
         # Open decoders are not picklable and must not be shared across DataLoader workers.

@@ -30,37 +30,60 @@ def crop_offsets(width: int, height: int, crop_w: int, crop_h: int) -> list[tupl
     return [(i * w_step, j * h_step) for i, j in FIXED_OFFSETS]
 
 
-def to_normalized_clip(frames: torch.Tensor, size: int, mean=IMAGENET_DEFAULT_MEAN,
-                       std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
-    """``(T, H, W, 3)`` uint8 → bilinear antialiased resize to ``size²`` → normalised ``(3, T, size, size)``."""
-    x = frames.permute(0, 3, 1, 2).float().div_(255)
+def resize_clip(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """``(T, H, W, 3)`` uint8 → antialiased bilinear resize to ``size²`` in uint8 → ``(3, T, size, size)`` uint8.
+
+    Resizing stays in uint8 (as the reference's PIL resize does), which is also the fast path on CPU.
+    """
+    x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W), a channels-last view: what the uint8 kernel wants
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     return x.transpose(0, 1).contiguous()
 
 
-class MultiScaleCrop:
-    """Training transform: one multi-scale fixed-corner crop shared by all frames, then resize + normalise."""
+def normalize_clip(clip: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
+    """uint8 clip(s) with channels at dim ``-4`` (``(3, T, H, W)`` or ``(B, 3, T, H, W)``) → float, /255,
+    ImageNet-normalised. Used on CPU in the loader or on the accelerator after transfer (same result)."""
+    shape = (3, 1, 1, 1)
+    mean_t = torch.tensor(mean, device=clip.device).view(shape)
+    std_t = torch.tensor(std, device=clip.device).view(shape)
+    return (clip.float().div_(255) - mean_t).div_(std_t)
 
-    def __init__(self, input_size: int = 224, scales=(1, 0.875, 0.75, 0.66), max_distort: int = 1) -> None:
+
+def to_normalized_clip(frames: torch.Tensor, size: int, mean=IMAGENET_DEFAULT_MEAN,
+                       std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
+    """``(T, H, W, 3)`` uint8 → uint8 resize to ``size²`` → normalised float ``(3, T, size, size)``."""
+    return normalize_clip(resize_clip(frames, size), mean, std)
+
+
+class MultiScaleCrop:
+    """Training transform: one multi-scale fixed-corner crop shared by all frames, then resize (+ normalise).
+
+    ``normalize=False`` returns the uint8 clip, to be normalised after transfer to the accelerator.
+    """
+
+    def __init__(self, input_size: int = 224, scales=(1, 0.875, 0.75, 0.66), max_distort: int = 1,
+                 normalize: bool = True) -> None:
         self.input_size, self.scales, self.max_distort = input_size, tuple(scales), max_distort
+        self.normalize = normalize
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         height, width = frames.shape[1:3]
         cw, ch = random.choice(crop_sizes(width, height, self.input_size, self.scales, self.max_distort))
         x, y = random.choice(crop_offsets(width, height, cw, ch))
-        return to_normalized_clip(torch.from_numpy(frames[:, y:y + ch, x:x + cw]), self.input_size)
+        clip = resize_clip(torch.from_numpy(frames[:, y:y + ch, x:x + cw]), self.input_size)
+        return normalize_clip(clip) if self.normalize else clip
 
 
 class CenterCrop:
-    """Evaluation transform: the largest centred square, then resize + normalise."""
+    """Evaluation transform: the largest centred square, then resize (+ normalise unless ``normalize=False``)."""
 
-    def __init__(self, input_size: int = 224) -> None:
-        self.input_size = input_size
+    def __init__(self, input_size: int = 224, normalize: bool = True) -> None:
+        self.input_size, self.normalize = input_size, normalize
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         height, width = frames.shape[1:3]
         side = min(height, width)
         y, x = (height - side) // 2, (width - side) // 2
-        return to_normalized_clip(torch.from_numpy(frames[:, y:y + side, x:x + side]), self.input_size)
+        clip = resize_clip(torch.from_numpy(frames[:, y:y + side, x:x + side]), self.input_size)
+        return normalize_clip(clip) if self.normalize else clip

@@ -28,8 +28,13 @@ def pixel_targets(
     eps: float = 1e-6,
     mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
     std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
+    shift: bool = True,
 ) -> torch.Tensor:
-    """Per-token pixel targets ``(B, N, tubelet·patch·patch·3)`` from a normalised clip ``(B,3,T,H,W)``."""
+    """Per-token pixel targets ``(B, N, tubelet·patch·patch·3)`` from a normalised clip ``(B,3,T,H,W)``.
+
+    ``shift=True`` (default) subtracts each patch's first pixel before the statistics (same maths, exact 0 on a
+    constant patch); ``shift=False`` is the literal VideoMAE/HF formula, bit-for-bit as ``transformers``.
+    """
     with torch.autocast(video.device.type, enabled=False):
         shape = (1, 3, 1, 1, 1)
         x = video.float() * torch.tensor(std, device=video.device).view(shape)
@@ -38,10 +43,11 @@ def pixel_targets(
         p0, p = tubelet_size, patch_size
         x = x.reshape(b, c, t // p0, p0, h // p, p, w // p, p)
         x = x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, -1, p0 * p * p, c)
-        if normalize:
+        if normalize and shift:
             # Shift by the patch's first pixel first: the statistics are unchanged, a constant patch gives
             # exactly 0 and there is less cancellation in fp32.
             x = x - x[..., :1, :]
+        if normalize:
             x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + eps)
         return x.flatten(2)
 
@@ -56,13 +62,14 @@ class SurgVISTALoss(nn.Module):
         distill_loss: str = "smooth_l1",
         normalize_pixels: bool = True,
         pixel_eps: float = 1e-6,
+        pixel_shift: bool = True,
     ) -> None:
         super().__init__()
         if distill_loss not in DISTILL_LOSSES:
             raise ValueError(f"unknown distill_loss {distill_loss!r}; expected one of {sorted(DISTILL_LOSSES)}")
         self.pixel_weight, self.distill_weight = pixel_weight, distill_weight
         self.distill_fn = DISTILL_LOSSES[distill_loss]
-        self.normalize_pixels, self.pixel_eps = normalize_pixels, pixel_eps
+        self.normalize_pixels, self.pixel_eps, self.pixel_shift = normalize_pixels, pixel_eps, pixel_shift
 
     def forward(
         self,
@@ -80,7 +87,9 @@ class SurgVISTALoss(nn.Module):
         out = {"loss": zero, "loss_pixel": zero, "loss_distill": zero}
         if pixel_pred is not None:
             with torch.no_grad():
-                target = pixel_targets(video, tubelet_size, patch_size, self.normalize_pixels, self.pixel_eps)
+                target = pixel_targets(
+                    video, tubelet_size, patch_size, self.normalize_pixels, self.pixel_eps, shift=self.pixel_shift
+                )
                 target = target[mask].reshape(b, -1, target.shape[-1])
             out["loss_pixel"] = F.mse_loss(pixel_pred.float(), target)
             out["loss"] = out["loss"] + self.pixel_weight * out["loss_pixel"]

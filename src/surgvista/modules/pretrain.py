@@ -38,7 +38,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 class PretrainModule(L.LightningModule):
     """Student + frozen teacher + masking + loss, AdamW with linear warm-up and cosine decay per step.
 
-    ``lr = base_lr × global_batch / lr_scale_batch`` with ``global_batch = batch_size × accumulate × world``.
+    ``lr = base_lr × global_batch / lr_scale_batch`` with
+    ``global_batch = batch_size × clips_per_sample × accumulate × world`` (``clips_per_sample`` = the loader's
+    ``num_clips_per_video``: each loader sample gives that many clips, spec §7.2's ``num_sample``).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class PretrainModule(L.LightningModule):
         loss: SurgVISTALoss,
         masking: MaskGenerator,
         batch_size: int,
+        clips_per_sample: int = 1,
         base_lr: float = 1.5e-4,
         min_lr: float = 1e-4,
         warmup_epochs: float = 40,
@@ -151,7 +154,7 @@ class PretrainModule(L.LightningModule):
     # ------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
         hp, trainer = self.hparams, self.trainer
-        global_batch = hp.batch_size * trainer.accumulate_grad_batches * trainer.world_size
+        global_batch = hp.batch_size * hp.clips_per_sample * trainer.accumulate_grad_batches * trainer.world_size
         lr = hp.base_lr * global_batch / hp.lr_scale_batch
         min_lr = hp.min_lr * global_batch / hp.lr_scale_batch
         total = int(trainer.estimated_stepping_batches)

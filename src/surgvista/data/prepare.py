@@ -1,0 +1,620 @@
+"""Prepare a surgical video dataset: official download → manifests (+ extracted frames, checksums, stats).
+
+    python -m surgvista.data.prepare cholec80 --raw /data/raw/cholec80 --out /data/surgvista/cholec80
+
+Output (``<out>`` = ``${paths.data_dir}/<dataset>``): ``<split>.jsonl`` per split (``pretrain.jsonl`` lists the
+videos used for pre-training), ``frames/<video_id>/<n>.jpg`` numbered 0..N-1 (unless ``--no-extract``: the
+manifests then point into the original videos, read by decord at ``fps``), ``checksums.sha256`` (every source
+file), ``stats.json`` (printed as a table) and ``splits.json`` where the split is seeded-random.
+
+Resumable: a finished video leaves ``.prepare/<video_id>.json``; a re-run with the same options skips it.
+See ``docs/datasets.md`` for every dataset's expected layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+from tqdm import tqdm
+
+from surgvista.data.adapters import REGISTRY, PrepareError, Source, Timeline
+from surgvista.data.adapters.base import as_fraction, native_indices
+from surgvista.data.manifest import ManifestError, VideoEntry, frame_files, write_manifest
+
+log = logging.getLogger("surgvista.prepare")
+MARKER_VERSION = 1
+
+
+class BadVideoError(PrepareError):
+    """A source video that cannot be decoded or is too short."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """Frame extraction options (part of the resume key)."""
+
+    fps: str | None = "1"  # manifest rate as a fraction string; None = every native frame
+    extract: bool = True
+    size: tuple[int, int] | None = None  # (W, H)
+    keep_aspect: bool = False
+    jpeg_quality: int = 90
+    crop_black: bool = False
+
+    def key(self) -> dict:
+        return {"v": MARKER_VERSION, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}}
+
+
+# --- image processing -------------------------------------------------------------------------------------
+def crop_black_margin(img: Image.Image, threshold: int = 15, blur: int = 19, border: int = 10) -> Image.Image:
+    """Cholec80 cut-margin (TMRNet): bounding box of non-black pixels of a height-300 copy (median-blurred)."""
+    w, h = img.size
+    scale = 300 / h
+    small = img.convert("L").resize((max(1, round(w * scale)), 300), Image.BILINEAR)
+    mask = Image.fromarray(((np.asarray(small) > threshold) * 255).astype(np.uint8)).filter(
+        ImageFilter.MedianFilter(blur)
+    )
+    arr = np.asarray(mask)[:, border:-border] if mask.size[0] > 2 * border else np.asarray(mask)
+    ys, xs = np.nonzero(arr)
+    if len(xs) == 0:
+        return img  # an all-black frame: keep it whole
+    off = border if mask.size[0] > 2 * border else 0
+    box = ((xs.min() + off) / scale, ys.min() / scale, (xs.max() + off + 1) / scale, (ys.max() + 1) / scale)
+    return img.crop(tuple(int(round(v)) for v in box))
+
+
+def process_image(img: Image.Image, opts: Options) -> Image.Image:
+    """RGB conversion (RGBA, greyscale, palette → RGB), optional margin crop and resize."""
+    img = img.convert("RGB")
+    if opts.crop_black:
+        img = crop_black_margin(img)
+    if opts.size:
+        w, h = opts.size
+        if opts.keep_aspect:
+            scale = min(w / img.width, h / img.height)
+            w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+        img = img.resize((w, h), Image.BILINEAR)
+    return img
+
+
+# --- per-video worker -------------------------------------------------------------------------------------
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _probe(path: Path) -> tuple[Fraction, int]:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            count = stream.frames
+            if not count:
+                count = sum(1 for _ in container.demux(stream) if _.size)
+    except (av.FFmpegError, IndexError, OSError) as e:
+        raise BadVideoError(f"cannot open video {path}: {e}") from e
+    if not rate or count <= 0:
+        raise BadVideoError(f"video {path} has no frames or no frame rate (rate={rate}, frames={count})")
+    return as_fraction(Fraction(rate.numerator, rate.denominator)), count
+
+
+def _clip_indices(job: dict, native_fps: Fraction, count: int, fps: Fraction | None) -> list[int]:
+    if job["clip"] is None:
+        return native_indices(count, native_fps, fps)
+    start, end = job["clip"]
+    first = round(Fraction(start) * native_fps)
+    last = min(math.floor(Fraction(end) * native_fps), count - 1)
+    if job["clip_frame_limit"] is not None:
+        last = min(last, job["clip_frame_limit"] - 1)
+    return [first + k for k in native_indices(max(0, last - first + 1), native_fps, fps)]
+
+
+def _save(img: Image.Image, folder: Path, positions: list[int], opts: Options) -> None:
+    img = process_image(img, opts)
+    for p in positions:
+        img.save(folder / f"{p}.jpg", quality=opts.jpeg_quality)
+
+
+def _extract_video(path: Path, wanted: list[int], folder: Path, opts: Options) -> int:
+    """Decode ``path`` once, saving native frames ``wanted`` as ``<i>.jpg``; returns the decoded frame count."""
+    import av
+
+    where: dict[int, list[int]] = {}
+    for i, k in enumerate(wanted):
+        where.setdefault(k, []).append(i)
+    last, decoded = max(wanted, default=-1), 0
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for k, frame in enumerate(container.decode(stream)):
+                decoded = k + 1
+                if k in where:
+                    _save(frame.to_image(), folder, where[k], opts)
+                if k >= last:
+                    break
+    except (av.FFmpegError, OSError) as e:
+        raise BadVideoError(f"cannot decode video {path} (frame {decoded}): {e}") from e
+    return decoded
+
+
+def process_video(job: dict) -> dict:
+    """Probe/extract one source; returns its timeline, digests and frame count (or ``{"error": …}``)."""
+    opts: Options = job["options"]
+    marker = Path(job["marker"])
+    if marker.is_file():
+        cached = json.loads(marker.read_text())
+        done = not opts.extract or Path(job["frames_out"]).is_dir()
+        if done and cached.get("options") == opts.key() and cached.get("source") == job["source_key"]:
+            return {**cached, "resumed": True}
+    fps = Fraction(opts.fps) if opts.fps is not None else None
+    try:
+        checksums = {}
+        if job["frames"] is None:
+            path = Path(job["path"])
+            checksums[str(path)] = sha256 = sha256_file(path)
+            native_fps, count = _probe(path)
+        else:
+            files = [Path(f) for f in job["frames"]]
+            if not files:
+                raise BadVideoError(f"frame folder {job['path']} has no image files")
+            for f in files:
+                checksums[str(f)] = sha256_file(f)
+            sha256 = hashlib.sha256("".join(f"{checksums[str(f)]}  {f.name}\n" for f in files).encode()).hexdigest()
+            native_fps, count = Fraction(job["frame_rate"]), len(files)
+        native = _clip_indices(job, native_fps, count, fps)
+        folder = Path(job["frames_out"])
+        if opts.extract:
+            partial = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            partial.mkdir(parents=True)
+            if job["frames"] is None:
+                decoded = _extract_video(Path(job["path"]), native, partial, opts)
+                if native and decoded <= native[-1]:
+                    # the header promised more frames than the stream holds: keep what was decoded
+                    if job["clip"] is None:
+                        count = decoded
+                    native = [k for k in native if k < decoded]
+            else:
+                for i, k in enumerate(native):
+                    try:
+                        with Image.open(files[k]) as img:
+                            _save(img, partial, [i], opts)
+                    except OSError as e:
+                        raise BadVideoError(f"cannot read frame image {files[k]}: {e}") from e
+        if opts.extract:
+            partial.rename(folder)
+    except BadVideoError as e:
+        shutil.rmtree(Path(job["frames_out"] + ".partial"), ignore_errors=True)
+        return {"video_id": job["video_id"], "error": str(e)}
+    result = {
+        "video_id": job["video_id"],
+        "options": opts.key(),
+        "source": job["source_key"],
+        "sha256": sha256,
+        "native_fps": f"{native_fps.numerator}/{native_fps.denominator}",
+        "native_count": count,
+        "native": native,
+        "checksums": checksums,
+    }
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.rename(marker)
+    return result
+
+
+# --- splits, stats ----------------------------------------------------------------------------------------
+def random_split(ids: list[str], shares: dict[str, float], seed: int) -> dict[str, list[str]]:
+    """Seeded shuffle of ``ids`` cut by ``shares`` (the last split takes the rest)."""
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    total, out, start = sum(shares.values()), {}, 0
+    names = list(shares)
+    for i, name in enumerate(names):
+        n = len(order) - start if i == len(names) - 1 else round(len(order) * shares[name] / total)
+        out[name] = sorted(order[start : start + n])
+        start += n
+    return out
+
+
+def load_or_make_split(path: Path, ids: list[str], shares: dict[str, float], seed: int) -> dict[str, list[str]]:
+    """The saved split at ``path`` if it covers exactly ``ids`` and ``seed``; else a new one, saved."""
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        splits = saved.get("splits", {})
+        if saved.get("seed") == seed and sorted(sum(splits.values(), [])) == sorted(ids):
+            return splits
+        log.warning("%s does not match the current videos/seed: writing a new split", path)
+    splits = random_split(ids, shares, seed)
+    path.write_text(json.dumps({"seed": seed, "shares": shares, "splits": splits}, indent=1) + "\n")
+    return splits
+
+
+def label_counts(entries: list[VideoEntry]) -> dict[str, dict[str, int]]:
+    """Per label name: frames (or clips) per class id; ``-1``/``null`` = unannotated, ``none`` = no triplet."""
+    counts: dict[str, Counter] = {}
+    for e in entries:
+        for name, values in e.labels.items():
+            c = counts.setdefault(name, Counter())
+            per_frame = values if isinstance(values, list) and not name.endswith("criteria") else [values]
+            if name.endswith("criteria") and isinstance(values, list) and values and isinstance(values[0], list):
+                per_frame = values
+            for v in per_frame:
+                if v is None:
+                    c["unannotated"] += 1
+                elif name.endswith("criteria"):
+                    c["annotated"] += 1
+                elif isinstance(v, list):
+                    c["none"] += not v
+                    for t in v:
+                        c[str(t)] += 1
+                else:
+                    c[str(v)] += 1
+    return {k: dict(sorted(v.items(), key=lambda kv: (len(kv[0]), kv[0]))) for k, v in counts.items()}
+
+
+def print_table(stats: dict) -> None:
+    rows = [("split", "videos", "frames", "hours")]
+    rows += [(s, str(v["videos"]), str(v["frames"]), f"{v['hours']:.2f}") for s, v in stats["splits"].items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print(f"\n{stats['dataset']}: {stats['out']}")
+    for j, r in enumerate(rows):
+        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    for split, v in stats["splits"].items():
+        for name, counts in v["labels"].items():
+            shown = ", ".join(f"{k}:{n}" for k, n in counts.items() if n)
+            print(f"  {split} {name}: {shown}")
+    if stats["skipped"]:
+        print(f"  skipped {len(stats['skipped'])}: " + "; ".join(s["reason"] for s in stats["skipped"][:5]))
+
+
+# --- main -------------------------------------------------------------------------------------------------
+def prepare(
+    dataset: str,
+    raw: str | Path,
+    out: str | Path,
+    *,
+    fps: float | str | None = "default",
+    extract: bool = True,
+    size: tuple[int, int] | None = None,
+    keep_aspect: bool = False,
+    jpeg_quality: int = 90,
+    crop_black: bool = False,
+    workers: int = 1,
+    on_bad_video: str = "error",
+    split: str | None = None,
+    seed: int = 0,
+    min_frames: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Prepare ``dataset`` from its official download ``raw`` into ``out``; returns the stats dict."""
+    if dataset not in REGISTRY:
+        raise PrepareError(f"unknown dataset {dataset!r}; expected one of {sorted(REGISTRY)}")
+    if on_bad_video not in ("error", "skip"):
+        raise ValueError(f"on_bad_video must be 'error' or 'skip', got {on_bad_video!r}")
+    adapter = REGISTRY[dataset](Path(raw), split)
+    if not extract and not adapter.supports_no_extract:
+        raise PrepareError(
+            f"{dataset}: --no-extract is not possible (its frames or clips are not addressable in the "
+            "original files); run with frame extraction"
+        )
+    if fps == "default":
+        fps = adapter.default_fps
+    fps_frac = as_fraction(fps) if fps is not None else None
+    if fps_frac is not None and fps_frac <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = adapter.discover()
+    if not sources:
+        raise PrepareError(
+            f"{dataset}: no videos found under {adapter.raw}; expected {adapter.description} (docs/datasets.md)"
+        )
+    ids = Counter(s.video_id for s in sources)
+    dups = [k for k, n in ids.items() if n > 1]
+    if dups:
+        raise PrepareError(f"{dataset}: duplicate video ids {dups[:5]} under {adapter.raw}")
+    if adapter.random_split:
+        splits = load_or_make_split(out / "splits.json", [s.video_id for s in sources], adapter.random_split, seed)
+        member = {v: split for split, vs in splits.items() for v in vs}
+        for s in sources:
+            s.splits = (member[s.video_id],)
+
+    opts = Options(
+        fps=None if fps_frac is None else f"{fps_frac.numerator}/{fps_frac.denominator}",
+        extract=extract,
+        size=tuple(size) if size else None,
+        keep_aspect=keep_aspect,
+        jpeg_quality=jpeg_quality,
+        crop_black=crop_black,
+    )
+    by_id = {s.video_id: s for s in sources}
+    jobs = [_job(s, out, opts) for s in sources]
+    results = _run(jobs, workers, progress, dataset)
+
+    entries: dict[str, list[VideoEntry]] = {sp: [] for sp in adapter.splits}
+    skipped, checksums, hours = [], {}, Counter()
+    for job in jobs:
+        res, src = results[job["video_id"]], by_id[job["video_id"]]
+        if "error" not in res and len(res["native"]) < min_frames:
+            res = {
+                "error": f"{src.path}: {len(res['native'])} frame(s) at the manifest rate, fewer than the "
+                f"required {min_frames} (one clip)"
+            }
+        if "error" in res:
+            if on_bad_video == "error":
+                raise BadVideoError(f"{dataset}: {res['error']} (use --on-bad-video skip to skip it)")
+            log.warning("skipping %s: %s", src.video_id, res["error"])
+            skipped.append({"video_id": src.video_id, "reason": res["error"]})
+            continue
+        tl = Timeline(Fraction(res["native_fps"]), res["native_count"], fps_frac, res["native"])
+        if adapter.min_seconds and tl.duration < adapter.min_seconds:
+            reason = f"{src.path}: {tl.duration:.1f} s, shorter than {adapter.min_seconds:g} s"
+            log.info("dropping %s", reason)
+            skipped.append({"video_id": src.video_id, "reason": reason})
+            continue
+        entry = _entry(dataset, src, res, tl, out, opts)
+        for sp in src.splits:
+            entries.setdefault(sp, []).append(entry)
+        checksums.update(res["checksums"])
+        for sp in src.splits:
+            hours[sp] += float(len(tl.native) / tl.fps if tl.fps and src.clip else tl.duration) / 3600
+    for s in sources:
+        for f in s.annotation_files:
+            checksums.setdefault(str(f), None)
+    meta_extra = adapter.meta()
+    if meta_extra.get("val_is_test") and "test" in entries:
+        entries["val"] = list(entries["test"])
+
+    same_video = {s.video_id: s.meta["same_video_as"] for s in sources if s.meta.get("same_video_as")}
+    written = {}
+    for sp, es in entries.items():
+        if not es:
+            continue
+        same = {e.video_id: same_video[e.video_id] for e in es if e.video_id in same_video}
+        meta = {
+            "version": 1,
+            "dataset": dataset,
+            "split": sp,
+            "label_names": adapter.label_names,
+            "fps": None if fps_frac is None else float(fps_frac),
+            "extracted": extract,
+            "variant": adapter.variant,
+            "raw": str(Path(raw).resolve()),
+            **meta_extra,
+            **({"same_video_as": same} if same else {}),
+        }
+        written[sp] = write_manifest(out / f"{sp}.jsonl", sorted(es, key=lambda e: _order(e.video_id)), meta)
+
+    for sp in set(adapter.splits) - set(written):
+        (out / f"{sp}.jsonl").unlink(missing_ok=True)  # a split emptied since an earlier run
+    _write_checksums(out / "checksums.sha256", checksums, Path(raw))
+    stats = {
+        "dataset": dataset,
+        "out": str(out),
+        "variant": adapter.variant,
+        "extracted": extract,
+        "fps": None if fps_frac is None else float(fps_frac),
+        "splits": {
+            sp: {
+                "videos": len(es),
+                "frames": sum(e.num_frames for e in es),
+                "hours": round(hours[sp], 6),
+                "labels": label_counts(es),
+            }
+            for sp, es in entries.items()
+            if es
+        },
+        "skipped": skipped + [{"video_id": None, "reason": r} for r in getattr(adapter, "skipped", [])],
+        "manifests": {sp: str(p) for sp, p in written.items()},
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    if progress:
+        print_table(stats)
+    return stats
+
+
+def _order(video_id: str) -> tuple:
+    from surgvista.data.adapters.base import numeric_key
+
+    return numeric_key(video_id)
+
+
+def _job(src: Source, out: Path, opts: Options) -> dict:
+    frames = None if src.is_video else [str(f) for f in src.frames]
+    if src.is_video:
+        st = src.path.stat()
+        key = f"{src.path}:{st.st_size}:{st.st_mtime_ns}"
+    else:
+        key = f"{src.path}:{len(frames)}:{frames[-1] if frames else ''}"
+    if src.clip is not None:
+        key += f"@{src.clip}:{src.meta.get('clip_frame_limit')}"
+    return {
+        "video_id": src.video_id,
+        "path": str(src.path),
+        "frames": frames,
+        "frame_rate": str(src.frame_rate),
+        "clip": src.clip,
+        "clip_frame_limit": src.meta.get("clip_frame_limit"),
+        "options": opts,
+        "frames_out": str(out / "frames" / src.video_id),
+        "marker": str(out / ".prepare" / f"{src.video_id}.json"),
+        "source_key": key,
+    }
+
+
+def _run(jobs: list[dict], workers: int, progress: bool, dataset: str) -> dict[str, dict]:
+    results = {}
+    bar = tqdm(total=len(jobs), desc=f"prepare {dataset}", unit="video", disable=not progress, file=sys.stderr)
+    if workers <= 1:
+        for job in jobs:
+            results[job["video_id"]] = process_video(job)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(process_video, job): job["video_id"] for job in jobs}
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                bar.update()
+    bar.close()
+    resumed = sum(1 for r in results.values() if r.get("resumed"))
+    if resumed:
+        log.info("%s: %d of %d videos already prepared (resumed)", dataset, resumed, len(jobs))
+    return results
+
+
+def _entry(dataset: str, src: Source, res: dict, tl: Timeline, out: Path, opts: Options) -> VideoEntry:
+    labels = src.labels(tl) if src.labels else {}
+    n = len(tl.native)
+    for name, values in labels.items():
+        if isinstance(values, list) and len(values) != n:
+            raise PrepareError(
+                f"{dataset}: adapter produced {len(values)} {name!r} labels for {n} frames of {src.video_id} (bug)"
+            )
+    rate = float(tl.fps) if tl.fps is not None else None
+    if opts.extract:
+        return VideoEntry(
+            dataset,
+            src.video_id,
+            "frames",
+            (out / "frames" / src.video_id).resolve(),
+            n,
+            rate if rate is not None else float(tl.native_fps),
+            labels,
+            res["sha256"],
+        )
+    if src.is_video:
+        return VideoEntry(dataset, src.video_id, "video", src.path.resolve(), n, rate, labels, res["sha256"])
+    # an image sequence read in place: it must already be numbered 0..N-1 and used whole
+    try:
+        files = frame_files(src.path)
+    except ManifestError as e:
+        raise PrepareError(f"{dataset}: --no-extract needs frame folders numbered 0..N-1: {e}") from e
+    if len(files) != n:
+        raise PrepareError(
+            f"{dataset}: --no-extract cannot subsample {src.path} ({len(files)} frames at "
+            f"{float(tl.native_fps):g} fps) to {rate} fps; extract instead"
+        )
+    return VideoEntry(
+        dataset, src.video_id, "frames", src.path.resolve(), n, float(tl.native_fps), labels, res["sha256"]
+    )
+
+
+def _write_checksums(path: Path, checksums: dict[str, str | None], raw: Path) -> None:
+    raw = raw.resolve()
+    lines = []
+    for name in sorted(checksums):
+        p = Path(name).resolve()
+        digest = checksums[name] or sha256_file(p)
+        rel = p.relative_to(raw) if p.is_relative_to(raw) else p
+        lines.append(f"{digest}  {rel}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WxH, e.g. 512x320, got {text!r}") from None
+    return w, h
+
+
+def _fps(text: str) -> float | str | None:
+    if text.lower() in ("native", "all", "none"):
+        return None
+    return text if text == "default" else float(Fraction(text)) if "/" in text else float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m surgvista.data.prepare",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="datasets:\n" + "\n".join(f"  {k:20s} {REGISTRY[k].description}" for k in sorted(REGISTRY)),
+    )
+    p.add_argument("dataset", choices=sorted(REGISTRY))
+    p.add_argument("--raw", required=True, help="the official download (unpacked)")
+    p.add_argument("--out", required=True, help="output folder, normally ${paths.data_dir}/<dataset>")
+    p.add_argument(
+        "--fps",
+        type=_fps,
+        default="default",
+        help="manifest frame rate (default: 1, or every frame for clip datasets); 'native' = every frame",
+    )
+    p.add_argument(
+        "--no-extract",
+        dest="extract",
+        action="store_false",
+        help="no frame extraction: manifests point into the original videos (read by decord)",
+    )
+    p.add_argument("--size", type=_size, default=None, help="resize extracted frames to WxH (reference: 512x320)")
+    p.add_argument("--keep-aspect", action="store_true", help="with --size: fit inside WxH keeping the aspect ratio")
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--crop-black", action="store_true", help="crop black margins (Cholec80 cut-margin)")
+    p.add_argument("--workers", type=int, default=1, help="videos processed in parallel")
+    p.add_argument(
+        "--on-bad-video",
+        choices=("error", "skip"),
+        default="error",
+        help="a corrupt or too-short video: stop with an error, or log, count and skip it",
+    )
+    p.add_argument("--min-frames", type=int, default=1, help="videos with fewer manifest frames are bad (one clip)")
+    p.add_argument(
+        "--split", default=None, help="official split variant (cholec80: 40-40|40-8-32; cholect50: challenge|camma)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of random splits (saved to splits.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        prepare(
+            args.dataset,
+            args.raw,
+            args.out,
+            fps=args.fps,
+            extract=args.extract,
+            size=args.size,
+            keep_aspect=args.keep_aspect,
+            jpeg_quality=args.jpeg_quality,
+            crop_black=args.crop_black,
+            workers=args.workers,
+            on_bad_video=args.on_bad_video,
+            split=args.split,
+            seed=args.seed,
+            min_frames=args.min_frames,
+            progress=not args.quiet,
+        )
+    except (PrepareError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

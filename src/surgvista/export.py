@@ -1,0 +1,429 @@
+"""Export checkpoints: original SurgVISTA layout, safetensors with a model card, or a Hugging Face VideoMAE folder.
+
+Usage (Hydra-style ``key=value`` arguments)::
+
+    python -m surgvista.export ckpt=logs/train/runs/X/checkpoints/last.ckpt format=original out=surgvista.pth
+    python -m surgvista.export ckpt=... format=safetensors out=surgvista.safetensors
+    python -m surgvista.export ckpt=... format=hf out=hf_dir/ [hf_arch=auto|model|pretraining|classification]
+
+Optional: ``num_heads=`` / ``decoder_heads=`` (default: from the preset with that width and depth, else
+width/64), ``img_size=`` / ``num_frames=`` (default: the run's ``config.yaml``, else guessed from ``pos_embed``).
+
+``format=hf`` writes ``config.json`` + ``model.safetensors`` loadable by ``transformers.VideoMAE*.from_pretrained``
+offline. HF VideoMAE always builds a 1-D sinusoid table in code, so only ``sinusoid1d`` models can be exported
+there: a 3-D sin-cos (SurgVISTA/MVD) or learned table is refused rather than silently changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from surgvista.checkpoints import (
+    CheckpointError,
+    classify_table,
+    classify_table_grid,
+    detect_style,
+    guess_grid,
+    read_checkpoint,
+    to_canonical,
+    unwrap,
+)
+from surgvista.models.student import STUDENT_PRESETS
+
+FORMATS = ("original", "safetensors", "hf")
+HF_ARCHS = ("auto", "model", "pretraining", "classification")
+
+
+class ExportError(ValueError):
+    """A checkpoint that cannot be written in the requested format (the message says why)."""
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def canonical_state(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Any accepted checkpoint → ``(state in our original layout, info)``; ``info`` has layout and metadata."""
+    name = str(source) if isinstance(source, (str, Path)) else "<mapping>"
+    obj, meta = read_checkpoint(source) if isinstance(source, (str, Path)) else (source, {})
+    state, container, extra = unwrap(obj, name)
+    style = "hf" if "hf_config" in meta else detect_style(list(state))
+    canon, unmapped = to_canonical(state, style)
+    if unmapped:
+        raise CheckpointError(f"{name}: keys with no place in our layout: {unmapped[:20]}")
+    info = {"source": name, "layout": f"{container}/{style}", **extra, **meta}
+    if isinstance(obj, Mapping) and isinstance(obj.get("callbacks"), Mapping):
+        info["callbacks"] = obj["callbacks"]
+    return {k: v for k, (_, v) in canon.items()}, info
+
+
+def run_config(ckpt: Path) -> dict[str, Any]:
+    """The resolved ``config.yaml`` that ``train.py`` saved next to ``checkpoints/`` (empty dict if none)."""
+    from omegaconf import OmegaConf
+
+    for cand in (ckpt.parent / "config.yaml", ckpt.parent.parent / "config.yaml"):
+        if cand.is_file():
+            return OmegaConf.to_container(OmegaConf.load(cand), resolve=False)
+    return {}
+
+
+def _depth(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    idx = {int(m[1]) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    return max(idx) + 1 if idx else 0
+
+
+def _heads(dim: int, depth: int, column: int, given: int | None) -> int:
+    if given:
+        return int(given)
+    for preset in STUDENT_PRESETS.values():
+        if column == 0 and preset[0] == dim and preset[1] == depth:
+            return preset[2]
+        if column in (3, 5) and preset[column] == dim:
+            return preset[column + 1]
+    return max(1, dim // 64)
+
+
+def infer_architecture(state: Mapping[str, torch.Tensor], **given: Any) -> dict[str, Any]:
+    """Width, depth, heads, patch/tubelet, frames and image size of an encoder (and its pixel decoder)."""
+    if "patch_embed.proj.weight" not in state:
+        raise ExportError("no patch_embed.proj.weight in the checkpoint: not a ViT video encoder")
+    w = state["patch_embed.proj.weight"]
+    dim, depth = w.shape[0], _depth(state, "blocks.")
+    tubelet = w.shape[2] if w.ndim == 5 else 1
+    patch = w.shape[-1]
+    arch: dict[str, Any] = {"embed_dim": dim, "depth": depth, "patch_size": patch, "tubelet_size": tubelet}
+    arch["num_heads"] = _heads(dim, depth, 0, given.get("num_heads"))
+    arch["mlp_dim"] = state["blocks.0.mlp.fc1.weight"].shape[0]
+    img, frames = given.get("img_size"), given.get("num_frames")
+    if (img is None or frames is None) and "pos_embed" in state:
+        # A 3-D sin-cos table pins its grid; a 1-D or learned one only its length (unique grid or nothing).
+        kind, grid = classify_table_grid(state["pos_embed"])
+        grid = grid if kind == "sincos3d" else guess_grid(state["pos_embed"].shape[-2])
+        if grid:
+            frames = frames or grid[0] * tubelet
+            img = img or grid[1] * patch
+    arch["img_size"], arch["num_frames"] = img, frames
+    if not (img and frames):
+        arch["img_size"] = arch["num_frames"] = None
+    if "down_vid.weight" in state:
+        d = state["down_vid.weight"].shape[0]
+        dd = _depth(state, "decoder_vid.blocks.")
+        arch["decoder"] = {
+            "dim": d,
+            "depth": dd,
+            "num_heads": _heads(d, dd, 3, given.get("decoder_heads")),
+            "mlp_dim": state["decoder_vid.blocks.0.mlp.fc1.weight"].shape[0] if dd else 4 * d,
+        }
+    return arch
+
+
+def pos_kind(state: Mapping[str, torch.Tensor], arch: Mapping[str, Any], declared: str | None = None) -> str | None:
+    """The position-table kind of the checkpoint: declared, or read off its ``pos_embed``."""
+    if declared:
+        return declared
+    if "pos_embed" not in state:
+        return None
+    frames, img, p, t = arch["num_frames"], arch["img_size"], arch["patch_size"], arch["tubelet_size"]
+    grid = (frames // t, img // p, img // p) if frames and img else None
+    return classify_table(state["pos_embed"], grid)
+
+
+# ------------------------------------------------------------------------------------------ conversions
+
+
+def to_original(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{'model': state}``: the official SurgVISTA layout (our state dict already uses its keys)."""
+    return {"model": {k: v.detach().clone() for k, v in state.items()}}
+
+
+_HF_LAYER = {
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
+
+
+def _layer_to_hf(rest: str, value: torch.Tensor, dst: str, out: dict[str, torch.Tensor]) -> None:
+    if rest == "attn.qkv.weight":
+        for name, part in zip(("query", "key", "value"), value.chunk(3)):
+            out[f"{dst}attention.attention.{name}.weight"] = part.clone()
+    elif rest in ("attn.q_bias", "attn.v_bias"):
+        out[f"{dst}attention.attention.{'query' if rest[5] == 'q' else 'value'}.bias"] = value.clone()
+    else:
+        mod, kind = rest.rsplit(".", 1)
+        if mod not in _HF_LAYER:
+            raise ExportError(f"no Hugging Face VideoMAE equivalent for block key {rest!r}")
+        out[f"{dst}{_HF_LAYER[mod]}.{kind}"] = value.clone()
+
+
+def to_hf(
+    state: Mapping[str, torch.Tensor], arch: Mapping[str, Any], hf_arch: str = "auto", ln_eps: float = 1e-6
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[str]]:
+    """Our layout → ``(HF state dict, config.json dict, notes)`` for a 1-D-table model."""
+    if hf_arch not in HF_ARCHS:
+        raise ExportError(f"unknown hf_arch {hf_arch!r}; expected one of {HF_ARCHS}")
+    if any(k.startswith(("down_img", "decoder_img", "mask_token_img")) for k in state) and hf_arch == "pretraining":
+        raise ExportError("the image-distillation decoder has no Hugging Face VideoMAE equivalent")
+    if any(".attn.qkv.bias" in k for k in state):
+        raise ExportError("fused qkv.bias (k bias) cannot be expressed by HF VideoMAE (q/v biases only)")
+    if hf_arch == "auto":
+        if "head.weight" in state:
+            hf_arch = "classification"
+        elif (
+            "decoder_vid.head.weight" in state
+            and "down_img.weight" not in state
+            and not torch.count_nonzero(state.get("down_vid.bias", torch.zeros(1)))
+        ):
+            hf_arch = "pretraining"
+        else:
+            hf_arch = "model"
+    if hf_arch == "pretraining":
+        if "decoder_vid.head.weight" not in state:
+            raise ExportError("hf_arch=pretraining needs a pixel decoder (decoder_vid.*) in the checkpoint")
+        if "down_vid.bias" in state and torch.count_nonzero(state["down_vid.bias"]):
+            raise ExportError(
+                "down_vid.bias is non-zero but HF's encoder_to_decoder has no bias: use hf_arch=model (encoder only)"
+            )
+    if hf_arch == "classification" and "head.weight" not in state:
+        raise ExportError("hf_arch=classification needs fc_norm/head in the checkpoint (a fine-tuned model)")
+    if arch["img_size"] is None or arch["num_frames"] is None:
+        raise ExportError("image size / frame count unknown: pass img_size= and num_frames=")
+
+    pre = "" if hf_arch == "model" else "videomae."
+    out: dict[str, torch.Tensor] = {}
+    notes: list[str] = []
+    mean_pool = hf_arch == "classification" and "fc_norm.weight" in state
+    for key, value in state.items():
+        if key in ("pos_embed", "pos_embed_vid", "pos_embed_img"):
+            continue  # HF recomputes the 1-D sinusoid tables
+        if key.startswith("patch_embed.proj."):
+            out[f"{pre}embeddings.patch_embeddings.projection.{key.rsplit('.', 1)[1]}"] = value.clone()
+        elif m := re.match(r"blocks\.(\d+)\.(.*)$", key):
+            _layer_to_hf(m[2], value, f"{pre}encoder.layer.{m[1]}.", out)
+        elif key.startswith("norm."):
+            if not mean_pool:
+                out[f"{pre}layernorm.{key[5:]}"] = value.clone()
+        elif hf_arch == "classification" and key.startswith(("fc_norm.", "head.")):
+            out[key.replace("head.", "classifier.")] = value.clone()
+        elif hf_arch == "pretraining" and key == "down_vid.weight":
+            out["encoder_to_decoder.weight"] = value.clone()
+        elif hf_arch == "pretraining" and key == "mask_token_vid":
+            out["mask_token"] = value.clone()
+        elif hf_arch == "pretraining" and (m := re.match(r"decoder_vid\.blocks\.(\d+)\.(.*)$", key)):
+            _layer_to_hf(m[2], value, f"decoder.decoder_layers.{m[1]}.", out)
+        elif hf_arch == "pretraining" and key.startswith(("decoder_vid.norm.", "decoder_vid.head.")):
+            out[key.replace("decoder_vid.", "decoder.")] = value.clone()
+        elif key in ("down_vid.bias",) and hf_arch == "pretraining":
+            continue  # checked to be zero above
+        else:
+            notes.append(f"not exported (no place in HF {hf_arch}): {key}")
+    dec = arch.get("decoder") or {"dim": 384, "depth": 4, "num_heads": 6, "mlp_dim": 1536}
+    config = {
+        "model_type": "videomae",
+        "architectures": [
+            {"model": "VideoMAEModel", "pretraining": "VideoMAEForPreTraining"}.get(
+                hf_arch, "VideoMAEForVideoClassification"
+            )
+        ],
+        "image_size": arch["img_size"],
+        "patch_size": arch["patch_size"],
+        "num_channels": 3,
+        "num_frames": arch["num_frames"],
+        "tubelet_size": arch["tubelet_size"],
+        "hidden_size": arch["embed_dim"],
+        "num_hidden_layers": arch["depth"],
+        "num_attention_heads": arch["num_heads"],
+        "intermediate_size": arch["mlp_dim"],
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": ln_eps,
+        "qv_bias": True,
+        "use_mean_pooling": mean_pool,
+        "decoder_num_attention_heads": dec["num_heads"],
+        "decoder_hidden_size": dec["dim"],
+        "decoder_num_hidden_layers": dec["depth"],
+        "decoder_intermediate_size": dec["mlp_dim"],
+        "norm_pix_loss": True,
+    }
+    if hf_arch == "classification":
+        n = state["head.weight"].shape[0]
+        config["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
+        config["label2id"] = {f"LABEL_{i}": i for i in range(n)}
+        notes.append("HF VideoMAE hard-codes eps 1e-5 on fc_norm (ours: ln_eps); logits may differ by ~1e-6")
+    if hf_arch == "pretraining":
+        notes.append("HF VideoMAE hard-codes eps 1e-5 on the decoder's final norm (ours: decoder_norm_eps)")
+    return out, config, notes
+
+
+# ----------------------------------------------------------------------------------------------- card
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy (tensors → lists/numbers, unknown objects → str)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def model_card(state: Mapping[str, torch.Tensor], info: Mapping[str, Any], arch: Mapping[str, Any], kind) -> dict:
+    """Config, data-manifest hashes and metrics of a checkpoint, as far as the checkpoint and its run tell."""
+    card: dict[str, Any] = {
+        "format": "surgvista",
+        "source": info.get("source"),
+        "source_layout": info.get("layout"),
+        "architecture": arch,
+        "pos_embed": kind,
+        "num_tensors": len(state),
+        "num_params": int(sum(v.numel() for v in state.values())),
+    }
+    for key in ("hyper_parameters", "datamodule_hyper_parameters", "epoch", "global_step", "args"):
+        if key in info:
+            card[key] = info[key]
+    cfg = info.get("run_config") or {}
+    if cfg:
+        card["model_config"] = cfg.get("model")
+    manifests = []
+    dm = info.get("datamodule_hyper_parameters") or cfg.get("data") or {}
+    for key in ("train_manifests", "val_manifests"):
+        for p in dm.get(key) or []:
+            path = Path(str(p))
+            manifests.append({"split": key, "path": str(p), "sha256": _sha256(path) if path.is_file() else None})
+    if manifests:
+        card["data_manifests"] = manifests
+        joined = "".join(f"{m['path']}:{m['sha256']}" for m in manifests)
+        card["data_manifest_hash"] = hashlib.sha256(joined.encode()).hexdigest()
+    metrics = {}
+    for name, cb in (info.get("callbacks") or {}).items():
+        if isinstance(cb, Mapping):
+            for k in ("best_model_score", "current_score", "monitor", "best_model_path"):
+                if cb.get(k) is not None:
+                    metrics[f"{name.split('{')[0]}.{k}"] = cb[k]
+    run_dir = info.get("run_dir")
+    if run_dir is not None:  # the CSV logger's last value of every metric
+        for csv_path in sorted(Path(run_dir).glob("csv/version_*/metrics.csv"))[-1:]:
+            with csv_path.open() as f:
+                for row in csv.DictReader(f):
+                    metrics.update({f"last.{k}": float(v) for k, v in row.items() if v not in ("", None)})
+    if metrics:
+        card["metrics"] = metrics
+    return _plain(card)
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def export(
+    ckpt: str | Path,
+    format: str,
+    out: str | Path,
+    *,
+    hf_arch: str = "auto",
+    num_heads: int | None = None,
+    decoder_heads: int | None = None,
+    img_size: int | None = None,
+    num_frames: int | None = None,
+    pos_embed: str | None = None,
+    ln_eps: float = 1e-6,
+) -> Path:
+    """Write ``ckpt`` as ``format`` to ``out``; return the written path (the folder for ``hf``)."""
+    if format not in FORMATS:
+        raise ExportError(f"unknown format {format!r}; expected one of {FORMATS}")
+    ckpt, out = Path(ckpt), Path(out)
+    state, info = canonical_state(ckpt)
+    cfg = run_config(ckpt)
+    info["run_config"] = cfg
+    info["run_dir"] = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    student_cfg = ((cfg.get("model") or {}).get("student") or {}) if cfg else {}
+    if not student_cfg and isinstance(info.get("card"), Mapping):
+        student_cfg = {**info["card"].get("architecture", {}), "pos_embed": info["card"].get("pos_embed")}
+    img_size = img_size or student_cfg.get("img_size")
+    num_frames = num_frames or student_cfg.get("num_frames")
+    arch = infer_architecture(
+        state, num_heads=num_heads, decoder_heads=decoder_heads, img_size=img_size, num_frames=num_frames
+    )
+    kind = pos_kind(state, arch, pos_embed or student_cfg.get("pos_embed"))
+    card = model_card(state, info, arch, kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if format == "original":
+        torch.save(to_original(state), out)
+        return out
+    if format == "safetensors":
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
+        text = json.dumps(card, indent=2, sort_keys=True)
+        save_file(tensors, str(out), metadata={"format": "pt", "surgvista_card": text})
+        out.with_suffix(".json").write_text(text + "\n")
+        return out
+    # Hugging Face
+    if kind is None:
+        raise ExportError(
+            f"{ckpt}: the checkpoint stores no pos_embed, so its position-table kind is unknown; pass "
+            "pos_embed=sinusoid1d if (and only if) it was trained with the VideoMAE 1-D table"
+        )
+    if kind != "sinusoid1d":
+        raise ExportError(
+            f"{ckpt}: refusing to export a {kind} position embedding to Hugging Face VideoMAE, which always "
+            "recomputes a 1-D sinusoid table: the exported model would silently compute something else. Use "
+            "format=original or format=safetensors (load_backbone reads both)."
+        )
+    hf_state, config, notes = to_hf(state, arch, hf_arch, ln_eps)
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in hf_state.items()}, str(out / "model.safetensors"), {"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "surgvista_card.json").write_text(json.dumps({**card, "notes": notes}, indent=2) + "\n")
+    return out
+
+
+def _parse(argv: list[str]) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise SystemExit(f"arguments must be key=value, got {bad}\n{__doc__}")
+    return OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    missing = [k for k in ("ckpt", "format", "out") if k not in args]
+    if missing:
+        raise SystemExit(f"missing argument(s) {missing}\n{__doc__}")
+    path = export(args.pop("ckpt"), args.pop("format"), args.pop("out"), **args)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,420 @@
+"""Per-frame feature extraction for two-stage temporal models (TeCNO, spec downstream §8), cached on disk.
+
+A frozen backbone is run once over every (``frame_stride``-th) manifest frame: an image backbone on the frame
+itself, a video backbone on the online causal clip ending at that frame (spec §3.1). Frames are squashed to
+``input_size``² and ImageNet-normalised, as the reference's test transform (§4.2, §8). Each video is written to
+``<cache_root>/<key>/<dataset>/<video_id>.pt`` = ``{"features": (N, D) float, "labels": (N,) int64,
+"frames": (N,) int64 manifest frame ids, "video_id", "dataset", "fps", "media"}``; ``<key>`` is a digest of
+everything that determines the features (backbone config, the *contents* of every checkpoint file it names,
+the clip geometry, the preprocessing and :data:`FEATURE_VERSION`), so a changed backbone gets a new folder and
+a stale cache is never reused. A video whose file exists with the same media fingerprint is skipped (resumable);
+files are written atomically. Labels come from the manifest (``-1`` = unannotated) and are refreshed in place
+when only they changed.
+
+CLI (Hydra overrides of ``conf/train.yaml``; runs the extraction that ``data=features`` would run)::
+
+    python -m surgvista.features extract experiment=tecno_cholec80 paths.data_dir=/datasets
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from surgvista.data.manifest import VideoEntry, read_manifest
+from surgvista.data.readers import EntryReader
+from surgvista.data.sampling import causal_clip_indices
+from surgvista.data.transforms import to_normalized_clip
+
+log = logging.getLogger(__name__)
+
+FEATURE_VERSION = 1
+INPUT_KINDS = ("video", "image")
+POOL_KINDS = ("pre_logits", "mean_tokens")
+# Extractor settings that change the features (part of the cache key); the others only change speed.
+KEY_FIELDS = (
+    "backbone",
+    "ckpt",
+    "ckpt_prefix",
+    "seed",
+    "input",
+    "clip_len",
+    "clip_stride",
+    "input_size",
+    "pool",
+    "frame_stride",
+    "dtype",
+    "module_attr",
+)
+RUNTIME_FIELDS = ("batch_size", "device", "autocast", "backend", "read_chunk")
+DEFAULTS = {
+    "backbone": None,
+    "ckpt": None,
+    "ckpt_prefix": None,
+    "ckpt_strict": True,
+    "seed": 0,
+    "input": "video",
+    "clip_len": 16,
+    "clip_stride": 4,
+    "input_size": 224,
+    "pool": "pre_logits",
+    "frame_stride": 1,
+    "dtype": "float32",
+    "module_attr": None,
+    "batch_size": 32,
+    "device": "auto",
+    "autocast": None,
+    "backend": "decord",
+    "read_chunk": 64,
+}
+
+
+class FeatureCacheError(RuntimeError):
+    """A cache file that does not hold what the manifest and the extractor settings say it should."""
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's contents."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _with_file_digests(value: object) -> object:
+    """``value`` with every string that names an existing file replaced by its path-free content digest."""
+    if isinstance(value, Mapping):
+        return {str(k): _with_file_digests(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_with_file_digests(v) for v in value]
+    if isinstance(value, str) and value and Path(value).is_file():
+        return {"file_sha256": file_digest(value)}
+    return value
+
+
+def _ckpt_digest(value: object) -> object:
+    """A checkpoint file or (HF) directory by content; anything else as :func:`_with_file_digests`."""
+    if isinstance(value, str) and value and Path(value).is_dir():
+        files = sorted(p for p in Path(value).rglob("*") if p.is_file())
+        return {"dir_sha256": {str(p.relative_to(value)): file_digest(p) for p in files}}
+    return _with_file_digests(value)
+
+
+def resolve_settings(settings: Mapping) -> dict:
+    """Extractor settings with defaults filled in; unknown keys and bad values are errors naming them."""
+    unknown = sorted(set(settings) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown feature extractor setting(s) {unknown}; expected some of {sorted(DEFAULTS)}")
+    if isinstance(settings, DictConfig):
+        settings = OmegaConf.to_container(settings, resolve=True)
+    s = {**DEFAULTS, **dict(settings)}
+    if not isinstance(s["backbone"], Mapping) or "_target_" not in s["backbone"]:
+        raise ValueError(f"extractor.backbone must be a config with a _target_, got {s['backbone']!r}")
+    if s["input"] not in INPUT_KINDS:
+        raise ValueError(f"extractor.input {s['input']!r} is not one of {INPUT_KINDS}")
+    if s["pool"] not in POOL_KINDS:
+        raise ValueError(f"extractor.pool {s['pool']!r} is not one of {POOL_KINDS}")
+    if s["input"] == "image" and s["clip_len"] != 1:
+        raise ValueError(f"extractor.input=image needs clip_len=1, got {s['clip_len']}")
+    for name in ("clip_len", "clip_stride", "input_size", "frame_stride", "batch_size", "read_chunk"):
+        if int(s[name]) < 1:
+            raise ValueError(f"extractor.{name} must be >= 1, got {s[name]}")
+    if s["dtype"] not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"extractor.dtype {s['dtype']!r} is not one of float32|float16|bfloat16")
+    return s
+
+
+def cache_key(settings: Mapping) -> str:
+    """Digest (16 hex) of everything that determines the features; checkpoint files enter by content."""
+    s = resolve_settings(settings)
+    payload = {"version": FEATURE_VERSION, **{k: _with_file_digests(s[k]) for k in KEY_FIELDS}}
+    payload["ckpt"] = _ckpt_digest(s["ckpt"])
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def media_fingerprint(entry: VideoEntry) -> dict:
+    """What identifies a video's frames independently of where the dataset lies on disk."""
+    size = entry.source.stat().st_size if entry.source.is_file() else None
+    return {
+        "dataset": entry.dataset,
+        "video_id": entry.video_id,
+        "format": entry.format,
+        "source": entry.source.name,
+        "num_frames": entry.num_frames,
+        "fps": entry.fps,
+        "size": size,
+        "sha256": entry.sha256,
+    }
+
+
+def frame_labels(entry: VideoEntry, label: str, frames: Sequence[int], where: str) -> torch.Tensor:
+    """Per-frame ``label`` ids of ``entry`` at ``frames`` (``-1`` = unannotated)."""
+    values = entry.labels.get(label)
+    if not isinstance(values, list):
+        raise FeatureCacheError(
+            f"{where}: video {entry.video_id} has no per-frame {label!r} labels (labels: {sorted(entry.labels)})"
+        )
+    return torch.tensor([-1 if values[i] is None else int(values[i]) for i in frames], dtype=torch.long)
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | None = None, strict: bool = True) -> None:
+    """Load a checkpoint into ``module``; with ``prefix`` only the keys starting with it (stripped).
+
+    ``VideoClassifier``/``SurgVISTAStudent`` go through :func:`surgvista.checkpoints.load_backbone` (every
+    supported layout: our Lightning checkpoints, official/exported ``.pth``, VideoMAE, HF; strict key diff).
+    Other modules (e.g. timm models) load the unwrapped state dict directly: ``strict=False`` tolerates
+    missing/unexpected keys (logged), never a shape mismatch or a checkpoint with no matching key.
+    """
+    from surgvista.checkpoints import load_backbone, read_checkpoint, unwrap
+    from surgvista.models import SurgVISTAStudent, VideoClassifier
+
+    ours = isinstance(module, (VideoClassifier, SurgVISTAStudent))
+    if ours and not prefix:
+        load_backbone(path, module, strict=strict)
+        return
+    state, _, _ = unwrap(read_checkpoint(path)[0], str(path))
+    if prefix:
+        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise FeatureCacheError(f"backbone checkpoint {path}: no key starts with ckpt_prefix {prefix!r}")
+    if ours:
+        load_backbone(state, module, strict=strict)
+        return
+    own = module.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if wrong or (strict and (missing or unexpected)) or not set(own) & set(state):
+        raise FeatureCacheError(
+            f"backbone checkpoint {path} (prefix {prefix!r}) does not fit {type(module).__name__}: "
+            f"shape mismatches {wrong[:5]}, missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    if missing or unexpected:
+        log.warning(
+            "backbone checkpoint %s: %d missing key(s) %s, %d unexpected key(s) %s",
+            path,
+            len(missing),
+            missing[:5],
+            len(unexpected),
+            unexpected[:5],
+        )
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    log.info("loaded backbone weights from %s", path)
+
+
+class FrameFeatureExtractor(nn.Module):
+    """A frozen backbone mapping clips ``(B, 3, T, H, W)`` (``input=image``: frames ``(B, 3, H, W)``) to ``(B, D)``.
+
+    ``pool="pre_logits"``: ``forward_head(forward_features(x), pre_logits=True)`` (VideoClassifier: mean of the
+    tokens → ``fc_norm``; timm models: their own pooling); ``"mean_tokens"``: mean of ``forward_features(x)``.
+    """
+
+    def __init__(self, backbone: nn.Module, input: str = "video", pool: str = "pre_logits") -> None:
+        super().__init__()
+        for name in ("forward_features",) + (("forward_head",) if pool == "pre_logits" else ()):
+            if not callable(getattr(backbone, name, None)):
+                raise TypeError(f"feature backbone {type(backbone).__name__} has no {name}() (pool={pool!r})")
+        self.backbone, self.input, self.pool = backbone.eval().requires_grad_(False), input, pool
+
+    def train(self, mode: bool = True) -> FrameFeatureExtractor:
+        return super().train(False)
+
+    @torch.inference_mode()
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        x = clips[:, :, 0] if self.input == "image" else clips
+        tokens = self.backbone.forward_features(x)
+        if self.pool == "pre_logits":
+            return self.backbone.forward_head(tokens, pre_logits=True)
+        return tokens.mean(1) if tokens.ndim == 3 else tokens
+
+
+def build_extractor(settings: Mapping) -> FrameFeatureExtractor:
+    """Instantiate the (seeded) backbone of ``settings``, load its checkpoint, wrap it."""
+    s = resolve_settings(settings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(s["seed"]))
+        backbone = instantiate(s["backbone"], _convert_="all")
+    if s["ckpt"]:
+        load_backbone_weights(backbone, s["ckpt"], s["ckpt_prefix"], bool(s["ckpt_strict"]))
+    if s["module_attr"]:
+        backbone = getattr(backbone, s["module_attr"])
+    return FrameFeatureExtractor(backbone, s["input"], s["pool"])
+
+
+def _device(name: str) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+
+
+def extract_video(
+    extractor: FrameFeatureExtractor, reader: EntryReader, entry: VideoEntry, settings: Mapping, device: torch.device
+) -> tuple[torch.Tensor, list[int]]:
+    """Features ``(N, D)`` of every ``frame_stride``-th frame of ``entry``, each frame decoded once.
+
+    Frames are read in order into a buffer that keeps only what later causal clips still need.
+    """
+    s = settings
+    clip_len, stride, size = int(s["clip_len"]), int(s["clip_stride"]), int(s["input_size"])
+    span = (clip_len - 1) * stride
+    anchors = list(range(0, entry.num_frames, int(s["frame_stride"])))
+    batch = int(s["batch_size"])
+    amp = torch.autocast(device.type, dtype=getattr(torch, s["autocast"])) if s["autocast"] else nullcontext()
+    buffer: dict[int, torch.Tensor] = {}
+    out = []
+    for start in range(0, len(anchors), batch):
+        chunk = anchors[start : start + batch]
+        clips = [causal_clip_indices(a, clip_len, stride) for a in chunk]
+        todo = sorted({i for c in clips for i in c} - buffer.keys())
+        for r in range(0, len(todo), int(s["read_chunk"])):
+            ids = todo[r : r + int(s["read_chunk"])]
+            frames = to_normalized_clip(torch.from_numpy(reader.read(entry, ids)), size)  # (3, n, size, size)
+            buffer.update(zip(ids, frames.unbind(1)))
+        x = torch.stack([torch.stack([buffer[i] for i in c], 1) for c in clips]).to(device)
+        with amp:
+            out.append(extractor(x).float().cpu())
+        nxt = anchors[start + batch] if start + batch < len(anchors) else entry.num_frames
+        floor = nxt - span if nxt >= span else 0
+        for i in [i for i in buffer if i < floor]:
+            del buffer[i]
+    return torch.cat(out).to(getattr(torch, s["dtype"])), anchors
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _unique_entries(manifests: Iterable[str | Path]) -> list[tuple[VideoEntry, str]]:
+    seen: dict[tuple[str, str], tuple[VideoEntry, str]] = {}
+    for m in manifests:
+        for e in read_manifest(m).entries:
+            key = (e.dataset, e.video_id)
+            if key in seen and (seen[key][0].source != e.source or seen[key][0].labels != e.labels):
+                raise FeatureCacheError(
+                    f"video {e.dataset}/{e.video_id} appears in {seen[key][1]} and {m} with "
+                    "different sources or labels; video ids must be unique per dataset"
+                )
+            seen.setdefault(key, (e, str(m)))
+    return list(seen.values())
+
+
+def cache_dir(cache_root: str | Path, settings: Mapping) -> Path:
+    """``<cache_root>/<key>`` of ``settings``."""
+    return Path(cache_root) / cache_key(settings)
+
+
+def video_cache_path(directory: Path, entry: VideoEntry) -> Path:
+    """Cache file of one video inside a cache folder."""
+    return directory / entry.dataset / f"{entry.video_id}.pt"
+
+
+def extract_features(
+    settings: Mapping,
+    manifests: Iterable[str | Path],
+    cache_root: str | Path,
+    label: str = "phase",
+    progress: bool = True,
+) -> Path:
+    """Extract every video of ``manifests`` not yet cached under ``<cache_root>/<key>``; return that folder.
+
+    The backbone is only built when some video is missing or stale.
+    """
+    s = resolve_settings(settings)
+    directory = cache_dir(cache_root, s)
+    entries = _unique_entries(manifests)
+    todo = []
+    for entry, where in entries:
+        path, media = video_cache_path(directory, entry), media_fingerprint(entry)
+        if not path.is_file():
+            todo.append((entry, where))
+            continue
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if cached.get("media") != media:
+            log.warning(
+                "feature cache %s was made from different media (%s, now %s): re-extracting",
+                path,
+                cached.get("media"),
+                media,
+            )
+            todo.append((entry, where))
+            continue
+        labels = frame_labels(entry, label, cached["frames"].tolist(), where)
+        if not torch.equal(labels, cached["labels"]):
+            log.info("feature cache %s: labels changed in the manifest, updating them", path)
+            _save_atomic({**cached, "labels": labels}, path)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "version": FEATURE_VERSION,
+        "key": directory.name,
+        "settings": {k: s[k] for k in KEY_FIELDS},
+        "checkpoints": _ckpt_digest(s["ckpt"]),
+    }
+    (directory / "extractor.json").write_text(json.dumps(meta, indent=1, default=str))
+    if not todo:
+        log.info("feature cache %s: all %d videos present", directory, len(entries))
+        return directory
+    log.info("feature cache %s: extracting %d of %d videos", directory, len(todo), len(entries))
+    device = _device(str(s["device"]))
+    extractor = build_extractor(s).to(device)
+    reader = EntryReader(s["backend"])
+    bar = tqdm(todo, desc="features", unit="video", disable=not progress)
+    for entry, where in bar:
+        bar.set_postfix_str(f"{entry.dataset}/{entry.video_id}")
+        feats, frames = extract_video(extractor, reader, entry, s, device)
+        path = video_cache_path(directory, entry)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save_atomic(
+            {
+                "features": feats,
+                "labels": frame_labels(entry, label, frames, where),
+                "frames": torch.tensor(frames, dtype=torch.long),
+                "video_id": entry.video_id,
+                "dataset": entry.dataset,
+                "fps": (entry.fps / int(s["frame_stride"])) if entry.fps else None,
+                "media": media_fingerprint(entry),
+            },
+            path,
+        )
+    return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m surgvista.features extract [hydra overrides]``: fill the cache of the composed ``data``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "extract":
+        raise SystemExit(
+            "usage: python -m surgvista.features extract experiment=<a features experiment> [key=value ...]"
+        )
+    from hydra import compose, initialize_config_dir
+
+    root = Path(os.environ.setdefault("PROJECT_ROOT", str(Path.cwd())))
+    conf = root / "conf"
+    if not (conf / "train.yaml").is_file():
+        raise SystemExit(f"no conf/train.yaml under {root}: run from the repository root or set PROJECT_ROOT")
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=argv[1:])
+    data = instantiate(cfg.data, _convert_="all")
+    if not callable(getattr(data, "extract", None)):
+        raise SystemExit(f"data={type(data).__name__} has no feature cache to fill; use a features data config")
+    print(f"features in {data.extract()}")
+
+
+if __name__ == "__main__":
+    main()

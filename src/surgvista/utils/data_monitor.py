@@ -1,0 +1,62 @@
+"""``DataMonitor``: how long training steps wait for the data loader, and how many bad samples were skipped."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class DataMonitor(Callback):
+    """Logs ``train/data_wait_pct`` and ``train/skipped_samples``.
+
+    The wait of a step is the time from the end of the previous training batch (or the epoch start) to the
+    start of this one: fetching the batch from the loader, host-to-device transfer and the batch hooks. The
+    step's total time adds its own compute (``on_train_batch_start`` → ``on_train_batch_end``), so
+    ``data_wait_pct = 100 · wait / total`` per step; near 0 the GPU is fed, near 100 it starves. At each epoch
+    end ``train/data_wait_pct_epoch`` is the time-weighted value over the epoch. ``train/skipped_samples`` is the
+    running number of samples replaced because of a bad video (``data.on_bad_video=skip``), summed over the
+    loader workers via the batches' ``skipped`` counts (logged when that count grows).
+    """
+
+    def __init__(self, log_every_n_steps: int = 1) -> None:
+        self.log_every_n_steps = max(1, log_every_n_steps)
+        self._mark = self._start = None
+        self._wait_sum = self._total_sum = 0.0
+        self.skipped = 0
+        self.last_pct: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark = time.perf_counter()
+        self._wait_sum = self._total_sum = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._start = time.perf_counter()
+        self._wait = self._start - (self._mark if self._mark is not None else self._start)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        end = time.perf_counter()
+        if self._start is None:
+            return
+        total = self._wait + (end - self._start)
+        self._wait_sum += self._wait
+        self._total_sum += total
+        self.last_pct = 100.0 * self._wait / total if total > 0 else 0.0
+        if batch_idx % self.log_every_n_steps == 0:
+            pl_module.log("train/data_wait_pct", self.last_pct, on_step=True, on_epoch=False)
+        skipped = batch.get("skipped") if isinstance(batch, dict) else None
+        if isinstance(skipped, int) and skipped > 0:  # a plain int from collate_clips: no device sync
+            self.skipped += skipped
+            pl_module.log("train/skipped_samples", float(self.skipped), on_step=True, on_epoch=False)
+        self._mark = time.perf_counter()  # the callbacks' own time counts as neither wait nor compute
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._total_sum > 0:
+            pl_module.log("train/data_wait_pct_epoch", 100.0 * self._wait_sum / self._total_sum, on_epoch=True)
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
