@@ -32,7 +32,13 @@ from torchmetrics.classification import MulticlassAccuracy
 from surgvista.data.clip_augment import make_mixup, mix_clips
 from surgvista.models.classifier import VideoClassifier
 from surgvista.modules.schedule import warmup_cosine
-from surgvista.utils.predictions import PredictionCollector, log_table, write_metrics, write_prediction_files
+from surgvista.utils.predictions import (
+    PredictionCollector,
+    log_table,
+    write_clip_predictions,
+    write_metrics,
+    write_prediction_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,7 @@ class FinetuneModule(L.LightningModule):
     """Shared recipe; subclasses choose the loss, the metrics and the monitored value."""
 
     multilabel = False
+    clip_level = False  # one predictions.csv with a row per clip instead of one CSV per video
     monitor = "val/top1"
 
     def __init__(
@@ -201,18 +208,23 @@ class FinetuneModule(L.LightningModule):
         return Path(self.hparams.output_dir or self.trainer.default_root_dir)
 
     def write_outputs(self, split: str, values: dict[str, float], preds: dict) -> Path:
-        """Per-video CSVs under ``<output_dir>/<split>/predictions`` and ``<split>/metrics.{md,json}``."""
+        """``<output_dir>/<split>/``: ``predictions/<video>.csv`` (clip-level tasks: ``predictions.csv``) and
+        ``metrics.{md,json}``; the table is also printed and sent to the loggers."""
         from surgvista.metrics import metrics_table
 
         dm = self.trainer.datamodule
         out = self.output_dir() / split
-        files = write_prediction_files(
-            out / "predictions", preds, dm.video_ids(split), self.class_names, self.multilabel
-        )
-        table = metrics_table(values, title=f"{self.hparams.dataset} {split} ({len(files)} videos)")
+        ids = dm.video_ids(split)
+        if self.clip_level:
+            where = write_clip_predictions(out / "predictions.csv", preds, ids, self.class_names)
+            count = f"{len(preds['index'])} clips"
+        else:
+            where = out / "predictions"
+            count = f"{len(write_prediction_files(where, preds, ids, self.class_names, self.multilabel))} videos"
+        table = metrics_table(values, title=f"{self.hparams.dataset} {split}: {count}")
         write_metrics(out, values, table)
         log_table(self.trainer.loggers, f"{split}/metrics_table", values, table, self.global_step)
-        log.info("%s metrics (%d prediction files in %s):\n%s", split, len(files), out / "predictions", table)
+        log.info("%s predictions: %s; metrics: %s", split, where, out / "metrics.{md,json}")
         print(table)
         return out
 
@@ -290,6 +302,7 @@ class ClipModule(FinetuneModule):
     """Clip-level single-label classification (Cholec80-CVS, SurgicalActions160)."""
 
     top_k = 5
+    clip_level = True
 
     def make_metrics(self) -> nn.Module:
         from surgvista.metrics import ClipMetrics
@@ -304,3 +317,4 @@ class FrameCVSModule(ClipModule):
     """Endoscapes frame-level CVS: online causal clip per annotated frame, single label (top-1/top-3)."""
 
     top_k = 3
+    clip_level = False

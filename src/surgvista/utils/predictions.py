@@ -105,6 +105,27 @@ def write_prediction_files(
     return paths
 
 
+def write_clip_predictions(
+    path: str | Path,
+    preds: dict[str, np.ndarray],
+    video_ids: Sequence[str],
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Clip-level tasks: one CSV, one row per clip (``video,target,prediction,prob_<class>...``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = ["video", "target", "prediction", *prob_columns(class_names, preds["probs"].shape[1])]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in np.argsort(preds["video"], kind="stable"):
+            p = preds["probs"][r]
+            w.writerow(
+                [video_ids[int(preds["video"][r])], int(preds["target"][r]), int(p.argmax()), *(f"{x:.6g}" for x in p)]
+            )
+    return path
+
+
 def read_prediction_file(path: str | Path, multilabel: bool = False) -> dict[str, np.ndarray | list]:
     """Parse a per-video CSV written by :func:`write_prediction_files`; errors name the file, line and value."""
     path = Path(path)
