@@ -24,7 +24,7 @@ demo: install  ## pre-train a tiny student on the demo dataset, fine-tune it on 
 	$(PY) train.py experiment=demo_phase test=false hydra.run.dir='$(DEMO_DIR)/finetune' \
 		model.ckpt='$(DEMO_DIR)/pretrain/checkpoints/last.ckpt'
 	$(PY) eval.py experiment=demo_phase hydra.run.dir='$(DEMO_DIR)/eval' \
-		ckpt_path='$(DEMO_DIR)/finetune/checkpoints/best.ckpt'
+		ckpt_path='$(DEMO_DIR)/finetune/checkpoints/last.ckpt'
 
 demo-tecno: install  ## TeCNO (cached features + causal MS-TCN) on the embedded demo dataset (CPU, about a minute)
 	$(PY) train.py experiment=demo_tecno

@@ -95,9 +95,10 @@ def train(cfg: DictConfig) -> dict:
     datamodule, model, trainer = _setup(cfg)
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if cfg.get("test"):
-        trainer.test(model, datamodule=datamodule, ckpt_path=_selected_ckpt(trainer, cfg.get("test_ckpt", "best")))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test"):  # testing replaces the callback metrics: keep the fit ones (optimized_metric) too
+        trainer.test(model, datamodule=datamodule, ckpt_path=_selected_ckpt(trainer, cfg.get("test_ckpt", "best")))
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     _report(trainer, out_dir)
     return metrics
 
