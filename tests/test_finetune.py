@@ -81,7 +81,9 @@ def downstream_root(demo_root, tmp_path_factory) -> Path:
     return root
 
 
-def _compose(experiment: str, *overrides: str, data_dir: Path | None = None, out: Path | None = None):
+def _compose(
+    experiment: str, *overrides: str, data_dir: Path | None = None, out: Path | None = None, config: str = "train"
+):
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     small = [
         "trainer=cpu",
@@ -97,15 +99,15 @@ def _compose(experiment: str, *overrides: str, data_dir: Path | None = None, out
         "data.batch_size=2",
         "data.eval_batch_size=4",
         "data.num_workers=0",
-        "callbacks.rich_progress_bar=null",
-        "callbacks.model_summary=null",
     ]
+    if config == "train":
+        small += ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
     if data_dir is not None:
         small.append(f"paths.data_dir={data_dir}")
     if out is not None:
         small += [f"paths.output_dir={out}", f"paths.work_dir={out}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"experiment={experiment}", *small, *overrides])
+        return compose(config, overrides=[f"experiment={experiment}", *small, *overrides])
 
 
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
@@ -204,3 +206,39 @@ def test_recipe_layer_decay_and_lr_scaling():
         scheduler.step()
     assert lrs[0] == 0.0 and lrs[9] == pytest.approx(lr)  # warm-up from 0 over one epoch (10 steps)
     assert lrs[10] == pytest.approx(lr) and lrs[-1] < lrs[20] < lr and lrs[-1] > 1e-6 * 8 / 64
+
+
+def test_demo_phase_train_then_eval_writes_predictions_and_table(demo_root, tmp_path, capsys):
+    from helpers import SMALL_DEMO
+
+    from surgvista.utils.run import evaluate, train
+
+    demo = [
+        f"data.root={demo_root}",
+        f"data.num_videos={SMALL_DEMO['num_videos']}",
+        f"data.num_val_videos={SMALL_DEMO['num_val_videos']}",
+        "data.video_frames=[60,80]",
+        "data.video_size=[96,80]",
+        "data.val_target_stride=1",
+    ]
+    cfg = _compose(
+        "demo_phase",
+        *demo,
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "test=false",
+        out=tmp_path / "ft",
+    )
+    fit = train(cfg)
+    assert "val/top1" in fit and "val/video_accuracy_mean" in fit
+    last = tmp_path / "ft" / "checkpoints" / "last.ckpt"
+    cfg = _compose("demo_phase", *demo, f"ckpt_path={last}", out=tmp_path / "ev", config="eval")
+    metrics = evaluate(cfg)
+    assert {"test/accuracy", "test/video_accuracy_mean", "test/jaccard", "test/top1"} <= set(metrics)
+    out = tmp_path / "ev" / "test"
+    files = sorted((out / "predictions").glob("*.csv"))
+    assert [f.stem for f in files] == ["video03"]
+    pred = read_prediction_file(files[0])
+    assert pred["classes"][0] == "Preparation" and len(pred["frame"]) == pred["frame"][-1] + 1
+    table = (out / "metrics.md").read_text()
+    assert "| video_accuracy |" in table and table in capsys.readouterr().out
