@@ -99,11 +99,8 @@ class FinetuneModule(L.LightningModule):
             if split not in self.metrics:
                 self.metrics[split] = self.make_metrics()
                 self.metrics[f"{split}_preds"] = PredictionCollector()
-                self.metrics[f"{split}_top1"] = (
-                    MulticlassAccuracy(self.num_classes, average="micro")
-                    if not self.multilabel
-                    else PredictionCollector()
-                )
+                if not self.multilabel:  # frame/clip-level top-1 (the reference's selection metric)
+                    self.metrics[f"{split}_top1"] = MulticlassAccuracy(self.num_classes, average="micro")
 
     def load_backbone(self, source: str):
         """Load pre-trained encoder weights into ``net`` (prints the key diff, refuses partial loads)."""
@@ -187,7 +184,8 @@ class FinetuneModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             for k in ("val", "val_preds", "val_top1"):
-                self.metrics[k].reset()
+                if k in self.metrics:
+                    self.metrics[k].reset()
             return
         values = self._epoch_metrics("val")
         self.metrics["val_preds"].reset()
