@@ -145,6 +145,8 @@ def test_fast_dev_run_from_experiment_config(experiment, downstream_root, tmp_pa
     extra = []
     if experiment == "phase_cholec80":  # also loads a (tiny) pre-training checkpoint
         extra.append(f"model.ckpt={_tiny_student_ckpt(tmp_path / 'pre.ckpt')}")
+    if experiment == "cvs_endoscapes":  # and averages several test views
+        extra.append("data.eval_views=[squash,hflip]")
     cfg = _compose(experiment, "+trainer.fast_dev_run=2", *extra, data_dir=downstream_root, out=tmp_path / "run")
     metrics = train(cfg)
     assert "test/loss" in metrics
@@ -242,3 +244,10 @@ def test_demo_phase_train_then_eval_writes_predictions_and_table(demo_root, tmp_
     assert pred["classes"][0] == "Preparation" and len(pred["frame"]) == pred["frame"][-1] + 1
     table = (out / "metrics.md").read_text()
     assert "| video_accuracy |" in table and table in capsys.readouterr().out
+
+
+def test_image_model_variant():
+    cfg = _compose("phase_pmlr50", "model=finetune_image", "data.num_frames=8", "data.sampling_rate=4")
+    net = instantiate(cfg.model, _convert_="all").net
+    assert net.token_grid == (8, 2, 2) and net.pos_embed_kind == "sinusoid1d"
+    assert net(torch.zeros(2, 3, 8, 32, 32)).shape == (2, 5)

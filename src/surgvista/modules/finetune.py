@@ -150,17 +150,14 @@ class FinetuneModule(L.LightningModule):
         if video.ndim == 6:  # (B, V, C, T, H, W): average the probabilities of the views
             b, v = video.shape[:2]
             probs = self.probabilities(self(video.flatten(0, 1))).view(b, v, -1).mean(1)
-            logits = None
         else:
-            logits = self(video)
-            probs = self.probabilities(logits)
-        if logits is not None:
-            loss = (
-                F.binary_cross_entropy_with_logits(logits.float(), target.float())
-                if self.multilabel
-                else F.cross_entropy(logits.float(), target)
-            )
-            self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(video))
+            probs = self.probabilities(self(video))
+        # Loss of the (view-averaged) probabilities: CE / BCE, for logging only.
+        if self.multilabel:
+            loss = F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), target.float())
+        else:
+            loss = F.nll_loss(probs.clamp_min(1e-12).log(), target)
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(video))
         vid, frame = batch["video_index"], batch["frame_index"]
         self.update_metrics(self.metrics[split], probs, target, batch)
         self.metrics[f"{split}_preds"].update(batch["index"], vid, frame, probs, target)
