@@ -22,10 +22,13 @@ STUDENT_PRESETS: dict[str, tuple[int, int, int, int, int, int, int]] = {
 class Decoder(nn.Module):
     """Light decoder: blocks, then norm and head on the trailing ``return_token_num`` (mask) tokens."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, out_dim: int, drop_path: float, ln_eps: float):
+    def __init__(
+        self, dim: int, depth: int, num_heads: int, out_dim: int, drop_path: float, ln_eps: float,
+        attn_backend: str = "sdpa",
+    ):
         super().__init__()
         rates = np.linspace(0, drop_path, depth).tolist()
-        self.blocks = nn.ModuleList(Block(dim, num_heads, 4.0, r, ln_eps) for r in rates)
+        self.blocks = nn.ModuleList(Block(dim, num_heads, 4.0, r, ln_eps, attn_backend=attn_backend) for r in rates)
         self.norm = nn.LayerNorm(dim, eps=ln_eps)
         self.head = nn.Linear(dim, out_dim)
         self.grad_checkpointing = False
@@ -66,6 +69,7 @@ class SurgVISTAStudent(nn.Module):
         pixel_decoder_depth: int = 4,
         pixel_decoder_heads: int | None = None,
         grad_checkpointing: bool = False,
+        attn_backend: str = "sdpa",
     ) -> None:
         super().__init__()
         if preset not in STUDENT_PRESETS:
@@ -93,13 +97,16 @@ class SurgVISTAStudent(nn.Module):
 
         self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, num_frames, dim)
         rates = np.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList(Block(dim, num_heads or p_heads, mlp_ratio, r, ln_eps) for r in rates)
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads or p_heads, mlp_ratio, r, ln_eps, attn_backend=attn_backend) for r in rates
+        )
         self.norm = nn.LayerNorm(dim, eps=ln_eps)
         self.decoder_img = self.decoder_vid = None
         if image_decoder:
             self.down_img = nn.Linear(dim, img_dim)
             self.decoder_img = Decoder(
-                img_dim, image_decoder_depth, image_decoder_heads or img_heads, teacher_dim, drop_path_rate, ln_eps
+                img_dim, image_decoder_depth, image_decoder_heads or img_heads, teacher_dim, drop_path_rate, ln_eps,
+                attn_backend,
             )
         if pixel_decoder:
             self.down_vid = nn.Linear(dim, pix_dim)
@@ -110,6 +117,7 @@ class SurgVISTAStudent(nn.Module):
                 self.pixel_dim,
                 drop_path_rate,
                 ln_eps,
+                attn_backend,
             )
         self.reset_parameters()
         self.set_grad_checkpointing(grad_checkpointing)

@@ -15,6 +15,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+import surgvista.utils.resolvers  # noqa: F401  (registers ${surgvista.teacher_dim:...})
+
 log = logging.getLogger(__name__)
 
 
