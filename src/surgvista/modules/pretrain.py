@@ -60,7 +60,8 @@ class PretrainModule(L.LightningModule):
 
     Speed knobs (docs/performance.md): ``grad_checkpointing`` (per block, encoder and decoders; ``None`` leaves
     the student's own setting), ``compile`` (``torch.compile`` of every student and teacher block, in place, so
-    checkpoint keys are unchanged), ``teacher_every_k`` (run the teacher on every k-th optimiser step only, with
+    checkpoint keys are unchanged; ``compile_kwargs`` go to ``torch.compile``, e.g. ``{mode: max-autotune}``),
+    ``teacher_every_k`` (run the teacher on every k-th optimiser step only, with
     the distillation weight multiplied by k there; on the other steps the image branch gets no loss and no
     update). Under ``ModelParallelStrategy`` :meth:`configure_model` applies FSDP2 ``fully_shard`` per block;
     the teacher is replicated unless ``teacher.shard``. A non-finite loss is detected without a host sync per
@@ -85,6 +86,7 @@ class PretrainModule(L.LightningModule):
         recon_frames: int = 4,
         grad_checkpointing: bool | None = None,
         compile: bool = False,
+        compile_kwargs: dict | None = None,
         teacher_every_k: int = 1,
     ) -> None:
         super().__init__()
@@ -143,10 +145,15 @@ class PretrainModule(L.LightningModule):
                 for blk in self._blocks(self.teacher):
                     fully_shard(blk, **kw)
                 fully_shard(self.teacher.vit, **kw)
+            log.info(
+                "FSDP2: fully_shard on %d student blocks and the student root over a data-parallel mesh of %d ranks; "
+                "teacher %s", len(self._blocks(self.student)), dp_mesh.size(),
+                "sharded" if self.teacher is not None and self.teacher.shard else "replicated",
+            )
         if self.hparams.compile:
             for module in (self.student, self.teacher):
                 for blk in self._blocks(module):
-                    blk.compile()
+                    blk.compile(**(self.hparams.compile_kwargs or {}))
 
     @staticmethod
     def _blocks(module: nn.Module | None) -> list[nn.Module]:
@@ -222,7 +229,7 @@ class PretrainModule(L.LightningModule):
         """Accumulate a device-side non-finite flag; read it (one host sync) every ``log_every_n_steps`` steps."""
         bad = ~torch.isfinite(out["loss"].detach())
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-        every = max(1, getattr(self.trainer, "log_every_n_steps", 1) or 1)
+        every = max(1, self._trainer.log_every_n_steps if self._trainer is not None else 1)
         if self.global_step % every == 0 and bool(self._nonfinite):
             raise FloatingPointError(
                 f"non-finite loss within the {every} optimiser steps up to step {self.global_step} (now: loss "

@@ -1,0 +1,195 @@
+"""Speed and scale knobs: attention backends, precision of the targets, checkpointing, compile, teacher every k,
+the non-finite check, the FSDP strategy factories and the benchmark."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import surgvista.models.vit as vit
+from surgvista.models.classifier import VideoClassifier
+from surgvista.models.masking import MaskGenerator
+from surgvista.models.student import SurgVISTAStudent
+from surgvista.models.teacher import ImageTeacher
+from surgvista.models.vit import Attention, attention, set_attn_backend
+from surgvista.modules.objective import SurgVISTALoss, pixel_targets
+from surgvista.modules.pretrain import PretrainModule
+
+
+def tiny_module(**kw) -> PretrainModule:
+    student = SurgVISTAStudent("tiny", img_size=32, num_frames=4, teacher_dim=192, image_decoder_depth=1,
+                               pixel_decoder_depth=1, drop_path_rate=0.0)
+    teacher = ImageTeacher("tiny", img_size=32, patch_size=16)
+    return PretrainModule(student, teacher, SurgVISTALoss(), MaskGenerator("tube", 0.5), batch_size=2,
+                          warmup_epochs=0, **kw)
+
+
+def synthetic_loader(steps: int, batch: int = 2) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    clips = [{"video": torch.randn(3, 4, 32, 32, generator=g)} for _ in range(steps * batch)]
+    return DataLoader(clips, batch_size=batch)
+
+
+def tiny_trainer(**kw) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, **kw)
+
+
+# ------------------------------------------------------------------------------------------- attention
+def test_eager_and_sdpa_agree_for_student_classifier_and_teacher():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 37, 16).unbind(0)
+    torch.testing.assert_close(attention(q, k, v, "eager"), attention(q, k, v, "sdpa"), atol=1e-5, rtol=1e-5)
+
+    student = SurgVISTAStudent("tiny", img_size=32, num_frames=4, teacher_dim=24, drop_path_rate=0.0)
+    for m in student.modules():
+        if isinstance(m, Attention):
+            torch.nn.init.normal_(m.q_bias)
+            torch.nn.init.normal_(m.v_bias)
+    video, mask = torch.randn(2, 3, 4, 32, 32), torch.tensor([[True, False, True, True] * 2] * 2)
+    outs = {b: set_attn_backend(student, b)(video, mask) for b in ("sdpa", "eager")}
+    for a, b in zip(outs["sdpa"], outs["eager"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+    clf = VideoClassifier(5, "tiny", img_size=32, num_frames=4, attn_backend="eager", head_init_scale=1.0).eval()
+    assert all(m.attn_backend == "eager" for m in clf.modules() if isinstance(m, Attention))
+    logits = clf(video)
+    torch.testing.assert_close(set_attn_backend(clf, "sdpa")(video), logits, atol=1e-5, rtol=1e-5)
+
+    teacher = ImageTeacher("tiny", img_size=32, attn_backend="eager")
+    feats = teacher(video)
+    teacher.set_attn_backend("sdpa")
+    torch.testing.assert_close(teacher(video), feats, atol=1e-5, rtol=1e-5)
+
+
+def test_flash_attn_request_on_cpu_is_a_clear_error(monkeypatch):
+    with pytest.raises(ValueError, match="unknown attn_backend 'xformers'"):
+        Attention(32, 2, attn_backend="xformers")
+    if vit.flash_attn_func is None:
+        with pytest.raises(RuntimeError, match="flash-attn package is not installed"):
+            SurgVISTAStudent("tiny", img_size=32, num_frames=4, attn_backend="flash_attn")
+    # With the package present, CPU or fp32 tensors are refused rather than silently falling back.
+    monkeypatch.setattr(vit, "flash_attn_func", lambda q, k, v: q)
+    attn = Attention(32, 2, attn_backend="flash_attn")
+    with pytest.raises(RuntimeError, match="needs CUDA tensors in fp16/bf16, got torch.float32 on cpu"):
+        attn(torch.randn(1, 5, 32))
+    teacher = ImageTeacher("tiny", img_size=32, attn_backend="flash_attn")
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        teacher(torch.randn(1, 3, 2, 32, 32))
+
+
+# ------------------------------------------------------------------------------------------- precision
+def test_targets_stay_fp32_under_bf16_autocast_while_the_teacher_runs_in_bf16():
+    torch.manual_seed(0)
+    video = torch.randn(2, 3, 4, 32, 32)
+    reference = pixel_targets(video, 2, 16)
+    module = tiny_module()
+    seen = []
+    module.teacher.vit.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        target = pixel_targets(video, 2, 16)
+        out = module._shared_step(video, torch.Generator().manual_seed(0))
+    assert target.dtype == torch.float32
+    torch.testing.assert_close(target, reference, atol=0, rtol=0)
+    assert seen == [torch.bfloat16]  # the teacher's matmuls share the autocast region
+    assert out["loss"].dtype == out["loss_pixel"].dtype == out["loss_distill"].dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------- checkpointing
+def test_grad_checkpointing_through_the_module_gives_identical_gradients_decoders_included():
+    grads = []
+    for enable in (False, True):
+        torch.manual_seed(0)
+        module = tiny_module(grad_checkpointing=enable)
+        s = module.student
+        assert s.grad_checkpointing is enable
+        assert s.decoder_img.grad_checkpointing is enable and s.decoder_vid.grad_checkpointing is enable
+        video = torch.randn(2, 3, 4, 32, 32)
+        module._shared_step(video, torch.Generator().manual_seed(0))["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in s.named_parameters() if p.grad is not None})
+    assert any(n.startswith("decoder_img.blocks") for n in grads[0])
+    assert any(n.startswith("decoder_vid.blocks") for n in grads[0])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+# --------------------------------------------------------------------------------------------- compile
+def test_compile_flag_compiles_every_block_in_place_and_matches_eager():
+    torch.manual_seed(0)
+    module = tiny_module(compile=True, compile_kwargs={"backend": "aot_eager"})
+    video, gen = torch.randn(2, 3, 4, 32, 32), torch.Generator().manual_seed(0)
+    mask = MaskGenerator("tube", 0.5)(2, module.student.token_grid, video.device, gen)
+    expected = module.student(video, mask)
+    keys = list(module.student.state_dict())
+    module.configure_model()
+    blocks = module._blocks(module.student) + module._blocks(module.teacher)
+    assert len(blocks) == 4 + 1 + 1 + 2  # encoder, two decoders, teacher
+    assert all(b._compiled_call_impl is not None for b in blocks)
+    assert list(module.student.state_dict()) == keys  # in-place compile: checkpoint keys unchanged
+    for a, b in zip(module.student(video, mask), expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ teacher every k
+class _Recorder(L.Callback):
+    def __init__(self) -> None:
+        self.image_branch: list[torch.Tensor] = []
+        self.encoder: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.image_branch.append(pl_module.student.decoder_img.head.weight.detach().clone())
+        self.encoder.append(pl_module.student.blocks[0].attn.qkv.weight.detach().clone())
+
+
+def test_teacher_every_k_runs_the_teacher_on_every_kth_step_with_k_times_the_weight(monkeypatch):
+    torch.manual_seed(0)
+    module = tiny_module(teacher_every_k=2)
+    calls = []
+    forward = module.teacher.forward
+    monkeypatch.setattr(module.teacher, "forward", lambda video: calls.append(1) or forward(video))
+    video = torch.randn(2, 3, 4, 32, 32)
+    monkeypatch.setattr(PretrainModule, "global_step", property(lambda self: self._step))
+    module._step = 0
+    on = module._shared_step(video, torch.Generator().manual_seed(0))
+    expected = on["loss_pixel"] + 2 * 0.05 * on["loss_distill"]
+    torch.testing.assert_close(on["loss"], expected)
+    module._step = 1
+    off = module._shared_step(video, torch.Generator().manual_seed(0))
+    assert len(calls) == 1 and float(off["loss_distill"]) == 0.0
+    torch.testing.assert_close(off["loss"], off["loss_pixel"])
+
+    monkeypatch.undo()
+    torch.manual_seed(0)
+    module = tiny_module(teacher_every_k=2)
+    rec = _Recorder()
+    tiny_trainer(max_steps=4, callbacks=[rec]).fit(module, synthetic_loader(4))
+    rec.image_branch.append(module.student.decoder_img.head.weight.detach())
+    rec.encoder.append(module.student.blocks[0].attn.qkv.weight.detach())
+    moved = [not torch.equal(a, b) for a, b in zip(rec.image_branch, rec.image_branch[1:])]
+    # Steps 1 and 3 skip the teacher: the image branch gets no loss and no update; the encoder always moves.
+    assert moved == [True, False, True, False]
+    assert all(not torch.equal(a, b) for a, b in zip(rec.encoder, rec.encoder[1:]))
+
+
+def test_teacher_every_k_must_be_positive():
+    with pytest.raises(ValueError, match="teacher_every_k must be >= 1, got 0"):
+        tiny_module(teacher_every_k=0)
+
+
+# ------------------------------------------------------------------------------------ non-finite loss
+def test_non_finite_loss_is_caught_at_the_next_logging_step_without_a_sync_per_step(monkeypatch):
+    module = tiny_module()
+    shared = PretrainModule._shared_step
+
+    def poisoned(self, video, generator):
+        out = shared(self, video, generator)
+        if self.global_step == 1:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(PretrainModule, "_shared_step", poisoned)
+    with pytest.raises(FloatingPointError, match="non-finite loss within the 3 optimiser steps up to step 3"):
+        tiny_trainer(max_steps=6, log_every_n_steps=3).fit(module, synthetic_loader(6))
