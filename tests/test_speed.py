@@ -6,6 +6,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from helpers import ROOT
 from torch.utils.data import DataLoader
 
 import surgvista.models.vit as vit
@@ -13,7 +14,7 @@ from surgvista.models.classifier import VideoClassifier
 from surgvista.models.masking import MaskGenerator
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
-from surgvista.models.vit import Attention, attention, set_attn_backend
+from surgvista.models.vit import Attention, Block, attention, set_attn_backend
 from surgvista.modules.objective import SurgVISTALoss, pixel_targets
 from surgvista.modules.pretrain import PretrainModule
 
@@ -193,3 +194,39 @@ def test_non_finite_loss_is_caught_at_the_next_logging_step_without_a_sync_per_s
     monkeypatch.setattr(PretrainModule, "_shared_step", poisoned)
     with pytest.raises(FloatingPointError, match="non-finite loss within the 3 optimiser steps up to step 3"):
         tiny_trainer(max_steps=6, log_every_n_steps=3).fit(module, synthetic_loader(6))
+
+
+# ------------------------------------------------------------------------------------------ strategies
+def test_trainer_configs_build_fsdp_strategies_with_block_wrapping_and_a_replicated_teacher(monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import FSDPStrategy
+    from timm.models.vision_transformer import Block as TimmBlock
+
+    from surgvista.utils.distributed import FSDP2Strategy, TeacherReplicatedFSDPStrategy
+
+    conf = str(ROOT / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        fsdp = compose("train", overrides=["trainer=fsdp"]).trainer.strategy
+        fsdp2 = compose("train", overrides=["trainer=fsdp2_cpu"]).trainer.strategy
+    strategy = instantiate(fsdp)
+    assert isinstance(strategy, TeacherReplicatedFSDPStrategy)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert {Block, TimmBlock} <= set(policy._module_classes)
+    mp = strategy.mixed_precision
+    assert (mp.param_dtype, mp.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert strategy._state_dict_type == "full"
+
+    seen = {}
+    monkeypatch.setattr(FSDPStrategy, "_setup_model", lambda self, model: seen.update(self.kwargs) or model)
+    module = tiny_module()
+    strategy._setup_model(module)
+    assert seen["ignored_modules"] == [module.teacher]  # replicated, not sharded
+    module.teacher.shard = True
+    seen.clear()
+    strategy.kwargs.pop("ignored_modules")
+    strategy._setup_model(module)
+    assert "ignored_modules" not in seen
+
+    strategy2 = instantiate(fsdp2)
+    assert isinstance(strategy2, FSDP2Strategy) and not strategy2._save_distributed_checkpoint
