@@ -230,3 +230,42 @@ def test_trainer_configs_build_fsdp_strategies_with_block_wrapping_and_a_replica
 
     strategy2 = instantiate(fsdp2)
     assert isinstance(strategy2, FSDP2Strategy) and not strategy2._save_distributed_checkpoint
+
+
+# ----------------------------------------------------------------------------------------------- bench
+def test_bench_prints_both_configurations_and_the_ratio(capsys, tmp_path):
+    from surgvista.bench.__main__ import main
+
+    results = main(["pretrain", "--preset", "tiny", "--batch", "1", "--steps", "2", "--warmup", "1",
+                    "--compare", "eager-fp16", "--peak-tflops", "1", "--json", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    assert "[config] preset=tiny batch=1 precision=32 attn=sdpa" in out
+    assert "[eager-fp16] preset=tiny batch=1 precision=32 attn=eager" in out
+    assert "eager attention in fp32" in out and "[ratio] config / eager-fp16:" in out
+    for r in results:
+        assert r.clips_per_s > 0 and r.model_tflop_per_step > 0 and r.mfu is not None
+        assert r.step_ms == pytest.approx(r.teacher_ms + r.student_ms + r.optimizer_ms, rel=0.5)
+    assert (tmp_path / "b.json").is_file()
+
+
+def test_bench_teacher_knobs_change_the_work():
+    from surgvista.bench.pretrain import BenchConfig, run
+
+    base = run(BenchConfig(preset="tiny", batch=1, steps=2, warmup=0, device="cpu"))
+    knobs = run(BenchConfig(preset="tiny", batch=1, steps=2, warmup=0, device="cpu", teacher="small",
+                            teacher_every_k=2, grad_checkpointing=True))
+    assert knobs.model_tflop_per_step > base.model_tflop_per_step  # a wider, deeper teacher
+    assert any("teacher every 2 steps" in n for n in knobs.notes)
+
+
+def test_a_smaller_teacher_preset_sets_the_image_decoder_width():
+    from hydra import compose, initialize_config_dir
+
+    import surgvista.utils.resolvers  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for preset, width in (("large", 1024), ("base", 768), ("small", 384)):
+            cfg = compose("train", overrides=["model=surgvista", f"model.teacher.preset={preset}"])
+            assert cfg.model.student.teacher_dim == width
+        assert compose("train", overrides=["model=videomae"]).model.student.teacher_dim == 1024
+        assert compose("train").model.student.teacher_dim == 192  # the tiny demo teacher

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -38,13 +39,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 IMAGE_BRANCH = ("down_img.", "decoder_img.", "mask_token_img")
 
 
-def total_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """Total L2 norm of ``grads``; FSDP2 shards (``DTensor``) are summed over their process group."""
+def total_grad_norm(grads: list[torch.Tensor], plain_sharded: bool = False) -> torch.Tensor:
+    """Total L2 norm of ``grads``; FSDP2 shards (``DTensor``) are summed over their process group, and plain
+    tensors too when ``plain_sharded`` (FSDP1 ``use_orig_params`` shards, disjoint across all ranks)."""
     from torch.distributed.tensor import DTensor
 
     sharded = [g for g in grads if isinstance(g, DTensor)]
     plain = [g for g in grads if not isinstance(g, DTensor)]
     sq = sum(torch.linalg.vector_norm(g.float()).square() for g in plain) if plain else None
+    if sq is not None and plain_sharded:
+        torch.distributed.all_reduce(sq)
     if sharded:
         local = sum(torch.linalg.vector_norm(g.to_local().float()).square() for g in sharded)
         mesh = sharded[0].device_mesh
@@ -250,7 +254,10 @@ class PretrainModule(L.LightningModule):
                     p.grad = None
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
         if grads:
-            self.log("train/grad_norm", total_grad_norm(grads), on_step=True, on_epoch=False)
+            strategy = self.trainer.strategy
+            fsdp1 = isinstance(strategy, FSDPStrategy) and strategy.world_size > 1 and str(
+                strategy.sharding_strategy).rsplit(".", 1)[-1] in ("FULL_SHARD", "SHARD_GRAD_OP")
+            self.log("train/grad_norm", total_grad_norm(grads, fsdp1), on_step=True, on_epoch=False)
 
     def _log_reconstruction(self, video: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
         if self.global_rank != 0:
