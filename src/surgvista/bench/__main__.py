@@ -38,6 +38,10 @@ def parser() -> argparse.ArgumentParser:
                    help="with --compare: alternate the two configurations step by step (default: on CPU only, "
                    "where the machine may be shared; on CUDA they run one after the other, so peak memory is exact)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    f = sub.add_parser("flops", help="model FLOPs per clip: teacher forward vs student forward+backward")
+    f.add_argument("--preset", default="base", choices=sorted(pretrain.PRESETS))
+    f.add_argument("--teacher", nargs="*", default=None, choices=sorted(pretrain.TEACHER_PRESETS),
+                   help="teacher presets to compare (default: the preset's)")
     return ap
 
 
@@ -46,6 +50,16 @@ def main(argv: list[str] | None = None):
     logging.getLogger("surgvista.models.teacher").setLevel(logging.ERROR)  # random teacher: the warning is noise
     if args.command == "pretrain":
         return pretrain.main(args)
+    if args.command == "flops":
+        rows = []
+        for teacher in args.teacher or [None]:
+            r = pretrain.flop_split(args.preset, teacher)
+            rows.append(r)
+            name = teacher or pretrain.PRESETS[args.preset]["teacher"]
+            print(f"[flops] preset={args.preset} teacher={name}: teacher forward {r['teacher_gflop']:.1f} "
+                  f"GFLOP/clip, student fwd+bwd {r['student_gflop']:.1f} GFLOP/clip, teacher share "
+                  f"{100 * r['teacher_share']:.0f} %", flush=True)
+        return rows
     raise SystemExit(f"unknown command {args.command}")
 
 

@@ -259,9 +259,11 @@ class Runner:
         totals = [sum(x) for x in self.times]
         step_ms, mean_ms = statistics.median(totals), statistics.fmean(totals)
         throughput_ms = mean_ms if cfg.teacher_every_k > 1 else step_ms
+        # With the teacher on 1/k of the steps, medians would hide its cost: report means instead.
+        phase = statistics.fmean if cfg.teacher_every_k > 1 else statistics.median
         if cfg.teacher_every_k > 1:
-            notes.append(f"teacher every {cfg.teacher_every_k} steps: clips/s from the mean step time; the FLOP "
-                         "count assumes the teacher on every step, so MFU overstates the work done")
+            notes.append(f"teacher every {cfg.teacher_every_k} steps: clips/s and phase times are means over the "
+                         "steps; the FLOP count assumes the teacher on every step, so MFU overstates the work done")
         peak = cfg.peak_tflops if cfg.peak_tflops is not None else default_peak(device)
         achieved = self.flops / (throughput_ms / 1e3) / 1e12
         if self.cuda:
@@ -278,9 +280,8 @@ class Runner:
         return BenchResult(
             config=asdict(cfg) | {"batch": self.batch}, device=name, precision=self.precision,
             clips_per_s=self.batch / (throughput_ms / 1e3), step_ms=step_ms,
-            teacher_ms=statistics.median(x[0] for x in self.times),
-            student_ms=statistics.median(x[1] for x in self.times),
-            optimizer_ms=statistics.median(x[2] for x in self.times), step_ms_mean=mean_ms, peak_memory_mb=mem,
+            teacher_ms=phase([x[0] for x in self.times]), student_ms=phase([x[1] for x in self.times]),
+            optimizer_ms=phase([x[2] for x in self.times]), step_ms_mean=mean_ms, peak_memory_mb=mem,
             memory_kind=kind, model_tflop_per_step=self.flops / 1e12, achieved_tflops=achieved,
             mfu=achieved / peak if peak else None, notes=notes,
         )
@@ -305,7 +306,7 @@ def run_interleaved(cfgs: list[BenchConfig]) -> list[BenchResult]:
                 r.step()
     results = [r.result() for r in runners]
     for r in results:
-        r.notes.append("interleaved with the other configuration (peak RSS is shared by both)")
+        r.notes.append("interleaved step by step with the other configuration(s); peak RSS is the process's")
     return results
 
 
@@ -367,3 +368,32 @@ def main(args) -> list[BenchResult]:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
     return results
+
+
+def flop_split(preset: str, teacher: str | None = None, mask_ratio: float = 0.85) -> dict[str, float]:
+    """Model FLOPs per clip: teacher forward (counted on the meta device, no compute) and student forward +
+    backward with the loss (one real CPU step, eager attention). Returns GFLOP per clip."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = PRESETS[preset]
+    teacher_preset = teacher or p["teacher"]
+    with torch.device("meta"):
+        t = ImageTeacher(teacher_preset, img_size=p["img_size"])
+        clip = torch.empty(1, 3, p["frames"], p["img_size"], p["img_size"])
+        with FlopCounterMode(display=False) as counter:
+            t(clip)
+    teacher_flops = counter.get_total_flops()
+    torch.manual_seed(0)
+    s = SurgVISTAStudent(p["student"], img_size=p["img_size"], num_frames=p["frames"],
+                         teacher_dim=TEACHER_PRESETS[teacher_preset][0], image_decoder_depth=p["dec_img"],
+                         pixel_decoder_depth=p["dec_vid"], attn_backend="eager")
+    clip = torch.randn(1, 3, p["frames"], p["img_size"], p["img_size"])
+    mask = MaskGenerator("tube", mask_ratio)(1, s.token_grid, clip.device, torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        image_pred, pixel_pred = s(clip, mask)
+        feats = torch.zeros(1, mask.shape[1], TEACHER_PRESETS[teacher_preset][0])
+        SurgVISTALoss()(clip, mask, pixel_pred, image_pred, feats, s.tubelet_size, s.patch_size)["loss"].backward()
+    student_flops = counter.get_total_flops()
+    total = teacher_flops + student_flops
+    return {"teacher_gflop": teacher_flops / 1e9, "student_gflop": student_flops / 1e9,
+            "teacher_share": teacher_flops / total}
