@@ -258,6 +258,14 @@ def test_bench_teacher_knobs_change_the_work():
     assert any("teacher every 2 steps" in n for n in knobs.notes)
 
 
+def test_bench_flops_splits_teacher_and_student(capsys):
+    from surgvista.bench.__main__ import main
+
+    rows = main(["flops", "--preset", "tiny", "--teacher", "tiny", "small"])
+    assert rows[1]["teacher_gflop"] > rows[0]["teacher_gflop"] > 0 and 0 < rows[0]["teacher_share"] < 1
+    assert "[flops] preset=tiny teacher=small: teacher forward" in capsys.readouterr().out
+
+
 def test_a_smaller_teacher_preset_sets_the_image_decoder_width():
     from hydra import compose, initialize_config_dir
 

@@ -47,20 +47,27 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None):
     args = parser().parse_args(argv)
-    logging.getLogger("surgvista.models.teacher").setLevel(logging.ERROR)  # random teacher: the warning is noise
+    teacher_log = logging.getLogger("surgvista.models.teacher")
+    level = teacher_log.level
+    teacher_log.setLevel(logging.ERROR)  # the benchmark's teacher is random on purpose: its warning is noise
+    try:
+        return _run(args)
+    finally:
+        teacher_log.setLevel(level)
+
+
+def _run(args):
     if args.command == "pretrain":
         return pretrain.main(args)
-    if args.command == "flops":
-        rows = []
-        for teacher in args.teacher or [None]:
-            r = pretrain.flop_split(args.preset, teacher)
-            rows.append(r)
-            name = teacher or pretrain.PRESETS[args.preset]["teacher"]
-            print(f"[flops] preset={args.preset} teacher={name}: teacher forward {r['teacher_gflop']:.1f} "
-                  f"GFLOP/clip, student fwd+bwd {r['student_gflop']:.1f} GFLOP/clip, teacher share "
-                  f"{100 * r['teacher_share']:.0f} %", flush=True)
-        return rows
-    raise SystemExit(f"unknown command {args.command}")
+    rows = []
+    for teacher in args.teacher or [None]:
+        r = pretrain.flop_split(args.preset, teacher)
+        rows.append(r)
+        name = teacher or pretrain.PRESETS[args.preset]["teacher"]
+        print(f"[flops] preset={args.preset} teacher={name}: teacher forward {r['teacher_gflop']:.1f} "
+              f"GFLOP/clip, student fwd+bwd {r['student_gflop']:.1f} GFLOP/clip, teacher share "
+              f"{100 * r['teacher_share']:.0f} %", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
