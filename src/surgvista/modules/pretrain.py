@@ -148,7 +148,7 @@ class PretrainModule(L.LightningModule):
             if self.teacher is not None and self.teacher.shard:
                 for blk in self._blocks(self.teacher):
                     fully_shard(blk, **kw)
-                fully_shard(self.teacher.vit, **kw)
+                fully_shard(self.teacher, **kw)  # the root unit: ImageTeacher.__call__ runs the gather hooks
             log.info(
                 "FSDP2: fully_shard on %d student blocks and the student root over a data-parallel mesh of %d ranks; "
                 "teacher %s", len(self._blocks(self.student)), dp_mesh.size(),
