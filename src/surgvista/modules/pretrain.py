@@ -65,11 +65,11 @@ class PretrainModule(L.LightningModule):
     Speed knobs (docs/performance.md): ``grad_checkpointing`` (per block, encoder and decoders; ``None`` leaves
     the student's own setting), ``compile`` (``torch.compile`` of every student and teacher block, in place, so
     checkpoint keys are unchanged; ``compile_kwargs`` go to ``torch.compile``, e.g. ``{mode: max-autotune}``),
-    ``teacher_every_k`` (run the teacher on every k-th optimiser step only, with
-    the distillation weight multiplied by k there; on the other steps the image branch gets no loss and no
-    update). Under ``ModelParallelStrategy`` :meth:`configure_model` applies FSDP2 ``fully_shard`` per block;
-    the teacher is replicated unless ``teacher.shard``. A non-finite loss is detected without a host sync per
-    step: a device-side flag is checked every ``trainer.log_every_n_steps`` optimiser steps.
+    ``teacher_every_k`` (run the teacher on every k-th optimiser step only, with the distillation weight multiplied
+    by k there; on the other steps the image branch gets no loss and no update). Under ``ModelParallelStrategy``
+    :meth:`configure_model` applies FSDP2 ``fully_shard`` per block; the teacher is replicated unless
+    ``teacher.shard``. A non-finite loss is detected without a host sync per step: a device-side flag is checked
+    every ``trainer.log_every_n_steps`` optimiser steps.
     """
 
     def __init__(
@@ -174,7 +174,7 @@ class PretrainModule(L.LightningModule):
 
     def _teacher_to_device(self) -> None:
         # FSDP (FSDPStrategy) ignores the replicated teacher, so it does not move it to the GPU.
-        if self.teacher is not None and self.trainer is not None:
+        if self.teacher is not None and self._trainer is not None:
             self.teacher.to(self.trainer.strategy.root_device)
 
     # ----------------------------------------------------------------------------------------- steps
