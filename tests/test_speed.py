@@ -19,6 +19,15 @@ from surgvista.modules.objective import SurgVISTALoss, pixel_targets
 from surgvista.modules.pretrain import PretrainModule
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: on a loaded 2-core machine, OpenMP spinning between 2 threads costs far more."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_module(**kw) -> PretrainModule:
     student = SurgVISTAStudent("tiny", img_size=32, num_frames=4, teacher_dim=192, image_decoder_depth=1,
                                pixel_decoder_depth=1, drop_path_rate=0.0)
@@ -236,7 +245,7 @@ def test_trainer_configs_build_fsdp_strategies_with_block_wrapping_and_a_replica
 def test_bench_prints_both_configurations_and_the_ratio(capsys, tmp_path):
     from surgvista.bench.__main__ import main
 
-    results = main(["pretrain", "--preset", "tiny", "--batch", "1", "--steps", "2", "--warmup", "1",
+    results = main(["pretrain", "--preset", "tiny", "--batch", "1", "--steps", "2", "--warmup", "1", "--threads", "1",
                     "--compare", "eager-fp16", "--peak-tflops", "1", "--json", str(tmp_path / "b.json")])
     out = capsys.readouterr().out
     assert "[config] preset=tiny batch=1 precision=32 attn=sdpa" in out
@@ -261,7 +270,7 @@ def test_bench_teacher_knobs_change_the_work():
 def test_bench_flops_splits_teacher_and_student(capsys):
     from surgvista.bench.__main__ import main
 
-    rows = main(["flops", "--preset", "tiny", "--teacher", "tiny", "small"])
+    rows = main(["flops", "--preset", "tiny", "--teacher", "tiny", "small", "--threads", "1"])
     assert rows[1]["teacher_gflop"] > rows[0]["teacher_gflop"] > 0 and 0 < rows[0]["teacher_share"] < 1
     assert "[flops] preset=tiny teacher=small: teacher forward" in capsys.readouterr().out
 

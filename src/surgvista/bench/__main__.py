@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+import torch
+
 from surgvista.bench import pretrain
 from surgvista.models.vit import ATTN_BACKENDS
 
@@ -42,6 +44,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--preset", default="base", choices=sorted(pretrain.PRESETS))
     f.add_argument("--teacher", nargs="*", default=None, choices=sorted(pretrain.TEACHER_PRESETS),
                    help="teacher presets to compare (default: the preset's)")
+    f.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     return ap
 
 
@@ -50,10 +53,14 @@ def main(argv: list[str] | None = None):
     teacher_log = logging.getLogger("surgvista.models.teacher")
     level = teacher_log.level
     teacher_log.setLevel(logging.ERROR)  # the benchmark's teacher is random on purpose: its warning is noise
+    threads = torch.get_num_threads()
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
     try:
         return _run(args)
     finally:
         teacher_log.setLevel(level)
+        torch.set_num_threads(threads)
 
 
 def _run(args):

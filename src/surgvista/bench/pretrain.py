@@ -345,8 +345,6 @@ def main(args) -> list[BenchResult]:
         teacher_every_k=args.teacher_every_k, mask_ratio=args.mask_ratio,
         steps=args.steps, warmup=args.warmup, device=args.device, peak_tflops=args.peak_tflops, label="config",
     )
-    if args.threads:
-        torch.set_num_threads(args.threads)
     interleave = args.interleave if args.interleave is not None else resolve_device(args.device).type == "cpu"
     if args.compare and interleave:
         results = run_interleaved([cfg, reference_config(cfg)])
