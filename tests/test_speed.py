@@ -286,3 +286,20 @@ def test_a_smaller_teacher_preset_sets_the_image_decoder_width():
             assert cfg.model.student.teacher_dim == width
         assert compose("train", overrides=["model=videomae"]).model.student.teacher_dim == 1024
         assert compose("train").model.student.teacher_dim == 192  # the tiny demo teacher
+
+
+def test_speed_knobs_wire_through_the_config():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    overrides = ["model.grad_checkpointing=true", "model.student.attn_backend=eager", "model.teacher_every_k=3",
+                 "model.compile=true", "model.compile_kwargs={backend: eager}", "data.input_size=32",
+                 "data.num_frames=4"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    module = instantiate(cfg.model, _convert_="all")
+    s = module.student
+    assert s.grad_checkpointing and s.decoder_img.grad_checkpointing and s.decoder_vid.grad_checkpointing
+    assert {m.attn_backend for m in module.modules() if isinstance(m, Attention)} == {"eager"}
+    assert module.teacher.attn_backend == "eager"  # follows the student
+    assert module.hparams.teacher_every_k == 3 and module.hparams.compile_kwargs == {"backend": "eager"}
