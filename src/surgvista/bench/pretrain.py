@@ -12,6 +12,7 @@ attention, no activation recomputation), scaled by the batch, and give the model
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import platform
@@ -289,6 +290,9 @@ class Runner:
 
 def run(cfg: BenchConfig) -> BenchResult:
     """Benchmark one configuration on its own and return its medians."""
+    gc.collect()  # free a previous configuration's model before measuring this one's peak memory
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     runner = Runner(cfg)
     runner.reset_memory()
     for _ in range(cfg.warmup + cfg.steps):
