@@ -29,11 +29,19 @@ def one_thread():
 
 
 def tiny_module(**kw) -> PretrainModule:
-    student = SurgVISTAStudent("tiny", img_size=32, num_frames=4, teacher_dim=192, image_decoder_depth=1,
-                               pixel_decoder_depth=1, drop_path_rate=0.0)
+    student = SurgVISTAStudent(
+        "tiny",
+        img_size=32,
+        num_frames=4,
+        teacher_dim=192,
+        image_decoder_depth=1,
+        pixel_decoder_depth=1,
+        drop_path_rate=0.0,
+    )
     teacher = ImageTeacher("tiny", img_size=32, patch_size=16)
-    return PretrainModule(student, teacher, SurgVISTALoss(), MaskGenerator("tube", 0.5), batch_size=2,
-                          warmup_epochs=0, **kw)
+    return PretrainModule(
+        student, teacher, SurgVISTALoss(), MaskGenerator("tube", 0.5), batch_size=2, warmup_epochs=0, **kw
+    )
 
 
 def synthetic_loader(steps: int, batch: int = 2) -> DataLoader:
@@ -43,8 +51,15 @@ def synthetic_loader(steps: int, batch: int = 2) -> DataLoader:
 
 
 def tiny_trainer(**kw) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, **kw)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
 
 
 # ------------------------------------------------------------------------------------------- attention
@@ -245,8 +260,27 @@ def test_trainer_configs_build_fsdp_strategies_with_block_wrapping_and_a_replica
 def test_bench_prints_both_configurations_and_the_ratio(capsys, tmp_path):
     from surgvista.bench.__main__ import main
 
-    results = main(["pretrain", "--preset", "tiny", "--batch", "1", "--steps", "2", "--warmup", "1", "--threads", "1",
-                    "--compare", "eager-fp16", "--peak-tflops", "1", "--json", str(tmp_path / "b.json")])
+    results = main(
+        [
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--batch",
+            "1",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--compare",
+            "eager-fp16",
+            "--peak-tflops",
+            "1",
+            "--json",
+            str(tmp_path / "b.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert "[config] preset=tiny batch=1 precision=32 attn=sdpa" in out
     assert "[eager-fp16] preset=tiny batch=1 precision=32 attn=eager" in out
@@ -261,8 +295,18 @@ def test_bench_teacher_knobs_change_the_work():
     from surgvista.bench.pretrain import BenchConfig, run
 
     base = run(BenchConfig(preset="tiny", batch=1, steps=2, warmup=0, device="cpu"))
-    knobs = run(BenchConfig(preset="tiny", batch=1, steps=2, warmup=0, device="cpu", teacher="small",
-                            teacher_every_k=2, grad_checkpointing=True))
+    knobs = run(
+        BenchConfig(
+            preset="tiny",
+            batch=1,
+            steps=2,
+            warmup=0,
+            device="cpu",
+            teacher="small",
+            teacher_every_k=2,
+            grad_checkpointing=True,
+        )
+    )
     assert knobs.model_tflop_per_step > base.model_tflop_per_step  # a wider, deeper teacher
     assert any("teacher every 2 steps" in n for n in knobs.notes)
 
@@ -292,9 +336,15 @@ def test_speed_knobs_wire_through_the_config():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    overrides = ["model.grad_checkpointing=true", "model.student.attn_backend=eager", "model.teacher_every_k=3",
-                 "model.compile=true", "model.compile_kwargs={backend: eager}", "data.input_size=32",
-                 "data.num_frames=4"]
+    overrides = [
+        "model.grad_checkpointing=true",
+        "model.student.attn_backend=eager",
+        "model.teacher_every_k=3",
+        "model.compile=true",
+        "model.compile_kwargs={backend: eager}",
+        "data.input_size=32",
+        "data.num_frames=4",
+    ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     module = instantiate(cfg.model, _convert_="all")

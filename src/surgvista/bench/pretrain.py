@@ -33,13 +33,26 @@ from surgvista.modules.pretrain import PretrainModule, param_groups
 
 # name: student preset, teacher preset, frames, image size, default batch, image/pixel decoder depths
 PRESETS: dict[str, dict] = {
-    "tiny": {"student": "tiny", "teacher": "tiny", "frames": 4, "img_size": 64, "batch": 4, "dec_img": 1,
-             "dec_vid": 2},
-    "small": {"student": "small", "teacher": "small", "frames": 16, "img_size": 112, "batch": 2, "dec_img": 2,
-              "dec_vid": 4},
+    "tiny": {"student": "tiny", "teacher": "tiny", "frames": 4, "img_size": 64, "batch": 4, "dec_img": 1, "dec_vid": 2},
+    "small": {
+        "student": "small",
+        "teacher": "small",
+        "frames": 16,
+        "img_size": 112,
+        "batch": 2,
+        "dec_img": 2,
+        "dec_vid": 4,
+    },
     # The released recipe: ViT-B student, ViT-L/16 teacher, 16 x 224^2 clips (spec pretrain §1, §7.1).
-    "base": {"student": "base", "teacher": "large", "frames": 16, "img_size": 224, "batch": 32, "dec_img": 2,
-             "dec_vid": 4},
+    "base": {
+        "student": "base",
+        "teacher": "large",
+        "frames": 16,
+        "img_size": 224,
+        "batch": 32,
+        "dec_img": 2,
+        "dec_vid": 4,
+    },
 }
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) used when --peak-tflops is not given.
@@ -131,18 +144,30 @@ def build(cfg: BenchConfig, device: torch.device):
     teacher_preset = cfg.teacher or p["teacher"]
     torch.manual_seed(0)
     student = SurgVISTAStudent(
-        p["student"], img_size=p["img_size"], num_frames=p["frames"], teacher_dim=TEACHER_PRESETS[teacher_preset][0],
-        image_decoder_depth=p["dec_img"], pixel_decoder_depth=p["dec_vid"], attn_backend=cfg.attn_backend,
+        p["student"],
+        img_size=p["img_size"],
+        num_frames=p["frames"],
+        teacher_dim=TEACHER_PRESETS[teacher_preset][0],
+        image_decoder_depth=p["dec_img"],
+        pixel_decoder_depth=p["dec_vid"],
+        attn_backend=cfg.attn_backend,
         grad_checkpointing=cfg.grad_checkpointing,
     )
     teacher = ImageTeacher(teacher_preset, img_size=p["img_size"], attn_backend=cfg.attn_backend)
-    module = PretrainModule(student, teacher, SurgVISTALoss(), MaskGenerator("tube", cfg.mask_ratio),
-                            batch_size=cfg.batch or p["batch"], compile=cfg.compile,
-                            teacher_every_k=cfg.teacher_every_k)
+    module = PretrainModule(
+        student,
+        teacher,
+        SurgVISTALoss(),
+        MaskGenerator("tube", cfg.mask_ratio),
+        batch_size=cfg.batch or p["batch"],
+        compile=cfg.compile,
+        teacher_every_k=cfg.teacher_every_k,
+    )
     module.configure_model()  # torch.compile per block when asked (no mesh: no sharding)
     module.to(device)
-    optimizer = torch.optim.AdamW(param_groups(student, 0.05), lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        param_groups(student, 0.05), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda"
+    )
     return module, optimizer
 
 
@@ -228,8 +253,9 @@ class Runner:
         with self._autocast():
             mask = self.module.masking(self.batch, s.token_grid, self.device, self.gen)
             image_pred, pixel_pred = s(self.video, mask)
-            out = self.module.loss(self.video, mask, pixel_pred, image_pred if run_teacher else None, feats,
-                                   s.tubelet_size, s.patch_size)
+            out = self.module.loss(
+                self.video, mask, pixel_pred, image_pred if run_teacher else None, feats, s.tubelet_size, s.patch_size
+            )
             loss = out["loss"]
             if run_teacher and k > 1:
                 loss = loss + (k - 1) * self.module.loss.distill_weight * out["loss_distill"]
@@ -263,8 +289,10 @@ class Runner:
         # With the teacher on 1/k of the steps, medians would hide its cost: report means instead.
         phase = statistics.fmean if cfg.teacher_every_k > 1 else statistics.median
         if cfg.teacher_every_k > 1:
-            notes.append(f"teacher every {cfg.teacher_every_k} steps: clips/s and phase times are means over the "
-                         "steps; the FLOP count assumes the teacher on every step, so MFU overstates the work done")
+            notes.append(
+                f"teacher every {cfg.teacher_every_k} steps: clips/s and phase times are means over the "
+                "steps; the FLOP count assumes the teacher on every step, so MFU overstates the work done"
+            )
         peak = cfg.peak_tflops if cfg.peak_tflops is not None else default_peak(device)
         achieved = self.flops / (throughput_ms / 1e3) / 1e12
         if self.cuda:
@@ -276,15 +304,26 @@ class Runner:
             name = f"CPU ({platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
         if not self.cuda and cfg.label == "eager-fp16":
             notes = [n for n in notes if not n.startswith("16-mixed")]
-            notes.append("CPU: the reference configuration runs eager attention in fp32 (fp16 autocast + "
-                         "GradScaler is CUDA-only)")
+            notes.append(
+                "CPU: the reference configuration runs eager attention in fp32 (fp16 autocast + "
+                "GradScaler is CUDA-only)"
+            )
         return BenchResult(
-            config=asdict(cfg) | {"batch": self.batch}, device=name, precision=self.precision,
-            clips_per_s=self.batch / (throughput_ms / 1e3), step_ms=step_ms,
-            teacher_ms=phase([x[0] for x in self.times]), student_ms=phase([x[1] for x in self.times]),
-            optimizer_ms=phase([x[2] for x in self.times]), step_ms_mean=mean_ms, peak_memory_mb=mem,
-            memory_kind=kind, model_tflop_per_step=self.flops / 1e12, achieved_tflops=achieved,
-            mfu=achieved / peak if peak else None, notes=notes,
+            config=asdict(cfg) | {"batch": self.batch},
+            device=name,
+            precision=self.precision,
+            clips_per_s=self.batch / (throughput_ms / 1e3),
+            step_ms=step_ms,
+            teacher_ms=phase([x[0] for x in self.times]),
+            student_ms=phase([x[1] for x in self.times]),
+            optimizer_ms=phase([x[2] for x in self.times]),
+            step_ms_mean=mean_ms,
+            peak_memory_mb=mem,
+            memory_kind=kind,
+            model_tflop_per_step=self.flops / 1e12,
+            achieved_tflops=achieved,
+            mfu=achieved / peak if peak else None,
+            notes=notes,
         )
 
 
@@ -316,8 +355,15 @@ def run_interleaved(cfgs: list[BenchConfig]) -> list[BenchResult]:
 
 def reference_config(cfg: BenchConfig) -> BenchConfig:
     """The reference-faithful configuration: eager attention, fp16 autocast + GradScaler, no checkpointing."""
-    return replace(cfg, attn_backend="eager", precision="16-mixed", grad_checkpointing=False, compile=False,
-                   teacher_every_k=1, label="eager-fp16")
+    return replace(
+        cfg,
+        attn_backend="eager",
+        precision="16-mixed",
+        grad_checkpointing=False,
+        compile=False,
+        teacher_every_k=1,
+        label="eager-fp16",
+    )
 
 
 def format_result(r: BenchResult) -> str:
@@ -344,10 +390,20 @@ def format_result(r: BenchResult) -> str:
 
 def main(args) -> list[BenchResult]:
     cfg = BenchConfig(
-        preset=args.preset, batch=args.batch, precision=args.precision, attn_backend=args.attn,
-        grad_checkpointing=args.grad_checkpointing, compile=args.compile, teacher=args.teacher,
-        teacher_every_k=args.teacher_every_k, mask_ratio=args.mask_ratio,
-        steps=args.steps, warmup=args.warmup, device=args.device, peak_tflops=args.peak_tflops, label="config",
+        preset=args.preset,
+        batch=args.batch,
+        precision=args.precision,
+        attn_backend=args.attn,
+        grad_checkpointing=args.grad_checkpointing,
+        compile=args.compile,
+        teacher=args.teacher,
+        teacher_every_k=args.teacher_every_k,
+        mask_ratio=args.mask_ratio,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        peak_tflops=args.peak_tflops,
+        label="config",
     )
     interleave = args.interleave if args.interleave is not None else resolve_device(args.device).type == "cpu"
     if args.compare and interleave:
@@ -386,9 +442,15 @@ def flop_split(preset: str, teacher: str | None = None, mask_ratio: float = 0.85
             t(clip)
     teacher_flops = counter.get_total_flops()
     torch.manual_seed(0)
-    s = SurgVISTAStudent(p["student"], img_size=p["img_size"], num_frames=p["frames"],
-                         teacher_dim=TEACHER_PRESETS[teacher_preset][0], image_decoder_depth=p["dec_img"],
-                         pixel_decoder_depth=p["dec_vid"], attn_backend="eager")
+    s = SurgVISTAStudent(
+        p["student"],
+        img_size=p["img_size"],
+        num_frames=p["frames"],
+        teacher_dim=TEACHER_PRESETS[teacher_preset][0],
+        image_decoder_depth=p["dec_img"],
+        pixel_decoder_depth=p["dec_vid"],
+        attn_backend="eager",
+    )
     clip = torch.randn(1, 3, p["frames"], p["img_size"], p["img_size"])
     mask = MaskGenerator("tube", mask_ratio)(1, s.token_grid, clip.device, torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False) as counter:
@@ -397,5 +459,8 @@ def flop_split(preset: str, teacher: str | None = None, mask_ratio: float = 0.85
         SurgVISTALoss()(clip, mask, pixel_pred, image_pred, feats, s.tubelet_size, s.patch_size)["loss"].backward()
     student_flops = counter.get_total_flops()
     total = teacher_flops + student_flops
-    return {"teacher_gflop": teacher_flops / 1e9, "student_gflop": student_flops / 1e9,
-            "teacher_share": teacher_flops / total}
+    return {
+        "teacher_gflop": teacher_flops / 1e9,
+        "student_gflop": student_flops / 1e9,
+        "teacher_share": teacher_flops / total,
+    }
