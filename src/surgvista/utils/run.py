@@ -15,6 +15,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+import surgvista.utils.resolvers  # noqa: F401  (registers ${surgvista.teacher_dim:...})
+
 log = logging.getLogger(__name__)
 
 
@@ -93,6 +95,10 @@ def train(cfg: DictConfig) -> dict:
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     datamodule, model, trainer = _setup(cfg)
     if cfg.get("train", True):
+        if cfg.get("seed") is not None:
+            # Distributed strategies re-seed at setup (Lightning's reset_seed); do the same here so a single-process
+            # run sees the same data order and augmentations as rank 0 of a multi-process run.
+            L.seed_everything(cfg.seed, workers=True, verbose=False)
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     _report(trainer, out_dir)
