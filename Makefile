@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: install demo demo-tecno test test-fast lint format demo-data prepare bench-data clean clean-logs
+.PHONY: install demo demo-tecno test test-fast lint format demo-data prepare bench-data bench bench-gpu clean clean-logs
 
 install: $(STAMP)
 
@@ -41,6 +41,15 @@ lint: install
 
 format: install
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+BENCH_ARGS ?= --threads 1
+bench: install  ## CPU: tiny and small presets, sdpa vs the reference eager config (docs/performance.md)
+	$(PY) -m surgvista.bench pretrain --preset tiny --compare eager-fp16 --steps 10 --warmup 3 $(BENCH_ARGS)
+	$(PY) -m surgvista.bench pretrain --preset small --compare eager-fp16 --steps 8 --warmup 2 $(BENCH_ARGS)
+
+bench-gpu: install  ## GPU: ViT-B student + ViT-L teacher, 16x224^2, bf16+sdpa vs eager+fp16, batch 32 and 64
+	$(PY) -m surgvista.bench pretrain --preset base --batch 32 --compare eager-fp16 --steps 20 --warmup 5 --json logs/bench/base_b32.json
+	$(PY) -m surgvista.bench pretrain --preset base --batch 64 --compare eager-fp16 --steps 20 --warmup 5 --json logs/bench/base_b64.json
 
 demo-data: install
 	$(PY) -m surgvista.data.demo --out data/demo

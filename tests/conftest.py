@@ -9,6 +9,9 @@ import pytest
 from helpers import SMALL_DEMO
 
 os.environ.setdefault("WANDB_MODE", "offline")
+# One intra-op thread per process (inherited by subprocess runs): on a 2-core CI machine OpenMP contention
+# between a test, its DataLoader workers and its DDP ranks makes small-tensor steps up to 10x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -62,19 +62,50 @@ def test_multirun_over_two_learning_rates(demo_root, tmp_path):
     assert lrs == [0.001, 0.002]
 
 
+def first_step_loss(run_dir) -> float:
+    with open(run_dir / "csv" / "version_0" / "metrics.csv") as f:
+        return next(float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step"))
+
+
+def load_into_single_device_module(run_dir):
+    """The run's ``last.ckpt`` must load strictly into a freshly built, unsharded module on one device."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = ckpt["state_dict"]
+    assert all(type(v) is torch.Tensor for v in state.values())  # full tensors, not DTensor shards
+    module = instantiate(OmegaConf.load(run_dir / "config.yaml").model, _convert_="all")
+    module.load_state_dict(state)
+    assert set(state) == {f"student.{k}" for k in module.student.state_dict()}
+    return ckpt
+
+
+# Multi-process runs iterate the whole data on every rank (no distributed sampler): rank 0 then sees the
+# single-process run's first batch and mask, so its first-step loss must equal the single-process one.
+SAME_FIRST_BATCH = ["+trainer.use_distributed_sampler=false", "trainer.limit_train_batches=2"]
+
+
 @pytest.mark.slow
-def test_ddp_sim_two_process_fit(demo_root, tmp_path):
-    proc = run_script(
-        "train.py",
-        "experiment=demo",
-        *small_demo_overrides(demo_root),
-        "trainer=ddp_sim",
-        "trainer.limit_train_batches=2",
-        f"hydra.run.dir={tmp_path}",
-    )
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 2  # 2 steps per process, each on its own half of the data
+def test_ddp_sim_two_process_fit(demo_run, demo_root, tmp_path):
+    proc = run_script("train.py", "experiment=demo", *small_demo_overrides(demo_root), "trainer=ddp_sim",
+                      *SAME_FIRST_BATCH, f"hydra.run.dir={tmp_path}")
+    ckpt = load_into_single_device_module(tmp_path)
+    assert ckpt["global_step"] == 2
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
+    assert first_step_loss(tmp_path) == pytest.approx(first_step_loss(demo_run[0]), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_fsdp2_cpu_two_process_fit(demo_run, demo_root, tmp_path):
+    proc = run_script("train.py", "experiment=demo", *small_demo_overrides(demo_root), "trainer=fsdp2_cpu",
+                      *SAME_FIRST_BATCH, f"hydra.run.dir={tmp_path}")
+    out = proc.stdout + proc.stderr
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in out
+    assert "FSDP2: fully_shard on 7 student blocks and the student root over a data-parallel mesh of 2" in out
+    ckpt = load_into_single_device_module(tmp_path)
+    assert ckpt["global_step"] == 2
+    assert first_step_loss(tmp_path) == pytest.approx(first_step_loss(demo_run[0]), abs=1e-4)
 
 
 def test_unknown_config_key_is_refused(tmp_path):

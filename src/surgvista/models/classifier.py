@@ -47,6 +47,7 @@ class VideoClassifier(nn.Module):
         use_mean_pooling: bool = True,
         ln_eps: float = 1e-6,
         grad_checkpointing: bool = False,
+        attn_backend: str = "sdpa",
     ) -> None:
         super().__init__()
         if preset not in STUDENT_PRESETS:
@@ -71,7 +72,7 @@ class VideoClassifier(nn.Module):
             self.register_buffer("pos_embed", table, persistent=False)
 
         rates = np.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, r, ln_eps, qkv_bias) for r in rates)
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, r, ln_eps, qkv_bias, attn_backend) for r in rates)
         self.use_mean_pooling = use_mean_pooling
         if use_mean_pooling:
             self.fc_norm = nn.LayerNorm(dim, eps=ln_eps)

@@ -32,10 +32,11 @@ class Decoder(nn.Module):
         drop_path: float,
         ln_eps: float,
         norm_eps: float | None = None,
+        attn_backend: str = "sdpa",
     ):
         super().__init__()
         rates = np.linspace(0, drop_path, depth).tolist()
-        self.blocks = nn.ModuleList(Block(dim, num_heads, 4.0, r, ln_eps) for r in rates)
+        self.blocks = nn.ModuleList(Block(dim, num_heads, 4.0, r, ln_eps, attn_backend=attn_backend) for r in rates)
         self.norm = nn.LayerNorm(dim, eps=ln_eps if norm_eps is None else norm_eps)
         self.head = nn.Linear(dim, out_dim)
         self.grad_checkpointing = False
@@ -85,6 +86,7 @@ class SurgVISTAStudent(nn.Module):
         grad_checkpointing: bool = False,
         pos_embed: str = "sincos3d",
         decoder_norm_eps: float | None = None,
+        attn_backend: str = "sdpa",
     ) -> None:
         super().__init__()
         if preset not in STUDENT_PRESETS:
@@ -120,7 +122,9 @@ class SurgVISTAStudent(nn.Module):
 
         self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, num_frames, dim)
         rates = np.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList(Block(dim, num_heads or p_heads, mlp_ratio, r, ln_eps) for r in rates)
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads or p_heads, mlp_ratio, r, ln_eps, attn_backend=attn_backend) for r in rates
+        )
         self.norm = nn.LayerNorm(dim, eps=ln_eps)
         self.decoder_img = self.decoder_vid = None
         if image_decoder:
@@ -133,6 +137,7 @@ class SurgVISTAStudent(nn.Module):
                 drop_path_rate,
                 ln_eps,
                 decoder_norm_eps,
+                attn_backend,
             )
         if pixel_decoder:
             self.down_vid = nn.Linear(dim, pix_dim)
@@ -144,6 +149,7 @@ class SurgVISTAStudent(nn.Module):
                 drop_path_rate,
                 ln_eps,
                 decoder_norm_eps,
+                attn_backend,
             )
         self.reset_parameters()
         self.set_grad_checkpointing(grad_checkpointing)

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import Attention as TimmAttention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+from surgvista.models.vit import attention, check_attn_backend
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +67,45 @@ def unwrap_teacher_checkpoint(obj: object, source: str) -> dict[str, torch.Tenso
     return {k: v for k, v in state.items() if not k.startswith("head.")}
 
 
+class _BackendAttention(TimmAttention):
+    """timm attention routed through :func:`surgvista.models.vit.attention` (used for ``flash_attn`` only)."""
+
+    attn_backend = "flash_attn"
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
+        if attn_mask is not None or is_causal:
+            raise ValueError("the teacher's flash_attn path supports unmasked, non-causal attention only")
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = attention(self.q_norm(q), self.k_norm(k), v, self.attn_backend)
+        x = x.transpose(1, 2).reshape(b, n, getattr(self, "attn_dim", c))
+        x = self.norm(x) if hasattr(self, "norm") else x
+        return self.proj_drop(self.proj(x))
+
+
+def set_timm_attn_backend(vit: nn.Module, backend: str) -> None:
+    """``sdpa``/``eager`` use timm's own fused/explicit paths; ``flash_attn`` swaps in :class:`_BackendAttention`."""
+    check_attn_backend(backend)
+    for m in vit.modules():
+        if isinstance(m, TimmAttention):
+            if backend == "flash_attn":
+                m.__class__ = _BackendAttention
+            else:
+                if isinstance(m, _BackendAttention):
+                    m.__class__ = TimmAttention
+                m.fused_attn = backend == "sdpa"
+
+
 class ImageTeacher(nn.Module):
     """Frozen ViT image expert giving the distillation targets of a video clip.
 
     Output: the last block's patch tokens before the final norm (CLS dropped) of every ``frame_stride``-th
     frame, ``(B, T/frame_stride · H'·W', D)`` in the student's t-major token order. The module is hidden from
     parent ``state_dict``s (never saved in Lightning checkpoints) and always stays in eval mode.
+
+    ``attn_backend``: ``sdpa`` (timm's fused path), ``eager`` (timm's explicit softmax, as the reference) or
+    ``flash_attn``. ``shard``: under FSDP/FSDP2 the teacher is replicated on every rank unless this is true.
     """
 
     def __init__(
@@ -81,12 +117,15 @@ class ImageTeacher(nn.Module):
         frame_stride: int = 2,
         norm_targets: bool = False,
         seed: int = 0,
+        attn_backend: str = "sdpa",
+        shard: bool = False,
     ) -> None:
         super().__init__()
         if preset not in TEACHER_PRESETS:
             raise ValueError(f"unknown teacher preset {preset!r}; expected one of {sorted(TEACHER_PRESETS)}")
         dim, depth, heads = TEACHER_PRESETS[preset]
         self.depth, self.embed_dim, self.frame_stride, self.norm_targets = depth, dim, frame_stride, norm_targets
+        self.shard = shard
         self.tokens_per_frame = (img_size // patch_size) ** 2
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -105,6 +144,7 @@ class ImageTeacher(nn.Module):
                 norm_layer=nn.LayerNorm,
                 act_layer=nn.GELU,
             )
+        self.set_attn_backend(attn_backend)
         if ckpt:
             self.load_checkpoint(ckpt)
         else:
@@ -116,6 +156,11 @@ class ImageTeacher(nn.Module):
             )
         self.requires_grad_(False)
         self.eval()
+
+    def set_attn_backend(self, backend: str) -> None:
+        """Switch the attention implementation of every block (no effect on the weights)."""
+        set_timm_attn_backend(self.vit, backend)
+        self.attn_backend = backend
 
     def train(self, mode: bool = True) -> ImageTeacher:
         """The teacher is frozen: it ignores requests to enter train mode."""

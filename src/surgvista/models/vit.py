@@ -9,6 +9,60 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 QKV_BIAS_KINDS = ("divided", "fused", "none")
+ATTN_BACKENDS = ("sdpa", "flash_attn", "eager")
+
+try:  # optional extra `flash` (CUDA machines only)
+    from flash_attn import flash_attn_func
+except ImportError:  # CPU machines, CI
+    flash_attn_func = None
+
+
+def check_attn_backend(backend: str) -> str:
+    """Validate an ``attn_backend`` name; ``flash_attn`` also needs the ``flash-attn`` package installed."""
+    if backend not in ATTN_BACKENDS:
+        raise ValueError(f"unknown attn_backend {backend!r}; expected one of {ATTN_BACKENDS}")
+    if backend == "flash_attn" and flash_attn_func is None:
+        raise RuntimeError(
+            "attn_backend='flash_attn' was requested but the flash-attn package is not installed (it needs a CUDA "
+            "build of torch: pip install --no-build-isolation -e '.[flash]' on a GPU machine). Use "
+            "attn_backend='sdpa' (the default), which already dispatches to fused FlashAttention kernels on CUDA "
+            "in bf16/fp16."
+        )
+    return backend
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
+    """Softmax attention of ``(B, heads, N, head_dim)`` tensors with scale ``head_dim**-0.5``.
+
+    ``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels where available).
+    ``"flash_attn"``: the flash-attn package (CUDA, fp16/bf16 only; anything else is an error, never a silent
+    fallback). ``"eager"``: the reference's explicit ``softmax((q·scale) @ kᵀ) @ v``, materialising the
+    ``N×N`` attention matrix (benchmark baseline and exact-reference debugging).
+    """
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v)
+    if backend == "eager":
+        attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        return attn.softmax(dim=-1) @ v
+    if backend == "flash_attn":
+        if flash_attn_func is None:
+            check_attn_backend(backend)
+        if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+            raise RuntimeError(
+                f"attn_backend='flash_attn' needs CUDA tensors in fp16/bf16, got {q.dtype} on {q.device}: train on a "
+                "GPU with trainer.precision=bf16-mixed (or 16-mixed), or use attn_backend='sdpa'"
+            )
+        return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    raise ValueError(f"unknown attn_backend {backend!r}; expected one of {ATTN_BACKENDS}")
+
+
+def set_attn_backend(module: nn.Module, backend: str) -> nn.Module:
+    """Switch every :class:`Attention` inside ``module`` to ``backend`` (in place); return ``module``."""
+    check_attn_backend(backend)
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.attn_backend = backend
+    return module
 
 
 class Attention(nn.Module):
@@ -16,16 +70,18 @@ class Attention(nn.Module):
 
     ``qkv_bias`` picks the bias layout of the checkpoint family: ``"divided"`` (VideoMAE/MVD/UMT/SurgVISTA:
     learnable ``q_bias``/``v_bias``, k bias fixed at 0), ``"fused"`` (timm ImageNet ViTs: ``qkv.bias``) or
-    ``"none"``.
+    ``"none"``. ``attn_backend`` is one of :data:`ATTN_BACKENDS` (see :func:`attention`); it has no parameters,
+    so checkpoints do not depend on it.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: str = "divided") -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: str = "divided", attn_backend: str = "sdpa") -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         if qkv_bias not in QKV_BIAS_KINDS:
             raise ValueError(f"unknown qkv_bias {qkv_bias!r}; expected one of {QKV_BIAS_KINDS}")
         self.num_heads = num_heads
+        self.attn_backend = check_attn_backend(attn_backend)
         if qkv_bias == "divided":
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
@@ -42,7 +98,7 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias()).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = attention(q, k, v, self.attn_backend)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
 
@@ -57,10 +113,11 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         ln_eps: float = 1e-6,
         qkv_bias: str = "divided",
+        attn_backend: str = "sdpa",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=ln_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_backend)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=ln_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)

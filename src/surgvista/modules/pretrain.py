@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -35,12 +36,42 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+IMAGE_BRANCH = ("down_img.", "decoder_img.", "mask_token_img")
+
+
+def total_grad_norm(grads: list[torch.Tensor], plain_sharded: bool = False) -> torch.Tensor:
+    """Total L2 norm of ``grads``; FSDP2 shards (``DTensor``) are summed over their process group, and plain
+    tensors too when ``plain_sharded`` (FSDP1 ``use_orig_params`` shards, disjoint across all ranks)."""
+    from torch.distributed.tensor import DTensor
+
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    sq = sum(torch.linalg.vector_norm(g.float()).square() for g in plain) if plain else None
+    if sq is not None and plain_sharded:
+        torch.distributed.all_reduce(sq)
+    if sharded:
+        local = sum(torch.linalg.vector_norm(g.to_local().float()).square() for g in sharded)
+        mesh = sharded[0].device_mesh
+        torch.distributed.all_reduce(local, group=mesh.get_group() if mesh.ndim == 1 else None)
+        sq = local if sq is None else sq + local
+    return sq.sqrt()
+
+
 class PretrainModule(L.LightningModule):
     """Student + frozen teacher + masking + loss, AdamW with linear warm-up and cosine decay per step.
 
     ``lr = base_lr × global_batch / lr_scale_batch`` with
     ``global_batch = batch_size × clips_per_sample × accumulate × world`` (``clips_per_sample`` = the loader's
     ``num_clips_per_video``: each loader sample gives that many clips, spec §7.2's ``num_sample``).
+
+    Speed knobs (docs/performance.md): ``grad_checkpointing`` (per block, encoder and decoders; ``None`` leaves
+    the student's own setting), ``compile`` (``torch.compile`` of every student and teacher block, in place, so
+    checkpoint keys are unchanged; ``compile_kwargs`` go to ``torch.compile``, e.g. ``{mode: max-autotune}``),
+    ``teacher_every_k`` (run the teacher on every k-th optimiser step only, with the distillation weight multiplied
+    by k there; on the other steps the image branch gets no loss and no update). Under ``ModelParallelStrategy``
+    :meth:`configure_model` applies FSDP2 ``fully_shard`` per block; the teacher is replicated unless
+    ``teacher.shard``. A non-finite loss is detected without a host sync per step: a device-side flag is checked
+    every ``trainer.log_every_n_steps`` optimiser steps.
     """
 
     def __init__(
@@ -60,11 +91,21 @@ class PretrainModule(L.LightningModule):
         lr_scale_batch: int = 256,
         recon_every_n_steps: int = 0,
         recon_frames: int = 4,
+        grad_checkpointing: bool | None = None,
+        compile: bool = False,
+        compile_kwargs: dict | None = None,
+        teacher_every_k: int = 1,
     ) -> None:
         super().__init__()
+        if teacher_every_k < 1:
+            raise ValueError(f"model.teacher_every_k must be >= 1, got {teacher_every_k}")
         self.save_hyperparameters(ignore=["student", "teacher", "loss", "masking"])
         self.student, self.teacher, self.loss, self.masking = student, teacher, loss, masking
+        if grad_checkpointing is not None:
+            student.set_grad_checkpointing(grad_checkpointing)
         self._check_teacher()
+        self._configured = False
+        self._nonfinite: torch.Tensor | None = None  # device flag: some loss since the last check was not finite
         # The teacher is never saved (ImageTeacher.state_dict is empty): do not ask checkpoints for it.
         self.register_load_state_dict_post_hook(self._ignore_missing_teacher_keys)
         self._mask_rng: torch.Generator | None = None
@@ -90,13 +131,80 @@ class PretrainModule(L.LightningModule):
                 "model.student (img_size, num_frames, tubelet_size, teacher_dim)"
             )
 
+    # ------------------------------------------------------------------------------ model / devices
+    def configure_model(self) -> None:
+        """FSDP2 ``fully_shard`` per block under ``ModelParallelStrategy``; ``torch.compile`` per block if asked."""
+        if self._configured:
+            return
+        self._configured = True
+        mesh = self.device_mesh
+        if mesh is not None:
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names else mesh
+            kw = {"mesh": dp_mesh}
+            if str(self.trainer.precision).startswith("bf16"):
+                kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            for blk in self._blocks(self.student):
+                fully_shard(blk, **kw)
+            fully_shard(self.student, **kw)
+            if self.teacher is not None and self.teacher.shard:
+                for blk in self._blocks(self.teacher):
+                    fully_shard(blk, **kw)
+                fully_shard(self.teacher, **kw)  # the root unit: ImageTeacher.__call__ runs the gather hooks
+            log.info(
+                "FSDP2: fully_shard on %d student blocks and the student root over a data-parallel mesh of %d ranks; "
+                "teacher %s", len(self._blocks(self.student)), dp_mesh.size(),
+                "sharded" if self.teacher is not None and self.teacher.shard else "replicated",
+            )
+        if self.hparams.compile:
+            for module in (self.student, self.teacher):
+                for blk in self._blocks(module):
+                    blk.compile(**(self.hparams.compile_kwargs or {}))
+
+    @staticmethod
+    def _blocks(module: nn.Module | None) -> list[nn.Module]:
+        """Every transformer block (our ``Block`` or timm's) inside ``module``, in module order."""
+        if module is None:
+            return []
+        return [m for name, m in module.named_modules() if name.rsplit(".", 2)[-2:-1] == ["blocks"]]
+
+    def on_fit_start(self) -> None:
+        self._teacher_to_device()
+
+    def on_validation_start(self) -> None:
+        self._teacher_to_device()
+
+    def _teacher_to_device(self) -> None:
+        # FSDP (FSDPStrategy) ignores the replicated teacher, so it does not move it to the GPU.
+        if self.teacher is not None and self._trainer is not None:
+            self.teacher.to(self.trainer.strategy.root_device)
+
     # ----------------------------------------------------------------------------------------- steps
+    def _run_teacher(self) -> bool:
+        """Whether this optimiser step computes distillation targets (every ``teacher_every_k``-th step)."""
+        k = self.hparams.teacher_every_k
+        return k == 1 or not self.training or self.global_step % k == 0
+
     def _shared_step(self, video: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         s = self.student
         mask = self.masking(video.shape[0], s.token_grid, video.device, generator)
         image_pred, pixel_pred = s(video, mask)
-        teacher_feats = self.teacher(video) if image_pred is not None else None
+        teacher_feats = None
+        if image_pred is not None and not self._run_teacher():
+            # No distillation this step: keep the image branch in the graph with a zero loss (DDP needs every
+            # parameter to get a gradient); its gradients are dropped before the optimiser step.
+            out = self.loss(video, mask, pixel_pred, None, None, s.tubelet_size, s.patch_size)
+            out["loss"] = out["loss"] + 0.0 * image_pred.float().sum()
+            out.update(mask=mask, pixel_pred=pixel_pred)
+            return out
+        if image_pred is not None:
+            teacher_feats = self.teacher(video)
         out = self.loss(video, mask, pixel_pred, image_pred, teacher_feats, s.tubelet_size, s.patch_size)
+        k = self.hparams.teacher_every_k
+        if image_pred is not None and k > 1 and self.training:
+            # k× the distillation weight on the steps that run the teacher: the expected gradient is unchanged.
+            out["loss"] = out["loss"] + (k - 1) * self.loss.distill_weight * out["loss_distill"]
         out.update(mask=mask, pixel_pred=pixel_pred)
         return out
 
@@ -115,11 +223,7 @@ class PretrainModule(L.LightningModule):
             self._mask_rng = torch.Generator(video.device)
             self._mask_rng.manual_seed((torch.initial_seed() + 7919 * self.global_rank) % 2**63)
         out = self._shared_step(video, self._mask_rng)
-        if not torch.isfinite(out["loss"]):
-            raise FloatingPointError(
-                f"non-finite loss {out['loss'].item()} at step {self.global_step} "
-                f"(pixel {out['loss_pixel'].item()}, distill {out['loss_distill'].item()})"
-            )
+        self._check_finite(out)
         self._log_losses(out, "train", video.shape[0])
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True)
         every, step = self.hparams.recon_every_n_steps, self.global_step
@@ -128,6 +232,17 @@ class PretrainModule(L.LightningModule):
             self._log_reconstruction(video, out)
         return out["loss"]
 
+    def _check_finite(self, out: dict[str, torch.Tensor]) -> None:
+        """Accumulate a device-side non-finite flag; read it (one host sync) every ``log_every_n_steps`` steps."""
+        bad = ~torch.isfinite(out["loss"].detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        every = max(1, self._trainer.log_every_n_steps if self._trainer is not None else 1)
+        if self.global_step % every == 0 and bool(self._nonfinite):
+            raise FloatingPointError(
+                f"non-finite loss within the {every} optimiser steps up to step {self.global_step} (now: loss "
+                f"{out['loss'].item()}, pixel {out['loss_pixel'].item()}, distill {out['loss_distill'].item()})"
+            )
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         video = batch["video"]
         gen = torch.Generator(video.device)
@@ -135,10 +250,17 @@ class PretrainModule(L.LightningModule):
         self._log_losses(self._shared_step(video, gen), "val", video.shape[0])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self._run_teacher():
+            # teacher_every_k: the image branch had no loss this step, so it gets no update (AdamW skips None).
+            for name, p in self.student.named_parameters():
+                if name.startswith(IMAGE_BRANCH):
+                    p.grad = None
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
         if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+            strategy = self.trainer.strategy
+            fsdp1 = isinstance(strategy, FSDPStrategy) and strategy.world_size > 1 and str(
+                strategy.sharding_strategy).rsplit(".", 1)[-1] in ("FULL_SHARD", "SHARD_GRAD_OP")
+            self.log("train/grad_norm", total_grad_norm(grads, fsdp1), on_step=True, on_epoch=False)
 
     def _log_reconstruction(self, video: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
         if self.global_rank != 0:

@@ -16,6 +16,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
+import surgvista.utils.resolvers  # noqa: F401  (registers ${surgvista.teacher_dim:...})
+
 log = logging.getLogger(__name__)
 
 
@@ -94,6 +96,10 @@ def train(cfg: DictConfig) -> dict:
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     datamodule, model, trainer = _setup(cfg)
     if cfg.get("train", True):
+        if cfg.get("seed") is not None:
+            # Distributed strategies re-seed at setup (Lightning's reset_seed); do the same here so a single-process
+            # run sees the same data order and augmentations as rank 0 of a multi-process run.
+            L.seed_everything(cfg.seed, workers=True, verbose=False)
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):  # testing replaces the callback metrics: keep the fit ones (optimized_metric) too

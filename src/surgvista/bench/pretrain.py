@@ -1,0 +1,466 @@
+"""Pre-training step benchmark on synthetic tensors (no data loading, no Lightning loop).
+
+One step = the work of ``PretrainModule.training_step`` plus the optimiser: teacher forward (no grad, every
+``teacher_every_k``-th step), student forward + loss + backward, AdamW step (with a GradScaler under
+``16-mixed``). Each phase is timed separately (CUDA events on GPU, wall clock on CPU); medians are reported
+over the timed steps after warm-up. Model FLOPs are counted once per configuration with
+``torch.utils.flop_counter.FlopCounterMode`` (teacher forward + student forward/backward, batch 1, eager
+attention, no activation recomputation), scaled by the batch, and give the model FLOP utilisation (MFU) against
+``--peak-tflops``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from surgvista.models.masking import MaskGenerator
+from surgvista.models.student import SurgVISTAStudent
+from surgvista.models.teacher import TEACHER_PRESETS, ImageTeacher
+from surgvista.models.vit import set_attn_backend
+from surgvista.modules.objective import SurgVISTALoss
+from surgvista.modules.pretrain import PretrainModule, param_groups
+
+# name: student preset, teacher preset, frames, image size, default batch, image/pixel decoder depths
+PRESETS: dict[str, dict] = {
+    "tiny": {"student": "tiny", "teacher": "tiny", "frames": 4, "img_size": 64, "batch": 4, "dec_img": 1, "dec_vid": 2},
+    "small": {
+        "student": "small",
+        "teacher": "small",
+        "frames": 16,
+        "img_size": 112,
+        "batch": 2,
+        "dec_img": 2,
+        "dec_vid": 4,
+    },
+    # The released recipe: ViT-B student, ViT-L/16 teacher, 16 x 224^2 clips (spec pretrain §1, §7.1).
+    "base": {
+        "student": "base",
+        "teacher": "large",
+        "frames": 16,
+        "img_size": 224,
+        "batch": 32,
+        "dec_img": 2,
+        "dec_vid": 4,
+    },
+}
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) used when --peak-tflops is not given.
+DEVICE_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
+
+
+@dataclass
+class BenchConfig:
+    preset: str = "tiny"
+    batch: int | None = None
+    precision: str = "auto"  # auto: bf16-mixed on CUDA, 32 on CPU
+    attn_backend: str = "sdpa"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    teacher: str | None = None  # teacher preset; None = the preset's
+    teacher_every_k: int = 1
+    mask_ratio: float = 0.85
+    steps: int = 10
+    warmup: int = 3
+    device: str = "auto"
+    peak_tflops: float | None = None
+    label: str = ""
+
+
+@dataclass
+class BenchResult:
+    config: dict
+    device: str
+    precision: str
+    clips_per_s: float
+    step_ms: float
+    teacher_ms: float
+    student_ms: float
+    optimizer_ms: float
+    step_ms_mean: float
+    peak_memory_mb: float
+    memory_kind: str
+    model_tflop_per_step: float
+    achieved_tflops: float
+    mfu: float | None
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name} requested but CUDA is not available on this machine")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device, notes: list[str]) -> str:
+    if precision == "auto":
+        return "bf16-mixed" if device.type == "cuda" else "32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected auto or one of {PRECISIONS}")
+    if precision == "16-mixed" and device.type != "cuda":
+        notes.append("16-mixed (fp16 autocast + GradScaler) needs CUDA; ran fp32 instead")
+        return "32"
+    return precision
+
+
+def default_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in DEVICE_PEAK_TFLOPS.items() if k in name), None)
+
+
+class _Rss:
+    """Resident set size sampled at phase boundaries (Linux ``/proc``; ``ru_maxrss`` elsewhere)."""
+
+    def __init__(self) -> None:
+        self.page = resource.getpagesize()
+        self.peak = 0.0
+
+    def sample(self) -> None:
+        try:
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * self.page / 2**20
+        except OSError:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.peak = max(self.peak, rss)
+
+
+def build(cfg: BenchConfig, device: torch.device):
+    p = PRESETS[cfg.preset]
+    teacher_preset = cfg.teacher or p["teacher"]
+    torch.manual_seed(0)
+    student = SurgVISTAStudent(
+        p["student"],
+        img_size=p["img_size"],
+        num_frames=p["frames"],
+        teacher_dim=TEACHER_PRESETS[teacher_preset][0],
+        image_decoder_depth=p["dec_img"],
+        pixel_decoder_depth=p["dec_vid"],
+        attn_backend=cfg.attn_backend,
+        grad_checkpointing=cfg.grad_checkpointing,
+    )
+    teacher = ImageTeacher(teacher_preset, img_size=p["img_size"], attn_backend=cfg.attn_backend)
+    module = PretrainModule(
+        student,
+        teacher,
+        SurgVISTALoss(),
+        MaskGenerator("tube", cfg.mask_ratio),
+        batch_size=cfg.batch or p["batch"],
+        compile=cfg.compile,
+        teacher_every_k=cfg.teacher_every_k,
+    )
+    module.configure_model()  # torch.compile per block when asked (no mesh: no sharding)
+    module.to(device)
+    optimizer = torch.optim.AdamW(
+        param_groups(student, 0.05), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda"
+    )
+    return module, optimizer
+
+
+def count_model_flops(module: PretrainModule, video: torch.Tensor, gen: torch.Generator) -> float:
+    """FLOPs of teacher forward + student forward/backward for one clip (eager attention, no recomputation)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    s, t = module.student, module.teacher
+    backend, ckpt = s.blocks[0].attn.attn_backend, s.grad_checkpointing
+    set_attn_backend(s, "eager")
+    s.set_grad_checkpointing(False)
+    t_backend = t.attn_backend
+    t.set_attn_backend("eager")
+    try:
+        with FlopCounterMode(display=False) as counter:
+            clip = video[:1]
+            mask = module.masking(1, s.token_grid, clip.device, gen)
+            image_pred, pixel_pred = s(clip, mask)
+            feats = t(clip)
+            out = module.loss(clip, mask, pixel_pred, image_pred, feats, s.tubelet_size, s.patch_size)
+            out["loss"].backward()
+        s.zero_grad(set_to_none=True)
+        return float(counter.get_total_flops())
+    finally:
+        set_attn_backend(s, backend)
+        s.set_grad_checkpointing(ckpt)
+        t.set_attn_backend(t_backend)
+
+
+class Runner:
+    """One benchmark configuration: model, optimiser and synthetic batch, stepped one timed step at a time."""
+
+    def __init__(self, cfg: BenchConfig) -> None:
+        if cfg.preset not in PRESETS:
+            raise ValueError(f"unknown bench preset {cfg.preset!r}; expected one of {sorted(PRESETS)}")
+        if cfg.teacher_every_k < 1 or cfg.steps < 1 or cfg.warmup < 0:
+            raise ValueError("need teacher_every_k >= 1, steps >= 1 and warmup >= 0")
+        self.cfg, self.notes = cfg, []
+        self.device = device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, device, self.notes)
+        p = PRESETS[cfg.preset]
+        self.batch = cfg.batch or p["batch"]
+        self.module, self.optimizer = build(cfg, device)
+        self.amp_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(self.precision)
+        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "16-mixed" else None
+        self.gen = torch.Generator(device).manual_seed(0)
+        self.video = torch.randn(self.batch, 3, p["frames"], p["img_size"], p["img_size"], device=device)
+        self.flops = count_model_flops(self.module, self.video, self.gen) * self.batch
+        self.cuda = device.type == "cuda"
+        self.rss = _Rss()
+        self.times: list[tuple[float, float, float]] = []
+        self.step_index = 0
+        self.last_loss = float("nan")
+
+    def reset_memory(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _clock(self):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def _ms(self, a, b) -> float:
+        return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
+
+    def step(self) -> None:
+        """One optimiser step; its phase times are kept once the warm-up is over."""
+        cfg, s, t, k = self.cfg, self.module.student, self.module.teacher, self.cfg.teacher_every_k
+        run_teacher = self.step_index % k == 0
+        c0 = self._clock()
+        with self._autocast():
+            feats = t(self.video) if run_teacher else None
+        c1 = self._clock()
+        with self._autocast():
+            mask = self.module.masking(self.batch, s.token_grid, self.device, self.gen)
+            image_pred, pixel_pred = s(self.video, mask)
+            out = self.module.loss(
+                self.video, mask, pixel_pred, image_pred if run_teacher else None, feats, s.tubelet_size, s.patch_size
+            )
+            loss = out["loss"]
+            if run_teacher and k > 1:
+                loss = loss + (k - 1) * self.module.loss.distill_weight * out["loss_distill"]
+            if not run_teacher:
+                loss = loss + 0.0 * image_pred.float().sum()
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        c2 = self._clock()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        c3 = self._clock()
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        else:
+            self.rss.sample()
+        if self.step_index >= cfg.warmup:
+            self.times.append((self._ms(c0, c1), self._ms(c1, c2), self._ms(c2, c3)))
+        self.step_index += 1
+        self.last_loss = loss.detach()
+
+    def result(self) -> BenchResult:
+        cfg, notes, device = self.cfg, list(self.notes), self.device
+        if not math.isfinite(float(self.last_loss)):
+            notes.append(f"loss was not finite ({float(self.last_loss)})")
+        totals = [sum(x) for x in self.times]
+        step_ms, mean_ms = statistics.median(totals), statistics.fmean(totals)
+        throughput_ms = mean_ms if cfg.teacher_every_k > 1 else step_ms
+        # With the teacher on 1/k of the steps, medians would hide its cost: report means instead.
+        phase = statistics.fmean if cfg.teacher_every_k > 1 else statistics.median
+        if cfg.teacher_every_k > 1:
+            notes.append(
+                f"teacher every {cfg.teacher_every_k} steps: clips/s and phase times are means over the "
+                "steps; the FLOP count assumes the teacher on every step, so MFU overstates the work done"
+            )
+        peak = cfg.peak_tflops if cfg.peak_tflops is not None else default_peak(device)
+        achieved = self.flops / (throughput_ms / 1e3) / 1e12
+        if self.cuda:
+            mem, kind = torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
+            name = torch.cuda.get_device_name(device)
+        else:
+            mem, kind = self.rss.peak, "peak RSS of the process, sampled per step"
+            threads = torch.get_num_threads()
+            name = f"CPU ({platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
+        if not self.cuda and cfg.label == "eager-fp16":
+            notes = [n for n in notes if not n.startswith("16-mixed")]
+            notes.append(
+                "CPU: the reference configuration runs eager attention in fp32 (fp16 autocast + "
+                "GradScaler is CUDA-only)"
+            )
+        return BenchResult(
+            config=asdict(cfg) | {"batch": self.batch},
+            device=name,
+            precision=self.precision,
+            clips_per_s=self.batch / (throughput_ms / 1e3),
+            step_ms=step_ms,
+            teacher_ms=phase([x[0] for x in self.times]),
+            student_ms=phase([x[1] for x in self.times]),
+            optimizer_ms=phase([x[2] for x in self.times]),
+            step_ms_mean=mean_ms,
+            peak_memory_mb=mem,
+            memory_kind=kind,
+            model_tflop_per_step=self.flops / 1e12,
+            achieved_tflops=achieved,
+            mfu=achieved / peak if peak else None,
+            notes=notes,
+        )
+
+
+def run(cfg: BenchConfig) -> BenchResult:
+    """Benchmark one configuration on its own and return its medians."""
+    gc.collect()  # free a previous configuration's model before measuring this one's peak memory
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    runner = Runner(cfg)
+    runner.reset_memory()
+    for _ in range(cfg.warmup + cfg.steps):
+        runner.step()
+    return runner.result()
+
+
+def run_interleaved(cfgs: list[BenchConfig]) -> list[BenchResult]:
+    """Benchmark several configurations step by step in turn (A, B, A, B, ...), so that a CPU shared with other
+    work slows all of them alike; the ratio is then meaningful even when absolute times are noisy."""
+    runners = [Runner(c) for c in cfgs]
+    for _ in range(max(c.warmup + c.steps for c in cfgs)):
+        for r in runners:
+            if r.step_index < r.cfg.warmup + r.cfg.steps:
+                r.step()
+    results = [r.result() for r in runners]
+    for r in results:
+        r.notes.append("interleaved step by step with the other configuration(s); peak RSS is the process's")
+    return results
+
+
+def reference_config(cfg: BenchConfig) -> BenchConfig:
+    """The reference-faithful configuration: eager attention, fp16 autocast + GradScaler, no checkpointing."""
+    return replace(
+        cfg,
+        attn_backend="eager",
+        precision="16-mixed",
+        grad_checkpointing=False,
+        compile=False,
+        teacher_every_k=1,
+        label="eager-fp16",
+    )
+
+
+def format_result(r: BenchResult) -> str:
+    c = r.config
+    name = c["label"] or "config"
+    mfu = f"{100 * r.mfu:.1f} %" if r.mfu is not None else "n/a (give --peak-tflops)"
+    lines = [
+        f"[{name}] preset={c['preset']} batch={c['batch']} precision={r.precision} attn={c['attn_backend']} "
+        f"grad_ckpt={c['grad_checkpointing']} compile={c['compile']} "
+        f"teacher={c['teacher'] or PRESETS[c['preset']]['teacher']} "
+        f"every_k={c['teacher_every_k']} | {r.device}",
+        f"  clips/s            {r.clips_per_s:10.2f}",
+        f"  step (median)      {r.step_ms:10.1f} ms   (mean {r.step_ms_mean:.1f} ms over {c['steps']} steps "
+        f"after {c['warmup']} warm-up)",
+        f"    teacher forward  {r.teacher_ms:10.1f} ms",
+        f"    student fwd+bwd  {r.student_ms:10.1f} ms",
+        f"    optimizer        {r.optimizer_ms:10.1f} ms",
+        f"  peak memory        {r.peak_memory_mb:10.0f} MiB ({r.memory_kind})",
+        f"  model FLOPs/step   {r.model_tflop_per_step:10.4f} TFLOP  -> {r.achieved_tflops:.3f} TFLOP/s, MFU {mfu}",
+    ]
+    lines += [f"  note: {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def main(args) -> list[BenchResult]:
+    cfg = BenchConfig(
+        preset=args.preset,
+        batch=args.batch,
+        precision=args.precision,
+        attn_backend=args.attn,
+        grad_checkpointing=args.grad_checkpointing,
+        compile=args.compile,
+        teacher=args.teacher,
+        teacher_every_k=args.teacher_every_k,
+        mask_ratio=args.mask_ratio,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        peak_tflops=args.peak_tflops,
+        label="config",
+    )
+    interleave = args.interleave if args.interleave is not None else resolve_device(args.device).type == "cpu"
+    if args.compare and interleave:
+        results = run_interleaved([cfg, reference_config(cfg)])
+    else:
+        results = [run(cfg)]
+        if args.compare:
+            results.append(run(reference_config(cfg)))
+    for r in results:
+        print(format_result(r), flush=True)
+    if args.compare:
+        ref = results[1]
+        print(
+            f"[ratio] config / eager-fp16: {results[0].clips_per_s / ref.clips_per_s:.2f}x clips/s, "
+            f"{results[0].peak_memory_mb / ref.peak_memory_mb:.2f}x peak memory ({cfg.preset}, batch "
+            f"{results[0].config['batch']})",
+            flush=True,
+        )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return results
+
+
+def flop_split(preset: str, teacher: str | None = None, mask_ratio: float = 0.85) -> dict[str, float]:
+    """Model FLOPs per clip: teacher forward (counted on the meta device, no compute) and student forward +
+    backward with the loss (one real CPU step, eager attention). Returns GFLOP per clip."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = PRESETS[preset]
+    teacher_preset = teacher or p["teacher"]
+    with torch.device("meta"):
+        t = ImageTeacher(teacher_preset, img_size=p["img_size"])
+        clip = torch.empty(1, 3, p["frames"], p["img_size"], p["img_size"])
+        with FlopCounterMode(display=False) as counter:
+            t(clip)
+    teacher_flops = counter.get_total_flops()
+    torch.manual_seed(0)
+    s = SurgVISTAStudent(
+        p["student"],
+        img_size=p["img_size"],
+        num_frames=p["frames"],
+        teacher_dim=TEACHER_PRESETS[teacher_preset][0],
+        image_decoder_depth=p["dec_img"],
+        pixel_decoder_depth=p["dec_vid"],
+        attn_backend="eager",
+    )
+    clip = torch.randn(1, 3, p["frames"], p["img_size"], p["img_size"])
+    mask = MaskGenerator("tube", mask_ratio)(1, s.token_grid, clip.device, torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        image_pred, pixel_pred = s(clip, mask)
+        feats = torch.zeros(1, mask.shape[1], TEACHER_PRESETS[teacher_preset][0])
+        SurgVISTALoss()(clip, mask, pixel_pred, image_pred, feats, s.tubelet_size, s.patch_size)["loss"].backward()
+    student_flops = counter.get_total_flops()
+    total = teacher_flops + student_flops
+    return {
+        "teacher_gflop": teacher_flops / 1e9,
+        "student_gflop": student_flops / 1e9,
+        "teacher_share": teacher_flops / total,
+    }

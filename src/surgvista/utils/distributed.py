@@ -1,0 +1,95 @@
+"""Lightning strategies for sharded pre-training (``trainer=fsdp`` and ``trainer=fsdp2``/``fsdp2_cpu``).
+
+* :func:`fsdp_strategy` builds Lightning's ``FSDPStrategy`` (FSDP1, GPU only): every transformer block (ours and
+  the timm teacher's) is its own FSDP unit, bf16 parameters with fp32 gradient reduction, full state-dict
+  checkpoints (one file, loadable on one device). The frozen teacher is passed to FSDP as an *ignored* module,
+  i.e. replicated on every rank, unless ``model.teacher.shard=true``.
+* :class:`FSDP2Strategy` is Lightning's ``ModelParallelStrategy`` with pure data parallelism over all ranks and
+  single-file checkpoints; the per-block ``fully_shard`` calls live in ``PretrainModule.configure_model``. It
+  runs on CPU with gloo (``trainer=fsdp2_cpu``), which is how CI tests the sharding code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from timm.models.vision_transformer import Block as TimmBlock
+from torch import nn
+
+from surgvista.models.teacher import ImageTeacher
+from surgvista.models.vit import Block
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown torch dtype {name!r} (expected e.g. bfloat16, float16, float32)")
+    return dtype
+
+
+class TeacherReplicatedFSDPStrategy(FSDPStrategy):
+    """``FSDPStrategy`` that hands every unsharded :class:`ImageTeacher` to FSDP as an ignored module."""
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        teachers = [m for m in model.modules() if isinstance(m, ImageTeacher) and not m.shard]
+        if teachers:
+            self.kwargs["ignored_modules"] = teachers
+        return super()._setup_model(model)
+
+
+def fsdp_strategy(
+    sharding_strategy: str = "FULL_SHARD",
+    param_dtype: str | None = "bfloat16",
+    reduce_dtype: str | None = "float32",
+    buffer_dtype: str | None = None,
+    state_dict_type: str = "full",
+    cpu_offload: bool = False,
+    **kwargs: Any,
+) -> FSDPStrategy:
+    """Lightning ``FSDPStrategy`` with ``auto_wrap_policy={Block, timm Block}`` and a bf16 mixed-precision policy.
+
+    ``param_dtype=None`` leaves precision to ``trainer.precision`` (Lightning's policy for it).
+    """
+    from torch.distributed.fsdp import MixedPrecision
+
+    mixed = None
+    if param_dtype is not None:
+        mixed = MixedPrecision(
+            param_dtype=_dtype(param_dtype), reduce_dtype=_dtype(reduce_dtype), buffer_dtype=_dtype(buffer_dtype)
+        )
+    return TeacherReplicatedFSDPStrategy(
+        auto_wrap_policy={Block, TimmBlock},
+        mixed_precision=mixed,
+        sharding_strategy=sharding_strategy,
+        state_dict_type=state_dict_type,
+        cpu_offload=cpu_offload,
+        **kwargs,
+    )
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 through ``ModelParallelStrategy``: data parallel over every rank (``data_parallel_size="auto"``),
+    no tensor parallelism, and by default one full-state-dict checkpoint file written by rank 0."""
+
+    def __init__(
+        self,
+        data_parallel_size: int | str = "auto",
+        tensor_parallel_size: int = 1,
+        save_distributed_checkpoint: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            data_parallel_size=data_parallel_size,
+            tensor_parallel_size=tensor_parallel_size,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
+
+    def setup_environment(self) -> None:
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = self.num_processes * self.num_nodes // int(self._tensor_parallel_size)
+        super().setup_environment()
