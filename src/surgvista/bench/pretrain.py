@@ -139,20 +139,28 @@ class _Rss:
         self.peak = max(self.peak, rss)
 
 
-def build(cfg: BenchConfig, device: torch.device):
-    p = PRESETS[cfg.preset]
-    teacher_preset = cfg.teacher or p["teacher"]
+def seeded_student(
+    preset: str, teacher_preset: str, attn_backend: str, grad_checkpointing: bool = False
+) -> SurgVISTAStudent:
+    """The preset's student (seed 0), its image decoder sized for ``teacher_preset``."""
+    p = PRESETS[preset]
     torch.manual_seed(0)
-    student = SurgVISTAStudent(
+    return SurgVISTAStudent(
         p["student"],
         img_size=p["img_size"],
         num_frames=p["frames"],
         teacher_dim=TEACHER_PRESETS[teacher_preset][0],
         image_decoder_depth=p["dec_img"],
         pixel_decoder_depth=p["dec_vid"],
-        attn_backend=cfg.attn_backend,
-        grad_checkpointing=cfg.grad_checkpointing,
+        attn_backend=attn_backend,
+        grad_checkpointing=grad_checkpointing,
     )
+
+
+def build(cfg: BenchConfig, device: torch.device):
+    p = PRESETS[cfg.preset]
+    teacher_preset = cfg.teacher or p["teacher"]
+    student = seeded_student(cfg.preset, teacher_preset, cfg.attn_backend, cfg.grad_checkpointing)
     teacher = ImageTeacher(teacher_preset, img_size=p["img_size"], attn_backend=cfg.attn_backend)
     module = PretrainModule(
         student,
@@ -441,16 +449,7 @@ def flop_split(preset: str, teacher: str | None = None, mask_ratio: float = 0.85
         with FlopCounterMode(display=False) as counter:
             t(clip)
     teacher_flops = counter.get_total_flops()
-    torch.manual_seed(0)
-    s = SurgVISTAStudent(
-        p["student"],
-        img_size=p["img_size"],
-        num_frames=p["frames"],
-        teacher_dim=TEACHER_PRESETS[teacher_preset][0],
-        image_decoder_depth=p["dec_img"],
-        pixel_decoder_depth=p["dec_vid"],
-        attn_backend="eager",
-    )
+    s = seeded_student(preset, teacher_preset, "eager")
     clip = torch.randn(1, 3, p["frames"], p["img_size"], p["img_size"])
     mask = MaskGenerator("tube", mask_ratio)(1, s.token_grid, clip.device, torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False) as counter:
