@@ -26,12 +26,11 @@ import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from surgvista.data.clip_augment import make_mixup, mix_clips
 from surgvista.models.classifier import VideoClassifier
-from surgvista.modules.schedule import warmup_cosine
+from surgvista.modules.schedule import adamw_warmup_cosine
 from surgvista.utils.predictions import (
     PredictionCollector,
     log_table,
@@ -225,34 +224,15 @@ class FinetuneModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
-        hp, trainer = self.hparams, self.trainer
-        global_batch = hp.batch_size * trainer.accumulate_grad_batches * trainer.world_size
-        lr = hp.base_lr * global_batch / hp.lr_scale_batch
-        min_lr = hp.min_lr * global_batch / hp.lr_scale_batch
-        total = int(trainer.estimated_stepping_batches)
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        steps_per_epoch = total / epochs if epochs else total
-        warmup = int(round(hp.warmup_epochs * steps_per_epoch))
-        schedule = warmup_cosine(lr, min_lr, total, warmup)
+        hp = self.hparams
         groups = param_groups_layer_decay(
             self.net, hp.weight_decay, self.net.no_weight_decay(), layer_decay=hp.layer_decay
         )
-        for g in groups:
-            g["lr"] = lr * g["lr_scale"]
-        log.info(
-            "global batch %d → lr %.3g (min %.3g), layer decay %.3g; %d optimiser steps, %d warm-up",
-            global_batch,
-            lr,
-            min_lr,
-            hp.layer_decay,
-            total,
-            warmup,
+        log.info("layer-wise lr decay %.3g", hp.layer_decay)
+        return adamw_warmup_cosine(
+            groups, self.trainer, hp.batch_size, hp.base_lr, hp.min_lr, hp.lr_scale_batch, hp.warmup_epochs,
+            hp.betas, hp.eps,
         )
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), eps=hp.eps)
-        last = len(schedule) - 1
-        factor = schedule / lr if lr > 0 else schedule * 0
-        scheduler = LambdaLR(optimizer, lambda step: float(factor[min(step, last)]))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class PhaseModule(FinetuneModule):

@@ -9,13 +9,12 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from surgvista.models.masking import MaskGenerator
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
 from surgvista.modules.objective import SurgVISTALoss
-from surgvista.modules.schedule import warmup_cosine
+from surgvista.modules.schedule import adamw_warmup_cosine
 from surgvista.utils.reconstruction import log_image, reconstruction_panel
 
 log = logging.getLogger(__name__)
@@ -275,22 +274,8 @@ class PretrainModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
-        hp, trainer = self.hparams, self.trainer
-        global_batch = hp.batch_size * hp.clips_per_sample * trainer.accumulate_grad_batches * trainer.world_size
-        lr = hp.base_lr * global_batch / hp.lr_scale_batch
-        min_lr = hp.min_lr * global_batch / hp.lr_scale_batch
-        total = int(trainer.estimated_stepping_batches)
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        steps_per_epoch = total / epochs if epochs else total
-        warmup = int(round(hp.warmup_epochs * steps_per_epoch))
-        schedule = warmup_cosine(lr, min_lr, total, warmup)
-        log.info(
-            "global batch %d → lr %.3g (min %.3g); %d optimiser steps, %d warm-up", global_batch, lr, min_lr,
-            total, warmup,
+        hp = self.hparams
+        return adamw_warmup_cosine(
+            param_groups(self.student, hp.weight_decay), self.trainer, hp.batch_size * hp.clips_per_sample,
+            hp.base_lr, hp.min_lr, hp.lr_scale_batch, hp.warmup_epochs, hp.betas, hp.eps,
         )
-        optimizer = torch.optim.AdamW(param_groups(self.student, hp.weight_decay), lr=lr, betas=tuple(hp.betas),
-                                      eps=hp.eps)
-        last = len(schedule) - 1
-        factor = schedule / lr if lr > 0 else schedule * 0
-        scheduler = LambdaLR(optimizer, lambda step: float(factor[min(step, last)]))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

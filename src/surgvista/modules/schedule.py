@@ -1,8 +1,16 @@
-"""Per-optimiser-step learning-rate schedule of the reference (spec pretrain §7.3)."""
+"""Per-optimiser-step learning-rate schedule of the reference (spec pretrain §7.3, downstream §6.2)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
+import lightning as L
 import numpy as np
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+log = logging.getLogger(__name__)
 
 
 def warmup_cosine(base: float, final: float, total_steps: int, warmup_steps: int, start: float = 0.0) -> np.ndarray:
@@ -18,3 +26,40 @@ def warmup_cosine(base: float, final: float, total_steps: int, warmup_steps: int
     iters = np.arange(total_steps - warmup_steps)
     cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
     return np.concatenate([warmup, cosine])
+
+
+def adamw_warmup_cosine(
+    groups: list[dict],
+    trainer: L.Trainer,
+    samples_per_step: int,
+    base_lr: float,
+    min_lr: float,
+    lr_scale_batch: int,
+    warmup_epochs: float,
+    betas: Sequence[float],
+    eps: float,
+) -> dict:
+    """AdamW over ``groups`` with the reference's per-step schedule, as a Lightning optimiser config.
+
+    ``lr = base_lr × global_batch / lr_scale_batch`` (``min_lr`` scaled alike) with ``global_batch =
+    samples_per_step × accumulate × world``; a group with an ``lr_scale`` (layer decay) gets ``lr × lr_scale``.
+    Linear warm-up over ``warmup_epochs`` epochs then cosine, sized from ``trainer.estimated_stepping_batches``.
+    """
+    global_batch = samples_per_step * trainer.accumulate_grad_batches * trainer.world_size
+    lr = base_lr * global_batch / lr_scale_batch
+    min_lr = min_lr * global_batch / lr_scale_batch
+    total = int(trainer.estimated_stepping_batches)
+    epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    steps_per_epoch = total / epochs if epochs else total
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    schedule = warmup_cosine(lr, min_lr, total, warmup)
+    for g in groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    log.info(
+        "global batch %d → lr %.3g (min %.3g); %d optimiser steps, %d warm-up", global_batch, lr, min_lr, total, warmup
+    )
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    last = len(schedule) - 1
+    factor = schedule / lr if lr > 0 else schedule * 0
+    scheduler = LambdaLR(optimizer, lambda step: float(factor[min(step, last)]))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
