@@ -143,6 +143,16 @@ class PretrainDataModule(L.LightningDataModule):
         return self._loader(self.val_set, train=False) if self.val_set is not None else []
 
 
+def demo_dataset_args(
+    root: Path, num_videos: int, num_val_videos: int, video_frames: Sequence[int], video_size: Sequence[int], seed: int
+) -> dict:
+    """``generate_demo_dataset`` keyword arguments from the demo data modules' config names."""
+    return {
+        "root": root, "num_videos": num_videos, "num_val_videos": num_val_videos,
+        "frames_per_video": tuple(video_frames), "size": tuple(video_size), "seed": seed,
+    }
+
+
 class DemoDataModule(PretrainDataModule):
     """The embedded synthetic-surgery dataset: written to ``root`` on first use, then read like any other."""
 
@@ -160,10 +170,7 @@ class DemoDataModule(PretrainDataModule):
         super().__init__(
             train_manifests=[str(root_path / "train.jsonl")], val_manifests=[str(root_path / "val.jsonl")], **kwargs
         )
-        self.demo_args = {
-            "root": root_path, "num_videos": num_videos, "num_val_videos": num_val_videos,
-            "frames_per_video": tuple(video_frames), "size": tuple(video_size), "seed": seed,
-        }
+        self.demo_args = demo_dataset_args(root_path, num_videos, num_val_videos, video_frames, video_size, seed)
 
     def prepare_data(self) -> None:
         from surgvista.data.demo import generate_demo_dataset

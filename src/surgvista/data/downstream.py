@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from surgvista.data.clip_augment import EvalClipTransform, TrainClipTransform
+from surgvista.data.datamodule import demo_dataset_args
 from surgvista.data.manifest import ManifestError, read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.sampling import causal_clip_indices
@@ -284,14 +285,7 @@ class DemoDownstreamDataModule(DownstreamDataModule):
             test_manifest=None,
             **kwargs,
         )
-        self.demo_args = {
-            "root": root_path,
-            "num_videos": num_videos,
-            "num_val_videos": num_val_videos,
-            "frames_per_video": tuple(video_frames),
-            "size": tuple(video_size),
-            "seed": seed,
-        }
+        self.demo_args = demo_dataset_args(root_path, num_videos, num_val_videos, video_frames, video_size, seed)
 
     def prepare_data(self) -> None:
         from surgvista.data.demo import generate_demo_dataset

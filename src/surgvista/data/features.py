@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from surgvista.data.datamodule import demo_dataset_args
 from surgvista.data.manifest import VideoEntry, read_manifest
 from surgvista.features import (
     FeatureCacheError,
@@ -182,14 +183,7 @@ class DemoFeatureDataModule(FeatureDataModule):
             val_manifests=[str(root_path / "val.jsonl")],
             **kwargs,
         )
-        self.demo_args = {
-            "root": root_path,
-            "num_videos": num_videos,
-            "num_val_videos": num_val_videos,
-            "frames_per_video": tuple(video_frames),
-            "size": tuple(video_size),
-            "seed": seed,
-        }
+        self.demo_args = demo_dataset_args(root_path, num_videos, num_val_videos, video_frames, video_size, seed)
 
     def extract(self) -> Path:
         from surgvista.data.demo import generate_demo_dataset
