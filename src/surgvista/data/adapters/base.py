@@ -242,6 +242,25 @@ def class_index(names: Sequence[str], path: Path, where: str) -> Callable[[str],
     return lookup
 
 
+def sequential_phase_ids(
+    rows: list[tuple[int, list[str]]], path: Path, n_classes: int, base: int = 0, note: str = ""
+) -> list[int]:
+    """0-based phase ids from ``(lineno, [frame, phase, ...])`` rows whose frames count up from ``base`` and whose
+    ids lie in ``base..base+n_classes-1``; an out-of-order frame or unknown id is an error naming ``path:line``."""
+    values = []
+    for lineno, parts in rows:
+        frame = parse_int(parts[0], path, lineno, "frame number")
+        phase = parse_int(parts[1], path, lineno, "phase id")
+        if frame != len(values) + base:
+            raise AnnotationError(f"{path}:{lineno}: frame {frame} out of order, expected {len(values) + base}{note}")
+        if not base <= phase < base + n_classes:
+            raise AnnotationError(
+                f"{path}:{lineno}: unknown phase id {phase}; expected {base}..{base + n_classes - 1}"
+            )
+        values.append(phase - base)
+    return values
+
+
 def parse_int(text: str, path: Path, lineno: int, what: str) -> int:
     try:
         return number(text.strip())

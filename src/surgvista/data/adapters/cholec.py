@@ -18,6 +18,7 @@ from surgvista.data.adapters.base import (
     read_lines,
     register,
     sample_per_frame,
+    sequential_phase_ids,
     video_files,
 )
 from surgvista.data.annotations import CHOLEC80_PHASES, AnnotationError
@@ -161,21 +162,15 @@ class M2CAI16(Adapter):
 
 def read_heichole_phases(path: Path) -> list[int]:
     """``<frame>,<phase 0-6>`` per native frame (no header; a header line is tolerated)."""
-    values = []
+    rows = []
     for lineno, line in enumerate(read_lines(path), 1):
         parts = line.split(",")
         if lineno == 1 and not parts[0].strip().lstrip("-").isdigit():
             continue  # header
         if len(parts) < 2:
             raise AnnotationError(f"{path}:{lineno}: expected '<frame>,<phase>', got {line!r}")
-        frame = parse_int(parts[0], path, lineno, "frame number")
-        phase = parse_int(parts[1], path, lineno, "phase id")
-        if frame != len(values):
-            raise AnnotationError(f"{path}:{lineno}: frame {frame} out of order, expected {len(values)}")
-        if not 0 <= phase < len(HEICHOLE_PHASES):
-            raise AnnotationError(f"{path}:{lineno}: unknown phase id {phase}; expected 0..{len(HEICHOLE_PHASES) - 1}")
-        values.append(phase)
-    return values
+        rows.append((lineno, parts))
+    return sequential_phase_ids(rows, path, len(HEICHOLE_PHASES))
 
 
 @register

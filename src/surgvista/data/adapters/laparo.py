@@ -20,6 +20,7 @@ from surgvista.data.adapters.base import (
     read_lines,
     register,
     sample_per_second,
+    sequential_phase_ids,
     video_files,
 )
 from surgvista.data.annotations import AnnotationError
@@ -74,22 +75,15 @@ def read_autolaparo_labels(path: Path) -> list[int]:
     lines = read_lines(path)
     if not lines or lines[0].split()[:2] != ["Frame", "Phase"]:
         raise AnnotationError(f"{path}: expected a 'Frame<TAB>Phase' header, got {lines[:1]}")
-    values = []
+    rows = []
     for lineno, line in enumerate(lines[1:], 2):
         parts = line.split()
         if len(parts) != 2:
             raise AnnotationError(f"{path}:{lineno}: expected '<frame><TAB><phase>', got {line!r}")
-        frame = parse_int(parts[0], path, lineno, "frame number")
-        phase = parse_int(parts[1], path, lineno, "phase id")
-        if frame != len(values) + 1:
-            raise AnnotationError(
-                f"{path}:{lineno}: frame {frame} out of order, expected {len(values) + 1} "
-                f"(AutoLaparo labels are 1-based seconds)"
-            )
-        if not 1 <= phase <= len(AUTOLAPARO_PHASES):
-            raise AnnotationError(f"{path}:{lineno}: unknown phase id {phase}; expected 1..{len(AUTOLAPARO_PHASES)}")
-        values.append(phase - 1)
-    return values
+        rows.append((lineno, parts))
+    return sequential_phase_ids(
+        rows, path, len(AUTOLAPARO_PHASES), base=1, note=" (AutoLaparo labels are 1-based seconds)"
+    )
 
 
 @register

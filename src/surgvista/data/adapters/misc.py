@@ -11,10 +11,10 @@ from surgvista.data.adapters.base import (
     Source,
     image_files,
     numeric_key,
-    parse_int,
     read_lines,
     register,
     sample_per_image,
+    sequential_phase_ids,
     video_files,
 )
 from surgvista.data.annotations import AnnotationError
@@ -43,18 +43,13 @@ SA160_CLASSES = (
 def read_frame_phase_txt(path: Path, n_classes: int) -> list[int]:
     """Header line, then ``<frame 0-based> <phase>`` per 1-fps frame, in order (PmLR50, ESD57)."""
     lines = read_lines(path)
-    values = []
+    rows = []
     for lineno, line in enumerate(lines[1:], 2):
         parts = line.replace(",", " ").split()
         if len(parts) < 2:
             raise AnnotationError(f"{path}:{lineno}: expected '<frame> <phase>', got {line!r}")
-        frame = parse_int(parts[0], path, lineno, "frame number")
-        phase = parse_int(parts[1], path, lineno, "phase id")
-        if frame != len(values):
-            raise AnnotationError(f"{path}:{lineno}: frame {frame} out of order, expected {len(values)}")
-        if not 0 <= phase < n_classes:
-            raise AnnotationError(f"{path}:{lineno}: unknown phase {phase}; expected 0..{n_classes - 1}")
-        values.append(phase)
+        rows.append((lineno, parts))
+    values = sequential_phase_ids(rows, path, n_classes)
     if not values:
         raise AnnotationError(f"{path}: no label rows after the header")
     return values
