@@ -1,6 +1,6 @@
 """Export checkpoints: original SurgVISTA layout, safetensors with a model card, or a Hugging Face VideoMAE folder.
 
-Usage (Hydra-style ``key=value`` arguments)::
+Usage (Hydra-style ``key=value`` arguments; ``surgvista-export`` is the same as ``python -m surgvista.export``)::
 
     python -m surgvista.export ckpt=logs/train/runs/X/checkpoints/last.ckpt format=original out=surgvista.pth
     python -m surgvista.export ckpt=... format=safetensors out=surgvista.safetensors
@@ -416,11 +416,20 @@ def _parse(argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    """``surgvista-export`` / ``python -m surgvista.export``; a refused export is one line on stderr (exit 2)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    args = _parse(argv)
     missing = [k for k in ("ckpt", "format", "out") if k not in args]
     if missing:
         raise SystemExit(f"missing argument(s) {missing}\n{__doc__}")
-    path = export(args.pop("ckpt"), args.pop("format"), args.pop("out"), **args)
+    try:
+        path = export(args.pop("ckpt"), args.pop("format"), args.pop("out"), **args)
+    except (ExportError, CheckpointError, FileNotFoundError) as e:
+        print(f"surgvista-export: error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
     return 0
 

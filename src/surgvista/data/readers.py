@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections import OrderedDict
@@ -241,10 +242,18 @@ def open_reader(path: str | Path, backend: str = "decord") -> VideoReader:
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
     check_backend(backend)
-    if backend == "decord" and importlib.util.find_spec("decord") is None:
-        log.warning("decord is not installed: decoding %s with PyAV instead (slower)", path)
-        backend = "pyav"
+    backend = available_backend(backend)
     return DecordReader(path) if backend == "decord" else PyAVReader(path)
+
+
+@functools.cache
+def available_backend(backend: str) -> str:
+    """``backend``, or ``pyav`` where decord has no wheel (installed only on x86-64): logged once per process."""
+    if backend == "decord" and importlib.util.find_spec("decord") is None:
+        log.warning("video reader: decord is not installed on this platform, decoding with PyAV (slower)")
+        return "pyav"
+    log.info("video reader: %s", backend)
+    return backend
 
 
 class EntryReader:

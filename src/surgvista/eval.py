@@ -1,0 +1,28 @@
+"""``surgvista-eval`` / ``python -m surgvista.eval``: ``surgvista-eval experiment=demo ckpt_path=.../last.ckpt``."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from surgvista.config import primary_config_path, set_project_root
+
+set_project_root()
+
+
+@hydra.main(version_base="1.3", config_path=primary_config_path(), config_name="eval")
+def run(cfg: DictConfig) -> None:
+    """Evaluate ``ckpt_path`` and print its metrics."""
+    from surgvista.utils.run import evaluate
+
+    for name, value in sorted(evaluate(cfg).items()):
+        print(f"{name}: {value:.6g}")
+
+
+def main() -> None:
+    """Console-script entry point (Hydra reads the command line)."""
+    run()
+
+
+if __name__ == "__main__":
+    main()
