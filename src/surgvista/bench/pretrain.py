@@ -223,7 +223,9 @@ class Runner:
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "16-mixed" else None
         self.gen = torch.Generator(device).manual_seed(0)
         self.video = torch.randn(self.batch, 3, p["frames"], p["img_size"], p["img_size"], device=device)
-        self.flops = count_model_flops(self.module, self.video, self.gen) * self.batch
+        eager = getattr(torch.compiler, "set_stance", None)  # count FLOPs without compiling for batch 1
+        with eager("force_eager") if eager and cfg.compile else contextlib.nullcontext():
+            self.flops = count_model_flops(self.module, self.video, self.gen) * self.batch
         self.cuda = device.type == "cuda"
         self.rss = _Rss()
         self.times: list[tuple[float, float, float]] = []
