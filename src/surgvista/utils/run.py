@@ -129,9 +129,15 @@ def evaluate(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
+    out_dir = Path(cfg.paths.output_dir)  # the eval run's own folder: its config.yaml names the checkpoint
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     datamodule, model, trainer = _setup(cfg)
     run = trainer.test if is_overridden("test_step", model, L.LightningModule) else trainer.validate
+    log.info("evaluating %s", ckpt.resolve())
     results = run(model, datamodule=datamodule, ckpt_path=str(ckpt))
+    _report(trainer, out_dir)
     return {k: float(v) for r in results for k, v in r.items()}
 
 
