@@ -180,3 +180,37 @@ def test_clip_scores_equal_clip_metrics(tmp_path, capsys):
     assert set(got) == set(expected) | {"top1"}
     assert all(got[k] == pytest.approx(expected[k], abs=1e-9) for k in expected)
     assert got["top1"] == pytest.approx(expected["accuracy"], abs=1e-4)
+
+
+def test_eval_saves_ribbons_confusion_matrix_and_per_phase_tables(eval_run):
+    from PIL import Image
+
+    videos = sorted(p.stem for p in (eval_run / "predictions").glob("*.csv"))
+    plots = eval_run / "plots"
+    assert sorted(p.name for p in plots.glob("ribbon_*.png")) == [f"ribbon_{v}.png" for v in videos]
+    for png in plots.glob("*.png"):
+        assert min(Image.open(png).size) > 100
+    assert (plots / "confusion_matrix.png").is_file()
+    metrics = json.loads((eval_run / "metrics.json").read_text())
+    assert metrics["f1_nanmean"] is not None and metrics["relaxed_f1_nanmean"] is not None
+    for name in ("per_phase", "per_phase_relaxed"):
+        rows = json.loads((eval_run / f"{name}.json").read_text())
+        assert list(rows)[0] == "Preparation" and set(rows["Preparation"]) >= {"jaccard", "precision", "recall", "f1"}
+        assert "| Preparation |" in (eval_run / f"{name}.md").read_text()
+
+
+def test_ribbon_marks_relaxed_correct_frames():
+    from surgvista.metrics import relaxation_rules, relaxed_correct
+    from surgvista.utils.plots import OUTCOME_COLORS, phase_ribbon
+
+    target = np.array([0] * 20 + [1] * 20)
+    pred = np.array([0] * 23 + [1] * 17)  # three frames late: wrong, forgiven by the Cholec80 late rule
+    ok = relaxed_correct(target, pred, relaxation_rules("cholec80"), 10)
+    assert ok[20:23].all()
+    names = [f"p{k}" for k in range(7)]
+    orange = np.array([int(OUTCOME_COLORS[2][i : i + 2], 16) for i in (1, 3, 5)])
+
+    def orange_pixels(image):
+        return int((np.abs(image.astype(int) - orange).sum(-1) < 30).sum())
+
+    assert orange_pixels(phase_ribbon(target, pred, names, ok)) > orange_pixels(phase_ribbon(target, pred, names))

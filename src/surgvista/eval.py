@@ -12,11 +12,13 @@ set_project_root()
 
 @hydra.main(version_base="1.3", config_path=primary_config_path(), config_name="eval")
 def run(cfg: DictConfig) -> None:
-    """Evaluate ``ckpt_path`` and print its metrics."""
+    """Evaluate ``ckpt_path`` and print its metrics (fine-tuned models print their Markdown table themselves)."""
     from surgvista.utils.run import evaluate
 
-    for name, value in sorted(evaluate(cfg).items()):
-        print(f"{name}: {value:.6g}")
+    metrics = evaluate(cfg)
+    if not any(name.startswith("test/") for name in metrics):
+        for name, value in sorted(metrics.items()):
+            print(f"{name}: {value:.6g}")
 
 
 def main() -> None:

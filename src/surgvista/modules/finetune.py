@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -34,9 +35,12 @@ from surgvista.modules.schedule import adamw_warmup_cosine
 from surgvista.utils.predictions import (
     PredictionCollector,
     log_table,
+    per_video_labels,
+    safe_name,
     write_clip_predictions,
     write_metrics,
     write_prediction_files,
+    write_table,
 )
 
 log = logging.getLogger(__name__)
@@ -220,7 +224,17 @@ class FinetuneModule(L.LightningModule):
         log_table(self.trainer.loggers, f"{split}/metrics_table", values, table, self.global_step)
         log.info("%s predictions: %s; metrics: %s", split, where, out / "metrics.{md,json}")
         print(table)
+        self.write_figures(out, split, preds)
         return out
+
+    def write_figures(self, out: Path, split: str, preds: dict) -> None:
+        """Figures and extra tables of an evaluation under ``out/plots`` (none for this task)."""
+
+    def _save_figure(self, out: Path, key: str, image) -> None:
+        from surgvista.utils.plots import save_figure
+
+        path = save_figure(self.trainer.loggers, key, image, out / "plots" / f"{safe_name(key.split('/', 1)[1])}.png")
+        log.info("%s: %s", key, path)
 
     # ------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
@@ -250,6 +264,33 @@ class PhaseModule(FinetuneModule):
             dataset=hp.dataset,
             class_names=self.class_names,
         )
+
+    def write_figures(self, out: Path, split: str, preds: dict) -> None:
+        """Per-video phase ribbons (relaxed-correct frames marked), the normalised confusion matrix and the
+        per-phase J/P/R/F1 table (``per_phase.{md,json}``, relaxed rows too when relaxation is on)."""
+        from surgvista.metrics.phase import phase_table, relax_window, relaxation_rules, relaxed_correct
+        from surgvista.utils.plots import confusion_matrix, phase_ribbon
+
+        hp, names = self.hparams, self.class_names or [str(k) for k in range(self.num_classes)]
+        videos = per_video_labels(preds, self.trainer.datamodule.video_ids(split))
+        relaxed = self.metrics[split].relaxed
+        for vid, (target, pred) in videos.items():
+            ok = None
+            if relaxed:
+                rules, window = relaxation_rules(hp.dataset, self.num_classes), relax_window(hp.fps)
+                ok = relaxed_correct(target, pred, rules, window, hp.matlab_compatible)
+            self._save_figure(out, f"{split}/ribbon_{vid}", phase_ribbon(target, pred, names, ok, hp.fps, vid))
+        targets, predictions = [t for t, _ in videos.values()], [p for _, p in videos.values()]
+        cm = confusion_matrix(np.concatenate(targets), np.concatenate(predictions), names, f"{hp.dataset} {split}")
+        self._save_figure(out, f"{split}/confusion_matrix", cm)
+        options = {"fps": hp.fps, "matlab_compatible": hp.matlab_compatible, "dataset": hp.dataset}
+        tables = {"per_phase": phase_table(predictions, targets, self.num_classes, names, **options)}
+        if relaxed:
+            tables["per_phase_relaxed"] = phase_table(
+                predictions, targets, self.num_classes, names, relaxed=True, **options
+            )
+        for name, rows in tables.items():
+            write_table(out, name, rows, f"{hp.dataset} {split}: {name.replace('_', ' ')}", self.trainer.loggers)
 
 
 class TripletModule(FinetuneModule):
@@ -286,6 +327,18 @@ class ClipModule(FinetuneModule):
 
     def update_metrics(self, metric: nn.Module, probs: torch.Tensor, target: torch.Tensor, batch: dict) -> None:
         metric.update(probs, target, batch["index"])
+
+    def write_figures(self, out: Path, split: str, preds: dict) -> None:
+        """Per-class AP bars and the normalised confusion matrix."""
+        from surgvista.metrics import per_class_ap
+        from surgvista.utils.plots import ap_bars, confusion_matrix
+
+        names = self.class_names or [str(k) for k in range(self.num_classes)]
+        title = f"{self.hparams.dataset} {split}"
+        ap = per_class_ap(preds["probs"], preds["target"].astype(np.int64))
+        self._save_figure(out, f"{split}/per_class_ap", ap_bars(dict(zip(names, ap.tolist())), title))
+        cm = confusion_matrix(preds["target"].astype(np.int64), preds["probs"].argmax(1), names, title)
+        self._save_figure(out, f"{split}/confusion_matrix", cm)
 
 
 class FrameCVSModule(ClipModule):

@@ -50,9 +50,12 @@ def reconstruction_panel(
     return (panel.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def log_image(loggers, key: str, image: np.ndarray, step: int, out_dir: str | Path) -> Path:
-    """Save ``image`` as ``out_dir/<key>/step_XXXXXXX.png`` and send it to W&B / TensorBoard if active."""
-    path = Path(out_dir) / key.replace("/", "_") / f"step_{step:07d}.png"
+def log_image(
+    loggers, key: str, image: np.ndarray, step: int, out_dir: str | Path, filename: str | None = None
+) -> Path:
+    """Save ``image`` as ``out_dir/<key>/step_XXXXXXX.png`` (or ``out_dir/<filename>``) and send it to W&B /
+    TensorBoard if active."""
+    path = Path(out_dir) / (filename or Path(key.replace("/", "_"), f"step_{step:07d}.png"))
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
     for logger in loggers:

@@ -103,7 +103,8 @@ def train(cfg: DictConfig) -> dict:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):  # testing replaces the callback metrics: keep the fit ones (optimized_metric) too
-        trainer.test(model, datamodule=datamodule, ckpt_path=_selected_ckpt(trainer, cfg.get("test_ckpt", "best")))
+        ckpt = _selected_ckpt(trainer, cfg.get("test_ckpt", "best"))
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)  # the module prints its table
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     _report(trainer, out_dir)
     return metrics
@@ -134,9 +135,10 @@ def evaluate(cfg: DictConfig) -> dict:
     if rank_zero_only.rank == 0:
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     datamodule, model, trainer = _setup(cfg)
-    run = trainer.test if is_overridden("test_step", model, L.LightningModule) else trainer.validate
+    test = is_overridden("test_step", model, L.LightningModule)  # fine-tuned modules print their own table
     log.info("evaluating %s", ckpt.resolve())
-    results = run(model, datamodule=datamodule, ckpt_path=str(ckpt))
+    run = trainer.test if test else trainer.validate
+    results = run(model, datamodule=datamodule, ckpt_path=str(ckpt), verbose=not test)
     _report(trainer, out_dir)
     return {k: float(v) for r in results for k, v in r.items()}
 
