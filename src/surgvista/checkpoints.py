@@ -158,7 +158,7 @@ def _is_state(obj: Any) -> bool:
 def unwrap(obj: Any, source: str = "<mapping>") -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
     """Take the state dict out of its container: ``(state, container, extra)``.
 
-    Containers: ``lightning`` (``state_dict`` + ``student.`` prefix), ``model`` (original / exported),
+    Containers: ``lightning`` (``state_dict`` + ``student.``/``net.`` prefix), ``model`` (original / exported),
     ``module`` (DeepSpeed), ``model_state``, ``raw``.
     """
     if not isinstance(obj, Mapping):
@@ -166,18 +166,14 @@ def unwrap(obj: Any, source: str = "<mapping>") -> tuple[dict[str, torch.Tensor]
     extra: dict[str, Any] = {}
     if isinstance(obj.get("state_dict"), Mapping) and ("pytorch-lightning_version" in obj or "epoch" in obj):
         sd = obj["state_dict"]
-        extra = {
-            k: obj[k] for k in ("hyper_parameters", "datamodule_hyper_parameters", "epoch", "global_step") if k in obj
-        }
-        if any(k.startswith("student.") for k in sd):
-            other = sorted(k for k in sd if not k.startswith("student."))
-            if other:
-                extra["lightning_other_keys"] = other
-            return (
-                {k.removeprefix("student."): v for k, v in sd.items() if k.startswith("student.")},
-                "lightning",
-                extra,
-            )
+        keys = ("hyper_parameters", "datamodule_hyper_parameters", "epoch", "global_step", "class_names")
+        extra = {k: obj[k] for k in keys if k in obj}
+        for prefix in ("student.", "net."):  # pre-training (student) or fine-tuning (net) LightningModule
+            if any(k.startswith(prefix) for k in sd):
+                other = sorted(k for k in sd if not k.startswith(prefix))
+                if other:
+                    extra["lightning_other_keys"] = other
+                return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}, "lightning", extra
         return dict(sd), "lightning", extra
     for container in ("model", "module", "model_state", "state_dict"):
         if _is_state(obj.get(container)):

@@ -105,6 +105,11 @@ class FinetuneModule(L.LightningModule):
                 if not self.multilabel:  # frame/clip-level top-1 (the reference's selection metric)
                     self.metrics[f"{split}_top1"] = MulticlassAccuracy(self.num_classes, average="micro")
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The data's class names travel with the weights (``surgvista-export`` writes them as ``id2label``)."""
+        if self.class_names is not None:
+            checkpoint["class_names"] = list(self.class_names)
+
     def load_backbone(self, source: str):
         """Load pre-trained encoder weights into ``net`` (prints the key diff, refuses partial loads)."""
         from surgvista.checkpoints import load_backbone
