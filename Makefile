@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade "pip>=24"
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,notebooks]"
 	$(PY) -c "import torch, torchvision, timm, lightning, hydra, decord, av; print('torch', torch.__version__, '| lightning', lightning.__version__, '| timm', timm.__version__)"
 	touch $(STAMP)
 

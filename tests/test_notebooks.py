@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 
+import nbclient  # the `notebooks` extra (make install: .[dev,notebooks])
+import nbformat
 import pytest
 from helpers import ROOT, SMALL_DEMO, small_demo_overrides
-
-nbclient = pytest.importorskip("nbclient")  # the `notebooks` extra (installed with the dev venv)
-nbformat = pytest.importorskip("nbformat")
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 

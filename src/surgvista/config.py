@@ -45,6 +45,20 @@ def user_config_dirs() -> list[Path]:
 
 
 def set_project_root() -> Path:
-    """``$PROJECT_ROOT`` (``paths.root_dir``): kept if set, else the checkout root, else the working directory."""
-    root = os.environ.setdefault("PROJECT_ROOT", str(checkout_root() or Path.cwd()))
-    return Path(root)
+    """``$PROJECT_ROOT`` (``paths.root_dir``): kept if set, else the checkout root, else the working directory;
+    then the ``.env`` files of the working directory and of the project root (variables already set win)."""
+    root = Path(os.environ.setdefault("PROJECT_ROOT", str(checkout_root() or Path.cwd())))
+    load_env_files(Path.cwd() / ".env", root / ".env")
+    return root
+
+
+def load_env_files(*paths: Path) -> list[Path]:
+    """Load ``KEY=value`` lines of the existing ``paths`` into ``os.environ`` without overriding; return them."""
+    from dotenv import load_dotenv
+
+    loaded = []
+    for path in dict.fromkeys(p.resolve() for p in paths):
+        if path.is_file():
+            load_dotenv(path, override=False)
+            loaded.append(path)
+    return loaded

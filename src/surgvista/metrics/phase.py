@@ -25,7 +25,8 @@ f1_nanmean     nanmean over phases of per-phase nanmean    (none)
 =============  ==========================================  =========================================
 
 "mean" propagates NaN: a phase absent from every evaluated video makes ``jaccard``, ``recall`` and ``f1`` NaN,
-exactly as in MATLAB; ``f1_nanmean`` (the headline F1 of our tables) averages the phases that occur instead. Unlike the MATLAB drivers, only the videos actually given are aggregated.
+exactly as in MATLAB; ``f1_nanmean`` (the headline F1 of our tables) averages the phases that occur instead.
+Unlike the MATLAB drivers, only the videos actually given are aggregated.
 All values are percentages.
 """
 

@@ -77,7 +77,7 @@ class FinetuneModule(L.LightningModule):
         output_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net"], logger=False)  # the run logs the whole config once
         self.net = net
         self.num_classes = net.num_classes
         self.class_names: list[str] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import lightning as L
@@ -15,7 +16,7 @@ from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
 from surgvista.modules.objective import SurgVISTALoss
 from surgvista.modules.schedule import adamw_warmup_cosine
-from surgvista.utils.reconstruction import log_image, reconstruction_panel
+from surgvista.utils.reconstruction import labelled_panel, log_image, reconstruction_panel
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ class PretrainModule(L.LightningModule):
         super().__init__()
         if teacher_every_k < 1:
             raise ValueError(f"model.teacher_every_k must be >= 1, got {teacher_every_k}")
-        self.save_hyperparameters(ignore=["student", "teacher", "loss", "masking"])
+        # logger=False: the run logs the whole config once (surgvista.utils.run.log_hyperparameters)
+        self.save_hyperparameters(ignore=["student", "teacher", "loss", "masking"], logger=False)
         self.student, self.teacher, self.loss, self.masking = student, teacher, loss, masking
         if grad_checkpointing is not None:
             student.set_grad_checkpointing(grad_checkpointing)
@@ -170,6 +172,9 @@ class PretrainModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._teacher_to_device()
+        if self.teacher is not None:  # the frozen teacher is in eval mode by design: exactly that warning is noise
+            n = sum(1 for _ in self.teacher.modules())
+            warnings.filterwarnings("ignore", message=rf"Found {n} module\(s\) in eval mode at the start of training")
 
     def on_validation_start(self) -> None:
         self._teacher_to_device()
@@ -228,7 +233,7 @@ class PretrainModule(L.LightningModule):
         every, step = self.hparams.recon_every_n_steps, self.global_step
         if every and step % every == 0 and step != self._last_recon_step and out["pixel_pred"] is not None:
             self._last_recon_step = step  # once per optimiser step, also under gradient accumulation
-            self._log_reconstruction(video, out)
+            self._log_reconstruction(video, out, "train")
         return out["loss"]
 
     def _check_finite(self, out: dict[str, torch.Tensor]) -> None:
@@ -246,7 +251,12 @@ class PretrainModule(L.LightningModule):
         video = batch["video"]
         gen = torch.Generator(video.device)
         gen.manual_seed(batch_idx)  # the same masks at every validation, so val/loss is comparable
-        self._log_losses(self._shared_step(video, gen), "val", video.shape[0])
+        out = self._shared_step(video, gen)
+        self._log_losses(out, "val", video.shape[0])
+        # One panel per validation (not the sanity check), the same clip and mask every time.
+        wanted = self.hparams.recon_every_n_steps and not self.trainer.sanity_checking
+        if batch_idx == 0 and wanted and out["pixel_pred"] is not None:
+            self._log_reconstruction(video, out, "val")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if not self._run_teacher():
@@ -261,7 +271,8 @@ class PretrainModule(L.LightningModule):
                 strategy.sharding_strategy).rsplit(".", 1)[-1] in ("FULL_SHARD", "SHARD_GRAD_OP")
             self.log("train/grad_norm", total_grad_norm(grads, fsdp1), on_step=True, on_epoch=False)
 
-    def _log_reconstruction(self, video: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+    def _log_reconstruction(self, video: torch.Tensor, out: dict[str, torch.Tensor], stage: str) -> None:
+        """Input / masked / reconstruction rows of the first clip, labelled with the stage, step and loss."""
         if self.global_rank != 0:
             return
         s = self.student
@@ -269,7 +280,8 @@ class PretrainModule(L.LightningModule):
             video[0], out["mask"][0], out["pixel_pred"][0].detach(), s.token_grid, s.tubelet_size,
             s.patch_size, self.loss.normalize_pixels, self.hparams.recon_frames,
         )
-        log_image(self.trainer.loggers, "train/reconstruction", panel, self.global_step,
+        caption = f"{stage} | step {self.global_step} | loss {float(out['loss'].detach()):.4f}"
+        log_image(self.trainer.loggers, f"{stage}/reconstruction", labelled_panel(panel, caption), self.global_step,
                   self.trainer.default_root_dir)
 
     # ------------------------------------------------------------------------------------ optimiser

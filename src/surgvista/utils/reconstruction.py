@@ -50,6 +50,24 @@ def reconstruction_panel(
     return (panel.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
+PANEL_ROWS = ("input", "masked", "reconstruction")
+
+
+def labelled_panel(panel: np.ndarray, caption: str, rows: tuple[str, ...] = PANEL_ROWS) -> np.ndarray:
+    """``panel`` with its row names in a left margin and ``caption`` (stage, step, loss) in a top band."""
+    from PIL import ImageDraw
+
+    h, w = panel.shape[:2]
+    margin, band = 96, 18
+    canvas = Image.new("RGB", (w + margin, h + band), "white")
+    canvas.paste(Image.fromarray(panel), (margin, band))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), caption, fill="black")
+    for i, name in enumerate(rows):
+        draw.text((4, band + int((i + 0.5) * h / len(rows)) - 5), name, fill="black")
+    return np.asarray(canvas)
+
+
 def log_image(
     loggers, key: str, image: np.ndarray, step: int, out_dir: str | Path, filename: str | None = None
 ) -> Path:
