@@ -4,5 +4,7 @@ search-path plugin (in the ``hydra_plugins`` namespace) and ``surgvista.conf``, 
 
 from setuptools import find_namespace_packages, find_packages, setup
 
-conf = ["surgvista.conf", *(f"surgvista.conf.{p}" for p in find_namespace_packages("conf", exclude=["*__pycache__*"]))]
+# conf/local/ holds a developer's own, git-ignored overrides: never shipped.
+groups = find_namespace_packages("conf", exclude=["*__pycache__*", "local", "local.*"])
+conf = ["surgvista.conf", *(f"surgvista.conf.{p}" for p in groups)]
 setup(packages=[*find_packages("src"), "hydra_plugins.surgvista_searchpath", *conf])

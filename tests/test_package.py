@@ -62,8 +62,10 @@ def run_installed(target: Path, cwd: Path, *cmd: str, env_extra: dict | None = N
 
 def test_wheel_ships_configs_plugin_and_type_marker(installed):
     files = {p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_file()}
-    shipped = {f"surgvista/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
+    yaml = [p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml")]
+    shipped = {f"surgvista/conf/{p}" for p in yaml if not p.startswith("local/")}
     assert shipped and shipped <= files
+    assert not [f for f in files if f.startswith("surgvista/conf/local/")]  # a developer's own overrides stay home
     assert {
         "surgvista/py.typed",
         "surgvista/conf/__init__.py",

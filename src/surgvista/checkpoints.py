@@ -363,10 +363,13 @@ def interpolate_pos_embed(table: torch.Tensor, src_grid: tuple[int, int, int], d
     dim = table.shape[-1]
     if table.shape[-2] != t0 * h0 * w0:
         raise CheckpointError(f"pos_embed has {table.shape[-2]} tokens, not the {t0}x{h0}x{w0} grid given")
-    x = table.detach().float().reshape(t0, h0, w0, dim).permute(0, 3, 1, 2)  # (T, D, H, W)
-    if (h0, w0) != (h1, w1):
-        x = F.interpolate(x, size=(h1, w1), mode="bicubic", align_corners=False)
-    x = x.permute(1, 2, 3, 0).reshape(1, dim * h1 * w1, t0)  # (1, D·H·W, T)
+    from timm.layers import resample_abs_pos_embed
+
+    x = table.detach().float().reshape(t0, h0 * w0, dim)
+    if (h0, w0) != (h1, w1):  # timm's resampler per frame; no antialiasing, as the reference's F.interpolate
+        frames = [resample_abs_pos_embed(f[None], [h1, w1], [h0, w0], num_prefix_tokens=0, antialias=False) for f in x]
+        x = torch.cat(frames)
+    x = x.reshape(t0, h1, w1, dim).permute(3, 1, 2, 0).reshape(1, dim * h1 * w1, t0)  # (1, D·H·W, T)
     if t0 != t1:
         x = F.interpolate(x, size=t1, mode="linear", align_corners=False)
     return x.reshape(dim, h1, w1, t1).permute(3, 1, 2, 0).reshape(1, t1 * h1 * w1, dim).to(table.dtype)
