@@ -110,6 +110,7 @@ def relax_window(fps: float, seconds: float = RELAX_SECONDS) -> int:
     return window
 
 
+# Our own code on purpose: no library reproduces Evaluate.m's relaxed-boundary rules (and their indexing quirk).
 def relaxed_correct(target, pred, rules: RelaxationRules, window: int, matlab_compatible: bool = True) -> np.ndarray:
     """Boolean (N,) mask of frames counted correct under relaxed boundaries.
 

@@ -27,13 +27,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     Frozen parameters (the sin-cos tables) are left out. ``mask_token_img/vid`` do *not* match ``mask_token``
     exactly and so are decayed, as in the reference (spec §7.4, quirk B9).
     """
+    from timm.optim import param_groups_weight_decay  # the same rule: ndim <= 1, *.bias, fnmatch on exact names
+
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim == 1 or name.endswith(".bias") or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
+    by_decay = {g["weight_decay"] != 0: g["params"] for g in groups}
+    # Always [decay, no_decay], as before: the optimiser-state order of existing checkpoints stays valid.
+    return [
+        {"params": by_decay.get(True, []), "weight_decay": weight_decay},
+        {"params": by_decay.get(False, []), "weight_decay": 0.0},
+    ]
 
 
 IMAGE_BRANCH = ("down_img.", "decoder_img.", "mask_token_img")
