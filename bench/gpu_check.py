@@ -169,6 +169,9 @@ def run_steps(dry: bool, out: Path) -> dict:
         except Exception as e:
             (out / "profile.txt").write_text(f"profile failed: {type(e).__name__}: {e}")
     write_json(out / "step.json", results)
+    failed = [k for k, v in results.items() if not _ok(v)]
+    if failed:
+        raise SystemExit(f"[step] failed: {', '.join(failed)}")
     return results
 
 
@@ -288,7 +291,7 @@ def data_rate(loader, batches: int) -> float:
     it = iter(loader)
     next(it)
     t0, n = time.perf_counter(), 0
-    for _ in range(batches):
+    for _ in range(min(batches, len(loader) - 1)):  # one epoch at most
         n += len(next(it)["video"])
     rate = n / (time.perf_counter() - t0)
     del it  # shut the workers down before the fit starts its own
@@ -396,6 +399,9 @@ def run_e2e(args, out: Path) -> dict:
                 results[kind] = {"error": f"{type(e).__name__}: {e}"[:500]}
             print(f"[e2e] {kind}: {results[kind]}", flush=True)
             write_json(out / "e2e.json", results)
+    failed = [k for k in args.kinds if not _ok(results[k])]
+    if failed:
+        raise SystemExit(f"[e2e] failed: {', '.join(failed)}")
     return results
 
 
@@ -542,7 +548,7 @@ def main(argv: list[str] | None = None) -> None:
             "videos": 2,
             "frames": 40,
             "size": (128, 96),
-            "data_batches": 2,
+            "data_batches": 4,
         }
         if args.dry_run
         else {
