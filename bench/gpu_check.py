@@ -135,6 +135,7 @@ def step_configs(dry: bool) -> list[tuple[str, dict]]:
         ("ours_b32", common | {"batch": 32}),
         ("reference_b32", common | {"batch": 32, "ref": True}),
         ("ours_b64", common | {"batch": 64}),
+        ("ours_bf16teacher_b64", common | {"batch": 64, "teacher_dtype": "bfloat16"}),
         ("reference_b64", common | {"batch": 64, "ref": True}),
         ("ours_compile_b64", common | {"batch": 64, "compile": True}),
     ]
@@ -144,7 +145,10 @@ def run_steps(dry: bool, out: Path) -> dict:
     from surgvista.bench.pretrain import BenchConfig, format_result, reference_config, run
 
     results = {}
+    only = [x for x in os.environ.get("GPU_CHECK_STEP_ONLY", "").split(",") if x]
     for label, kw in step_configs(dry):
+        if only and label not in only:
+            continue
         ref = kw.pop("ref", False)
         cfg = BenchConfig(label=label, **kw)
         if ref:
@@ -159,12 +163,15 @@ def run_steps(dry: bool, out: Path) -> dict:
         results[label] = asdict(r) | {"wall_s": time.perf_counter() - t0}
         print(format_result(r), flush=True)
         write_json(out / "step.json", results)
-    if not dry:
+    if not dry and os.environ.get("GPU_CHECK_PROFILE", "1") != "0":
         try:
             (out / "profile.txt").write_text(profile_step())
         except Exception as e:
             (out / "profile.txt").write_text(f"profile failed: {type(e).__name__}: {e}")
     write_json(out / "step.json", results)
+    failed = [k for k, v in results.items() if not _ok(v)]
+    if failed:
+        raise SystemExit(f"[step] failed: {', '.join(failed)}")
     return results
 
 
@@ -245,7 +252,7 @@ class ReferenceClips(torch.utils.data.Dataset):
         return {"video": student, "teacher_video": teacher, "mask": torch.from_numpy(mask)}
 
 
-def loaders(kind: str, data: dict, batch: int, workers: int, frames: int, size: int):
+def loaders(kind: str, data: dict, batch: int, workers: int, frames: int, size: int, persistent: bool = True):
     """Our ``PretrainDataModule`` (uint8 clips, normalised on the GPU) or the reference data path."""
     from surgvista.data.datamodule import PretrainDataModule
 
@@ -258,7 +265,7 @@ def loaders(kind: str, data: dict, batch: int, workers: int, frames: int, size: 
             drop_last=True,
             num_workers=workers,
             pin_memory=True,
-            persistent_workers=workers > 0,
+            persistent_workers=persistent and workers > 0,
         ), None
     manifest, backend = {"ours_jpg": (data["jpg"], "decord"), "ours_mp4": (data["mp4"], "pyav")}[kind]
     dm = PretrainDataModule(
@@ -272,20 +279,23 @@ def loaders(kind: str, data: dict, batch: int, workers: int, frames: int, size: 
         backend=backend,
         normalize_on_device=True,
         prefetch_factor=4 if workers else None,
+        persistent_workers=persistent,
     )
     dm.setup("fit")
     return dm.train_dataloader(), dm
 
 
-def data_rate(loader, batches: int, warmup: int = 2) -> float:
-    """Clips/s of the loader alone (no GPU work), after ``warmup`` batches."""
+def data_rate(loader, batches: int) -> float:
+    """Clips/s of the loader alone (no GPU work), from the first batch to the last of ``batches`` (many more than
+    the workers, so that batches prepared during the workers' start-up do not inflate the rate)."""
     it = iter(loader)
-    for _ in range(warmup):
-        next(it)
+    next(it)
     t0, n = time.perf_counter(), 0
-    for _ in range(batches):
+    for _ in range(min(batches, len(loader) - 1)):  # one epoch at most
         n += len(next(it)["video"])
-    return n / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
+    del it  # shut the workers down before the fit starts its own
+    return rate
 
 
 class StepClock:
@@ -329,12 +339,13 @@ def e2e_fit(kind: str, data: dict, args) -> dict:
     from surgvista.bench.pretrain import BenchConfig, build, reference_config
 
     ref = kind == "reference"
-    cfg = BenchConfig(preset=args.preset, batch=args.batch)
+    cfg = BenchConfig(preset=args.preset, batch=args.batch, teacher_dtype=args.teacher_dtype)
     cfg = reference_config(cfg) if ref else cfg
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module, _ = build(cfg, device)
-    loader, dm = loaders(kind, data, args.batch, args.workers, module.student.num_frames, module.student.img_size)
-    rate = data_rate(loader, args.data_batches)
+    shape = (module.student.num_frames, module.student.img_size)
+    rate = data_rate(loaders(kind, data, args.batch, args.workers, *shape, persistent=False)[0], args.data_batches)
+    loader, dm = loaders(kind, data, args.batch, args.workers, *shape)
     clock = StepClock(args.warmup)
     precision = ("16-mixed" if ref else "bf16-mixed") if device.type == "cuda" else "32"
     trainer = L.Trainer(
@@ -357,6 +368,7 @@ def e2e_fit(kind: str, data: dict, args) -> dict:
         "data_clips_per_s": rate,
         "precision": precision,
         "attn": cfg.attn_backend,
+        "teacher_dtype": cfg.teacher_dtype,
         "fit_wall_s": time.perf_counter() - t0,
         "batch": args.batch,
         "workers": args.workers,
@@ -387,6 +399,9 @@ def run_e2e(args, out: Path) -> dict:
                 results[kind] = {"error": f"{type(e).__name__}: {e}"[:500]}
             print(f"[e2e] {kind}: {results[kind]}", flush=True)
             write_json(out / "e2e.json", results)
+    failed = [k for k in args.kinds if not _ok(results[k])]
+    if failed:
+        raise SystemExit(f"[e2e] failed: {', '.join(failed)}")
     return results
 
 
@@ -513,7 +528,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--data-dir", default=None, help="where the e2e videos are synthesised (default: $TMPDIR)")
     ap.add_argument("--kinds", nargs="+", default=["ours_jpg", "ours_mp4", "reference"])
+    ap.add_argument(
+        "--teacher-dtype", default="bfloat16", help="our e2e teacher (model.teacher.dtype; 'none': autocast)"
+    )
     args = ap.parse_args(argv)
+    args.teacher_dtype = None if args.teacher_dtype.lower() in ("none", "null") else args.teacher_dtype
     args.out.mkdir(parents=True, exist_ok=True)
     logging.getLogger("surgvista.models.teacher").setLevel(logging.ERROR)  # a random teacher on purpose
     if args.dry_run:
@@ -529,7 +548,7 @@ def main(argv: list[str] | None = None) -> None:
             "videos": 2,
             "frames": 40,
             "size": (128, 96),
-            "data_batches": 2,
+            "data_batches": 4,
         }
         if args.dry_run
         else {
@@ -539,9 +558,9 @@ def main(argv: list[str] | None = None) -> None:
             "warmup": 5,
             "workers": min(14, (os.cpu_count() or 2) - 2),
             "videos": 8,
-            "frames": 240,
+            "frames": 150,
             "size": (512, 320),
-            "data_batches": 12,
+            "data_batches": 4 * min(14, (os.cpu_count() or 2) - 2),
         }
     )
     for k, v in e2e.items():

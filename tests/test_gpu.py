@@ -140,3 +140,24 @@ def test_fsdp1_single_gpu_fit_writes_a_single_device_checkpoint(demo_root, tmp_p
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert all(type(v) is torch.Tensor for v in state.values())
     assert all(math.isfinite(v) for v in losses(tmp_path))
+
+
+def test_teacher_in_pure_bf16_is_as_close_to_fp32_as_autocast():
+    from surgvista.models.teacher import ImageTeacher
+
+    video = torch.randn(2, 3, 4, 112, 112, device="cuda")
+    ref = ImageTeacher("small", img_size=112).cuda()(video)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        auto = ImageTeacher("small", img_size=112).cuda()(video)
+        pure = ImageTeacher("small", img_size=112, dtype="bfloat16").cuda()(video)
+    assert pure.dtype == torch.float32 and torch.isfinite(pure).all()
+    assert rel_err(pure, ref) < 2 * rel_err(auto, ref) + 1e-2
+
+
+def test_linear_tubelet_embedding_on_cuda_equals_the_conv3d():
+    from surgvista.models.vit import TubeletEmbed
+
+    embed = TubeletEmbed(224, 16, 2, 16, 768).cuda()
+    video = torch.randn(2, 3, 16, 224, 224, device="cuda")
+    conv = embed.proj(video).flatten(2).transpose(1, 2)
+    assert rel_err(embed(video), conv) < 1e-3  # tf32 matmuls

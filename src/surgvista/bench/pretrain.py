@@ -69,6 +69,7 @@ class BenchConfig:
     compile: bool = False
     teacher: str | None = None  # teacher preset; None = the preset's
     teacher_every_k: int = 1
+    teacher_dtype: str | None = None  # bfloat16: the teacher in pure bf16 on CUDA (ImageTeacher dtype)
     mask_ratio: float = 0.85
     steps: int = 10
     warmup: int = 3
@@ -161,7 +162,9 @@ def build(cfg: BenchConfig, device: torch.device):
     p = PRESETS[cfg.preset]
     teacher_preset = cfg.teacher or p["teacher"]
     student = seeded_student(cfg.preset, teacher_preset, cfg.attn_backend, cfg.grad_checkpointing)
-    teacher = ImageTeacher(teacher_preset, img_size=p["img_size"], attn_backend=cfg.attn_backend)
+    teacher = ImageTeacher(
+        teacher_preset, img_size=p["img_size"], attn_backend=cfg.attn_backend, dtype=cfg.teacher_dtype
+    )
     module = PretrainModule(
         student,
         teacher,
@@ -372,6 +375,7 @@ def reference_config(cfg: BenchConfig) -> BenchConfig:
         grad_checkpointing=False,
         compile=False,
         teacher_every_k=1,
+        teacher_dtype=None,
         label="eager-fp16",
     )
 
