@@ -98,3 +98,23 @@ def test_pretraining_run_logs_config_once_labels_panels_and_drops_tips(demo_root
     val_panels = sorted((tmp_path / "val_reconstruction").glob("*.png"))
     assert len(val_panels) == 1 and Image.open(val_panels[0]).size == train_panel.size  # labelled like train
     assert train_panel.size[0] % 16 == 96 % 16 and train_panel.size[1] % 16 == 18 % 16  # margin and caption band
+
+
+def test_eval_figures_are_saved_and_sent_to_the_active_loggers(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from surgvista.utils.plots import save_figure
+
+    class WandbLogger:  # log_image dispatches on the logger class's name
+        def __init__(self):
+            self.calls = []
+
+        def log_image(self, key, images, step):
+            self.calls.append((key, images[0].shape, step))
+
+    logger, image = WandbLogger(), np.full((20, 30, 3), 7, np.uint8)
+    path = save_figure([logger], "test/confusion_matrix", image, tmp_path / "plots" / "confusion_matrix.png", step=3)
+    assert path == tmp_path / "plots" / "confusion_matrix.png"
+    assert np.array_equal(np.asarray(Image.open(path)), image)
+    assert logger.calls == [("test/confusion_matrix", (20, 30, 3), 3)]

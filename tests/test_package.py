@@ -155,3 +155,9 @@ def test_user_config_folders_extend_and_override_the_shipped_configs(installed, 
 def test_clone_entry_points_stay_thin_wrappers():
     for script in ("train.py", "eval.py"):
         assert len((ROOT / script).read_text().splitlines()) <= 10
+
+
+@pytest.mark.parametrize("name", ["train", "eval", "prepare", "export", "score"])
+def test_modules_run_with_python_dash_m(installed, tmp_path, name):
+    proc = run_installed(installed, tmp_path, "-m", f"surgvista.{name}", "--help")
+    assert proc.stdout.strip() and not list(tmp_path.iterdir())

@@ -212,7 +212,8 @@ class FinetuneModule(L.LightningModule):
 
     def write_outputs(self, split: str, values: dict[str, float], preds: dict) -> Path:
         """``<output_dir>/<split>/``: ``predictions/<video>.csv`` (clip-level tasks: ``predictions.csv``) and
-        ``metrics.{md,json}``; the table is also printed and sent to the loggers."""
+        ``metrics.{md,json}``; the table is also printed (once) and sent to the loggers, then the task's figures
+        and extra tables (:meth:`write_figures`)."""
         from surgvista.metrics import metrics_table
 
         dm = self.trainer.datamodule
@@ -340,9 +341,12 @@ class ClipModule(FinetuneModule):
 
         names = self.class_names or [str(k) for k in range(self.num_classes)]
         title = f"{self.hparams.dataset} {split}"
-        ap = per_class_ap(preds["probs"], preds["target"].astype(np.int64))
+        target = preds["target"].astype(np.int64)
+        keep = target >= 0  # unannotated rows (-1) have no class
+        probs, target = preds["probs"][keep], target[keep]
+        ap = per_class_ap(probs, target)
         self._save_figure(out, f"{split}/per_class_ap", ap_bars(dict(zip(names, ap.tolist())), title))
-        cm = confusion_matrix(preds["target"].astype(np.int64), preds["probs"].argmax(1), names, title)
+        cm = confusion_matrix(target, probs.argmax(1), names, title)
         self._save_figure(out, f"{split}/confusion_matrix", cm)
 
 
