@@ -161,3 +161,11 @@ def test_clone_entry_points_stay_thin_wrappers():
 def test_modules_run_with_python_dash_m(installed, tmp_path, name):
     proc = run_installed(installed, tmp_path, "-m", f"surgvista.{name}", "--help")
     assert proc.stdout.strip() and not list(tmp_path.iterdir())
+
+
+def test_a_working_directory_conf_extends_the_clone_configs_too(tmp_path):
+    from helpers import run_script
+
+    _user_conf(tmp_path / "conf", 9)
+    proc = run_script("train.py", "experiment=mine", "--cfg", "job", cwd=tmp_path)
+    assert "max_epochs: 9" in proc.stdout and "task_name: demo" in proc.stdout
