@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade "pip>=24"
 	$(PY) -m pip install -e ".[dev,notebooks]"
-	$(PY) -c "import torch, torchvision, timm, lightning, hydra, decord, av; print('torch', torch.__version__, '| lightning', lightning.__version__, '| timm', timm.__version__)"
+	$(PY) -c "import torch, torchvision, timm, lightning, hydra, av; print('torch', torch.__version__, '| lightning', lightning.__version__, '| timm', timm.__version__)"
 	touch $(STAMP)
 
 # Every `make demo` writes a fresh run folder DEMO_DIR/<time>/{pretrain,finetune,eval}; each step reads the
