@@ -97,16 +97,19 @@ def test_console_scripts_answer_help(installed, tmp_path, script):
 
 
 def test_train_from_an_empty_directory_writes_a_checkpoint_under_log_dir(installed, demo_root, tmp_path):
-    cwd, logs = tmp_path / "empty", tmp_path / "logs"
+    cwd, logs, data = tmp_path / "empty", tmp_path / "logs", tmp_path / "data"
     cwd.mkdir()
+    data.mkdir()
+    (data / "demo").symlink_to(demo_root)  # data.root defaults to ${paths.data_dir}/demo
+    small = [o for o in small_demo_overrides(demo_root) if not o.startswith("data.root=")]
     run_installed(
         installed,
         cwd,
         "surgvista-train",
         "experiment=demo",
-        f"paths.data_dir={demo_root.parent}",
+        f"paths.data_dir={data}",
         f"paths.log_dir={logs}",
-        *small_demo_overrides(demo_root),
+        *small,
         "model.recon_every_n_steps=0",
     )
     ckpts = list(logs.glob("demo/runs/*/checkpoints/last.ckpt"))
