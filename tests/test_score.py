@@ -214,3 +214,22 @@ def test_ribbon_marks_relaxed_correct_frames():
         return int((np.abs(image.astype(int) - orange).sum(-1) < 30).sum())
 
     assert orange_pixels(phase_ribbon(target, pred, names, ok)) > orange_pixels(phase_ribbon(target, pred, names))
+
+
+def test_ribbon_rows_are_ground_truth_over_prediction_over_outcome():
+    from matplotlib import colormaps
+
+    from surgvista.utils.plots import OUTCOME_COLORS, phase_ribbon
+
+    image = phase_ribbon(np.zeros(30, int), np.ones(30, int), [f"p{k}" for k in range(7)]).astype(int)
+    column = image[:, image.shape[1] // 3]  # a vertical line through the ribbon
+
+    def rows_of(rgb):
+        return np.flatnonzero(np.abs(column - np.asarray(rgb)).sum(-1) < 12)
+
+    tab10 = [np.round(np.asarray(colormaps["tab10"](k)[:3]) * 255) for k in (0, 1)]
+    gt, pred = rows_of(tab10[0]), rows_of(tab10[1])
+    wrong = rows_of([int(OUTCOME_COLORS[0][i : i + 2], 16) for i in (1, 3, 5)])
+    wrong = wrong[wrong > gt.min()]  # black: also the title and tick text above the ribbon
+    assert len(gt) > 5 and len(pred) > 5 and len(wrong) > 5
+    assert gt.max() < pred.min() and pred.max() < wrong.min()

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-# Ribbon "outcome" row: wrong, correct, wrong but forgiven by the relaxed boundary rules.
-OUTCOME_COLORS = ("#d62728", "#2ca02c", "#ff7f0e")
+# Ribbon "outcome" row: wrong, correct, wrong but forgiven by the relaxed boundary rules (none is a tab10/tab20
+# phase colour).
+OUTCOME_COLORS = ("#000000", "#d9d9d9", "#ffd700")
 
 
 def _figure(width: float, height: float):
@@ -52,7 +53,7 @@ def phase_ribbon(
     ax = fig.add_subplot()
     extent = (0, len(target) / fps, 0, 3)
     ax.imshow(
-        np.stack([pred, target]),
+        np.stack([target, pred]),  # row 0 on top: ground truth, then prediction
         aspect="auto",
         interpolation="nearest",
         extent=(0, extent[1], 1, 3),
