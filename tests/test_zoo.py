@@ -6,11 +6,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from test_parity_hf import TINY, hf_config, randomize
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from surgvista.checkpoints import load_backbone
 from surgvista.models.zoo import HFVideoBackbone, StudentBackbone, TimmFrameBackbone, ZooBackbone
-from tests.test_parity_hf import TINY, hf_config, randomize
 
 HF_TINY = {k: v for k, v in TINY.items() if not k.startswith("decoder")}
 VJEPA_TINY = {
@@ -135,17 +135,20 @@ def test_hf_videomae_through_zoo_equals_our_student_on_converted_weights(tmp_pat
     assert load_backbone(hf.state_dict(), ours.net, load_head=False).ok
 
 
-def test_every_backbone_config_instantiates():
-    """conf/model/backbone/*.yaml: the demo entries build and run; the others compose with a _target_."""
+def test_every_backbone_config_composes_and_the_demo_ones_run():
+    """conf/model/backbone/*.yaml: each composes into experiment=probe_demo; the demo entries build and run."""
     from pathlib import Path
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     names = sorted(p.stem for p in (conf / "model" / "backbone").glob("*.yaml"))
-    assert {"demo_student", "demo_videomae", "demo_timm_vit"} <= set(names)
+    assert {"demo_student", "demo_videomae", "demo_timm_vit", "demo_convnext"} <= set(names)
     with initialize_config_dir(str(conf), version_base="1.3"):
         for name in names:
-            cfg = compose("train", overrides=[f"+model/backbone={name}"])
-            assert cfg.backbone._target_.startswith("surgvista.models.zoo.")
+            cfg = compose("train", overrides=["experiment=probe_demo", f"model/backbone={name}"])
+            assert cfg.backbone_name == name and cfg.backbone._target_.startswith("surgvista.models.zoo.")
+            assert cfg.data.backbone._target_ == cfg.backbone._target_
             if name.startswith("demo_"):
                 b = instantiate(cfg.backbone)
-                check(b, clips(frames=8, size=112, batch=1), tokens=b.features(clips(1, 8, 112))[0].shape[1])
+                with torch.no_grad():
+                    tokens, pooled = b.eval().features(clips(batch=1, frames=8, size=112))
+                assert tokens.shape[0] == 1 and tokens.shape[2] == pooled.shape[1] == b.embed_dim

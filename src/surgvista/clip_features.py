@@ -41,8 +41,16 @@ SPLITS = ("train", "val", "test")
 STORAGE_KEY_FIELDS = ("max_tokens", "token_dtype", "shard_size")
 # Data-module settings that change the samples or their features (the others only change speed or training).
 GEOMETRY_FIELDS = (
-    "label", "num_classes", "sampler", "multilabel", "num_frames", "sampling_rate", "input_size", "eval_views",
-    "val_target_stride", "test_target_stride",
+    "label",
+    "num_classes",
+    "sampler",
+    "multilabel",
+    "num_frames",
+    "sampling_rate",
+    "input_size",
+    "eval_views",
+    "val_target_stride",
+    "test_target_stride",
 )
 
 
@@ -60,8 +68,11 @@ def clip_cache_key(backbone: Mapping, source, storage: Mapping) -> str:
     manifests = {s: file_digest(m) if m else None for s, m in source.manifests().items()}
     geometry = {k: source.hparams.get(k) for k in GEOMETRY_FIELDS}
     payload = {
-        "version": CLIP_FEATURE_VERSION, "backbone": _content(backbone), "manifests": manifests,
-        "geometry": geometry, "storage": dict(storage),
+        "version": CLIP_FEATURE_VERSION,
+        "backbone": _content(backbone),
+        "manifests": manifests,
+        "geometry": geometry,
+        "storage": dict(storage),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -176,13 +187,15 @@ class ClipFeatureCache:
         indices = range(shard * size, min((shard + 1) * size, len(ds)))
         hp = self.source.hparams
         loader = DataLoader(
-            Subset(ds, indices), batch_size=int(hp.get("eval_batch_size") or hp["batch_size"]),
+            Subset(ds, indices),
+            batch_size=int(hp.get("eval_batch_size") or hp["batch_size"]),
             num_workers=int(hp.get("num_workers", 0)),
         )
         amp = self.storage.get("autocast")
         amp = torch.autocast(device.type, dtype=getattr(torch, amp)) if amp else nullcontext()
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("pooled", "tokens", "target", "video_index",
-                                                                "frame_index", "index")}
+        parts: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("pooled", "tokens", "target", "video_index", "frame_index", "index")
+        }
         bar = tqdm(loader, desc=f"features {split}[{shard}]", unit="batch", disable=not progress)
         for batch in bar:
             video = batch["video"].to(device)

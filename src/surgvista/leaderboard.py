@@ -22,9 +22,28 @@ from omegaconf import DictConfig
 
 # Headline metrics, in column order, when a run logged them (test/<name>); the rest stay in the per-run files.
 HEADLINE = (
-    "top1", "top3", "top5", "accuracy", "video_accuracy_mean", "video_accuracy_std", "jaccard", "f1", "precision",
-    "recall", "relaxed_accuracy", "relaxed_jaccard", "relaxed_f1", "relaxed_precision", "relaxed_recall",
-    "mAP", "mAP_ivt", "mAP_i", "mAP_v", "mAP_t", "mAP_iv", "mAP_it",
+    "top1",
+    "top3",
+    "top5",
+    "accuracy",
+    "video_accuracy_mean",
+    "video_accuracy_std",
+    "jaccard",
+    "f1",
+    "precision",
+    "recall",
+    "relaxed_accuracy",
+    "relaxed_jaccard",
+    "relaxed_f1",
+    "relaxed_precision",
+    "relaxed_recall",
+    "mAP",
+    "mAP_ivt",
+    "mAP_i",
+    "mAP_v",
+    "mAP_t",
+    "mAP_iv",
+    "mAP_it",
 )
 FIXED = ("dataset", "backbone", "params_M", "protocol")
 

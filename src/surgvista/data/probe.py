@@ -74,11 +74,14 @@ class ProbeDataModule(L.LightningDataModule):
         if isinstance(backbone, DictConfig):
             backbone = OmegaConf.to_container(backbone, resolve=True)
         if not isinstance(backbone, Mapping) or "_target_" not in backbone:
-            raise ValueError(f"data.backbone must be a config with a _target_ (model/backbone=<name>), got {backbone!r}")
+            raise ValueError(f"data.backbone must be a config with a _target_ (model/backbone=<name>): {backbone!r}")
         self.inputs, self.extract_missing = inputs, extract_missing
         self.source = get_class(source)(**source_kwargs)
         storage = {
-            "max_tokens": max_tokens, "token_dtype": token_dtype, "shard_size": shard_size, "device": device,
+            "max_tokens": max_tokens,
+            "token_dtype": token_dtype,
+            "shard_size": shard_size,
+            "device": device,
             "autocast": autocast,
         }
         self.cache = ClipFeatureCache(cache_root, backbone, self.source, storage)
@@ -134,4 +137,3 @@ class ProbeDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader | list:
         return self._loader("test")
-

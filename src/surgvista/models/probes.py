@@ -72,7 +72,11 @@ class AttentiveProbe(ProbeHead):
     inputs = "tokens"
 
     def __init__(
-        self, num_classes: int, input_dim: int | None = None, num_queries: int = 1, num_heads: int = 8,
+        self,
+        num_classes: int,
+        input_dim: int | None = None,
+        num_queries: int = 1,
+        num_heads: int = 8,
         mlp_ratio: float = 4.0,
     ) -> None:
         self.num_queries, self.num_heads, self.mlp_ratio = num_queries, num_heads, mlp_ratio
@@ -109,7 +113,11 @@ class KNNProbe(ProbeHead):
     """
 
     def __init__(
-        self, num_classes: int, input_dim: int | None = None, k: int = 20, temperature: float = 0.07,
+        self,
+        num_classes: int,
+        input_dim: int | None = None,
+        k: int = 20,
+        temperature: float = 0.07,
         multilabel: bool = False,
     ) -> None:
         self.k, self.temperature, self.multilabel = k, temperature, multilabel

@@ -67,16 +67,18 @@ class ZooBackbone(nn.Module):
 class StudentBackbone(ZooBackbone):
     """Our ViT encoder (``VideoClassifier`` geometry kwargs) with weights from ``ckpt`` (any ``load_backbone`` layout).
 
-    ``strict=False`` loads the encoder of a pre-training checkpoint that also holds decoders (key diff logged);
-    a checkpoint of another architecture is an error either way.
+    ``seed`` fixes the initial weights (what a run without ``ckpt`` probes). ``strict=False`` loads the encoder of a
+    pre-training checkpoint that also holds decoders (key diff logged); another architecture is an error either way.
     """
 
-    def __init__(self, ckpt: str | None = None, strict: bool = True, **classifier_kwargs) -> None:
+    def __init__(self, ckpt: str | None = None, strict: bool = True, seed: int = 0, **classifier_kwargs) -> None:
         super().__init__()
         from surgvista.models.classifier import VideoClassifier
 
         kwargs = {"drop_path_rate": 0.0, "fc_drop_rate": 0.0, **classifier_kwargs}
-        self.net = VideoClassifier(num_classes=1, **kwargs)
+        with torch.random.fork_rng(devices=[]):  # a random-init backbone is a function of its config
+            torch.manual_seed(seed)
+            self.net = VideoClassifier(num_classes=1, **kwargs)
         self.embed_dim = self.net.embed_dim
         if ckpt:
             from surgvista.checkpoints import load_backbone

@@ -25,10 +25,9 @@ class ProbeCallback(L.Callback):
         head, dm = getattr(pl_module, "net", None), trainer.datamodule
         if not isinstance(head, ProbeHead):
             raise TypeError(f"the probe protocol needs a ProbeHead as model.net, got {type(head).__name__}")
-        if getattr(dm, "inputs", None) != head.inputs:
-            raise ValueError(
-                f"{type(head).__name__} reads {head.inputs!r} features but data.inputs is {getattr(dm, 'inputs', None)!r}"
-            )
+        inputs = getattr(dm, "inputs", None)
+        if inputs != head.inputs:
+            raise ValueError(f"{type(head).__name__} reads {head.inputs!r} features but data.inputs is {inputs!r}")
         head.build(dm.feature_dim)
         if isinstance(head, KNNProbe):
             features, targets = dm.train_features()
