@@ -11,6 +11,7 @@ import torch
 from helpers import ROOT, SMALL_DEMO, run_script
 from hydra.utils import instantiate
 
+from surgvista import leaderboard
 from surgvista.clip_features import ClipFeatureCache
 from surgvista.data.probe import ProbeDataModule
 from surgvista.models.probes import AttentiveProbe, KNNProbe, LinearProbe
@@ -120,7 +121,7 @@ def test_second_protocol_reads_the_cache_and_extraction_resumes(demo_root, tmp_p
     assert probe_dm(demo_root, tmp_path, seed=1).directory != linear.directory  # other weights, other cache
 
 
-def test_grid_writes_one_leaderboard_row_per_backbone_and_protocol(demo_root, tmp_path):
+def test_grid_writes_one_leaderboard_row_per_backbone_and_protocol(demo_root, tmp_path, capsys):
     sweep = tmp_path / "grid"
     proc = run_script(
         "train.py",
@@ -154,8 +155,10 @@ def test_grid_writes_one_leaderboard_row_per_backbone_and_protocol(demo_root, tm
         for m in ("top1", "video_accuracy_mean", "jaccard", "precision", "recall"):  # F1 is NaN where P = R = 0
             assert math.isfinite(float(r[m])) and 0 <= float(r[m]) <= 100
     assert "| demo | demo_student |" in (sweep / "leaderboard.md").read_text()
-    again = run_script("-m", "surgvista.leaderboard", str(sweep), "--out", str(tmp_path))
-    assert again.stdout.strip().splitlines()[-1] == f"leaderboard: {tmp_path / 'leaderboard.csv'}"
+    capsys.readouterr()
+    leaderboard.main([str(sweep), "--out", str(tmp_path)])  # the CLI on a finished grid
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"leaderboard: {tmp_path / 'leaderboard.csv'}"
+    assert (tmp_path / "leaderboard.csv").read_text() == (sweep / "leaderboard.csv").read_text()
 
 
 def test_probe_experiments_compose_for_every_benchmark_dataset(monkeypatch):
