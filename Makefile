@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: install demo demo-tecno test test-fast lint format demo-data prepare bench-data bench bench-gpu clean clean-logs
+.PHONY: install demo demo-tecno benchmark-demo test test-fast lint format demo-data prepare bench-data bench bench-gpu clean clean-logs
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: install  ## pre-train a tiny student on the demo dataset, fine-tune it on 
 
 demo-tecno: install  ## TeCNO (cached features + causal MS-TCN) on the embedded demo dataset (CPU, about a minute)
 	$(PY) train.py experiment=demo_tecno
+
+BENCH_DEMO_BACKBONES ?= demo_student,demo_videomae,demo_timm_vit
+benchmark-demo: install  ## frozen probes (linear, attentive, k-NN) x 3 backbone families on the demo data, then the leaderboard (CPU)
+	$(PY) train.py -m experiment=probe_demo model/backbone=$(BENCH_DEMO_BACKBONES) probe=linear,attentive,knn \
+		print_config=false hydra.sweep.dir='$${paths.log_dir}/benchmark_demo/$${now:%Y-%m-%d_%H-%M-%S}'
 
 test: install  ## ruff, then the whole suite (slow tests included)
 	$(PY) -m ruff check .
