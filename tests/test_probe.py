@@ -8,13 +8,14 @@ import math
 
 import pytest
 import torch
-from helpers import ROOT, SMALL_DEMO, run_script
+from helpers import ROOT, SMALL_DEMO, run_script, small_demo_overrides
 from hydra.utils import instantiate
 
 from surgvista import leaderboard
 from surgvista.clip_features import ClipFeatureCache
 from surgvista.data.probe import ProbeDataModule
 from surgvista.models.probes import AttentiveProbe, KNNProbe, LinearProbe
+from surgvista.utils.probing import ProbeMonitor, probe_accuracy
 
 BACKBONE = {
     "_target_": "surgvista.models.zoo.StudentBackbone",
@@ -182,3 +183,39 @@ def test_probe_experiments_compose_for_every_benchmark_dataset(monkeypatch):
                 for key in ("label", "sampler", "num_frames", "sampling_rate", "train_manifest", "test_manifest"):
                     assert cfg.data[key] == ft.data[key], (name, key)
                 assert cfg.probe_name == probe and cfg.callbacks.probe.dataset == ft.data_name
+
+
+def test_probe_accuracy_separates_learnable_from_random_labels():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=g) * 3
+    y_train, y_val = torch.arange(200) % 4, torch.arange(80) % 4
+    x_train = centres[y_train] + torch.randn(200, 16, generator=g)
+    x_val = centres[y_val] + torch.randn(80, 16, generator=g)
+    clear = probe_accuracy(x_train, y_train, x_val, y_val, num_classes=4)
+    assert clear["knn_top1"] > 95 and clear["linear_top1"] > 95
+    shuffled = probe_accuracy(x_train, y_train[torch.randperm(200, generator=g)], x_val, y_val, num_classes=4)
+    assert shuffled["knn_top1"] < 50 and shuffled["linear_top1"] < 50  # chance is 25
+
+
+def test_probe_monitor_is_off_without_a_manifest_and_needs_both_splits(tmp_path):
+    assert not ProbeMonitor().enabled
+    with pytest.raises(ValueError, match="val_manifest"):
+        ProbeMonitor(train_manifest=str(tmp_path / "train.jsonl"))
+
+
+def test_probe_monitor_logs_during_experiment_demo(demo_root, tmp_path):
+    run_script(
+        "train.py",
+        "experiment=demo",
+        *small_demo_overrides(demo_root),
+        "callbacks.probe_monitor.every_n_epochs=1",
+        "callbacks.probe_monitor.max_train=24",
+        "callbacks.probe_monitor.max_val=8",
+        f"hydra.run.dir={tmp_path}",
+    )
+    rows = list(csv.DictReader((tmp_path / "csv" / "version_0" / "metrics.csv").open()))
+    logged = [r for r in rows if r.get("probe/knn_top1")]
+    assert len(logged) == 1  # one epoch, every epoch
+    for key in ("probe/knn_top1", "probe/linear_top1"):
+        assert 0 <= float(logged[0][key]) <= 100
+    assert float(logged[0]["probe/extract_s"]) > 0
