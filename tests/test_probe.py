@@ -171,9 +171,8 @@ def test_probe_experiments_compose_for_every_benchmark_dataset(monkeypatch):
     monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         for name in datasets:
-            task = next(
-                p.stem for p in (ROOT / "conf" / "experiment").glob(f"*_{name}.yaml") if not p.stem.startswith("probe_")
-            )
+            tasks = [p.stem for p in (ROOT / "conf" / "experiment").glob(f"*_{name}.yaml")]
+            (task,) = [t for t in tasks if t.split("_")[0] in ("phase", "triplet", "cvs", "action")]
             ft = compose("train", overrides=[f"experiment={task}", "paths.data_dir=/d"])
             for probe in ("linear", "attentive", "knn"):
                 cfg = compose("train", overrides=[f"experiment=probe_{name}", "paths.data_dir=/d", f"probe={probe}"])

@@ -10,7 +10,7 @@ from test_parity_hf import TINY, hf_config, randomize
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from surgvista.checkpoints import load_backbone
-from surgvista.models.zoo import HFVideoBackbone, StudentBackbone, TimmFrameBackbone, ZooBackbone
+from surgvista.models.zoo import HFVideoBackbone, StudentBackbone, TimmFrameBackbone, ZooBackbone, ZooClassifier
 
 HF_TINY = {k: v for k, v in TINY.items() if not k.startswith("decoder")}
 VJEPA_TINY = {
@@ -152,3 +152,23 @@ def test_every_backbone_config_composes_and_the_demo_ones_run():
                 with torch.no_grad():
                     tokens, pooled = b.eval().features(clips(batch=1, frames=8, size=112))
                 assert tokens.shape[0] == 1 and tokens.shape[2] == pooled.shape[1] == b.embed_dim
+
+
+def test_zoo_classifier_fine_tunes_the_whole_backbone():
+    backbone = TimmFrameBackbone("vit_tiny_patch16_224", model_kwargs={"img_size": 32, "patch_size": 8, "depth": 1})
+    net = ZooClassifier(backbone, num_classes=5)
+    assert {"backbone.model.pos_embed", "backbone.model.cls_token"} <= net.no_weight_decay()
+    logits = net(clips())
+    assert logits.shape == (2, 5)
+    logits.sum().backward()
+    assert backbone.model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_finetune_protocol_composes_over_a_zoo_backbone():
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=probe_cholec80", "probe=finetune", "model/backbone=vjepa2_hf"])
+    assert cfg.model.net._target_ == "surgvista.models.zoo.ZooClassifier" and cfg.model.net.num_classes == 7
+    assert cfg.model.net.backbone == cfg.backbone and cfg.data.inputs == "video" and cfg.train

@@ -4,7 +4,8 @@
 its own, so a ``<task>_<dataset>`` experiment's data config works unchanged) and a :mod:`surgvista.models.zoo`
 backbone config. ``prepare_data`` fills the cache (only what is missing), ``setup`` loads it into memory, and the
 loaders yield the fine-tuning batch layout with ``video`` = the cached features: ``pooled (B, D)`` or
-``tokens (B, K, D)`` (``inputs``), so the task modules (metrics, prediction files) run unchanged.
+``tokens (B, K, D)`` (``inputs``), so the task modules (metrics, prediction files) run unchanged. With
+``inputs=video`` nothing is cached: the source's own (augmented) clips are served, for full fine-tuning.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from surgvista.clip_features import ClipFeatureCache
 
-INPUTS = ("pooled", "tokens")
+INPUTS = ("pooled", "tokens", "video")  # video: no cache, the source's own clips (full fine-tuning)
 TOKEN_DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -91,12 +92,21 @@ class ProbeDataModule(L.LightningDataModule):
     def directory(self) -> Path:
         return self.cache.directory
 
+    @property
+    def frozen(self) -> bool:
+        """Whether batches come from the feature cache (``inputs`` pooled/tokens) or the source (``video``)."""
+        return self.inputs != "video"
+
     def prepare_data(self) -> None:
         self.source.prepare_data()  # e.g. the demo data module generates its videos
-        if self.extract_missing:
+        if self.extract_missing and self.frozen:
             self.cache.extract()
 
     def setup(self, stage: str | None = None) -> None:
+        if not self.frozen:
+            self.source.setup(stage)
+            self.meta = {}
+            return
         self.meta = self.cache.meta()
         for split in [*self.meta["splits"], *self.meta.get("aliases", {})]:
             if split not in self.data:
@@ -110,9 +120,11 @@ class ProbeDataModule(L.LightningDataModule):
 
     @property
     def label_names(self) -> list[str] | None:
-        return self.meta.get("label_names")
+        return self.meta.get("label_names") if self.frozen else self.source.label_names
 
     def video_ids(self, split: str) -> list[str]:
+        if not self.frozen:
+            return self.source.video_ids(split)
         return self.meta["video_ids"][self.meta.get("aliases", {}).get(split, split)]
 
     def train_features(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +132,8 @@ class ProbeDataModule(L.LightningDataModule):
         return self.data["train"]["pooled"], self.data["train"]["target"]
 
     def _loader(self, split: str) -> DataLoader | list:
+        if not self.frozen:
+            return getattr(self.source, f"{split}_dataloader")()
         if split not in self.data:
             return []
         train = split == "train"

@@ -192,3 +192,30 @@ class TimmFrameBackbone(ZooBackbone):
         if feats.ndim == 4:  # CNN feature map (B·T, C, h, w) → cells as tokens
             feats = feats.flatten(2).transpose(1, 2)
         return feats.reshape(b, -1, feats.shape[-1]), pooled
+
+
+class ZooClassifier(nn.Module):
+    """Full fine-tuning of any zoo backbone: pooled vector → LayerNorm → dropout → linear head.
+
+    The ``net`` of a fine-tuning task module (``probe=finetune``); ``no_weight_decay`` collects the backbone
+    modules' own exclusions (position tables, class tokens), prefixed.
+    """
+
+    def __init__(self, backbone: ZooBackbone, num_classes: int, fc_drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.backbone, self.num_classes = backbone, num_classes
+        self.fc_norm = nn.LayerNorm(backbone.embed_dim)
+        self.fc_dropout = nn.Dropout(fc_drop_rate)
+        self.head = nn.Linear(backbone.embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        names = set()
+        for prefix, module in self.named_modules():
+            if module is not self and callable(getattr(module, "no_weight_decay", None)):
+                names |= {f"{prefix}.{n}" for n in module.no_weight_decay()}
+        return names
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc_dropout(self.fc_norm(self.backbone.features(video)[1])))

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from surgvista.data.manifest import read_manifest
 from surgvista.models.probes import KNNProbe, LinearProbe, ProbeHead
+from surgvista.models.zoo import ZooClassifier
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,13 @@ class ProbeCallback(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         head, dm = getattr(pl_module, "net", None), trainer.datamodule
-        if not isinstance(head, ProbeHead):
-            raise TypeError(f"the probe protocol needs a ProbeHead as model.net, got {type(head).__name__}")
+        if not isinstance(head, (ProbeHead, ZooClassifier)):
+            raise TypeError(f"a probe protocol needs a ProbeHead or ZooClassifier as model.net, got {type(head)}")
         inputs = getattr(dm, "inputs", None)
+        if isinstance(head, ZooClassifier):
+            if inputs != "video":
+                raise ValueError(f"full fine-tuning (ZooClassifier) needs data.inputs='video', got {inputs!r}")
+            return
         if inputs != head.inputs:
             raise ValueError(f"{type(head).__name__} reads {head.inputs!r} features but data.inputs is {inputs!r}")
         head.build(dm.feature_dim)
@@ -45,16 +50,16 @@ class ProbeCallback(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        meta = trainer.datamodule.meta
+        meta, net = trainer.datamodule.meta, pl_module.net
         record = {
             "backbone": self.backbone,
             "protocol": self.protocol,
             "dataset": self.dataset,
-            "params": meta.get("params"),
+            "params": net.backbone.num_params() if isinstance(net, ZooClassifier) else meta.get("params"),
             "embed_dim": meta.get("embed_dim"),
             "clips_per_s": meta.get("clips_per_s"),
             "extraction_device": meta.get("device"),
-            "cache": str(trainer.datamodule.directory),
+            "cache": str(trainer.datamodule.directory) if trainer.datamodule.frozen else None,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
         }
         out = Path(trainer.default_root_dir) / "probe.json"
