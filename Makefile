@@ -25,6 +25,7 @@ demo: install  ## pre-train a tiny student on the demo dataset, fine-tune it on 
 		model.ckpt='$(DEMO_DIR)/pretrain/checkpoints/last.ckpt'
 	$(PY) eval.py experiment=demo_phase hydra.run.dir='$(DEMO_DIR)/eval' \
 		ckpt_path='$(DEMO_DIR)/finetune/checkpoints/last.ckpt'
+	$(PY) -m surgvista.pretrain_probe '$(DEMO_DIR)/pretrain'
 
 demo-tecno: install  ## TeCNO (cached features + causal MS-TCN) on the embedded demo dataset (CPU, about a minute)
 	$(PY) train.py experiment=demo_tecno

@@ -4,6 +4,7 @@ small grid with its leaderboard (one row per backbone × protocol, finite metric
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from helpers import ROOT, SMALL_DEMO, run_script, small_demo_overrides
 from hydra.utils import instantiate
 
-from surgvista import leaderboard
+from surgvista import leaderboard, pretrain_probe
 from surgvista.clip_features import ClipFeatureCache
 from surgvista.data.probe import ProbeDataModule
 from surgvista.models.probes import AttentiveProbe, KNNProbe, LinearProbe
@@ -202,7 +203,7 @@ def test_probe_monitor_is_off_without_a_manifest_and_needs_both_splits(tmp_path)
         ProbeMonitor(train_manifest=str(tmp_path / "train.jsonl"))
 
 
-def test_probe_monitor_logs_during_experiment_demo(demo_root, tmp_path):
+def test_probe_monitor_logs_during_experiment_demo(demo_root, tmp_path, capsys, monkeypatch):
     run_script(
         "train.py",
         "experiment=demo",
@@ -218,3 +219,15 @@ def test_probe_monitor_logs_during_experiment_demo(demo_root, tmp_path):
     for key in ("probe/knn_top1", "probe/linear_top1"):
         assert 0 <= float(logged[0][key]) <= 100
     assert float(logged[0]["probe/extract_s"]) > 0
+    # The same run, probed after the fact: pre-trained weights vs two random inits of the architecture.
+    pretrain_probe.main([str(tmp_path), "--seeds", "2", "--max-train", "16", "--max-val", "8"])
+    result = json.loads((tmp_path / "probe_vs_random.json").read_text())
+    assert result["train_clips"] == 16 and result["val_clips"] == 8
+    for name in ("pretrained", "random_init"):
+        for probe in ("knn_top1", "linear_top1"):
+            scores = result[name][probe]["per_seed"]
+            assert len(scores) == 2 and all(0 <= v <= 100 for v in scores)
+    assert len(set(result["pretrained"]["knn_top1"]["per_seed"])) == 1  # k-NN of one set of weights: deterministic
+    assert "random init" in capsys.readouterr().out
+    monkeypatch.setenv("SURGVISTA_LOG_DIR", str(tmp_path))
+    assert pretrain_probe.resolve_run_dir("${paths.log_dir}/x") == tmp_path / "x"

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 from surgvista.data.manifest import read_manifest
 from surgvista.models.probes import KNNProbe, LinearProbe, ProbeHead
@@ -158,59 +158,56 @@ class ProbeMonitor(L.Callback):
         if not self.enabled:
             log.info("probe monitor off: no labelled manifest (callbacks.probe_monitor.train_manifest)")
 
-    def _build(self, student: nn.Module) -> dict:
+    def datasets(self, student: nn.Module) -> dict:
+        """``{"train": Subset, "val": Subset, "num_classes": int}`` at ``student``'s clip geometry (cached)."""
         from surgvista.data.clip_augment import EvalClipTransform
         from surgvista.data.downstream import DownstreamDataset
 
+        if self._datasets is not None:
+            return self._datasets
         classes = manifest_num_classes(self.manifests["train"], self.label)
-        out = {}
+        out: dict = {"num_classes": classes}
         for split, manifest in self.manifests.items():
+            transform = EvalClipTransform(student.img_size)
             ds = DownstreamDataset(
-                manifest,
-                self.label,
-                classes,
-                EvalClipTransform(student.img_size),
-                "frame",
-                False,
-                student.num_frames,
-                self.sampling_rate,
-                1,
-                self.backend,
-            )
+                manifest, self.label, classes, transform, "frame", False, student.num_frames, self.sampling_rate,
+                1, self.backend,
+            )  # fmt: skip
             keep = torch.linspace(0, len(ds) - 1, min(self.limits[split], len(ds))).round().long().unique()
             out[split] = Subset(ds, keep.tolist())
-        out["num_classes"] = classes
+        self._datasets = out
         return out
 
     @torch.no_grad()
-    def _features(self, student: nn.Module, ds: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for batch in DataLoader(ds, batch_size=self.batch_size):
-            xs.append(student_pooled(student, batch["video"].to(device)))
+    def features(self, students: list[nn.Module], split: str, device: torch.device) -> tuple[list, torch.Tensor]:
+        """Pooled features of every student on ``split`` (each clip decoded once) and the targets."""
+        xs: list[list[torch.Tensor]] = [[] for _ in students]
+        ys = []
+        for batch in DataLoader(self.datasets(students[0])[split], batch_size=self.batch_size):
+            video = batch["video"].to(device)
+            for out, student in zip(xs, students):
+                out.append(student_pooled(student, video))
             ys.append(batch["target"].to(device))
-        return torch.cat(xs), torch.cat(ys)
+        return [torch.cat(x) for x in xs], torch.cat(ys)
+
+    def scores(self, train: tuple, val: tuple, seed: int = 0) -> dict[str, float]:
+        """:func:`probe_accuracy` of ``(features, targets)`` pairs with this monitor's settings."""
+        classes = self._datasets["num_classes"]
+        return probe_accuracy(*train, *val, classes, self.k, self.temperature, self.linear_steps, seed=seed)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or (trainer.current_epoch + 1) % self.every:
             return
         student = pl_module.student
-        if self._datasets is None:
-            self._datasets = self._build(student)
         was_training, start = student.training, time.perf_counter()
         student.eval()
         try:
-            feats = {s: self._features(student, self._datasets[s], pl_module.device) for s in ("train", "val")}
+            (train_x,), train_y = self.features([student], "train", pl_module.device)
+            (val_x,), val_y = self.features([student], "val", pl_module.device)
         finally:
             student.train(was_training)
         seconds = time.perf_counter() - start
-        scores = probe_accuracy(
-            *feats["train"],
-            *feats["val"],
-            self._datasets["num_classes"],
-            self.k,
-            self.temperature,
-            self.linear_steps,
-        )
+        scores = self.scores((train_x, train_y), (val_x, val_y))
         values = {f"probe/{k}": v for k, v in scores.items()} | {"probe/extract_s": seconds}
         pl_module.log_dict(values, on_step=False, on_epoch=True)
         log.info("probe monitor (epoch %d): %s", trainer.current_epoch, {k: round(v, 2) for k, v in values.items()})
