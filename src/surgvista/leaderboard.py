@@ -3,8 +3,9 @@
 Reads every ``probe.json`` under the folder (one per job, written by :class:`surgvista.utils.probing.ProbeCallback`)
 and writes ``leaderboard.csv`` and ``leaderboard.md`` (into ``--out``, default the folder): one row per (dataset,
 backbone, protocol) with the backbone's parameter count, the task's test metrics (phase: accuracy, mean video
-accuracy, Jaccard/F1/precision/recall, relaxed when the dataset has relaxed boundaries; triplets: mAP_ivt and its
-components; CVS/action: top-k, mAP) and the feature extraction throughput. The last printed line is
+accuracy, Jaccard/F1/precision/recall, and their ``relaxed_`` versions where the dataset has relaxed boundaries;
+triplets: mAP_ivt and its components; CVS/action: top-1/top-k, balanced accuracy, mAP) and the feature extraction
+throughput. The last printed line is
 ``leaderboard: <path to leaderboard.csv>``. Also run at the end of a ``-m`` grid (:class:`LeaderboardCallback`).
 """
 
@@ -22,29 +23,11 @@ from omegaconf import DictConfig
 
 # Headline metrics, in column order, when a run logged them (test/<name>); the rest stay in the per-run files.
 HEADLINE = (
-    "top1",
-    "top3",
-    "top5",
-    "accuracy",
-    "video_accuracy_mean",
-    "video_accuracy_std",
-    "jaccard",
-    "f1",
-    "precision",
-    "recall",
-    "relaxed_accuracy",
-    "relaxed_jaccard",
-    "relaxed_f1",
-    "relaxed_precision",
-    "relaxed_recall",
-    "mAP",
-    "mAP_ivt",
-    "mAP_i",
-    "mAP_v",
-    "mAP_t",
-    "mAP_iv",
-    "mAP_it",
-)
+    "top1", "accuracy", "video_accuracy_mean", "video_accuracy_std", "jaccard", "f1", "precision", "recall",
+    "relaxed_accuracy", "relaxed_video_accuracy_mean", "relaxed_jaccard", "relaxed_f1", "relaxed_precision",
+    "relaxed_recall", "accuracy_top3", "accuracy_top5", "balanced_accuracy", "mAP",
+    "mAP_ivt", "mAP_i", "mAP_v", "mAP_t", "mAP_iv", "mAP_it",
+)  # fmt: skip
 FIXED = ("dataset", "backbone", "params_M", "protocol")
 
 

@@ -99,7 +99,7 @@ class HFVideoBackbone(ZooBackbone):
 
     ``path``: a local folder written by ``save_pretrained`` (a pre-training/classification checkpoint folder loads
     its encoder); ``config``: a config mapping with ``model_type`` (``videomae``/``vjepa2``) for a seeded random
-    model instead. ``preprocessor_config.json`` in the folder sets the input normalisation (ImageNet otherwise).
+    model instead. The folder's ``(video_)preprocessor_config.json`` sets the input normalisation (ImageNet otherwise).
     """
 
     def __init__(
@@ -151,11 +151,11 @@ class HFVideoBackbone(ZooBackbone):
 
 
 def _hf_normalisation(folder: Path, mean, std) -> tuple[tuple, tuple]:
-    """``image_mean``/``image_std`` of a folder's ``preprocessor_config.json`` (or the given defaults)."""
-    pre = folder / "preprocessor_config.json"
-    if not pre.is_file():
+    """``image_mean``/``image_std`` of a folder's (video) preprocessor config, or the given defaults."""
+    found = [p for p in (folder / "preprocessor_config.json", folder / "video_preprocessor_config.json") if p.is_file()]
+    if not found:
         return mean, std
-    cfg = json.loads(pre.read_text())
+    cfg = json.loads(found[0].read_text())
     return tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
 
 
