@@ -123,8 +123,8 @@ class ProbeMonitor(L.Callback):
     ``max_val`` causal clips at the student's geometry and ``sampling_rate``) → ``probe/knn_top1``,
     ``probe/linear_top1`` (percent, :func:`probe_accuracy`) and ``probe/extract_s`` (seconds to decode + encode).
 
-    Off (one log line) when ``train_manifest`` is null. Every rank computes the same numbers (no communication);
-    the student must be usable as a plain module (not FSDP-sharded).
+    Off (one log line) when ``train_manifest`` is null. Every rank encodes the same clips and gets the same
+    numbers (tested on one process; not tested with FSDP-sharded students).
     """
 
     def __init__(
@@ -209,5 +209,5 @@ class ProbeMonitor(L.Callback):
         seconds = time.perf_counter() - start
         scores = self.scores((train_x, train_y), (val_x, val_y))
         values = {f"probe/{k}": v for k, v in scores.items()} | {"probe/extract_s": seconds}
-        pl_module.log_dict(values, on_step=False, on_epoch=True)
+        pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=True)  # equal on every rank
         log.info("probe monitor (epoch %d): %s", trainer.current_epoch, {k: round(v, 2) for k, v in values.items()})
