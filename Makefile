@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
-export HYDRA_FULL_ERROR ?= 1
+# A bad input prints one `error: ...` line; run with HYDRA_FULL_ERROR=1 for the full traceback.
 
 .PHONY: install demo demo-tecno test test-fast lint format demo-data prepare bench-data bench bench-gpu clean clean-logs
 

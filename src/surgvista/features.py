@@ -33,10 +33,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from surgvista.checkpoints import torch_load
 from surgvista.data.manifest import VideoEntry, read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.sampling import causal_clip_indices
 from surgvista.data.transforms import to_normalized_clip
+from surgvista.utils.errors import UserError
+from surgvista.utils.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ DEFAULTS = {
 }
 
 
-class FeatureCacheError(RuntimeError):
+class FeatureCacheError(UserError, RuntimeError):
     """A cache file that does not hold what the manifest and the extractor settings say it should."""
 
 
@@ -294,12 +297,6 @@ def extract_video(
     return torch.cat(out).to(getattr(torch, s["dtype"])), anchors
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def _unique_entries(manifests: Iterable[str | Path]) -> list[tuple[VideoEntry, str]]:
     seen: dict[tuple[str, str], tuple[VideoEntry, str]] = {}
     for m in manifests:
@@ -344,7 +341,7 @@ def extract_features(
         if not path.is_file():
             todo.append((entry, where))
             continue
-        cached = torch.load(path, map_location="cpu", weights_only=True)
+        cached = torch_load(path)
         if cached.get("media") != media:
             log.warning(
                 "feature cache %s was made from different media (%s, now %s): re-extracting",
@@ -357,7 +354,7 @@ def extract_features(
         labels = frame_labels(entry, label, cached["frames"].tolist(), where)
         if not torch.equal(labels, cached["labels"]):
             log.info("feature cache %s: labels changed in the manifest, updating them", path)
-            _save_atomic({**cached, "labels": labels}, path)
+            atomic_torch_save({**cached, "labels": labels}, path)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {
         "version": FEATURE_VERSION,
@@ -379,7 +376,7 @@ def extract_features(
         feats, frames = extract_video(extractor, reader, entry, s, device)
         path = video_cache_path(directory, entry)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomic(
+        atomic_torch_save(
             {
                 "features": feats,
                 "labels": frame_labels(entry, label, frames, where),

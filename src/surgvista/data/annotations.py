@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from surgvista.utils.errors import UserError
+
 CHOLEC80_PHASES = (
     "Preparation", "CalotTriangleDissection", "ClippingCutting", "GallbladderDissection",
     "GallbladderPackaging", "CleaningCoagulation", "GallbladderRetraction",
 )
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file that does not follow its dataset's official format."""
 
 

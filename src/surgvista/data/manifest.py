@@ -28,13 +28,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from surgvista.utils.errors import UserError
 from surgvista.utils.io import atomic_write_text
 
 FORMATS = ("video", "frames")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest row that is malformed or points at missing media."""
 
 

@@ -17,6 +17,9 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 import surgvista.utils.resolvers  # noqa: F401  (registers ${surgvista.teacher_dim:...})
+from surgvista.checkpoints import check_run_checkpoint
+from surgvista.utils.config_check import check_config
+from surgvista.utils.errors import find_user_error
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,9 @@ def task_wrapper(task: Callable[[DictConfig], dict]) -> Callable[[DictConfig], d
     def wrapped(cfg: DictConfig) -> dict:
         try:
             return task(cfg)
-        except Exception:
-            log.exception("task failed")
+        except Exception as e:
+            if find_user_error(e) is None:  # a user error is printed as one line by the entry point
+                log.exception("task failed")
             raise
         finally:
             import wandb
@@ -62,12 +66,15 @@ def task_wrapper(task: Callable[[DictConfig], dict]) -> Callable[[DictConfig], d
 
 
 def _setup(cfg: DictConfig):
+    check_config(cfg)
     if cfg.get("print_config"):
         print_config(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     # Plain Python containers in hparams, so checkpoints load with torch.load(weights_only=True).
     datamodule = instantiate(cfg.data, _convert_="all")
+    if hasattr(datamodule, "check_inputs"):  # manifests, media and leakage before a (slow) model is built
+        datamodule.check_inputs()
     model = instantiate(cfg.model, _convert_="all")
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
@@ -100,6 +107,8 @@ def train(cfg: DictConfig) -> dict:
             # Distributed strategies re-seed at setup (Lightning's reset_seed); do the same here so a single-process
             # run sees the same data order and augmentations as rank 0 of a multi-process run.
             L.seed_everything(cfg.seed, workers=True, verbose=False)
+        if cfg.get("ckpt_path"):
+            check_run_checkpoint(cfg.ckpt_path, model, "ckpt_path")
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):  # testing replaces the callback metrics: keep the fit ones (optimized_metric) too
@@ -126,10 +135,12 @@ def _selected_ckpt(trainer: L.Trainer, which: str) -> str | None:
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the checkpoint ``cfg.ckpt_path``: ``trainer.test`` for modules with a ``test_step`` (fine-tuning:
     writes predictions and metric tables), otherwise ``trainer.validate`` (pre-training); return its metrics."""
+    check_config(cfg)
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
     datamodule, model, trainer = _setup(cfg)
+    check_run_checkpoint(ckpt, model, "ckpt_path")
     run = trainer.test if is_overridden("test_step", model, L.LightningModule) else trainer.validate
     results = run(model, datamodule=datamodule, ckpt_path=str(ckpt))
     return {k: float(v) for r in results for k, v in r.items()}

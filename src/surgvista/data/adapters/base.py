@@ -20,6 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from surgvista.data.annotations import AnnotationError, read_text
+from surgvista.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".m
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """A dataset folder that cannot be prepared (missing files, wrong layout, bad video)."""
 
 
