@@ -236,6 +236,21 @@ def check_output_folder(out: str | Path, **raw_folders: str | Path | None) -> No
             )
 
 
+def _check_previous(out: Path, dataset: str) -> None:
+    """A re-run resumes its own output; an output folder prepared for another dataset is never overwritten."""
+    stats = out / "stats.json"
+    if stats.is_file():
+        try:
+            previous = json.loads(stats.read_text()).get("dataset")
+        except (ValueError, AttributeError):
+            previous = None
+        if previous not in (None, dataset):
+            raise PrepareError(
+                f"--out {out} holds the prepared {previous!r} dataset ({stats}); choose another output folder "
+                f"for {dataset} (normally ${{paths.data_dir}}/{dataset})"
+            )
+
+
 def check_source(job: dict, min_frames: int, min_seconds: float) -> tuple[str, str] | None:
     """Cheap check of one source before any extraction (open + frame count, no decoding):
     ``("bad", reason)``, ``("short", reason)`` (shorter than the adapter's ``min_seconds``) or ``None``."""
@@ -404,6 +419,7 @@ def prepare(
     if fps_frac is not None and fps_frac <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     out = Path(out)
+    _check_previous(out, dataset)
     out.mkdir(parents=True, exist_ok=True)
     sources = adapter.discover()
     if not sources:
