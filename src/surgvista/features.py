@@ -181,7 +181,7 @@ def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | Non
     Other modules (e.g. timm models) load the unwrapped state dict directly: ``strict=False`` tolerates
     missing/unexpected keys (logged), never a shape mismatch or a checkpoint with no matching key.
     """
-    from surgvista.checkpoints import load_backbone, read_checkpoint, unwrap
+    from surgvista.checkpoints import check_finite, load_backbone, read_checkpoint, unwrap
     from surgvista.models import SurgVISTAStudent, VideoClassifier
 
     ours = isinstance(module, (VideoClassifier, SurgVISTAStudent))
@@ -189,6 +189,7 @@ def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | Non
         load_backbone(path, module, strict=strict)
         return
     state, _, _ = unwrap(read_checkpoint(path)[0], str(path))
+    check_finite(state, path)
     if prefix:
         state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         if not state:

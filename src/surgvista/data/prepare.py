@@ -34,6 +34,7 @@ from tqdm import tqdm
 from surgvista.data.adapters import REGISTRY, PrepareError, Source, Timeline
 from surgvista.data.adapters.base import as_fraction, native_indices
 from surgvista.data.manifest import ManifestError, VideoEntry, frame_files, write_manifest
+from surgvista.utils.errors import UserError
 from surgvista.utils.io import atomic_write_text, same_or_nested
 
 log = logging.getLogger("surgvista.prepare")
@@ -708,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
             videos=args.videos,
         )
-    except (PrepareError, ValueError, FileNotFoundError) as e:
+    except (UserError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

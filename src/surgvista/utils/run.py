@@ -107,7 +107,7 @@ def train(cfg: DictConfig) -> dict:
             # Distributed strategies re-seed at setup (Lightning's reset_seed); do the same here so a single-process
             # run sees the same data order and augmentations as rank 0 of a multi-process run.
             L.seed_everything(cfg.seed, workers=True, verbose=False)
-        if cfg.get("ckpt_path"):
+        if cfg.get("ckpt_path") and str(cfg.ckpt_path) not in ("last", "best", "hpc", "registry"):  # Lightning's
             check_run_checkpoint(cfg.ckpt_path, model, "ckpt_path")
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
