@@ -173,7 +173,8 @@ def process_video(job: dict) -> dict:
         if job["frames"] is None:
             path = Path(job["path"])
             checksums[str(path)] = sha256 = sha256_file(path)
-            native_fps, count = _probe(path)
+            probed = job.get("probed")  # from check_source: no second probe
+            native_fps, count = (Fraction(probed[0]), probed[1]) if probed else _probe(path)
         else:
             files = [Path(f) for f in job["frames"]]
             if not files:
@@ -259,6 +260,7 @@ def check_source(job: dict, min_frames: int, min_seconds: float) -> tuple[str, s
     try:
         if job["frames"] is None:
             native_fps, count = _probe(Path(job["path"]))
+            job["probed"] = (f"{native_fps.numerator}/{native_fps.denominator}", count)
         elif not job["frames"]:
             return "bad", f"frame folder {job['path']} has no image files"
         else:
