@@ -1107,3 +1107,17 @@ def test_demo_manifests_from_a_relative_folder(tmp_path, monkeypatch):
     assert read_manifest(train).entries[0].source == tmp_path / "data" / "demo" / "videos" / "video01.mp4"
     row = json.loads(train.read_text().splitlines()[1])
     assert row["source"] == "videos/video01.mp4"  # not data/demo/data/demo/videos/...
+
+
+def test_demo_regenerates_a_stamped_set_whose_manifests_do_not_read_back(tmp_path):
+    """The old `make demo-data` left doubled paths behind a valid stamp: such a set is rebuilt, not trusted."""
+    from surgvista.data.demo import generate_demo_dataset
+
+    small = {**SMALL_DEMO, "frames_per_video": (30, 30), "size": (32, 24)}
+    train, _ = generate_demo_dataset(tmp_path / "demo", **small)
+    rows = train.read_text().splitlines()
+    broken = json.loads(rows[1])
+    broken["source"] = "data/demo/data/demo/videos/video01.mp4"
+    train.write_text("\n".join([rows[0], json.dumps(broken), *rows[2:]]) + "\n")
+    generate_demo_dataset(tmp_path / "demo", **small)
+    assert read_manifest(train).entries[0].source == tmp_path / "demo" / "videos" / "video01.mp4"
