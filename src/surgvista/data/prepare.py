@@ -483,28 +483,17 @@ def prepare(
 
     counts = {sp: label_counts(es) for sp, es in entries.items() if es}
     check_annotated(dataset, counts, sources)
-    same_video = {s.video_id: s.meta["same_video_as"] for s in sources if s.meta.get("same_video_as")}
-    written = {}
-    for sp, es in entries.items():
-        if not es:
-            continue
-        same = {e.video_id: same_video[e.video_id] for e in es if e.video_id in same_video}
-        meta = {
-            "version": 1,
-            "dataset": dataset,
-            "split": sp,
-            "label_names": adapter.label_names,
-            "fps": None if fps_frac is None else float(fps_frac),
-            "extracted": extract,
-            "variant": adapter.variant,
-            "raw": str(Path(raw).resolve()),
-            **meta_extra,
-            **({"same_video_as": same} if same else {}),
-        }
-        written[sp] = write_manifest(out / f"{sp}.jsonl", sorted(es, key=lambda e: _order(e.video_id)), meta)
-
-    for sp in set(adapter.splits) - set(written):
-        (out / f"{sp}.jsonl").unlink(missing_ok=True)  # a split emptied since an earlier run
+    common = {
+        "version": 1,
+        "dataset": dataset,
+        "label_names": adapter.label_names,
+        "fps": None if fps_frac is None else float(fps_frac),
+        "extracted": extract,
+        "variant": adapter.variant,
+        "raw": str(Path(raw).resolve()),
+        **meta_extra,
+    }
+    written = _write_manifests(out, entries, sources, common, adapter.splits)
     _write_checksums(out / "checksums.sha256", checksums, Path(raw))
     stats = {
         "dataset": dataset,
@@ -529,6 +518,23 @@ def prepare(
     if progress:
         print_table(stats)
     return stats
+
+
+def _write_manifests(
+    out: Path, entries: dict[str, list[VideoEntry]], sources: list[Source], common: dict, splits: tuple[str, ...]
+) -> dict[str, Path]:
+    """``<out>/<split>.jsonl`` of every non-empty split (atomic); a split emptied since an earlier run is removed."""
+    same_video = {s.video_id: s.meta["same_video_as"] for s in sources if s.meta.get("same_video_as")}
+    written = {}
+    for sp, es in entries.items():
+        if not es:
+            continue
+        same = {e.video_id: same_video[e.video_id] for e in es if e.video_id in same_video}
+        meta = {**common, "split": sp, **({"same_video_as": same} if same else {})}
+        written[sp] = write_manifest(out / f"{sp}.jsonl", sorted(es, key=lambda e: _order(e.video_id)), meta)
+    for sp in set(splits) - set(written):
+        (out / f"{sp}.jsonl").unlink(missing_ok=True)
+    return written
 
 
 def _order(video_id: str) -> tuple:
