@@ -30,6 +30,12 @@ def warmup_cosine(base: float, final: float, total_steps: int, warmup_steps: int
     return np.concatenate([warmup, cosine])
 
 
+def _fused_ok(groups: list[dict]) -> bool:
+    """Fused AdamW (one kernel for all parameters) when every parameter is a plain CUDA tensor (not DTensor)."""
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(type(p) is torch.nn.Parameter and p.is_cuda for p in params)
+
+
 def adamw_warmup_cosine(
     groups: list[dict],
     trainer: L.Trainer,
@@ -66,7 +72,7 @@ def adamw_warmup_cosine(
     log.info(
         "global batch %d → lr %.3g (min %.3g); %d optimiser steps, %d warm-up", global_batch, lr, min_lr, total, warmup
     )
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=_fused_ok(groups))
     last = len(schedule) - 1
     factor = schedule / lr if lr > 0 else schedule * 0
     scheduler = LambdaLR(optimizer, lambda step: float(factor[min(step, last)]))

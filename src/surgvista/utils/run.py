@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -57,9 +58,8 @@ def task_wrapper(task: Callable[[DictConfig], dict]) -> Callable[[DictConfig], d
                 log.exception("task failed")
             raise
         finally:
-            import wandb
-
-            if wandb.run is not None:
+            wandb = sys.modules.get("wandb")  # imported only by a W&B logger: nothing to close otherwise
+            if wandb is not None and wandb.run is not None:
                 wandb.finish()
 
     return wrapped
