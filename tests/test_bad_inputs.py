@@ -976,6 +976,11 @@ def test_user_error_is_one_line_and_full_error_shows_the_traceback(monkeypatch, 
         load_backbone(path, VideoClassifier(5, "tiny", **GEOM))
 
 
+def test_disabling_an_optional_group_needs_no_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_optuna_sweeper", None)
+    check_extras(["hparams_search=null", "~logger", "experiment=demo"])  # nothing to install
+
+
 def test_hydra_wrapped_constructor_error_is_found(tmp_path, capsys):
     """An error raised inside ``instantiate`` reaches the user without Hydra's wrapper."""
     from hydra.utils import instantiate

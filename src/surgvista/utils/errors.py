@@ -66,10 +66,11 @@ def missing_extra(module: str, needed_by: str) -> MissingExtraError:
 def check_extras(argv: Sequence[str]) -> None:
     """Raise :class:`MissingExtraError` for a command-line override whose plugin/logger package is missing."""
     for arg in argv:
+        if arg.startswith("~") or arg.endswith(("=null", "=none")):
+            continue  # removing or disabling a group needs nothing
         for prefix, module in OVERRIDE_NEEDS:
-            if arg.lstrip("+~").startswith(prefix) and not (
-                module == "tensorboard" and importable("tensorboardX")
-            ) and not importable(module):
+            alternative = module == "tensorboard" and importable("tensorboardX")
+            if arg.lstrip("+").startswith(prefix) and not alternative and not importable(module):
                 raise missing_extra(module, arg)
 
 
