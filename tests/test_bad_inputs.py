@@ -1001,6 +1001,13 @@ def test_missing_extra_at_instantiation_names_the_extra(monkeypatch, capsys):
     assert "pip install 'surgvista[tensorboard]'" in capsys.readouterr().err
 
 
+def test_optimized_metric_that_was_not_logged():
+    from surgvista.utils.run import metric_value
+
+    with pytest.raises(ValueError, match=r"optimized_metric='val/acc' was not logged; available: \['val/loss'\]"):
+        metric_value({"val/loss": 1.0}, "val/acc")
+
+
 def test_batch_larger_than_the_dataset(demo_root, tmp_path):
     from surgvista.utils.config_check import ConfigError
     from surgvista.utils.run import train

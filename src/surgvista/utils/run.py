@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 import surgvista.utils.resolvers  # noqa: F401  (registers ${surgvista.teacher_dim:...})
 from surgvista.checkpoints import check_run_checkpoint
 from surgvista.utils.config_check import check_config
-from surgvista.utils.errors import find_user_error
+from surgvista.utils.errors import ConfigError, find_user_error
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def metric_value(metrics: dict, name: str | None) -> float | None:
     if not name:
         return None
     if name not in metrics:
-        raise KeyError(f"optimized_metric {name!r} was not logged; available: {sorted(metrics)}")
+        raise ConfigError(f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}")
     return float(metrics[name])
 
 
