@@ -38,7 +38,8 @@ from surgvista.data.manifest import VideoEntry, read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.sampling import causal_clip_indices
 from surgvista.data.transforms import to_normalized_clip
-from surgvista.utils.errors import UserError
+from surgvista.utils.config_check import check_config
+from surgvista.utils.errors import UserError, user_errors
 from surgvista.utils.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -408,10 +409,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     with initialize_config_dir(str(conf), version_base="1.3"):
         cfg = compose("train", overrides=argv[1:])
-    data = instantiate(cfg.data, _convert_="all")
-    if not callable(getattr(data, "extract", None)):
-        raise SystemExit(f"data={type(data).__name__} has no feature cache to fill; use a features data config")
-    print(f"features in {data.extract()}")
+    with user_errors():  # a bad input: one line (HYDRA_FULL_ERROR=1: traceback)
+        check_config(cfg)
+        data = instantiate(cfg.data, _convert_="all")
+        if not callable(getattr(data, "extract", None)):
+            raise SystemExit(f"data={type(data).__name__} has no feature cache to fill; use a features data config")
+        print(f"features in {data.extract()}")
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ RULES: dict[str, Rule] = {
 
 def check_config(cfg: DictConfig, rules: dict[str, Rule] | None = None) -> None:
     """Raise :class:`ConfigError` for the first knob of ``cfg`` that is unset (``???``) or breaks its rule."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(_missing(OmegaConf.to_container(cfg, resolve=False)))
     if missing:
         raise ConfigError(f"{missing[0]} must be set: add the override {missing[0]}=<value> to the command line")
     for key, rule in (rules or RULES).items():
@@ -115,3 +115,10 @@ def check_config(cfg: DictConfig, rules: dict[str, Rule] | None = None) -> None:
             raise ConfigError(
                 f"{key}={value!r}: expected {rule.describe()} (e.g. override {key}={rule.example!s})"
             )
+
+
+def _missing(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is ``???`` (nothing is resolved: ``${hydra:...}`` may be unset here)."""
+    if isinstance(node, dict):
+        return [k for key, v in node.items() for k in _missing(v, f"{prefix}{key}.")]
+    return [prefix[:-1]] if node == "???" else []
