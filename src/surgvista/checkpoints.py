@@ -709,6 +709,8 @@ def check_run_checkpoint(path: str | Path, model: nn.Module, key: str = "ckpt_pa
     """Before resuming or evaluating: ``path`` is a readable Lightning checkpoint with finite weights, written by
     the same kind of module as ``model`` (else one :class:`CheckpointError` naming both module classes)."""
     path = Path(path)
+    if path.is_dir():  # a sharded (distributed checkpoint) folder: read by the strategy itself
+        return
     if not path.is_file():
         raise FileNotFoundError(f"{key} not found: {path}")
     obj = torch_load(path)

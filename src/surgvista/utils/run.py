@@ -137,7 +137,7 @@ def evaluate(cfg: DictConfig) -> dict:
     writes predictions and metric tables), otherwise ``trainer.validate`` (pre-training); return its metrics."""
     check_config(cfg)
     ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
+    if not ckpt.exists():  # a file, or a sharded checkpoint folder
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
     datamodule, model, trainer = _setup(cfg)
     check_run_checkpoint(ckpt, model, "ckpt_path")
