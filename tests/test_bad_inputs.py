@@ -884,7 +884,19 @@ def hf_dir_bad_config(path: Path) -> Path:
     return path
 
 
+def finetune_init(ctx) -> object:
+    """``model.ckpt=`` of a fine-tuning experiment: the module's own load_backbone."""
+    from hydra.utils import instantiate
+
+    cfg = compose("demo_phase", "data.input_size=64", "data.num_frames=4")
+    return instantiate(cfg.model, _convert_="all").load_backbone(str(ctx["ckpt"]))
+
+
 LOAD = [
+    Case(
+        "finetune-model-ckpt-text", with_file("ckpt", text_file, "pre.ckpt"), finetune_init, r"pre\.ckpt: not a PyTorch"
+    ),
+    Case("finetune-model-ckpt-foreign", with_file("ckpt", foreign, "pre.ckpt"), finetune_init, r"pre\.ckpt: contains"),
     Case(
         "load-text",
         with_file("ckpt", text_file, "a.pth"),
@@ -1038,6 +1050,11 @@ def test_train_cli_prints_one_line_for_a_user_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the good paths it guards
+def test_pretrain_surgvista_guards_leakage_by_default():
+    cfg = compose("pretrain_surgvista", "paths.data_dir=/nowhere")
+    assert list(cfg.data.exclude_from) == ["auto"]
+
+
 def test_leakage_auto_lists_checked_and_missing(tmp_path, caplog):
     data = leakage_data(alias=False)(tmp_path, tmp_path)["data"]
     other = VideoEntry("cholec80", "video99", "video", tmp_path / "videos" / "video06.mp4", 6, 5.0, {})
