@@ -32,7 +32,8 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from surgvista.features import _ckpt_digest, _save_atomic, file_digest
+from surgvista.features import FeatureCacheError, _ckpt_digest, file_digest
+from surgvista.utils.io import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,9 @@ class ClipFeatureCache:
         shards = [torch.load(p, map_location="cpu", weights_only=True) for p in self.shard_paths(split, count)]
         out = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
         if len(out["index"]) != count:
-            raise RuntimeError(f"{self.directory}/{split}: {len(out['index'])} cached samples, meta says {count}")
+            raise FeatureCacheError(
+                f"{self.directory}/{split}: {len(out['index'])} cached samples, meta.json says {count}: delete it"
+            )
         return out
 
     def extract(self, progress: bool = True) -> Path:
@@ -158,8 +161,7 @@ class ClipFeatureCache:
                 shard = self._extract_shard(backbone, ds, split, int(path.stem.split("_")[1]), device, progress)
                 seconds += time.perf_counter() - start
                 clips += len(shard["index"])
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _save_atomic(shard, path)
+                atomic_torch_save(shard, path)
         meta = {
             "version": CLIP_FEATURE_VERSION,
             "backbone": self.backbone_cfg,
@@ -176,9 +178,7 @@ class ClipFeatureCache:
             "storage": self.storage,
         }
         meta["clips_per_s"] = meta["extracted_clips"] / meta["extraction_s"] if meta["extraction_s"] else None
-        tmp = self.meta_path.with_name(".meta.json.tmp")
-        tmp.write_text(json.dumps(meta, indent=1, default=str))
-        tmp.replace(self.meta_path)
+        atomic_write_text(self.meta_path, json.dumps(meta, indent=1, default=str))
         return self.directory
 
     @torch.inference_mode()

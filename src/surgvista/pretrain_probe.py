@@ -21,6 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from surgvista.utils.errors import ConfigError
 from surgvista.utils.probing import ProbeMonitor
 
 
@@ -47,7 +48,7 @@ def compare(run_dir: str | Path, seeds: int = 3, max_train: int | None = None, m
     cfg = OmegaConf.load(run / "config.yaml")
     monitor_cfg = OmegaConf.select(cfg, "callbacks.probe_monitor")
     if monitor_cfg is None or not monitor_cfg.get("train_manifest"):
-        raise ValueError(f"{run / 'config.yaml'}: no callbacks.probe_monitor.train_manifest (a labelled manifest)")
+        raise ConfigError(f"{run / 'config.yaml'}: no callbacks.probe_monitor.train_manifest (a labelled manifest)")
     limits = {k: v for k, v in (("max_train", max_train), ("max_val", max_val)) if v is not None}
     monitor: ProbeMonitor = instantiate(monitor_cfg, **limits)
     students = [_load_student(cfg, run / "checkpoints" / "last.ckpt")]

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from surgvista.clip_features import ClipFeatureCache
+from surgvista.utils.errors import ConfigError
 
 INPUTS = ("pooled", "tokens", "video")  # video: no cache, the source's own clips (full fine-tuning)
 TOKEN_DTYPES = ("float16", "bfloat16", "float32")
@@ -69,13 +70,13 @@ class ProbeDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if inputs not in INPUTS:
-            raise ValueError(f"data.inputs {inputs!r} is not one of {INPUTS}")
+            raise ConfigError(f"data.inputs={inputs!r}: expected one of {INPUTS}")
         if token_dtype not in TOKEN_DTYPES:
-            raise ValueError(f"data.token_dtype {token_dtype!r} is not one of {TOKEN_DTYPES}")
+            raise ConfigError(f"data.token_dtype={token_dtype!r}: expected one of {TOKEN_DTYPES}")
         if isinstance(backbone, DictConfig):
             backbone = OmegaConf.to_container(backbone, resolve=True)
         if not isinstance(backbone, Mapping) or "_target_" not in backbone:
-            raise ValueError(f"data.backbone must be a config with a _target_ (model/backbone=<name>): {backbone!r}")
+            raise ConfigError(f"data.backbone={backbone!r}: expected a config with a _target_ (model/backbone=<name>)")
         self.inputs, self.extract_missing = inputs, extract_missing
         self.source = get_class(source)(**source_kwargs)
         storage = {
@@ -112,7 +113,7 @@ class ProbeDataModule(L.LightningDataModule):
             if split not in self.data:
                 self.data[split] = self.cache.load(split)
         if "train" not in self.data:
-            raise ValueError("the probe needs a train split (data.train_manifest)")
+            raise ConfigError("the probe needs a train split (data.train_manifest)")
 
     @property
     def feature_dim(self) -> int:

@@ -26,6 +26,8 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from surgvista.utils.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -111,11 +113,11 @@ class HFVideoBackbone(ZooBackbone):
     ) -> None:
         super().__init__()
         if (path is None) == (config is None):
-            raise ValueError("HFVideoBackbone needs exactly one of path (a local HF folder) or config (a mapping)")
+            raise ConfigError("HFVideoBackbone needs exactly one of path (a local HF folder) or config (a mapping)")
         self.model = self._load(path, config, attn_implementation, seed)
         self.kind = self.model.config.model_type
         if self.kind not in HF_KINDS:
-            raise ValueError(f"HF model type {self.kind!r} (from {path or 'config'}) is not one of {HF_KINDS}")
+            raise ConfigError(f"HF model type {self.kind!r} (from {path or 'config'}) is not one of {HF_KINDS}")
         self.embed_dim = int(self.model.config.hidden_size)
         if path is not None:
             self.mean, self.std = _hf_normalisation(Path(path), self.mean, self.std)
@@ -130,7 +132,7 @@ class HFVideoBackbone(ZooBackbone):
             return AutoModel.from_pretrained(path, local_files_only=True, attn_implementation=attn)
         cfg = dict(config)
         if cfg.get("model_type") not in HF_KINDS:
-            raise ValueError(f"HF backbone config needs model_type in {HF_KINDS}, got {cfg.get('model_type')!r}")
+            raise ConfigError(f"HF backbone config needs model_type in {HF_KINDS}, got {cfg.get('model_type')!r}")
         hf_cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
         hf_cfg._attn_implementation = attn
         with torch.random.fork_rng(devices=[]):

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from surgvista.utils.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -26,6 +28,12 @@ def warmup_cosine(base: float, final: float, total_steps: int, warmup_steps: int
     iters = np.arange(total_steps - warmup_steps)
     cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
     return np.concatenate([warmup, cosine])
+
+
+def _fused_ok(groups: list[dict]) -> bool:
+    """Fused AdamW (one kernel for all parameters) when every parameter is a plain CUDA tensor (not DTensor)."""
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(type(p) is torch.nn.Parameter and p.is_cuda for p in params)
 
 
 def adamw_warmup_cosine(
@@ -49,6 +57,12 @@ def adamw_warmup_cosine(
     lr = base_lr * global_batch / lr_scale_batch
     min_lr = min_lr * global_batch / lr_scale_batch
     total = int(trainer.estimated_stepping_batches)
+    if total <= 0:
+        raise ConfigError(
+            f"no optimiser step to schedule ({trainer.num_training_batches} training batch(es) per epoch, "
+            f"max_epochs={trainer.max_epochs}): the training set is smaller than one batch of "
+            f"data.batch_size={samples_per_step} clips (the last partial batch is dropped); lower data.batch_size"
+        )
     epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
     steps_per_epoch = total / epochs if epochs else total
     warmup = int(round(warmup_epochs * steps_per_epoch))
@@ -58,7 +72,7 @@ def adamw_warmup_cosine(
     log.info(
         "global batch %d → lr %.3g (min %.3g); %d optimiser steps, %d warm-up", global_batch, lr, min_lr, total, warmup
     )
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=_fused_ok(groups))
     last = len(schedule) - 1
     factor = schedule / lr if lr > 0 else schedule * 0
     scheduler = LambdaLR(optimizer, lambda step: float(factor[min(step, last)]))

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from surgvista.data.manifest import read_manifest
 from surgvista.models.probes import KNNProbe, LinearProbe, ProbeHead
 from surgvista.models.zoo import ZooClassifier
+from surgvista.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,10 @@ class ProbeCallback(L.Callback):
         inputs = getattr(dm, "inputs", None)
         if isinstance(head, ZooClassifier):
             if inputs != "video":
-                raise ValueError(f"full fine-tuning (ZooClassifier) needs data.inputs='video', got {inputs!r}")
+                raise ConfigError(f"full fine-tuning (ZooClassifier) needs data.inputs='video', got {inputs!r}")
             return
         if inputs != head.inputs:
-            raise ValueError(f"{type(head).__name__} reads {head.inputs!r} features but data.inputs is {inputs!r}")
+            raise ConfigError(f"{type(head).__name__} reads {head.inputs!r} features but data.inputs is {inputs!r}")
         head.build(dm.feature_dim)
         if isinstance(head, KNNProbe):
             features, targets = dm.train_features()
@@ -106,7 +107,7 @@ def manifest_num_classes(manifest: str, label: str) -> int:
         return len(names)
     ids = [v for e in m.entries for v in (e.labels.get(label) or []) if isinstance(v, int) and v >= 0]
     if not ids:
-        raise ValueError(f"{manifest}: no per-frame {label!r} labels for the probe monitor")
+        raise ConfigError(f"{manifest}: no per-frame {label!r} labels for the probe monitor")
     return max(ids) + 1
 
 
@@ -143,9 +144,9 @@ class ProbeMonitor(L.Callback):
         backend: str = "decord",
     ) -> None:
         if train_manifest and not val_manifest:
-            raise ValueError("probe monitor: train_manifest is set but val_manifest is not (both are needed)")
+            raise ConfigError("probe monitor: train_manifest is set but val_manifest is not (both are needed)")
         if every_n_epochs < 1:
-            raise ValueError(f"probe monitor: every_n_epochs must be >= 1, got {every_n_epochs}")
+            raise ConfigError(f"probe monitor: every_n_epochs must be >= 1, got {every_n_epochs}")
         self.enabled = bool(train_manifest)
         self.manifests = {"train": train_manifest, "val": val_manifest}
         self.label, self.every, self.sampling_rate = label, every_n_epochs, sampling_rate
