@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -121,6 +122,11 @@ def test_second_protocol_reads_the_cache_and_extraction_resumes(demo_root, tmp_p
     assert calls[len(done) :] == [("train", 1)]
     torch.testing.assert_close(resumed.data["train"]["pooled"], linear.data["train"]["pooled"])
     assert probe_dm(demo_root, tmp_path, seed=1).directory != linear.directory  # other weights, other cache
+    moved = shutil.copytree(demo_root, tmp_path / "moved")
+    assert probe_dm(moved, tmp_path).directory == linear.directory  # the same data elsewhere: the same cache
+    with next((moved / "videos").glob("*.mp4")).open("ab") as f:
+        f.write(b"\0")
+    assert probe_dm(moved, tmp_path).directory != linear.directory  # another video file: another cache
 
 
 def test_grid_writes_one_leaderboard_row_per_backbone_and_protocol(demo_root, tmp_path, capsys):

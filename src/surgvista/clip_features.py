@@ -9,8 +9,9 @@ to at most ``max_tokens``), ``target`` (class id or multi-hot), ``video_index``,
 Layout (next to the per-frame cache of :mod:`surgvista.features`): ``<cache_root>/clips/<key>/<split>/
 shard_<i>.pt`` of ``shard_size`` samples each, written atomically, plus ``meta.json`` (backbone, parameters,
 extraction throughput, video ids, class names). ``<key>`` digests the backbone config (checkpoint files and HF
-folders by content), the manifests (by content), the clip geometry and the storage settings, so every protocol
-run on the same backbone and data reads the same cache, and a changed backbone or manifest gets a new one.
+folders by content), the manifests (by content) and their videos' fingerprints (file size, frame count, sha256
+when the manifest has it), the clip geometry and the storage settings, so every protocol run on the same backbone
+and data reads the same cache, and a changed backbone, manifest or video gets a new one.
 An interrupted extraction resumes at the first missing shard.
 """
 
@@ -32,7 +33,8 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from surgvista.features import FeatureCacheError, _ckpt_digest, file_digest
+from surgvista.data.manifest import read_manifest
+from surgvista.features import FeatureCacheError, _ckpt_digest, file_digest, media_fingerprint
 from surgvista.utils.io import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -65,13 +67,17 @@ def _content(value: object) -> object:
 
 
 def clip_cache_key(backbone: Mapping, source, storage: Mapping) -> str:
-    """Digest (16 hex) of the backbone config, the split manifests, the clip geometry and ``storage``."""
-    manifests = {s: file_digest(m) if m else None for s, m in source.manifests().items()}
+    """Digest (16 hex) of the backbone config, the split manifests and their videos (size, frames, sha256 as
+    :func:`surgvista.features.media_fingerprint`), the clip geometry and ``storage``."""
+    splits = {s: m for s, m in source.manifests().items() if m}
+    manifests = {s: file_digest(m) for s, m in splits.items()}
+    media = {s: [media_fingerprint(e) for e in read_manifest(m).entries] for s, m in splits.items()}
     geometry = {k: source.hparams.get(k) for k in GEOMETRY_FIELDS}
     payload = {
         "version": CLIP_FEATURE_VERSION,
         "backbone": _content(backbone),
         "manifests": manifests,
+        "media": media,
         "geometry": geometry,
         "storage": dict(storage),
     }
