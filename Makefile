@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
-export HYDRA_FULL_ERROR ?= 1
+# A bad input prints one `error: ...` line; run with HYDRA_FULL_ERROR=1 for the full traceback.
 
-.PHONY: install demo demo-tecno test test-fast lint format demo-data prepare bench-data bench bench-gpu gpu-check clean clean-logs
+.PHONY: install demo demo-tecno benchmark-demo test test-fast lint format demo-data prepare bench-data bench bench-gpu gpu-check clean clean-logs
 
 install: $(STAMP)
 
@@ -25,6 +25,7 @@ DEMO_OUT = $(DEMO_DIR)/$(DEMO_RUN)
 DEMO_ARGS ?=#         extra overrides of every step (e.g. paths.data_dir=...)
 DEMO_PRETRAIN_ARGS ?=# extra overrides of the pre-training step
 DEMO_PHASE_ARGS ?=#    extra overrides of the fine-tuning and evaluation steps
+DEMO_PROBE_ARGS ?=#    options of the pre-training probe (python -m surgvista.pretrain_probe --help)
 
 demo: install  ## pre-train a tiny student on the demo dataset, fine-tune it on the phase labels, evaluate (CPU)
 	@test ! -e '$(DEMO_OUT)' || { echo "$(DEMO_OUT) exists: wait a second and run make demo again"; exit 1; }
@@ -33,11 +34,17 @@ demo: install  ## pre-train a tiny student on the demo dataset, fine-tune it on 
 		model.ckpt='$(DEMO_OUT)/pretrain/checkpoints/last.ckpt' $(DEMO_ARGS) $(DEMO_PHASE_ARGS)
 	$(PY) eval.py experiment=demo_phase hydra.run.dir='$(DEMO_OUT)/eval' \
 		ckpt_path='$(DEMO_OUT)/finetune/checkpoints/last.ckpt' $(DEMO_ARGS) $(DEMO_PHASE_ARGS)
+	$(PY) -m surgvista.pretrain_probe '$(DEMO_OUT)/pretrain' $(DEMO_PROBE_ARGS)
 	ln -sfn '$(DEMO_RUN)' '$(DEMO_DIR)/latest'
 	@echo "demo run: $(DEMO_OUT) (also $(DEMO_DIR)/latest)"
 
 demo-tecno: install  ## TeCNO (cached features + causal MS-TCN) on the embedded demo dataset (CPU, about a minute)
 	$(PY) train.py experiment=demo_tecno
+
+BENCH_DEMO_BACKBONES ?= demo_student,demo_videomae,demo_timm_vit
+benchmark-demo: install  ## frozen probes (linear, attentive, k-NN) x 3 backbone families on the demo data, then the leaderboard (CPU)
+	$(PY) train.py -m experiment=probe_demo model/backbone=$(BENCH_DEMO_BACKBONES) probe=linear,attentive,knn \
+		print_config=false hydra.sweep.dir='$${paths.log_dir}/benchmark_demo/$${now:%Y-%m-%d_%H-%M-%S}'
 
 test: install  ## ruff, then the whole suite (slow tests included)
 	$(PY) -m ruff check .

@@ -110,7 +110,7 @@ def test_finetuned_classifier_exports_to_videomae_for_video_classification(finet
     assert "license: apache-2.0" in card and "CalotTriangleDissection" in card and "base_lr" in card
 
 
-def test_finetuned_sincos_model_exports_to_safetensors_and_refuses_hf_in_one_line(tmp_path, capsys):
+def test_finetuned_sincos_model_exports_to_safetensors_and_refuses_hf_in_one_line(tmp_path, capsys, monkeypatch):
     from test_checkpoints import classifier
 
     net = classifier()  # 3-D sin-cos table: no HF equivalent
@@ -122,6 +122,8 @@ def test_finetuned_sincos_model_exports_to_safetensors_and_refuses_hf_in_one_lin
     card = json.loads((tmp_path / "ft.json").read_text())
     assert card["architecture"]["embed_dim"] == net.embed_dim and card["num_tensors"] == len(net.state_dict())
     capsys.readouterr()
-    code = main([f"ckpt={ckpt}", "format=hf", f"out={tmp_path / 'hf'}", "pos_embed=sincos3d"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main([f"ckpt={ckpt}", "format=hf", f"out={tmp_path / 'hf'}", "pos_embed=sincos3d"])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "refusing to export a sincos3d" in err
+    assert exit_.value.code == 1 and len(err.strip().splitlines()) == 1 and "refusing to export a sincos3d" in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,14 +14,20 @@ set_project_root()
 
 @hydra.main(version_base="1.3", config_path=primary_config_path(), config_name="train")
 def run(cfg: DictConfig) -> float | None:
-    """Run one training job and return ``optimized_metric`` for Hydra sweepers."""
+    """Run one training job and return ``optimized_metric`` for Hydra sweepers (a bad input: one line, exit 1)."""
+    from surgvista.utils.errors import user_errors
     from surgvista.utils.run import metric_value, train
 
-    return metric_value(train(cfg), cfg.get("optimized_metric"))
+    with user_errors():
+        return metric_value(train(cfg), cfg.get("optimized_metric"))
 
 
 def main() -> None:
-    """Console-script entry point (Hydra reads the command line)."""
+    """Console-script entry point (Hydra reads the command line); missing optional plugins are one line."""
+    from surgvista.utils.errors import check_extras, user_errors
+
+    with user_errors():
+        check_extras(sys.argv[1:])
     run()
 
 

@@ -13,6 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from surgvista.models.vit import attention, check_attn_backend
+from surgvista.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ TEACHER_PRESETS: dict[str, tuple[int, int, int]] = {
 }
 
 
-class TeacherCheckpointError(ValueError):
+class TeacherCheckpointError(UserError, ValueError):
     """A teacher checkpoint whose keys do not match the EndoSSL/SurgVISTA layout."""
 
 
@@ -199,10 +200,14 @@ class ImageTeacher(nn.Module):
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Load a teacher ``.pth`` (EndoSSL/SurgVISTA layout) with ``weights_only=True``."""
+        from surgvista.checkpoints import check_finite, torch_load
+
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"teacher checkpoint not found: {path}")
-        self.load_endossl_state_dict(torch.load(path, map_location="cpu", weights_only=True), str(path))
+            raise FileNotFoundError(f"teacher checkpoint not found: {path} (model.teacher.ckpt)")
+        obj = torch_load(path)
+        self.load_endossl_state_dict(obj, str(path))
+        check_finite(self.endossl_state_dict(), f"teacher checkpoint {path}")
         log.info("Loaded teacher weights from %s", path)
 
     def _last_tokens(self, frames: torch.Tensor) -> torch.Tensor:

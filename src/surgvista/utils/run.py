@@ -19,6 +19,9 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 import surgvista.utils.resolvers  # noqa: F401  (registers ${surgvista.teacher_dim:...})
+from surgvista.checkpoints import check_run_checkpoint
+from surgvista.utils.config_check import check_config
+from surgvista.utils.errors import ConfigError, find_user_error
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +54,9 @@ def task_wrapper(task: Callable[[DictConfig], dict]) -> Callable[[DictConfig], d
     def wrapped(cfg: DictConfig) -> dict:
         try:
             return task(cfg)
-        except Exception:
-            log.exception("task failed")
+        except Exception as e:
+            if find_user_error(e) is None:  # a user error is printed as one line by the entry point
+                log.exception("task failed")
             raise
         finally:
             wandb = sys.modules.get("wandb")  # imported only by a W&B logger: nothing to close otherwise
@@ -81,7 +85,7 @@ def apply_extras(cfg: DictConfig) -> None:
         log.info("extras.ignore_warnings: Python warnings are silenced")
         warnings.filterwarnings("ignore")
     if extras.get("enforce_tags") and not cfg.get("tags"):
-        raise ValueError("tags is empty but extras.enforce_tags is true: pass tags=[...] or extras.enforce_tags=false")
+        raise ConfigError("tags is empty but extras.enforce_tags is true: pass tags=[...] or extras.enforce_tags=false")
 
 
 def log_hyperparameters(loggers: list, cfg: DictConfig, model: L.LightningModule) -> dict:
@@ -98,6 +102,7 @@ def log_hyperparameters(loggers: list, cfg: DictConfig, model: L.LightningModule
 
 
 def _setup(cfg: DictConfig):
+    check_config(cfg)
     apply_extras(cfg)
     if cfg.get("print_config"):
         print_config(cfg)
@@ -105,6 +110,8 @@ def _setup(cfg: DictConfig):
         L.seed_everything(cfg.seed, workers=True)
     # Plain Python containers in hparams, so checkpoints load with torch.load(weights_only=True).
     datamodule = instantiate(cfg.data, _convert_="all")
+    if hasattr(datamodule, "check_inputs"):  # manifests, media and leakage before a (slow) model is built
+        datamodule.check_inputs()
     model = instantiate(cfg.model, _convert_="all")
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
@@ -118,7 +125,7 @@ def metric_value(metrics: dict, name: str | None) -> float | None:
     if not name:
         return None
     if name not in metrics:
-        raise KeyError(f"optimized_metric {name!r} was not logged; available: {sorted(metrics)}")
+        raise ConfigError(f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}")
     return float(metrics[name])
 
 
@@ -135,6 +142,8 @@ def train(cfg: DictConfig) -> dict:
             # Distributed strategies re-seed at setup (Lightning's reset_seed); do the same here so a single-process
             # run sees the same data order and augmentations as rank 0 of a multi-process run.
             L.seed_everything(cfg.seed, workers=True, verbose=False)
+        if cfg.get("ckpt_path") and str(cfg.ckpt_path) not in ("last", "best", "hpc", "registry"):  # Lightning's
+            check_run_checkpoint(cfg.ckpt_path, model, "ckpt_path")
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):  # testing replaces the callback metrics: keep the fit ones (optimized_metric) too
@@ -162,14 +171,16 @@ def _selected_ckpt(trainer: L.Trainer, which: str) -> str | None:
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the checkpoint ``cfg.ckpt_path``: ``trainer.test`` for modules with a ``test_step`` (fine-tuning:
     writes predictions and metric tables), otherwise ``trainer.validate`` (pre-training); return its metrics."""
+    check_config(cfg)
     ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
+    if not ckpt.exists():  # a file, or a sharded checkpoint folder
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
     out_dir = Path(cfg.paths.output_dir)  # the eval run's own folder: its config.yaml names the checkpoint
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     datamodule, model, trainer = _setup(cfg)
+    check_run_checkpoint(ckpt, model, "ckpt_path")
     test = is_overridden("test_step", model, L.LightningModule)  # fine-tuned modules print their own table
     log.info("evaluating %s", ckpt.resolve())
     run = trainer.test if test else trainer.validate
