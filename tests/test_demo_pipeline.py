@@ -35,6 +35,7 @@ def _make_demo(demo_root, out):
     cmd = [
         "make", "-o", "install", "demo", f"PY={sys.executable}", f"DEMO_DIR={out}", f"DEMO_ARGS={' '.join(data)}",
         "DEMO_PRETRAIN_ARGS=model.recon_every_n_steps=0", "DEMO_PHASE_ARGS=data.eval_batch_size=8",
+        "DEMO_PROBE_ARGS=--seeds 1 --max-train 8 --max-val 8",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -59,4 +60,4 @@ def test_make_demo_twice_evaluates_the_second_runs_checkpoint(demo_root, tmp_pat
     assert f"evaluating {run / 'finetune' / 'checkpoints' / 'last.ckpt'}" in second.stdout + second.stderr
     for r in runs:  # no versioned last-v1.ckpt anywhere: every step wrote into a fresh folder
         assert sorted(p.name for p in (r / "finetune" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    assert (run / "eval" / "test" / "metrics.json").is_file()
+    assert (run / "eval" / "test" / "metrics.json").is_file() and (run / "pretrain" / "probe_vs_random.json").is_file()
