@@ -9,6 +9,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -253,13 +254,14 @@ class FrameFolderReader(VideoReader):
         return out
 
 
-def read_image(path: Path) -> np.ndarray:
-    """One image file as ``(H, W, 3)`` uint8 RGB.
+def read_image(source: Path | BinaryIO, name: str | None = None) -> np.ndarray:
+    """One image file (or an open binary stream, called ``name`` in errors) as ``(H, W, 3)`` uint8 RGB.
 
     Greyscale, palette and alpha images are converted (alpha dropped); 16-bit greyscale is scaled to 8 bits.
     """
+    path = name or source
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             if img.mode == "RGB":
                 return np.asarray(img)

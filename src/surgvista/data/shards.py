@@ -1,0 +1,169 @@
+"""Clip-ready streaming shards (litdata) from any manifest, for object storage and many nodes.
+
+    python -m surgvista.data.shards data/cholec80/pretrain.jsonl data/heichole/pretrain.jsonl --out /data/shards/pre
+
+One shard item per sample of :class:`~surgvista.data.clips.VideoClipDataset` over the same manifests (same
+``num_frames``, ``sampling_rate``, ``anchor_stride``; same sample ``index``): the clip's distinct frames as encoded
+images, plus the clip's frame order. Frames of ``frames`` folders are stored byte for byte (reading a shard gives
+the pixels of the frame folder); frames of ``video`` files are decoded once and stored as JPEG (``--quality``).
+``--out`` is a folder or an object-storage URI (``s3://bucket/prefix``: litdata uploads the chunks). Writing is
+parallel (``--workers``) and resumable (``--resume`` continues an interrupted run). ``data=pretrain_stream`` reads
+the shards (``surgvista.data.stream``). Storage: about ``num_frames`` distinct frames per sample at 1 fps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import logging
+import multiprocessing
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from surgvista.data.clips import VideoClipDataset
+from surgvista.data.manifest import ManifestError, frame_files
+from surgvista.data.readers import VideoDecodeError
+
+log = logging.getLogger("surgvista.shards")
+SHARD_VERSION = 1
+
+
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=64)
+def _folder_files(folder: Path) -> list[Path]:
+    return frame_files(folder)
+
+
+def clip_item(dataset: VideoClipDataset, quality: int, index: int) -> dict:
+    """Shard item of sample ``index``: its distinct frames encoded back to back, their sizes and the clip order."""
+    entry, anchor = dataset.locate(index)
+    ids = dataset.clip_frame_ids(anchor)
+    unique = sorted(set(ids))
+    if entry.format == "frames":
+        blobs = [_folder_files(entry.source)[i].read_bytes() for i in unique]
+    else:
+        blobs = [encode_jpeg(f, quality) for f in dataset.reader.read(entry, unique)]
+    return {
+        "frames": b"".join(blobs),
+        "sizes": np.array([len(b) for b in blobs], np.int64),
+        "order": np.array([unique.index(i) for i in ids], np.int64),
+        "clip": np.array([SHARD_VERSION, index, anchor, dataset.sampling_rate], np.int64),
+        "video": f"{entry.dataset}/{entry.video_id}",
+    }
+
+
+def _check_out(out: str, overwrite: bool, resume: bool) -> None:
+    if "://" in out:
+        return  # object storage: litdata's optimize refuses a non-empty prefix unless mode="overwrite"
+    path = Path(out)
+    if path.exists() and any(path.iterdir()) and not (overwrite or resume):
+        raise FileExistsError(f"shard folder {path} is not empty; pass --overwrite to replace it (or --resume)")
+
+
+def write_shards(
+    manifests: Sequence[str | Path],
+    out: str,
+    *,
+    num_frames: int = 16,
+    sampling_rate: int = 4,
+    anchor_stride: int = 1,
+    backend: str = "pyav",
+    quality: int = 90,
+    chunk_bytes: str = "64MB",
+    workers: int = 1,
+    on_bad_video: str = "error",
+    min_video_frames: int = 1,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> int:
+    """Write the clips of ``manifests`` as litdata shards under ``out``; returns the number of samples."""
+    from litdata import optimize
+
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality}")
+    _check_out(str(out), overwrite, resume)
+    dataset = VideoClipDataset(
+        list(manifests),
+        transform=np.asarray,
+        num_frames=num_frames,
+        sampling_rate=sampling_rate,
+        backend=backend,
+        anchor_stride=anchor_stride,
+        on_bad_video=on_bad_video,
+        min_video_frames=min_video_frames,
+    )
+    n = len(dataset)
+    log.info("writing %d clips (%d videos) to %s with %d worker(s)", n, len(dataset.entries), out, workers)
+    start_method = multiprocessing.get_start_method(allow_none=True)
+    try:
+        optimize(
+            fn=functools.partial(clip_item, dataset, quality),
+            inputs=list(range(n)),
+            output_dir=str(out),
+            chunk_bytes=chunk_bytes,
+            num_workers=workers,
+            mode="overwrite" if overwrite else None,
+            use_checkpoint=resume,
+            reorder_files=False,
+        )
+    finally:  # optimize forces the "spawn" start method process-wide; DataLoaders started later would inherit it
+        multiprocessing.set_start_method(start_method, force=True)
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m surgvista.data.shards", description=__doc__.split("\n\n")[0])
+    p.add_argument("manifests", nargs="+", help="manifests (JSON Lines, docs/data.md) whose clips are written")
+    p.add_argument("--out", required=True, help="output folder or URI (s3://bucket/prefix)")
+    p.add_argument("--num-frames", type=int, default=16)
+    p.add_argument("--sampling-rate", type=int, default=4)
+    p.add_argument("--anchor-stride", type=int, default=1, help="one clip per k-th manifest frame")
+    p.add_argument("--backend", default="pyav", help="video reader for `video` rows (decord|pyav|torchcodec)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of frames decoded from videos")
+    p.add_argument("--chunk-bytes", default="64MB", help="target size of one chunk file")
+    p.add_argument("--workers", type=int, default=1, help="processes writing chunks in parallel")
+    p.add_argument("--on-bad-video", choices=("error", "skip"), default="error")
+    p.add_argument("--min-video-frames", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true", help="replace existing shards under --out")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run (litdata checkpoints)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        n = write_shards(
+            args.manifests,
+            args.out,
+            num_frames=args.num_frames,
+            sampling_rate=args.sampling_rate,
+            anchor_stride=args.anchor_stride,
+            backend=args.backend,
+            quality=args.quality,
+            chunk_bytes=args.chunk_bytes,
+            workers=args.workers,
+            on_bad_video=args.on_bad_video,
+            min_video_frames=args.min_video_frames,
+            overwrite=args.overwrite,
+            resume=args.resume,
+        )
+    except (ManifestError, VideoDecodeError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} clips to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
