@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import ROOT
+from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
 from surgvista.data.clips import VideoClipDataset
@@ -167,3 +168,30 @@ def test_ddp_sim_ranks_read_disjoint_samples(shards, tmp_path):
     assert len(ranks[0]) == len(ranks[1]) >= len(reference) // 2 - 4  # litdata evens out the ranks
     assert not set(ranks[0]) & set(ranks[1])
     assert len(set(ranks[0] + ranks[1])) == len(ranks[0]) + len(ranks[1])
+
+
+def test_fit_resumed_mid_epoch_trains_on_the_samples_an_uninterrupted_fit_would(shards, tmp_path):
+    from surgvista.data.stream import StreamDataModule
+
+    out, _ = shards
+
+    def fit(run: str, ckpt_path=None, **trainer_args) -> list[int]:
+        (tmp_path / run).mkdir()
+        dm = StreamDataModule(str(out), input_size=32, batch_size=3, num_workers=0, pin_memory=False, seed=7, **CLIP)
+        module = RecordIndices(str(tmp_path / run))
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **trainer_args,
+        )
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        return module.seen
+
+    every4 = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    whole = fit("whole", callbacks=[every4])
+    tail = fit("tail", ckpt_path=str(tmp_path / "ckpt" / "step=4.ckpt"), enable_checkpointing=False)
+    assert len(whole) > 24 and tail == whole[12:]  # 4 batches of 3 before the checkpoint
