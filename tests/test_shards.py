@@ -110,10 +110,14 @@ def test_clip_shape_mismatch_is_named(shards):
         next(iter(ds))
 
 
-def test_cli_refuses_a_non_empty_output(shards, capsys):
+def test_cli_refuses_a_non_empty_output_and_leaked_videos(shards, demo_root, tmp_path, capsys):
     out, _ = shards
     assert shards_main([str(ROOT / "nothing.jsonl"), "--out", str(out)]) == 2
     assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    manifest = str(demo_root / "train.jsonl")
+    assert shards_main([manifest, "--out", str(tmp_path / "new"), "--exclude-from", manifest]) == 2
+    assert "2 pre-training video(s) are downstream evaluation videos" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 class RecordIndices(L.LightningModule):

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from surgvista.data.clips import VideoClipDataset
+from surgvista.data.leakage import LeakageError, check_leakage
 from surgvista.data.manifest import ManifestError, frame_files
 from surgvista.data.readers import VideoDecodeError
 
@@ -85,6 +86,9 @@ def write_shards(
     min_video_frames: int = 1,
     overwrite: bool = False,
     resume: bool = False,
+    exclude_from: Sequence[str] = (),
+    data_dir: str | None = None,
+    allow_leakage: bool = False,
 ) -> int:
     """Write the clips of ``manifests`` as litdata shards under ``out``; returns the number of samples."""
     from litdata import optimize
@@ -102,6 +106,7 @@ def write_shards(
         on_bad_video=on_bad_video,
         min_video_frames=min_video_frames,
     )
+    check_leakage(dataset.entries, list(exclude_from), data_dir, allow_leakage)
     n = len(dataset)
     log.info("writing %d clips (%d videos) to %s with %d worker(s)", n, len(dataset.entries), out, workers)
     start_method = multiprocessing.get_start_method(allow_none=True)
@@ -136,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-video-frames", type=int, default=1)
     p.add_argument("--overwrite", action="store_true", help="replace existing shards under --out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run (litdata checkpoints)")
+    p.add_argument("--exclude-from", nargs="*", default=[], help="leakage guard: <dataset>_<split> names or manifests")
+    p.add_argument("--data-dir", default=None, help="where <dataset>/<split>.jsonl of --exclude-from names live")
+    p.add_argument("--allow-leakage", action="store_true", help="write clips of --exclude-from videos anyway")
     return p
 
 
@@ -157,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
             min_video_frames=args.min_video_frames,
             overwrite=args.overwrite,
             resume=args.resume,
+            exclude_from=args.exclude_from,
+            data_dir=args.data_dir,
+            allow_leakage=args.allow_leakage,
         )
-    except (ManifestError, VideoDecodeError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ManifestError, VideoDecodeError, LeakageError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {n} clips to {args.out}")
