@@ -197,9 +197,6 @@ class TorchCodecReader(VideoReader):
     """
 
     def __init__(self, path: Path, device: str = "cpu") -> None:
-        problem = torchcodec_problem()
-        if problem:
-            raise VideoDecodeError(f"cannot open video {path} with torchcodec: {problem}")
         from torchcodec.decoders import VideoDecoder
 
         self.path, self.device = path, device
@@ -286,7 +283,7 @@ def torchcodec_problem() -> str | None:
 
         if not ops._FFMPEG_AVAILABLE:
             ops.load_core_libraries()  # raises the error that lists every FFmpeg version tried
-    except Exception as e:  # torchcodec raises RuntimeError/OSError listing every FFmpeg version it tried
+    except Exception as e:  # RuntimeError/OSError from the loader, or an import error of a mismatched build
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"torchcodec cannot load FFmpeg ({first}); {FFMPEG_HINT}"
     return None
