@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
 from surgvista.data.clips import VideoClipDataset
-from surgvista.data.manifest import VideoEntry, write_manifest
+from surgvista.data.manifest import VideoEntry, read_manifest, write_manifest
 from surgvista.data.shards import main as shards_main
 from surgvista.data.shards import write_shards
 from surgvista.data.stream import streaming_clip_dataset
@@ -199,3 +199,23 @@ def test_fit_resumed_mid_epoch_trains_on_the_samples_an_uninterrupted_fit_would(
     whole = fit("whole", callbacks=[every4])
     tail = fit("tail", ckpt_path=str(tmp_path / "ckpt" / "step=4.ckpt"), enable_checkpointing=False)
     assert len(whole) > 24 and tail == whole[12:]  # 4 batches of 3 before the checkpoint
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_bad_video_stops_the_writer_or_is_left_out(demo_root, tmp_path, capsys, policy):
+    entries = read_manifest(demo_root / "train.jsonl").entries
+    data = entries[1].source.read_bytes()
+    entries[1].source = tmp_path / "truncated.mp4"
+    entries[1].source.write_bytes(data[: len(data) // 3])
+    manifest = str(write_manifest(tmp_path / "m.jsonl", entries))
+    out = tmp_path / "out"
+    args = [manifest, "--out", str(out), "--num-frames", "4", "--sampling-rate", "2", "--on-bad-video", policy]
+    code = shards_main(args)
+    good = VideoClipDataset([demo_root / "train.jsonl"], CenterCrop(32), **CLIP).entries[0].num_frames
+    if policy == "error":
+        assert code == 2 and not (out / "index.json").exists()
+        assert f"{entries[1].num_frames} clip(s) could not be read, e.g. demo/video02" in capsys.readouterr().err
+    else:
+        assert code == 0 and f"wrote {good} clips" in capsys.readouterr().out
+        ds = streaming_clip_dataset(str(out), CenterCrop(32), **CLIP)
+        assert sorted(s["index"] for s in ds) == list(range(good))

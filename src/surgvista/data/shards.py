@@ -7,8 +7,10 @@ One shard item per sample of :class:`~surgvista.data.clips.VideoClipDataset` ove
 images, plus the clip's frame order. Frames of ``frames`` folders are stored byte for byte (reading a shard gives
 the pixels of the frame folder); frames of ``video`` files are decoded once and stored as JPEG (``--quality``).
 ``--out`` is a folder or an object-storage URI (``s3://bucket/prefix``: litdata uploads the chunks). Writing is
-parallel (``--workers``) and resumable (``--resume`` continues an interrupted run). ``data=pretrain_stream`` reads
-the shards (``surgvista.data.stream``). Storage: about ``num_frames`` distinct frames per sample at 1 fps.
+parallel (``--workers``) and resumable (``--resume`` continues an interrupted run). Clips whose media fail to decode
+are listed and stop the run (``--on-bad-video error``: the folder is left without ``index.json``) or are left out
+(``skip``). ``data=pretrain_stream`` reads the shards (``surgvista.data.stream``). Storage: about ``num_frames``
+distinct frames per sample at 1 fps.
 """
 
 from __future__ import annotations
@@ -19,19 +21,24 @@ import io
 import logging
 import multiprocessing
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from surgvista.data.clips import VideoClipDataset
+from surgvista.data.clips import BAD_MEDIA_ERRORS, VideoClipDataset
 from surgvista.data.leakage import LeakageError, check_leakage
 from surgvista.data.manifest import ManifestError, frame_files
 from surgvista.data.readers import VideoDecodeError
 
 log = logging.getLogger("surgvista.shards")
 SHARD_VERSION = 1
+
+
+class ShardWriteError(RuntimeError):
+    """Shards that were not completely written."""
 
 
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
@@ -45,15 +52,23 @@ def _folder_files(folder: Path) -> list[Path]:
     return frame_files(folder)
 
 
-def clip_item(dataset: VideoClipDataset, quality: int, index: int) -> dict:
-    """Shard item of sample ``index``: its distinct frames encoded back to back, their sizes and the clip order."""
+def clip_item(dataset: VideoClipDataset, quality: int, errors: str, index: int) -> dict | None:
+    """Shard item of sample ``index``: its distinct frames encoded back to back, their sizes and the clip order.
+
+    Bad media are recorded as ``<errors>/<index>.txt`` and give ``None`` (litdata writes nothing): an exception
+    would go through litdata's worker-failure path, which leaves its helper processes behind.
+    """
     entry, anchor = dataset.locate(index)
     ids = dataset.clip_frame_ids(anchor)
     unique = sorted(set(ids))
-    if entry.format == "frames":
-        blobs = [_folder_files(entry.source)[i].read_bytes() for i in unique]
-    else:
-        blobs = [encode_jpeg(f, quality) for f in dataset.reader.read(entry, unique)]
+    try:
+        if entry.format == "frames":
+            blobs = [_folder_files(entry.source)[i].read_bytes() for i in unique]
+        else:
+            blobs = [encode_jpeg(f, quality) for f in dataset.reader.read(entry, unique)]
+    except BAD_MEDIA_ERRORS as e:
+        Path(errors, f"{index}.txt").write_text(f"{entry.dataset}/{entry.video_id}: {e}")
+        return None
     return {
         "frames": b"".join(blobs),
         "sizes": np.array([len(b) for b in blobs], np.int64),
@@ -67,6 +82,8 @@ def _check_out(out: str, overwrite: bool, resume: bool) -> None:
     if "://" in out:
         return  # object storage: litdata's optimize refuses a non-empty prefix unless mode="overwrite"
     path = Path(out)
+    if resume and not overwrite and (path / "index.json").is_file():
+        raise FileExistsError(f"shard folder {path} holds finished shards (index.json): nothing to resume")
     if path.exists() and any(path.iterdir()) and not (overwrite or resume):
         raise FileExistsError(f"shard folder {path} is not empty; pass --overwrite to replace it (or --resume)")
 
@@ -90,7 +107,7 @@ def write_shards(
     data_dir: str | None = None,
     allow_leakage: bool = False,
 ) -> int:
-    """Write the clips of ``manifests`` as litdata shards under ``out``; returns the number of samples."""
+    """Write the clips of ``manifests`` as litdata shards under ``out``; returns the number of clips written."""
     from litdata import optimize
 
     if not 1 <= quality <= 100:
@@ -110,20 +127,57 @@ def write_shards(
     n = len(dataset)
     log.info("writing %d clips (%d videos) to %s with %d worker(s)", n, len(dataset.entries), out, workers)
     start_method = multiprocessing.get_start_method(allow_none=True)
-    try:
-        optimize(
-            fn=functools.partial(clip_item, dataset, quality),
-            inputs=list(range(n)),
-            output_dir=str(out),
-            chunk_bytes=chunk_bytes,
-            num_workers=workers,
-            mode="overwrite" if overwrite else None,
-            use_checkpoint=resume,
-            reorder_files=False,
+    with tempfile.TemporaryDirectory(prefix="surgvista-shards-") as errors:
+        try:
+            optimize(
+                fn=functools.partial(clip_item, dataset, quality, errors),
+                inputs=list(range(n)),
+                output_dir=str(out),
+                chunk_bytes=chunk_bytes,
+                num_workers=workers,
+                mode="overwrite" if overwrite else None,
+                use_checkpoint=True,  # always: an interrupted run can then be resumed
+                reorder_files=False,
+            )
+        except RuntimeError as e:  # litdata's "We found the following error <worker traceback>"
+            lines = [line for line in str(e).splitlines() if line[:1].isalpha() and ": " in line]
+            raise ShardWriteError(
+                f"writing shards to {out} failed: {' <- '.join(lines[-2:]) or e}; fix it and run the same command "
+                "with --resume"
+            ) from e
+        finally:  # optimize forces the "spawn" start method process-wide; DataLoaders started later would inherit it
+            multiprocessing.set_start_method(start_method, force=True)
+        bad = sorted(Path(errors).glob("*.txt"), key=lambda p: int(p.stem))
+        problems = [p.read_text() for p in bad]
+    _check_written(str(out), n - len(problems))
+    if problems and on_bad_video == "error":
+        if "://" not in str(out):
+            Path(out, "index.json").unlink()  # unusable: the shards lack these clips
+        raise ShardWriteError(
+            f"{len(problems)} clip(s) could not be read, e.g. {problems[0]}; fix the media and write the shards "
+            "again with --overwrite (or use --on-bad-video skip)"
         )
-    finally:  # optimize forces the "spawn" start method process-wide; DataLoaders started later would inherit it
-        multiprocessing.set_start_method(start_method, force=True)
-    return n
+    if problems:
+        log.warning("on_bad_video=skip: left out %d clip(s) with bad media: %s", len(problems), "; ".join(problems[:5]))
+    return n - len(problems)
+
+
+def _check_written(out: str, expected: int) -> None:
+    """Raise unless ``out`` holds a finished index of ``expected`` items (a failed worker can leave it partial)."""
+    from litdata import StreamingDataset
+
+    try:
+        count = len(StreamingDataset(out))
+    except (ValueError, AssertionError, FileNotFoundError, RuntimeError) as e:
+        raise ShardWriteError(
+            f"writing shards to {out} did not finish ({e}); fix the error reported above and "
+            "run the same command with --resume"
+        ) from e
+    if count != expected:
+        raise ShardWriteError(
+            f"{out} holds {count} clips, expected {expected}; fix the error reported above and run "
+            "the same command with --resume"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +223,15 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data_dir,
             allow_leakage=args.allow_leakage,
         )
-    except (ManifestError, VideoDecodeError, LeakageError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (
+        ManifestError,
+        VideoDecodeError,
+        LeakageError,
+        ShardWriteError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {n} clips to {args.out}")
