@@ -103,6 +103,17 @@ def test_workers_read_disjoint_samples_and_a_resumed_loader_reads_the_rest(shard
     assert not set(head) & set(rest) and sorted(head + rest) == list(range(len(reference)))
 
 
+def test_leakage_guard_reads_the_shards_video_list(shards, demo_root):
+    from surgvista.data.leakage import LeakageError
+    from surgvista.data.stream import StreamDataModule
+
+    out, _ = shards
+    dm = StreamDataModule(str(out), exclude_from=[str(demo_root / "train.jsonl")], input_size=32, **CLIP)
+    with pytest.raises(LeakageError, match="2 pre-training video"):
+        dm.setup("fit")
+    StreamDataModule(str(out), exclude_from=[str(demo_root / "val.jsonl")], input_size=32, **CLIP).setup("fit")
+
+
 def test_clip_shape_mismatch_is_named(shards):
     out, _ = shards
     ds = streaming_clip_dataset(str(out), CenterCrop(32), num_frames=16, sampling_rate=4)

@@ -23,6 +23,7 @@ import multiprocessing
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,12 @@ from PIL import Image
 
 from surgvista.data.clips import BAD_MEDIA_ERRORS, VideoClipDataset
 from surgvista.data.leakage import LeakageError, check_leakage
-from surgvista.data.manifest import ManifestError, frame_files
+from surgvista.data.manifest import ManifestError, VideoEntry, frame_files, write_manifest
 from surgvista.data.readers import VideoDecodeError
 
 log = logging.getLogger("surgvista.shards")
 SHARD_VERSION = 1
+VIDEOS = "videos.jsonl"  # beside the chunks: the videos whose clips the shards hold
 
 
 class ShardWriteError(RuntimeError):
@@ -106,6 +108,7 @@ def write_shards(
     exclude_from: Sequence[str] = (),
     data_dir: str | None = None,
     allow_leakage: bool = False,
+    storage_options: dict | None = None,
 ) -> int:
     """Write the clips of ``manifests`` as litdata shards under ``out``; returns the number of clips written."""
     from litdata import optimize
@@ -138,6 +141,7 @@ def write_shards(
                 mode="overwrite" if overwrite else None,
                 use_checkpoint=True,  # always: an interrupted run can then be resumed
                 reorder_files=False,
+                storage_options=dict(storage_options or {}),
             )
         except RuntimeError as e:  # litdata's "We found the following error <worker traceback>"
             lines = [line for line in str(e).splitlines() if line[:1].isalpha() and ": " in line]
@@ -150,6 +154,7 @@ def write_shards(
         bad = sorted(Path(errors).glob("*.txt"), key=lambda p: int(p.stem))
         problems = [p.read_text() for p in bad]
     _check_written(str(out), n - len(problems))
+    write_videos(str(out), dataset.entries, storage_options)
     if problems and on_bad_video == "error":
         if "://" not in str(out):
             Path(out, "index.json").unlink()  # unusable: the shards lack these clips
@@ -160,6 +165,19 @@ def write_shards(
     if problems:
         log.warning("on_bad_video=skip: left out %d clip(s) with bad media: %s", len(problems), "; ".join(problems[:5]))
     return n - len(problems)
+
+
+def write_videos(out: str, entries: list[VideoEntry], storage_options: dict | None = None) -> None:
+    """``<out>/videos.jsonl``: the shards' videos (a manifest without labels), for the leakage guard at training."""
+    rows = [replace(e, labels={}) for e in entries]
+    if "://" not in out:
+        write_manifest(Path(out) / VIDEOS, rows)
+        return
+    from litdata.streaming.fs_provider import _get_fs_provider  # private: litdata's client for the same URI
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = write_manifest(Path(tmp) / VIDEOS, rows)
+        _get_fs_provider(out, storage_options).upload_file(str(local), f"{out.rstrip('/')}/{VIDEOS}")
 
 
 def _check_written(out: str, expected: int) -> None:

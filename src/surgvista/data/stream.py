@@ -10,15 +10,19 @@ checkpoints, so a run resumed mid-epoch continues with the samples not yet seen.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from surgvista.data.clips import collate_clips
 from surgvista.data.datamodule import PretrainDataModule
+from surgvista.data.leakage import check_leakage
+from surgvista.data.manifest import VideoEntry, read_manifest
 from surgvista.data.readers import read_image
-from surgvista.data.shards import SHARD_VERSION
+from surgvista.data.shards import SHARD_VERSION, VIDEOS
 from surgvista.data.transforms import CenterCrop, MultiScaleCrop
 
 REMOTE_PREFIXES = ("s3://", "gs://", "r2://", "azure://", "hf://", "local:")
@@ -60,6 +64,19 @@ class ShardClip:
         return {"video": video, "index": index, "skipped": 0}
 
 
+def shard_videos(shards: str, storage_options: dict | None = None) -> list[VideoEntry]:
+    """The videos whose clips the shards at ``shards`` hold (their ``videos.jsonl``)."""
+    shards = shards.removeprefix("local:")
+    if not shards.startswith(REMOTE_PREFIXES):
+        return read_manifest(Path(shards) / VIDEOS, check_media=False).entries
+    from litdata.streaming.fs_provider import _get_fs_provider  # private: litdata's client for the same URI
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / VIDEOS
+        _get_fs_provider(shards, storage_options).download_file(f"{shards.rstrip('/')}/{VIDEOS}", str(local))
+        return read_manifest(local, check_media=False).entries
+
+
 def streaming_clip_dataset(
     input_dir: str,
     transform: Callable,
@@ -94,7 +111,7 @@ class StreamDataModule(PretrainDataModule):
     ``train_shards``/``val_shards``: shard folders or URIs; ``cache_dir``: where chunks of remote shards are cached
     (``None``: litdata's default), at most ``max_cache_size`` (e.g. ``"100GB"``); ``storage_options``: passed to
     the object-storage client (e.g. ``{endpoint_url: ...}``); ``shuffle``: shuffle the training shards per epoch.
-    The leakage guard runs when the shards are written (``python -m surgvista.data.shards --exclude-from``).
+    ``exclude_from``/``data_dir``/``allow_leakage``: the leakage guard, run on the shards' ``videos.jsonl``.
     """
 
     def __init__(
@@ -105,15 +122,29 @@ class StreamDataModule(PretrainDataModule):
         max_cache_size: str | None = None,
         storage_options: dict | None = None,
         shuffle: bool = True,
+        exclude_from: Sequence[str] = (),
+        data_dir: str | None = None,
+        allow_leakage: bool = False,
         **kwargs,
     ) -> None:
-        for key in ("exclude_from", "train_manifests", "val_manifests"):
+        for key in ("train_manifests", "val_manifests"):
             if kwargs.get(key):
                 raise ValueError(
-                    f"data.{key} does not apply to data=pretrain_stream (shards are written from "
-                    "manifests by python -m surgvista.data.shards, which has --exclude-from)"
+                    f"data.{key} does not apply to data=pretrain_stream: the shards were written from "
+                    "manifests by python -m surgvista.data.shards; name them in data.train_shards"
                 )
-        super().__init__(train_manifests=[], **kwargs)
+        super().__init__(
+            train_manifests=[], exclude_from=exclude_from, data_dir=data_dir, allow_leakage=allow_leakage, **kwargs
+        )
+        self._inputs_checked = False
+
+    def check_inputs(self) -> None:
+        """The leakage guard on the videos of the training shards (their ``videos.jsonl``)."""
+        hp = self.hparams
+        if hp.exclude_from:
+            videos = shard_videos(str(hp.train_shards), hp.storage_options)
+            check_leakage(videos, list(hp.exclude_from), hp.data_dir, hp.allow_leakage)
+        self._inputs_checked = True
 
     def _dataset(self, shards: str, train: bool):
         hp = self.hparams
@@ -137,6 +168,8 @@ class StreamDataModule(PretrainDataModule):
         )
 
     def setup(self, stage: str | None = None) -> None:
+        if not self._inputs_checked:
+            self.check_inputs()
         if self.train_set is None:
             self.train_set = self._dataset(self.hparams.train_shards, train=True)
         if self.val_set is None and self.hparams.val_shards:
