@@ -104,6 +104,7 @@ def test_unusable_torchcodec_is_refused_at_construction(monkeypatch):
         EntryReader("torchcodec")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is absent")
 def test_torchcodec_nvdec_matches_cpu(demo_root):
     video = demo_root / "videos" / "video02.mp4"
