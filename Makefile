@@ -80,7 +80,7 @@ demo-data: install
 prepare: install  ## make prepare DATASET=cholec80 RAW=/data/raw/cholec80 OUT=data/cholec80 [ARGS="--workers 8"]
 	$(PY) -m surgvista.data.prepare $(DATASET) --raw "$(RAW)" --out "$(OUT)" $(ARGS)
 
-bench-data: install  ## clips/s per CPU core: the reference loader vs our JPEG frame-folder and mp4 paths (a few minutes)
+bench-data: install  ## clips/s per CPU core: the reference loader vs our JPEG frame-folder, mp4 (decord/PyAV/torchcodec) and litdata-shard paths (a few minutes)
 	$(PY) bench/data_throughput.py
 
 clean-logs:
