@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
@@ -23,12 +21,10 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Console-script entry point (Hydra reads the command line); missing optional plugins are one line."""
-    from surgvista.utils.errors import check_extras, user_errors
+    """Console-script entry point (Hydra reads the command line)."""
+    from surgvista.utils.errors import hydra_entry_point
 
-    with user_errors():
-        check_extras(sys.argv[1:])
-    run()
+    hydra_entry_point(run)
 
 
 if __name__ == "__main__":

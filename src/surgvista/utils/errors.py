@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 
@@ -110,3 +110,10 @@ def user_errors() -> Iterator[None]:
             raise
         print(one_line(found), file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def hydra_entry_point(run: Callable[[], object]) -> None:
+    """Run a Hydra app from the command line; a missing optional plugin (``check_extras``) is one line."""
+    with user_errors():
+        check_extras(sys.argv[1:])
+    run()
