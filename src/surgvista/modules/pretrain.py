@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
@@ -13,6 +12,7 @@ from torch import nn
 from surgvista.models.masking import MaskGenerator
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
+from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
 from surgvista.modules.objective import SurgVISTALoss
 from surgvista.modules.schedule import adamw_warmup_cosine
 from surgvista.utils.reconstruction import log_image, reconstruction_panel
@@ -38,25 +38,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 IMAGE_BRANCH = ("down_img.", "decoder_img.", "mask_token_img")
 
 
-def total_grad_norm(grads: list[torch.Tensor], plain_sharded: bool = False) -> torch.Tensor:
-    """Total L2 norm of ``grads``; FSDP2 shards (``DTensor``) are summed over their process group, and plain
-    tensors too when ``plain_sharded`` (FSDP1 ``use_orig_params`` shards, disjoint across all ranks)."""
-    from torch.distributed.tensor import DTensor
-
-    sharded = [g for g in grads if isinstance(g, DTensor)]
-    plain = [g for g in grads if not isinstance(g, DTensor)]
-    sq = sum(torch.linalg.vector_norm(g.float()).square() for g in plain) if plain else None
-    if sq is not None and plain_sharded:
-        torch.distributed.all_reduce(sq)
-    if sharded:
-        local = sum(torch.linalg.vector_norm(g.to_local().float()).square() for g in sharded)
-        mesh = sharded[0].device_mesh
-        torch.distributed.all_reduce(local, group=mesh.get_group() if mesh.ndim == 1 else None)
-        sq = local if sq is None else sq + local
-    return sq.sqrt()
-
-
-class PretrainModule(L.LightningModule):
+class PretrainModule(NonFiniteGuardMixin):
     """Student + frozen teacher + masking + loss, AdamW with linear warm-up and cosine decay per step.
 
     ``lr = base_lr × global_batch / lr_scale_batch`` with
@@ -69,8 +51,9 @@ class PretrainModule(L.LightningModule):
     ``teacher_every_k`` (run the teacher on every k-th optimiser step only, with the distillation weight multiplied
     by k there; on the other steps the image branch gets no loss and no update). Under ``ModelParallelStrategy``
     :meth:`configure_model` applies FSDP2 ``fully_shard`` per block; the teacher is replicated unless
-    ``teacher.shard``. A non-finite loss is detected without a host sync per step: a device-side flag is checked
-    every ``trainer.log_every_n_steps`` optimiser steps.
+    ``teacher.shard``. Non-finite safety (:mod:`surgvista.modules.nonfinite`): an optimiser step whose loss or
+    gradient norm is not finite is skipped on the device and counted (``train/skipped_steps``); after
+    ``max_consecutive_nonfinite`` in a row training stops with the last checkpoint's weights restored.
     """
 
     def __init__(
@@ -94,6 +77,9 @@ class PretrainModule(L.LightningModule):
         compile: bool = False,
         compile_kwargs: dict | None = None,
         teacher_every_k: int = 1,
+        max_consecutive_nonfinite: int = 10,
+        nonfinite_check_every: int | None = None,
+        skip_nonfinite: bool = True,
     ) -> None:
         super().__init__()
         if teacher_every_k < 1:
@@ -104,7 +90,7 @@ class PretrainModule(L.LightningModule):
             student.set_grad_checkpointing(grad_checkpointing)
         self._check_teacher()
         self._configured = False
-        self._nonfinite: torch.Tensor | None = None  # device flag: some loss since the last check was not finite
+        self._init_guard(max_consecutive_nonfinite, nonfinite_check_every, skip_nonfinite)
         # The teacher is never saved (ImageTeacher.state_dict is empty): do not ask checkpoints for it.
         self.register_load_state_dict_post_hook(self._ignore_missing_teacher_keys)
         self._mask_rng: torch.Generator | None = None
@@ -222,7 +208,7 @@ class PretrainModule(L.LightningModule):
             self._mask_rng = torch.Generator(video.device)
             self._mask_rng.manual_seed((torch.initial_seed() + 7919 * self.global_rank) % 2**63)
         out = self._shared_step(video, self._mask_rng)
-        self._check_finite(out)
+        self._remember_loss(out["loss"])
         self._log_losses(out, "train", video.shape[0])
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True)
         every, step = self.hparams.recon_every_n_steps, self.global_step
@@ -230,17 +216,6 @@ class PretrainModule(L.LightningModule):
             self._last_recon_step = step  # once per optimiser step, also under gradient accumulation
             self._log_reconstruction(video, out)
         return out["loss"]
-
-    def _check_finite(self, out: dict[str, torch.Tensor]) -> None:
-        """Accumulate a device-side non-finite flag; read it (one host sync) every ``log_every_n_steps`` steps."""
-        bad = ~torch.isfinite(out["loss"].detach())
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-        every = max(1, self._trainer.log_every_n_steps if self._trainer is not None else 1)
-        if self.global_step % every == 0 and bool(self._nonfinite):
-            raise FloatingPointError(
-                f"non-finite loss within the {every} optimiser steps up to step {self.global_step} (now: loss "
-                f"{out['loss'].item()}, pixel {out['loss_pixel'].item()}, distill {out['loss_distill'].item()})"
-            )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         video = batch["video"]
@@ -255,11 +230,14 @@ class PretrainModule(L.LightningModule):
                 if name.startswith(IMAGE_BRANCH):
                     p.grad = None
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
+        norm = None
         if grads:
             strategy = self.trainer.strategy
             fsdp1 = isinstance(strategy, FSDPStrategy) and strategy.world_size > 1 and str(
                 strategy.sharding_strategy).rsplit(".", 1)[-1] in ("FULL_SHARD", "SHARD_GRAD_OP")
-            self.log("train/grad_norm", total_grad_norm(grads, fsdp1), on_step=True, on_epoch=False)
+            norm = total_grad_norm(grads, fsdp1)
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        self._guard_step(optimizer, norm)
 
     def _log_reconstruction(self, video: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
         if self.global_rank != 0:

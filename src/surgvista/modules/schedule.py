@@ -44,6 +44,7 @@ def adamw_warmup_cosine(
     ``lr = base_lr × global_batch / lr_scale_batch`` (``min_lr`` scaled alike) with ``global_batch =
     samples_per_step × accumulate × world``; a group with an ``lr_scale`` (layer decay) gets ``lr × lr_scale``.
     Linear warm-up over ``warmup_epochs`` epochs then cosine, sized from ``trainer.estimated_stepping_batches``.
+    The AdamW is the fused one (device-side step skipping, :mod:`surgvista.modules.nonfinite`).
     """
     global_batch = samples_per_step * trainer.accumulate_grad_batches * trainer.world_size
     lr = base_lr * global_batch / lr_scale_batch
@@ -58,7 +59,8 @@ def adamw_warmup_cosine(
     log.info(
         "global batch %d → lr %.3g (min %.3g); %d optimiser steps, %d warm-up", global_batch, lr, min_lr, total, warmup
     )
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    # fused: its kernel honours `optimizer.found_inf`, which the non-finite guard uses to skip a step on the device.
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
     last = len(schedule) - 1
     factor = schedule / lr if lr > 0 else schedule * 0
     scheduler = LambdaLR(optimizer, lambda step: float(factor[min(step, last)]))

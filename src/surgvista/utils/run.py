@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 import surgvista.utils.resolvers  # noqa: F401  (registers ${surgvista.teacher_dim:...})
+from surgvista.checkpoint_io import clean_orphaned_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +96,39 @@ def train(cfg: DictConfig) -> dict:
     if rank_zero_only.rank == 0:
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     datamodule, model, trainer = _setup(cfg)
+    ckpt_dir = _checkpoint_dir(trainer)
+    if ckpt_dir is not None and rank_zero_only.rank == 0:
+        clean_orphaned_temp_files(ckpt_dir)
     if cfg.get("train", True):
         if cfg.get("seed") is not None:
             # Distributed strategies re-seed at setup (Lightning's reset_seed); do the same here so a single-process
             # run sees the same data order and augmentations as rank 0 of a multi-process run.
             L.seed_everything(cfg.seed, workers=True, verbose=False)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):  # testing replaces the callback metrics: keep the fit ones (optimized_metric) too
         trainer.test(model, datamodule=datamodule, ckpt_path=_selected_ckpt(trainer, cfg.get("test_ckpt", "best")))
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     _report(trainer, out_dir)
     return metrics
+
+
+def _checkpoint_dir(trainer: L.Trainer) -> Path | None:
+    cb = trainer.checkpoint_callback
+    return Path(cb.dirpath) if cb is not None and getattr(cb, "dirpath", None) else None
+
+
+def resolve_ckpt_path(value: str | None, ckpt_dir: Path | None) -> str | None:
+    """``ckpt_path=auto``: ``<checkpoint dir>/last.ckpt`` when it exists (a requeued or restarted job resumes by
+    itself), else ``None`` (a fresh start); any other value is returned unchanged."""
+    if value != "auto":
+        return value
+    last = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
+    if last is not None and last.exists():
+        log.info("ckpt_path=auto: resuming from %s", last)
+        return str(last)
+    log.info("ckpt_path=auto: no last.ckpt in %s, starting from scratch", ckpt_dir)
+    return None
 
 
 def _selected_ckpt(trainer: L.Trainer, which: str) -> str | None:

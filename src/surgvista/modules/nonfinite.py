@@ -1,0 +1,125 @@
+"""Non-finite safety for training modules: skip bad optimiser steps on the device, stop after K in a row.
+
+Every optimiser step computes ``bad = not finite(loss) or not finite(grad norm)`` as a device tensor and hands it
+to the fused AdamW kernel as ``optimizer.found_inf`` (the mechanism ``torch.amp.GradScaler`` uses): where it is 1
+the kernel leaves parameters, moments and the step count untouched. Nothing is read on the host per step; the
+counters (``train/skipped_steps``, consecutive bad steps) stay on the device and are read every ``check_every``
+optimiser steps. After ``max_consecutive`` bad steps in a row the weights of the last checkpoint on disk (all
+checkpoints are verified finite before they are written, see :mod:`surgvista.checkpoint_io`) are loaded back
+into memory and training stops with a :class:`FloatingPointError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import lightning as L
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def total_grad_norm(grads: list[torch.Tensor], plain_sharded: bool = False) -> torch.Tensor:
+    """Total L2 norm of ``grads``; FSDP2 shards (``DTensor``) are summed over their process group, and plain
+    tensors too when ``plain_sharded`` (FSDP1 ``use_orig_params`` shards, disjoint across all ranks)."""
+    from torch.distributed.tensor import DTensor
+
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    sq = torch.stack(torch._foreach_norm([g.float() for g in plain])).square().sum() if plain else None
+    if sq is not None and plain_sharded:
+        torch.distributed.all_reduce(sq)
+    if sharded:
+        local = torch.stack(torch._foreach_norm([g.to_local().float() for g in sharded])).square().sum()
+        mesh = sharded[0].device_mesh
+        torch.distributed.all_reduce(local, group=mesh.get_group() if mesh.ndim == 1 else None)
+        sq = local if sq is None else sq + local
+    return sq.sqrt()
+
+
+class NonFiniteGuardMixin(L.LightningModule):
+    """Per-step non-finite handling shared by the pre-training and fine-tuning modules.
+
+    Subclasses call :meth:`_init_guard` in ``__init__``, :meth:`_remember_loss` in ``training_step`` and
+    :meth:`_guard_step` in ``on_before_optimizer_step`` (after any gradient edits), and use a fused AdamW.
+    ``max_consecutive_nonfinite``: K; ``nonfinite_check_every``: how often the host reads the counters (``None``:
+    ``trainer.log_every_n_steps``); ``skip_nonfinite=False`` turns the per-step work off (the benchmark's baseline).
+    """
+
+    def _init_guard(self, max_consecutive: int, check_every: int | None, enabled: bool = True) -> None:
+        if max_consecutive < 1:
+            raise ValueError(f"model.max_consecutive_nonfinite must be >= 1, got {max_consecutive}")
+        if check_every is not None and check_every < 1:
+            raise ValueError(f"model.nonfinite_check_every must be >= 1 or null, got {check_every}")
+        self._guard_max, self._guard_every, self._guard_enabled = max_consecutive, check_every, enabled
+        self._step_loss: torch.Tensor | None = None
+        self._skipped: torch.Tensor | None = None  # device counters: skipped steps, bad steps in a row
+        self._consecutive: torch.Tensor | None = None
+        self._loaded_counts = (0, 0)
+
+    def _remember_loss(self, loss: torch.Tensor) -> None:
+        self._step_loss = loss.detach()
+
+    def _guard_step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor | None) -> None:
+        """Mark this optimiser step bad (``optimizer.found_inf``) where the loss or ``grad_norm`` is not finite."""
+        if not self._guard_enabled or self._step_loss is None:
+            return
+        device = self._step_loss.device
+        if self._skipped is None or self._skipped.device != device:
+            self._skipped = torch.tensor(float(self._loaded_counts[0]), device=device)
+            self._consecutive = torch.tensor(float(self._loaded_counts[1]), device=device)
+        bad = ~torch.isfinite(self._step_loss)
+        if grad_norm is not None:
+            bad = bad | ~torch.isfinite(grad_norm.to(device))
+        bad = bad.float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # every rank skips alike
+        found = getattr(optimizer, "found_inf", None)
+        if isinstance(found, torch.Tensor) and found.device == device:
+            found.copy_(bad)
+        else:
+            optimizer.found_inf = bad.clone()
+        self._skipped.add_(bad)
+        self._consecutive.mul_(bad).add_(bad)
+        self.log("train/skipped_steps", self._skipped, on_step=True, on_epoch=False)
+        self._step_loss = None
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        every = self._guard_every or max(1, self.trainer.log_every_n_steps)
+        if not self._guard_enabled or self._consecutive is None or self.global_step % every:
+            return
+        consecutive = int(self._consecutive.item())  # the one host sync, every `every` steps
+        if consecutive >= self._guard_max:
+            where = self._restore_last_finite()
+            raise FloatingPointError(
+                f"{consecutive} optimiser steps in a row up to step {self.global_step} had a non-finite loss or "
+                f"gradient norm (model.max_consecutive_nonfinite={self._guard_max}); their updates were skipped. "
+                f"{where} Lower the learning rate (model.base_lr) or check the data, then resume."
+            )
+
+    def _restore_last_finite(self) -> str:
+        """Load the weights of the last checkpoint written (or resumed from) back into memory; say which."""
+        cb, trainer = self.trainer.checkpoint_callback, self.trainer
+        candidates = [getattr(cb, "last_model_path", None), getattr(cb, "best_model_path", None), trainer.ckpt_path]
+        path = next((p for p in candidates if p and os.path.exists(p)), None)
+        if path is None:
+            return "No checkpoint was written yet: the weights in memory are those of the last finite step."
+        checkpoint = trainer.strategy.load_checkpoint(path)
+        trainer.strategy.load_model_state_dict(checkpoint, strict=False)
+        log.error("non-finite training: restored the weights of %s in memory", path)
+        return f"The weights in memory were restored from the last finite checkpoint {path}."
+
+    def _guard_counts(self) -> tuple[int, int]:
+        if self._skipped is None:
+            return self._loaded_counts
+        return int(self._skipped.item()), int(self._consecutive.item())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        skipped, consecutive = self._guard_counts()
+        checkpoint["nonfinite_guard"] = {"skipped_steps": skipped, "consecutive": consecutive}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("nonfinite_guard") or {}
+        self._loaded_counts = (int(state.get("skipped_steps", 0)), int(state.get("consecutive", 0)))
+        self._skipped = self._consecutive = None
