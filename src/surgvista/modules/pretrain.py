@@ -94,6 +94,7 @@ class PretrainModule(NonFiniteGuardMixin):
         # The teacher is never saved (ImageTeacher.state_dict is empty): do not ask checkpoints for it.
         self.register_load_state_dict_post_hook(self._ignore_missing_teacher_keys)
         self._mask_rng: torch.Generator | None = None
+        self._mask_rng_state: torch.Tensor | None = None  # restored state, applied when the generator is made
         self._last_recon_step = -1
 
     @staticmethod
@@ -207,6 +208,9 @@ class PretrainModule(NonFiniteGuardMixin):
             # Distinct masks per rank even when every rank was seeded alike.
             self._mask_rng = torch.Generator(video.device)
             self._mask_rng.manual_seed((torch.initial_seed() + 7919 * self.global_rank) % 2**63)
+            if self._mask_rng_state is not None:
+                self._mask_rng.set_state(self._mask_rng_state)
+                self._mask_rng_state = None
         out = self._shared_step(video, self._mask_rng)
         self._remember_loss(out["loss"])
         self._log_losses(out, "train", video.shape[0])
@@ -216,6 +220,16 @@ class PretrainModule(NonFiniteGuardMixin):
             self._last_recon_step = step  # once per optimiser step, also under gradient accumulation
             self._log_reconstruction(video, out)
         return out["loss"]
+
+    def rng_states(self) -> dict[str, torch.Tensor]:
+        """This rank's mask-generator state, for exact resume (:mod:`surgvista.utils.resume`)."""
+        return {"mask": self._mask_rng.get_state()} if self._mask_rng is not None else {}
+
+    def load_rng_states(self, states: dict[str, torch.Tensor]) -> None:
+        self._mask_rng_state = states.get("mask")
+        if self._mask_rng is not None and self._mask_rng_state is not None:
+            self._mask_rng.set_state(self._mask_rng_state)
+            self._mask_rng_state = None
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         video = batch["video"]
