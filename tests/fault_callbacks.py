@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from lightning.pytorch.callbacks import Callback
 
@@ -19,12 +20,14 @@ class KillAtStep(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class SignalAtStep(Callback):
-    """Send ``signum`` to this process (rank 0) just before optimiser step ``step``, like SLURM before a timeout."""
+class PauseAtStep(Callback):
+    """Just before optimiser step ``step``, touch ``marker`` and sleep ``seconds``: a window in which the test sends
+    this process a signal, as SLURM would at any moment of a step."""
 
-    def __init__(self, step: int, signum: int = int(signal.SIGUSR1)) -> None:
-        self.step, self.signum = step, signum
+    def __init__(self, step: int, marker: str, seconds: float = 20.0) -> None:
+        self.step, self.marker, self.seconds = step, marker, seconds
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step and trainer.global_rank == 0:
-            os.kill(os.getpid(), self.signum)
+        if trainer.global_step == self.step:
+            open(self.marker, "w").close()
+            time.sleep(self.seconds)

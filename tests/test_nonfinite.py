@@ -21,12 +21,18 @@ from surgvista.modules.pretrain import PretrainModule
 
 def tiny_pretrain(**kw) -> PretrainModule:
     student = SurgVISTAStudent(
-        "tiny", img_size=32, num_frames=4, teacher_dim=192, image_decoder_depth=1, pixel_decoder_depth=1,
+        "tiny",
+        img_size=32,
+        num_frames=4,
+        teacher_dim=192,
+        image_decoder_depth=1,
+        pixel_decoder_depth=1,
         drop_path_rate=0.0,
     )
     teacher = ImageTeacher("tiny", img_size=32, patch_size=16)
-    return PretrainModule(student, teacher, SurgVISTALoss(), MaskGenerator("tube", 0.5), batch_size=2,
-                          warmup_epochs=0, **kw)
+    return PretrainModule(
+        student, teacher, SurgVISTALoss(), MaskGenerator("tube", 0.5), batch_size=2, warmup_epochs=0, **kw
+    )
 
 
 def tiny_phase(**kw) -> PhaseModule:
@@ -65,9 +71,17 @@ class Poison(Callback):
 def trainer(tmp_path, *callbacks, steps: int = 6, **kw) -> L.Trainer:
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True, save_top_k=-1)
     return L.Trainer(
-        accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, plugins=[SafeCheckpointIO()], callbacks=[ckpt, *callbacks],
-        default_root_dir=tmp_path, log_every_n_steps=1, **kw,
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        plugins=[SafeCheckpointIO()],
+        callbacks=[ckpt, *callbacks],
+        default_root_dir=tmp_path,
+        log_every_n_steps=1,
+        **kw,
     )
 
 

@@ -41,9 +41,16 @@ CASES = {
     # drop-path 0.1, tube masks, multi-scale crops made in a loader worker
     "pretrain": ["experiment=demo", "model.recon_every_n_steps=0", "data.num_workers=1"],
     "finetune": [  # RandAugment, random erasing, Mixup/CutMix, drop-path and dropout all on
-        "experiment=demo_phase", "test=false", "data.num_frames=4", "data.eval_batch_size=2",
-        "data.auto_augment=rand-m7-n4-mstd0.5-inc1", "data.reprob=0.25", "model.mixup=0.8", "model.cutmix=1.0",
-        "model.net.drop_path_rate=0.1", "data.num_workers=1",
+        "experiment=demo_phase",
+        "test=false",
+        "data.num_frames=4",
+        "data.eval_batch_size=2",
+        "data.auto_augment=rand-m7-n4-mstd0.5-inc1",
+        "data.reprob=0.25",
+        "model.mixup=0.8",
+        "model.cutmix=1.0",
+        "model.net.drop_path_rate=0.1",
+        "data.num_workers=1",
     ],
     # 2 ranks, each with its own data shard and mask stream (in-process loading keeps the 2-core CI fast)
     "ddp_sim": ["experiment=demo", "model.recon_every_n_steps=0", "trainer=ddp_sim", "data.num_workers=0"],
@@ -51,10 +58,16 @@ CASES = {
 
 
 def train(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "HYDRA_FULL_ERROR": "1",
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -81,8 +94,13 @@ def test_run_killed_mid_epoch_resumes_exactly(case, demo_root, tmp_path):
     train(*args, f"hydra.run.dir={tmp_path / 'full'}")
 
     run = tmp_path / "killed"
-    proc = train(*args, f"hydra.run.dir={run}", "+callbacks.kill._target_=fault_callbacks.KillAtStep",
-                 f"+callbacks.kill.step={kill}", check=False)
+    proc = train(
+        *args,
+        f"hydra.run.dir={run}",
+        "+callbacks.kill._target_=fault_callbacks.KillAtStep",
+        f"+callbacks.kill.step={kill}",
+        check=False,
+    )
     assert proc.returncode != 0, f"the run was not killed at step {kill}"
     last = run / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == ckpt_step

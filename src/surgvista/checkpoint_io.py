@@ -70,8 +70,12 @@ def clean_orphaned_temp_files(folder: str | os.PathLike) -> list[Path]:
     for p in orphans:
         p.unlink(missing_ok=True)
     if orphans:
-        log.warning("removed %d temp file(s) of interrupted checkpoint saves in %s: %s", len(orphans), folder,
-                    ", ".join(p.name for p in orphans))
+        log.warning(
+            "removed %d temp file(s) of interrupted checkpoint saves in %s: %s",
+            len(orphans),
+            folder,
+            ", ".join(p.name for p in orphans),
+        )
     return orphans
 
 
@@ -90,8 +94,7 @@ def nonfinite_entries(checkpoint: dict) -> list[str]:
     """Names of the floating-point tensors in the weights and optimiser states that hold NaN or inf."""
     parts = {"state_dict": checkpoint.get("state_dict", {}), "optimizer_states": checkpoint.get("optimizer_states", [])}
     return [
-        name for name, t in _tensors(parts)
-        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
+        name for name, t in _tensors(parts) if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
     ]
 
 
@@ -105,7 +108,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if bad:
             log.error(
                 "refusing to write checkpoint %s: %d tensor(s) hold NaN/inf (%s%s); the previous file is kept",
-                path, len(bad), ", ".join(bad[:5]), ", ..." if len(bad) > 5 else "",
+                path,
+                len(bad),
+                ", ".join(bad[:5]),
+                ", ..." if len(bad) > 5 else "",
             )
             return
         atomic_torch_save(checkpoint, path)

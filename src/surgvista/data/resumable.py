@@ -156,16 +156,22 @@ class ResumableDataLoader(DataLoader):
         epoch, done = sampler.epoch, batches_done(trainer) if trainer is not None else 0
         if trainer is not None and done >= trainer.num_training_batches:  # the epoch is over: the next one is due
             epoch, done = epoch + 1, 0
-        return {"epoch": epoch, "batches": done, "batch_size": self.batch_size, "seed": sampler.seed,
-                "num_replicas": sampler.num_replicas}
+        return {
+            "epoch": epoch,
+            "batches": done,
+            "batch_size": self.batch_size,
+            "seed": sampler.seed,
+            "num_replicas": sampler.num_replicas,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         sampler = self.sampler
         now = {"batch_size": self.batch_size, "seed": sampler.seed, "num_replicas": sampler.num_replicas}
         changed = {k: (state.get(k), v) for k, v in now.items() if state.get(k) != v}
         if changed:
-            log.warning("resuming with a different %s (checkpoint, now): the data order will not continue exactly",
-                        changed)
+            log.warning(
+                "resuming with a different %s (checkpoint, now): the data order will not continue exactly", changed
+            )
         sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.batch_size)
         log.info("resuming the training data at epoch %d, batch %d", state["epoch"], state["batches"])
 
@@ -195,7 +201,10 @@ def resumable_loader(
         world, rank = trainer.world_size, trainer.global_rank
     sampler = ResumableSampler(len(dataset), seed, world, rank, order)
     loader = ResumableDataLoader(
-        SeededSamples(dataset), sampler=sampler, drop_last=True, generator=torch.Generator().manual_seed(seed),
+        SeededSamples(dataset),
+        sampler=sampler,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
         **loader_kwargs,
     )
     loader.trainer = trainer

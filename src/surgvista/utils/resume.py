@@ -29,8 +29,13 @@ KEY = "rng_states"
 def _numpy_state() -> dict[str, Any]:
     # Tensors and plain Python values only: checkpoints stay loadable with torch.load(weights_only=True).
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    return {
+        "kind": str(kind),
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
 
 
 def _set_numpy_state(s: dict[str, Any]) -> None:
@@ -99,7 +104,10 @@ class ExactResumeCallback(Callback):
             return
         states, self._pending = self._pending, None
         if len(states) != trainer.world_size:
-            log.warning("the checkpoint holds RNG states of %d ranks, this run has %d: RNG streams start afresh",
-                        len(states), trainer.world_size)
+            log.warning(
+                "the checkpoint holds RNG states of %d ranks, this run has %d: RNG streams start afresh",
+                len(states),
+                trainer.world_size,
+            )
             return
         restore_rng(states[trainer.global_rank], pl_module)

@@ -18,8 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import surgvista.utils.resolvers  # noqa: F401  (registers ${surgvista.teacher_dim:...})
 from surgvista.checkpoint_io import clean_orphaned_temp_files
+from surgvista.utils.preemption import Preempted
 
 log = logging.getLogger(__name__)
+PREEMPTED = "preempted"  # train()'s result when the run stopped on the preemption signal (saved, requeued)
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -81,7 +83,7 @@ def _setup(cfg: DictConfig):
 
 def metric_value(metrics: dict, name: str | None) -> float | None:
     """``metrics[name]`` as a float for sweepers; a clear error if the metric was never logged."""
-    if not name:
+    if not name or PREEMPTED in metrics:  # a preempted job reports nothing: its requeued run will
         return None
     if name not in metrics:
         raise KeyError(f"optimized_metric {name!r} was not logged; available: {sorted(metrics)}")
@@ -104,7 +106,11 @@ def train(cfg: DictConfig) -> dict:
             # Distributed strategies re-seed at setup (Lightning's reset_seed); do the same here so a single-process
             # run sees the same data order and augmentations as rank 0 of a multi-process run.
             L.seed_everything(cfg.seed, workers=True, verbose=False)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir))
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir))
+        except Preempted as stop:  # last.ckpt is saved and the job requeued: end this process cleanly
+            log.warning("%s", stop)
+            return {PREEMPTED: 1.0}
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):  # testing replaces the callback metrics: keep the fit ones (optimized_metric) too
         trainer.test(model, datamodule=datamodule, ckpt_path=_selected_ckpt(trainer, cfg.get("test_ckpt", "best")))
