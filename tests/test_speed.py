@@ -292,6 +292,16 @@ def test_bench_prints_both_configurations_and_the_ratio(capsys, tmp_path):
     assert (tmp_path / "b.json").is_file()
 
 
+def test_bench_measures_the_nonfinite_guard_against_checks_off(capsys):
+    from surgvista.bench.__main__ import main
+
+    on, off = main(["pretrain", "--preset", "tiny", "--batch", "1", "--steps", "2", "--warmup", "1", "--threads", "1",
+                    "--compare", "checks-off"])
+    out = capsys.readouterr().out
+    assert on.config["nonfinite_check"] and not off.config["nonfinite_check"]
+    assert "nonfinite_check=True" in out and "[checks-off]" in out and "[ratio] config / checks-off:" in out
+
+
 def test_bench_teacher_knobs_change_the_work():
     from surgvista.bench.pretrain import BenchConfig, run
 

@@ -38,13 +38,40 @@ def total_grad_norm(grads: list[torch.Tensor], plain_sharded: bool = False) -> t
     return sq.sqrt()
 
 
+def mark_nonfinite_step(
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    grad_norm: torch.Tensor | None,
+    skipped: torch.Tensor,
+    consecutive: torch.Tensor,
+    distributed: bool = False,
+) -> torch.Tensor:
+    """Device work only, no host sync: ``bad = not finite(loss) or not finite(grad_norm)`` (the max over ranks when
+    ``distributed``) becomes ``optimizer.found_inf`` (the fused AdamW then skips the update) and updates the
+    ``skipped`` / ``consecutive`` counters in place. Returns ``bad`` (0. or 1.)."""
+    bad = ~torch.isfinite(loss)
+    if grad_norm is not None:
+        bad = bad | ~torch.isfinite(grad_norm.to(loss.device))
+    bad = bad.float()
+    if distributed:
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # every rank skips alike
+    found = getattr(optimizer, "found_inf", None)
+    if isinstance(found, torch.Tensor) and found.device == bad.device:
+        found.copy_(bad)
+    else:
+        optimizer.found_inf = bad.clone()
+    skipped.add_(bad)
+    consecutive.mul_(bad).add_(bad)
+    return bad
+
+
 class NonFiniteGuardMixin(L.LightningModule):
     """Per-step non-finite handling shared by the pre-training and fine-tuning modules.
 
     Subclasses call :meth:`_init_guard` in ``__init__``, :meth:`_remember_loss` in ``training_step`` and
     :meth:`_guard_step` in ``on_before_optimizer_step`` (after any gradient edits), and use a fused AdamW.
     ``max_consecutive_nonfinite``: K; ``nonfinite_check_every``: how often the host reads the counters (``None``:
-    ``trainer.log_every_n_steps``); ``skip_nonfinite=False`` turns the per-step work off (the benchmark's baseline).
+    ``trainer.log_every_n_steps``); ``skip_nonfinite=False`` turns the per-step work off.
     """
 
     def _init_guard(self, max_consecutive: int, check_every: int | None, enabled: bool = True) -> None:
@@ -69,19 +96,8 @@ class NonFiniteGuardMixin(L.LightningModule):
         if self._skipped is None or self._skipped.device != device:
             self._skipped = torch.tensor(float(self._loaded_counts[0]), device=device)
             self._consecutive = torch.tensor(float(self._loaded_counts[1]), device=device)
-        bad = ~torch.isfinite(self._step_loss)
-        if grad_norm is not None:
-            bad = bad | ~torch.isfinite(grad_norm.to(device))
-        bad = bad.float()
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # every rank skips alike
-        found = getattr(optimizer, "found_inf", None)
-        if isinstance(found, torch.Tensor) and found.device == device:
-            found.copy_(bad)
-        else:
-            optimizer.found_inf = bad.clone()
-        self._skipped.add_(bad)
-        self._consecutive.mul_(bad).add_(bad)
+        distributed = torch.distributed.is_initialized() and self.trainer.world_size > 1
+        mark_nonfinite_step(optimizer, self._step_loss, grad_norm, self._skipped, self._consecutive, distributed)
         self.log("train/skipped_steps", self._skipped, on_step=True, on_epoch=False)
         self._step_loss = None
 
