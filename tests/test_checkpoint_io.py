@@ -62,3 +62,23 @@ def test_atomic_save_replaces_the_file_and_leaves_no_temp_file(tmp_path):
     atomic_torch_save({"a": torch.zeros(2)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.zeros(2))
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_checkpoint_folder_swap_and_recovery_from_a_kill_between_the_renames(tmp_path):
+    from surgvista.checkpoint_io import OLD_MARK, replace_folder, temp_path
+
+    last = tmp_path / "last.ckpt"  # a sharded (DCP) checkpoint is a folder
+    last.mkdir()
+    (last / "shard").write_text("old")
+    new = temp_path(last)
+    new.mkdir()
+    (new / "shard").write_text("new")
+    replace_folder(new, last)
+    assert (last / "shard").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+    aside = temp_path(last, OLD_MARK)  # killed after moving the old folder aside, before renaming the new one
+    last.rename(aside)
+    half = temp_path(last)
+    half.mkdir()
+    assert clean_orphaned_temp_files(tmp_path) == [half]
+    assert (last / "shard").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

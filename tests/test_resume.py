@@ -1,6 +1,7 @@
 """Exact mid-epoch resume, as a user meets it: a ``train.py`` run killed with SIGKILL after a mid-epoch checkpoint
 and resumed from ``last.ckpt`` logs the same per-step losses as the uninterrupted run (pre-training, fine-tuning
-with every augmentation on, and a 2-process ``ddp_sim`` run), through the epoch boundary and the validations."""
+with every augmentation on, a 2-process ``ddp_sim`` run and a 2-process FSDP2 run with sharded DCP checkpoints),
+through the epoch boundary and the validations."""
 
 from __future__ import annotations
 
@@ -54,6 +55,14 @@ CASES = {
     ],
     # 2 ranks, each with its own data shard and mask stream (in-process loading keeps the 2-core CI fast)
     "ddp_sim": ["experiment=demo", "model.recon_every_n_steps=0", "trainer=ddp_sim", "data.num_workers=0"],
+    # FSDP2 on 2 CPU processes (gloo) with sharded distributed checkpoints (DCP folders)
+    "fsdp2_dcp": [
+        "experiment=demo",
+        "model.recon_every_n_steps=0",
+        "trainer=fsdp2_cpu",
+        "data.num_workers=0",
+        "trainer.strategy.save_distributed_checkpoint=true",
+    ],
 }
 
 
@@ -103,7 +112,8 @@ def test_run_killed_mid_epoch_resumes_exactly(case, demo_root, tmp_path):
     )
     assert proc.returncode != 0, f"the run was not killed at step {kill}"
     last = run / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == ckpt_step
+    meta = last / "meta.pt" if last.is_dir() else last  # a DCP checkpoint is a folder
+    assert torch.load(meta, map_location="cpu", weights_only=True)["global_step"] == ckpt_step
     orphan = run / "checkpoints" / ".last.ckpt.tmp-123-deadbeef"  # what a save killed half-way leaves
     orphan.write_bytes(b"partial")
 

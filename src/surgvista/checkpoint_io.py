@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +24,12 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 log = logging.getLogger(__name__)
 
 TEMP_MARK = ".tmp-"
+OLD_MARK = ".old-"  # a checkpoint folder being replaced (folders cannot be renamed over a non-empty folder)
 
 
-def temp_path(path: Path) -> Path:
+def temp_path(path: Path, mark: str = TEMP_MARK) -> Path:
     """A unique hidden temp file next to ``path`` (same folder, so the final rename is atomic)."""
-    return path.parent / f".{path.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return path.parent / f".{path.name}{mark}{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -61,14 +63,35 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def replace_folder(tmp: Path, path: Path) -> None:
+    """Put the finished folder ``tmp`` at ``path``: the old ``path`` is moved aside, ``tmp`` renamed, the old one
+    deleted. A kill between the two renames leaves the old one as ``.<name>.old-*``, which
+    :func:`clean_orphaned_temp_files` puts back."""
+    old = None
+    if path.exists():
+        old = temp_path(path, OLD_MARK)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
 def clean_orphaned_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temp files that killed saves left in ``folder`` (``.<name>.tmp-<pid>-<id>``); return them."""
+    """Undo what killed saves left in ``folder``: a checkpoint moved aside (``.<name>.old-*``) whose ``<name>`` is
+    missing is put back; every other temp file or folder (``.<name>.tmp-*``, ``.<name>.old-*``) is removed.
+    Returns the removed paths."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    orphans = [p for p in folder.glob(f".*{TEMP_MARK}*") if p.is_file()]
+    for old in sorted(folder.glob(f".*{OLD_MARK}*")):
+        target = folder / old.name[1:].split(OLD_MARK)[0]
+        if not target.exists():
+            os.replace(old, target)
+            log.warning("put back %s, which an interrupted save had moved aside", target)
+    orphans = sorted([*folder.glob(f".*{TEMP_MARK}*"), *folder.glob(f".*{OLD_MARK}*")])
     for p in orphans:
-        p.unlink(missing_ok=True)
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if orphans:
         log.warning(
             "removed %d temp file(s) of interrupted checkpoint saves in %s: %s",
@@ -81,7 +104,7 @@ def clean_orphaned_temp_files(folder: str | os.PathLike) -> list[Path]:
 
 def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
     if isinstance(obj, torch.Tensor):
-        yield prefix, obj
+        yield prefix, obj.to_local() if hasattr(obj, "to_local") else obj  # a DTensor: this rank's shard
     elif isinstance(obj, dict):
         for k, v in obj.items():
             yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
@@ -91,7 +114,8 @@ def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def nonfinite_entries(checkpoint: dict) -> list[str]:
-    """Names of the floating-point tensors in the weights and optimiser states that hold NaN or inf."""
+    """Names of the floating-point tensors in the weights and optimiser states that hold NaN or inf (of a sharded
+    checkpoint: in this rank's shards)."""
     parts = {"state_dict": checkpoint.get("state_dict", {}), "optimizer_states": checkpoint.get("optimizer_states", [])}
     return [
         name for name, t in _tensors(parts) if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
