@@ -122,3 +122,28 @@ def test_checkpoint_with_nonfinite_weights_is_refused_and_the_previous_file_kept
     assert "refusing to write checkpoint" in caplog.text and "w" in caplog.text
     assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.slow
+def test_diverging_cli_run_stops_with_a_clear_error_and_only_finite_checkpoints(demo_root, tmp_path):
+    from helpers import run_script, small_demo_overrides
+
+    demo = [a for a in small_demo_overrides(demo_root) if not a.startswith("trainer.limit_train_batches")]
+    proc = run_script(
+        "train.py",
+        "experiment=demo",
+        *demo,
+        "trainer.limit_train_batches=8",
+        "model.base_lr=1e6",
+        "model.max_consecutive_nonfinite=3",
+        "model.nonfinite_check_every=1",
+        "callbacks.model_checkpoint_steps.every_n_train_steps=1",
+        f"hydra.run.dir={tmp_path}",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "optimiser steps in a row" in proc.stderr and "restored from the last finite checkpoint" in proc.stderr
+    ckpts = sorted((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert ckpts
+    for path in ckpts:
+        assert not nonfinite_entries(torch.load(path, map_location="cpu", weights_only=True)), path

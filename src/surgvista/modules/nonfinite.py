@@ -115,12 +115,13 @@ class NonFiniteGuardMixin(L.LightningModule):
             )
 
     def _restore_last_finite(self) -> str:
-        """Load the weights of the last checkpoint written (or resumed from) back into memory; say which."""
-        cb, trainer = self.trainer.checkpoint_callback, self.trainer
-        candidates = [getattr(cb, "last_model_path", None), getattr(cb, "best_model_path", None), trainer.ckpt_path]
-        path = next((p for p in candidates if p and os.path.exists(p)), None)
-        if path is None:
+        """Load the weights of the newest checkpoint written (or resumed from) back into memory; say which."""
+        trainer = self.trainer
+        paths = [getattr(cb, "last_model_path", "") for cb in trainer.checkpoint_callbacks] + [trainer.ckpt_path]
+        existing = [p for p in paths if p and os.path.exists(p)]
+        if not existing:
             return "No checkpoint was written yet: the weights in memory are those of the last finite step."
+        path = max(existing, key=os.path.getmtime)  # all checkpoints on disk are finite (checked before writing)
         checkpoint = trainer.strategy.load_checkpoint(path)
         trainer.strategy.load_model_state_dict(checkpoint, strict=False)
         log.error("non-finite training: restored the weights of %s in memory", path)
