@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
-export HYDRA_FULL_ERROR ?= 1
+# A bad input prints one `error: ...` line; run with HYDRA_FULL_ERROR=1 for the full traceback.
 
-.PHONY: install demo demo-tecno test test-fast lint format demo-data prepare bench-data bench bench-gpu clean clean-logs
+.PHONY: install demo demo-tecno benchmark-demo test test-fast lint format demo-data prepare bench-data bench bench-gpu gpu-check clean clean-logs
 
 install: $(STAMP)
 
@@ -25,9 +25,15 @@ demo: install  ## pre-train a tiny student on the demo dataset, fine-tune it on 
 		model.ckpt='$(DEMO_DIR)/pretrain/checkpoints/last.ckpt'
 	$(PY) eval.py experiment=demo_phase hydra.run.dir='$(DEMO_DIR)/eval' \
 		ckpt_path='$(DEMO_DIR)/finetune/checkpoints/last.ckpt'
+	$(PY) -m surgvista.pretrain_probe '$(DEMO_DIR)/pretrain'
 
 demo-tecno: install  ## TeCNO (cached features + causal MS-TCN) on the embedded demo dataset (CPU, about a minute)
 	$(PY) train.py experiment=demo_tecno
+
+BENCH_DEMO_BACKBONES ?= demo_student,demo_videomae,demo_timm_vit
+benchmark-demo: install  ## frozen probes (linear, attentive, k-NN) x 3 backbone families on the demo data, then the leaderboard (CPU)
+	$(PY) train.py -m experiment=probe_demo model/backbone=$(BENCH_DEMO_BACKBONES) probe=linear,attentive,knn \
+		print_config=false hydra.sweep.dir='$${paths.log_dir}/benchmark_demo/$${now:%Y-%m-%d_%H-%M-%S}'
 
 test: install  ## ruff, then the whole suite (slow tests included)
 	$(PY) -m ruff check .
@@ -51,6 +57,12 @@ bench: install  ## CPU: tiny and small presets, sdpa vs the reference eager conf
 bench-gpu: install  ## GPU: ViT-B student + ViT-L teacher, 16x224^2, bf16+sdpa vs eager+fp16, batch 32 and 64
 	$(PY) -m surgvista.bench pretrain --preset base --batch 32 --compare eager-fp16 --steps 20 --warmup 5 --json logs/bench/base_b32.json
 	$(PY) -m surgvista.bench pretrain --preset base --batch 64 --compare eager-fp16 --steps 20 --warmup 5 --json logs/bench/base_b64.json
+
+# GPU hosts often have torch but no package index: no install step here (bench/gpu_check.sh installs .whl/ offline).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:  ## one GPU check (docs/performance.md): env, pytest -m gpu, step + end-to-end benchmarks; a dry run without CUDA
+	@if $(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+		PY=$(GPU_PY) bash bench/gpu_check.sh; else PY=$(GPU_PY) bash bench/gpu_check.sh --dry-run; fi
 
 demo-data: install
 	$(PY) -m surgvista.data.demo --out data/demo

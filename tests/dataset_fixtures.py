@@ -233,7 +233,9 @@ def pmlr50(root: Path) -> Path:
 
 
 def cholect50_json(vid: int, n: int) -> dict:
-    triplet = {str(i): f"t{i},v,x" for i in range(100)}
+    from surgvista.data.adapters.triplet import CHOLECT50_TRIPLETS
+
+    triplet = {str(i): name for i, name in enumerate(CHOLECT50_TRIPLETS)}
     ann = {}
     for k in range(n):
         if k == 0:  # no action: an instance with triplet -1
@@ -311,19 +313,31 @@ def cholec80_cvs(root: Path) -> Path:
 
 
 def endoscapes(root: Path) -> Path:
-    """``{train,val,test}/<vid>_<frame>.jpg`` (frames 0, 25, …, 1000: string order differs) + COCO json."""
+    """``{train,val,test}/<vid>_<frame>.jpg`` (frames 0, 25, …, 1000: string order differs) + the official COCO
+    files: ``annotation_ds_coco.json`` (CVS keyframes every 5 s), ``annotation_coco_vid.json`` (every frame, the
+    last keyframe's label repeated) and ``annotation_coco.json`` (the bounding-box subset every 30 s, no CVS)."""
     root = root / "endoscapes"
     vids = {"train": (1,), "val": (121,), "test": (162,)}
     for split, vs in vids.items():
-        images = []
+        keyframes, every, boxes = [], [], []
         for v in vs:
+            ds = None
             for k in range(0, 41):
                 name = f"{v}_{25 * k}.jpg"
                 write_image(root / split / name, k, size=(16, 12))
+                image = {"id": len(every), "file_name": name, "is_ds_keyframe": k % 5 == 0}
                 if k % 5 == 0:
                     ds = [0.67, 0.33, 1.0] if k == 40 else [0.0, 0.33, 0.0]
-                    images.append({"id": len(images), "file_name": name, "is_ds_keyframe": True, "ds": ds})
-        (root / split / "annotation_coco.json").write_text(json.dumps({"images": images, "annotations": []}))
+                    keyframes.append({**image, "ds": ds})
+                every.append({**image, "ds": ds})
+                if k % 30 == 0:
+                    boxes.append({**image, "is_det_keyframe": True})
+        for name, images in (
+            ("annotation_ds_coco.json", keyframes),
+            ("annotation_coco_vid.json", every),
+            ("annotation_coco.json", boxes),
+        ):
+            (root / split / name).write_text(json.dumps({"images": images, "annotations": []}))
         (root / f"{split}_vids.txt").write_text("".join(f"{float(v):.18e}\n" for v in vs))
     return root.parent
 

@@ -12,12 +12,12 @@ import time
 import torch
 from helpers import ROOT
 
-from surgvista.checkpoint_io import TEMP_MARK, atomic_torch_save, clean_orphaned_temp_files
+from surgvista.utils.io import atomic_torch_save, clean_orphaned_temp_files, replace_folder, temp_dir_next_to
 
 CHILD = """
 import sys, time
 import torch
-from surgvista.checkpoint_io import atomic_torch_save
+from surgvista.utils.io import atomic_torch_save
 
 class Slow:
     # Pickling this announces itself and then hangs: the save is killed half-way.
@@ -43,8 +43,8 @@ def test_killed_save_keeps_the_previous_checkpoint_and_the_next_start_cleans_up(
         while not marker.exists():
             assert proc.poll() is None and time.time() < deadline, "the child save never started"
             time.sleep(0.1)
-        orphans = [p for p in folder.iterdir() if TEMP_MARK in p.name]
-        assert len(orphans) == 1 and orphans[0].name.startswith(".last.ckpt")  # the temp file sits next to last.ckpt
+        orphans = [p for p in folder.iterdir() if p.name != "last.ckpt"]
+        assert len(orphans) == 1 and orphans[0].name.startswith(".last.ckpt.")  # the temp file sits next to last.ckpt
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -65,20 +65,16 @@ def test_atomic_save_replaces_the_file_and_leaves_no_temp_file(tmp_path):
 
 
 def test_checkpoint_folder_swap_and_recovery_from_a_kill_between_the_renames(tmp_path):
-    from surgvista.checkpoint_io import OLD_MARK, replace_folder, temp_path
-
     last = tmp_path / "last.ckpt"  # a sharded (DCP) checkpoint is a folder
     last.mkdir()
     (last / "shard").write_text("old")
-    new = temp_path(last)
-    new.mkdir()
+    new = temp_dir_next_to(last)
     (new / "shard").write_text("new")
     replace_folder(new, last)
     assert (last / "shard").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
-    aside = temp_path(last, OLD_MARK)  # killed after moving the old folder aside, before renaming the new one
+    half = temp_dir_next_to(last)  # killed after moving the old folder aside, before renaming the new one
+    aside = half.with_name(half.name + ".old")
     last.rename(aside)
-    half = temp_path(last)
-    half.mkdir()
     assert clean_orphaned_temp_files(tmp_path) == [half]
     assert (last / "shard").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

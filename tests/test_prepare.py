@@ -225,7 +225,7 @@ def test_cholect50_splits_labels_and_image_modes(raw, tmp_path):
     e = entry(m["train"], "VID01")
     assert e.num_frames == 12
     assert e.labels["triplet"][:4] == [[], [1], [3, 17], None]  # -1 instance = no triplet; missing key = null
-    assert e.labels["phase"][2] == 1 and m["train"].meta["label_names"]["triplet"][17] == "t17,v,x"
+    assert e.labels["phase"][2] == 1 and m["train"].meta["label_names"]["triplet"][17] == "grasper,retract,gallbladder"
     assert m["train"].meta["same_video_as"] == {"VID01": ["cholec80", "video01"], "VID06": ["cholec80", "video06"]}
     for k in (4, 5):  # an RGBA and a greyscale source frame are converted, not crashed on
         img = Image.open(tmp_path / "a" / "frames" / "VID01" / f"{k}.jpg")

@@ -114,7 +114,7 @@ def test_run_killed_mid_epoch_resumes_exactly(case, demo_root, tmp_path):
     last = run / "checkpoints" / "last.ckpt"
     meta = last / "meta.pt" if last.is_dir() else last  # a DCP checkpoint is a folder
     assert torch.load(meta, map_location="cpu", weights_only=True)["global_step"] == ckpt_step
-    orphan = run / "checkpoints" / ".last.ckpt.tmp-123-deadbeef"  # what a save killed half-way leaves
+    orphan = run / "checkpoints" / ".last.ckpt.k3x9q1.tmp"  # what a save killed half-way leaves
     orphan.write_bytes(b"partial")
 
     train(*args, f"hydra.run.dir={run}", f"ckpt_path={last}")

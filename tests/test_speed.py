@@ -364,3 +364,24 @@ def test_speed_knobs_wire_through_the_config():
     assert {m.attn_backend for m in module.modules() if isinstance(m, Attention)} == {"eager"}
     assert module.teacher.attn_backend == "eager"  # follows the student
     assert module.hparams.teacher_every_k == 3 and module.hparams.compile_kwargs == {"backend": "eager"}
+
+
+def test_linear_tubelet_embedding_equals_the_conv3d():
+    from surgvista.models.vit import TubeletEmbed
+
+    torch.manual_seed(0)
+    embed = TubeletEmbed(32, 8, 2, 4, 24)
+    video = torch.randn(2, 3, 4, 32, 32)
+    conv = embed.proj(video).flatten(2).transpose(1, 2)  # what forward() runs on CPU
+    torch.testing.assert_close(embed.patchify_linear(video), conv, rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_dtype_is_validated():
+    with pytest.raises(ValueError, match="model.teacher.dtype must be"):
+        ImageTeacher("tiny", img_size=32, dtype="int8")
+    with pytest.raises(ValueError, match="replicated teacher"):
+        ImageTeacher("tiny", img_size=32, dtype="bfloat16", shard=True)
+    # on CPU the option is inert: the same features as the autocast teacher
+    video = torch.randn(1, 3, 4, 32, 32)
+    torch.testing.assert_close(ImageTeacher("tiny", img_size=32, dtype="bfloat16")(video),
+                               ImageTeacher("tiny", img_size=32)(video))

@@ -23,7 +23,9 @@ import argparse
 import json
 import logging
 import math
+import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from surgvista.models.position import sincos_3d, sinusoid_table
+from surgvista.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ FOREIGN_PRETRAIN_ONLY = re.compile(
 FIXED_TABLES = ("pos_embed", "pos_embed_img", "pos_embed_vid")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be loaded into the requested model (the message lists the keys)."""
 
 
@@ -127,7 +130,10 @@ def read_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
     if path.is_dir():
         cfg = path / "config.json"
         if cfg.is_file():
-            meta["hf_config"] = json.loads(cfg.read_text())
+            try:
+                meta["hf_config"] = json.loads(cfg.read_text(encoding="utf-8"))
+            except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+                raise CheckpointError(f"{cfg}: not a Hugging Face config.json ({_first_line(e)})") from None
         for name in ("model.safetensors", "pytorch_model.bin"):
             if (path / name).is_file():
                 obj, inner = read_checkpoint(path / name)
@@ -136,19 +142,86 @@ def read_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        return _read_safetensors(path, meta)
+    return torch_load(path), meta
 
+
+def _read_safetensors(path: Path, meta: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
-        meta.update(raw)
-        if "surgvista_card" in raw:
-            meta["card"] = json.loads(raw["surgvista_card"])
-        return load_file(str(path)), meta
-    # Old checkpoints pickle their argparse.Namespace: allow exactly that class, nothing else.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    return obj, meta
+        state = load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError: the file is not what its name says
+        raise CheckpointError(f"{path}: not a safetensors file ({_first_line(e)})") from None
+    meta.update(raw)
+    if "surgvista_card" in raw:
+        meta["card"] = json.loads(raw["surgvista_card"])
+    return state, meta
+
+
+def torch_load(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` (``argparse.Namespace`` allowed, as old checkpoints pickle it);
+    anything else is one :class:`CheckpointError` naming the file: ``<path>: not a PyTorch checkpoint (...)`` or
+    ``<path>: contains pickled objects of type X that are not loaded for safety``. Every checkpoint, teacher file
+    and feature cache is read through this function."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        classes = _unsafe_globals(path, e)
+        if classes:
+            raise CheckpointError(
+                f"{path}: contains pickled objects of type {', '.join(classes[:5])} that are not loaded for safety "
+                "(only tensors and plain Python containers are read); save the state dict alone with "
+                "torch.save(model.state_dict(), ...)"
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_why_unreadable(path, e)})") from None
+    except Exception as e:  # RuntimeError (zip reader), EOFError, KeyError/IndexError (text or other data)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_why_unreadable(path, e)})") from None
+
+
+def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
+    if zipfile.is_zipfile(path):
+        try:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:
+            return []
+    return re.findall(r"GLOBAL ([\w.]+)", str(exc))
+
+
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    with path.open("rb") as f:
+        head = f.read(16)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        return "truncated or corrupt zip archive: the end of the file is missing"
+    if head.startswith(b"PK"):
+        return f"corrupt zip archive: {_first_line(exc)}"
+    return f"not written by torch.save; the file starts with {head!r}"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception message, cut before any advice to load unsafely."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". This")[0].split(" Re-running")[0][:200]
+
+
+def check_finite(state: Mapping[str, Any], source: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming the first floating tensor of ``state`` with NaN or inf values."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{source}: tensor {key!r} holds {bad} non-finite value(s) (NaN/inf); the checkpoint is damaged "
+                "or was saved after the training diverged"
+            )
 
 
 def _is_state(obj: Any) -> bool:
@@ -425,6 +498,7 @@ def load_backbone(
     else:
         name, obj, meta = "<mapping>", source, {}
     state, container, extra = unwrap(obj, name)
+    check_finite(state, name)
     style = layout or ("hf" if "hf_config" in meta else detect_style(list(state)))
     if style not in ("surgvista", "videomae", "hf"):
         raise ValueError(f"unknown layout {style!r}; expected surgvista, videomae or hf")
@@ -626,3 +700,64 @@ def _raise_architecture(report: LoadReport, canon: dict, target: Mapping, name: 
     if len(report.mismatched) > 30:
         lines.append(f"  ... and {len(report.mismatched) - 30} more")
     raise CheckpointError("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------- run checkpoints
+
+
+def check_run_checkpoint(path: str | Path, model: nn.Module, key: str = "ckpt_path") -> None:
+    """Before resuming or evaluating: ``path`` is a readable Lightning checkpoint with finite weights, written by
+    the same kind of module as ``model`` (else one :class:`CheckpointError` naming both module classes)."""
+    path = Path(path)
+    if path.is_dir():  # a sharded (distributed checkpoint) folder: read by the strategy itself
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"{key} not found: {path}")
+    obj = torch_load(path)
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("state_dict"), Mapping):
+        raise CheckpointError(
+            f"{path}: not a Lightning checkpoint written by train.py (no 'state_dict'); {key} resumes or evaluates "
+            "a run's checkpoints/*.ckpt; to start from other weights use model.ckpt=<file>"
+        )
+    state = obj["state_dict"]
+    check_finite(state, path)
+    target = model.state_dict()
+    if not target:  # built lazily from the data (TeCNO): Lightning's strict load checks it later
+        return
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    theirs, ours = _module_of(path, state), type(model).__name__
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        raise CheckpointError(
+            f"{path}: a checkpoint of {theirs}, but the configured model is {ours} ({len(missing)} missing and "
+            f"{len(unexpected)} unexpected keys, e.g. {example!r}); use the experiment that wrote it "
+            "(its config.yaml), or load its backbone with model.ckpt=<file>"
+        )
+    wrong = [k for k in target if tuple(target[k].shape) != tuple(state[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(
+            f"{path}: {k} has shape {tuple(state[k].shape)} in the checkpoint of {theirs} but "
+            f"{tuple(target[k].shape)} in the configured {ours}; another task, class count or preset?"
+        )
+
+
+def _module_of(path: Path, state: Mapping[str, Any]) -> str:
+    """The module class that wrote a run checkpoint: from the run's ``config.yaml``, else guessed from its keys."""
+    for cfg in (path.parent.parent / "config.yaml", path.parent / "config.yaml"):
+        if cfg.is_file():
+            from omegaconf import OmegaConf
+
+            try:
+                target = OmegaConf.select(OmegaConf.load(cfg), "model._target_")
+            except Exception:
+                target = None
+            if target:
+                return str(target).rsplit(".", 1)[-1]
+    heads = sorted({k.split(".")[0] for k in state})
+    if heads == ["student"]:
+        return "a pre-training module (student.* weights)"
+    if heads == ["net"]:
+        return "a fine-tuning module (net.* weights)"
+    return f"a model with weights {heads[:5]}"

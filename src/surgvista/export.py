@@ -6,6 +6,8 @@ Usage (Hydra-style ``key=value`` arguments)::
     python -m surgvista.export ckpt=... format=safetensors out=surgvista.safetensors
     python -m surgvista.export ckpt=... format=hf out=hf_dir/ [hf_arch=auto|model|pretraining|classification]
 
+An existing ``out`` is refused unless ``overwrite=true``; ``out`` may never be the input checkpoint.
+
 Optional: ``num_heads=`` / ``decoder_heads=`` (default: from the preset with that width and depth, else
 width/64), ``img_size=`` / ``num_frames=`` (default: the run's ``config.yaml``, else guessed from ``pos_embed``).
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import json
 import math
 import re
@@ -39,12 +42,21 @@ from surgvista.checkpoints import (
     unwrap,
 )
 from surgvista.models.student import STUDENT_PRESETS
+from surgvista.utils.errors import UserError, user_errors
+from surgvista.utils.io import (
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_dir,
+    atomic_write_text,
+    refuse_existing,
+    same_or_nested,
+)
 
 FORMATS = ("original", "safetensors", "hf")
 HF_ARCHS = ("auto", "model", "pretraining", "classification")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A checkpoint that cannot be written in the requested format (the message says why)."""
 
 
@@ -353,11 +365,17 @@ def export(
     num_frames: int | None = None,
     pos_embed: str | None = None,
     ln_eps: float = 1e-6,
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``ckpt`` as ``format`` to ``out``; return the written path (the folder for ``hf``)."""
+    """Write ``ckpt`` as ``format`` to ``out``; return the written path (the folder for ``hf``).
+
+    An existing target is refused unless ``overwrite``; ``out`` may never be (or contain) ``ckpt``. Every file is
+    written to a temporary name in its folder and renamed, so an interrupted export leaves no partial file.
+    """
     if format not in FORMATS:
         raise ExportError(f"unknown format {format!r}; expected one of {FORMATS}")
     ckpt, out = Path(ckpt), Path(out)
+    _check_targets(ckpt, format, out, overwrite)
     state, info = canonical_state(ckpt)
     cfg = run_config(ckpt)
     info["run_config"] = cfg
@@ -372,17 +390,15 @@ def export(
     )
     kind = pos_kind(state, arch, pos_embed or student_cfg.get("pos_embed"))
     card = model_card(state, info, arch, kind)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if format == "original":
-        torch.save(to_original(state), out)
-        return out
+        return atomic_torch_save(to_original(state), out)
     if format == "safetensors":
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
         text = json.dumps(card, indent=2, sort_keys=True)
-        save_file(tensors, str(out), metadata={"format": "pt", "surgvista_card": text})
-        out.with_suffix(".json").write_text(text + "\n")
+        atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "surgvista_card": text}))
+        atomic_write_text(out.with_suffix(".json"), text + "\n")
         return out
     # Hugging Face
     if kind is None:
@@ -399,11 +415,24 @@ def export(
     hf_state, config, notes = to_hf(state, arch, hf_arch, ln_eps)
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in hf_state.items()}, str(out / "model.safetensors"), {"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "surgvista_card.json").write_text(json.dumps({**card, "notes": notes}, indent=2) + "\n")
-    return out
+
+    def write(folder: Path) -> None:
+        save_file({k: v.contiguous() for k, v in hf_state.items()}, str(folder / "model.safetensors"), {"format": "pt"})
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (folder / "surgvista_card.json").write_text(json.dumps({**card, "notes": notes}, indent=2) + "\n")
+
+    return atomic_write_dir(out, write)
+
+
+def _check_targets(ckpt: Path, format: str, out: Path, overwrite: bool) -> None:
+    """Refuse an export onto its own input, and onto existing files unless ``overwrite`` (before reading)."""
+    targets = [out, out.with_suffix(".json")] if format == "safetensors" else [out]
+    for target in targets:
+        if ckpt.exists() and same_or_nested(target, ckpt):
+            raise ExportError(f"out={target} would overwrite the input checkpoint ckpt={ckpt}; choose another out")
+        refuse_existing(target, overwrite)
+    if format != "hf" and out.is_dir():
+        raise ExportError(f"out={out} is a folder; format={format} writes one file (give a file name)")
 
 
 def _parse(argv: list[str]) -> dict[str, Any]:
@@ -416,11 +445,17 @@ def _parse(argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI: a bad input is one ``error: ...`` line and exit status 1 (``HYDRA_FULL_ERROR=1``: traceback)."""
     args = _parse(sys.argv[1:] if argv is None else argv)
     missing = [k for k in ("ckpt", "format", "out") if k not in args]
     if missing:
         raise SystemExit(f"missing argument(s) {missing}\n{__doc__}")
-    path = export(args.pop("ckpt"), args.pop("format"), args.pop("out"), **args)
+    known = set(inspect.signature(export).parameters)
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise SystemExit(f"error: unknown argument(s) {unknown}; expected key=value with keys {sorted(known)}")
+    with user_errors():
+        path = export(args.pop("ckpt"), args.pop("format"), args.pop("out"), **args)
     print(f"wrote {path}")
     return 0
 

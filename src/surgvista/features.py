@@ -33,10 +33,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from surgvista.checkpoints import torch_load
 from surgvista.data.manifest import VideoEntry, read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.sampling import causal_clip_indices
 from surgvista.data.transforms import to_normalized_clip
+from surgvista.utils.config_check import check_config
+from surgvista.utils.errors import UserError, user_errors
+from surgvista.utils.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ DEFAULTS = {
 }
 
 
-class FeatureCacheError(RuntimeError):
+class FeatureCacheError(UserError, RuntimeError):
     """A cache file that does not hold what the manifest and the extractor settings say it should."""
 
 
@@ -178,7 +182,7 @@ def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | Non
     Other modules (e.g. timm models) load the unwrapped state dict directly: ``strict=False`` tolerates
     missing/unexpected keys (logged), never a shape mismatch or a checkpoint with no matching key.
     """
-    from surgvista.checkpoints import load_backbone, read_checkpoint, unwrap
+    from surgvista.checkpoints import check_finite, load_backbone, read_checkpoint, unwrap
     from surgvista.models import SurgVISTAStudent, VideoClassifier
 
     ours = isinstance(module, (VideoClassifier, SurgVISTAStudent))
@@ -186,6 +190,7 @@ def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | Non
         load_backbone(path, module, strict=strict)
         return
     state, _, _ = unwrap(read_checkpoint(path)[0], str(path))
+    check_finite(state, path)
     if prefix:
         state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         if not state:
@@ -294,12 +299,6 @@ def extract_video(
     return torch.cat(out).to(getattr(torch, s["dtype"])), anchors
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def _unique_entries(manifests: Iterable[str | Path]) -> list[tuple[VideoEntry, str]]:
     seen: dict[tuple[str, str], tuple[VideoEntry, str]] = {}
     for m in manifests:
@@ -344,7 +343,7 @@ def extract_features(
         if not path.is_file():
             todo.append((entry, where))
             continue
-        cached = torch.load(path, map_location="cpu", weights_only=True)
+        cached = torch_load(path)
         if cached.get("media") != media:
             log.warning(
                 "feature cache %s was made from different media (%s, now %s): re-extracting",
@@ -357,7 +356,7 @@ def extract_features(
         labels = frame_labels(entry, label, cached["frames"].tolist(), where)
         if not torch.equal(labels, cached["labels"]):
             log.info("feature cache %s: labels changed in the manifest, updating them", path)
-            _save_atomic({**cached, "labels": labels}, path)
+            atomic_torch_save({**cached, "labels": labels}, path)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {
         "version": FEATURE_VERSION,
@@ -379,7 +378,7 @@ def extract_features(
         feats, frames = extract_video(extractor, reader, entry, s, device)
         path = video_cache_path(directory, entry)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomic(
+        atomic_torch_save(
             {
                 "features": feats,
                 "labels": frame_labels(entry, label, frames, where),
@@ -410,10 +409,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     with initialize_config_dir(str(conf), version_base="1.3"):
         cfg = compose("train", overrides=argv[1:])
-    data = instantiate(cfg.data, _convert_="all")
-    if not callable(getattr(data, "extract", None)):
-        raise SystemExit(f"data={type(data).__name__} has no feature cache to fill; use a features data config")
-    print(f"features in {data.extract()}")
+    with user_errors():  # a bad input: one line (HYDRA_FULL_ERROR=1: traceback)
+        check_config(cfg)
+        data = instantiate(cfg.data, _convert_="all")
+        if not callable(getattr(data, "extract", None)):
+            raise SystemExit(f"data={type(data).__name__} has no feature cache to fill; use a features data config")
+        print(f"features in {data.extract()}")
 
 
 if __name__ == "__main__":

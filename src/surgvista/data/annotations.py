@@ -4,20 +4,43 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from surgvista.utils.errors import UserError
+
 CHOLEC80_PHASES = (
     "Preparation", "CalotTriangleDissection", "ClippingCutting", "GallbladderDissection",
     "GallbladderPackaging", "CleaningCoagulation", "GallbladderRetraction",
 )
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file that does not follow its dataset's official format."""
+
+
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of an annotation file (a BOM is dropped); an undecodable byte is an error naming the file."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise AnnotationError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); re-save it as UTF-8"
+        ) from None
+
+
+def read_json(path: str | Path):
+    """A JSON annotation file; invalid JSON or text is an error naming the file."""
+    import json
+
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}: not valid JSON ({e})") from None
 
 
 def read_phase_file(path: str | Path, phase_names=CHOLEC80_PHASES) -> list[int]:
     """Per-frame phase ids from a Cholec80-style ``Frame<TAB>Phase`` file (frames 0..N-1 in order)."""
     path = Path(path)
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in read_text(path).splitlines() if line.strip()]
     if not lines or lines[0].split("\t")[:2] != ["Frame", "Phase"]:
         raise AnnotationError(f"{path}: expected a 'Frame<TAB>Phase' header, got {lines[:1]}")
     index = {name: i for i, name in enumerate(phase_names)}

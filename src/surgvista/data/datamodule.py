@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from surgvista.data.clips import VideoClipDataset, collate_clips
 from surgvista.data.leakage import check_leakage
+from surgvista.data.manifest import read_manifest
 from surgvista.data.resumable import ResumableDataLoader, data_seed, eval_loader, resumable_loader
 from surgvista.data.transforms import CenterCrop, MultiScaleCrop, normalize_clip
 
@@ -97,6 +98,17 @@ class PretrainDataModule(L.LightningDataModule):
         self.train_set: VideoClipDataset | None = None
         self.val_set: VideoClipDataset | None = None
         self.train_shares: list[float] | None = None  # per train manifest; None = proportional to frames
+        self._inputs_checked = False
+
+    def check_inputs(self) -> None:
+        """Read every manifest (media included) and run the leakage guard: cheap checks that train.py runs
+        before the model (and its teacher) is built."""
+        hp = self.hparams
+        entries = [e for m in hp.train_manifests for e in read_manifest(m).entries]
+        for m in hp.val_manifests or ():
+            read_manifest(m)
+        check_leakage(entries, list(hp.exclude_from or ()), hp.data_dir, hp.allow_leakage)
+        self._inputs_checked = True
 
     @property
     def clips_per_batch(self) -> int:
@@ -116,7 +128,8 @@ class PretrainDataModule(L.LightningDataModule):
                 list(hp.train_manifests), MultiScaleCrop(hp.input_size, hp.scales, normalize=norm),
                 num_clips=hp.num_clips_per_video, **common,
             )
-            check_leakage(self.train_set.entries, list(hp.exclude_from or ()), hp.data_dir, hp.allow_leakage)
+            if not self._inputs_checked:
+                check_leakage(self.train_set.entries, list(hp.exclude_from or ()), hp.data_dir, hp.allow_leakage)
         if self.val_set is None and hp.val_manifests:
             self.val_set = VideoClipDataset(
                 list(hp.val_manifests), CenterCrop(hp.input_size, normalize=norm), anchor_stride=hp.val_anchor_stride,
@@ -179,6 +192,9 @@ class DemoDataModule(PretrainDataModule):
             train_manifests=[str(root_path / "train.jsonl")], val_manifests=[str(root_path / "val.jsonl")], **kwargs
         )
         self.demo_args = demo_dataset_args(root_path, num_videos, num_val_videos, video_frames, video_size, seed)
+
+    def check_inputs(self) -> None:
+        """Nothing to check before ``prepare_data`` generates the demo set."""
 
     def prepare_data(self) -> None:
         from surgvista.data.demo import generate_demo_dataset

@@ -20,7 +20,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from surgvista.data.annotations import CHOLEC80_PHASES, read_phase_file, write_phase_file
-from surgvista.data.manifest import VideoEntry, write_manifest
+from surgvista.data.manifest import ManifestError, VideoEntry, read_manifest, write_manifest
+from surgvista.utils.io import atomic_write_text
 
 GENERATOR_VERSION = 1
 # Per phase: instruments, motion speed, camera drift speed, scene effects.
@@ -159,13 +160,13 @@ def generate_demo_dataset(
     seed: int = 0,
 ) -> tuple[Path, Path]:
     """Write the demo videos, labels and ``train.jsonl`` / ``val.jsonl`` under ``root`` (skipped if done)."""
-    root = Path(root)
+    root = Path(root).resolve()  # absolute sources: the manifests do not depend on the working directory
     params = {"version": GENERATOR_VERSION, "num_videos": num_videos, "num_val_videos": num_val_videos,
               "frames": list(frames_per_video), "size": list(size), "fps": fps, "manifest_fps": manifest_fps,
               "seed": seed}
     stamp = root / "demo_params.json"
     train, val = root / "train.jsonl", root / "val.jsonl"
-    if stamp.is_file() and json.loads(stamp.read_text()) == params and train.is_file() and val.is_file():
+    if stamp.is_file() and json.loads(stamp.read_text()) == params and _readable(train, val):
         return train, val
     if not 0 < num_val_videos < num_videos:
         raise ValueError(f"need 0 < num_val_videos < num_videos, got {num_val_videos} and {num_videos}")
@@ -188,8 +189,18 @@ def generate_demo_dataset(
     n_train = num_videos - num_val_videos
     write_manifest(train, entries[:n_train], meta)
     write_manifest(val, entries[n_train:], meta)
-    stamp.write_text(json.dumps(params))
+    atomic_write_text(stamp, json.dumps(params))
     return train, val
+
+
+def _readable(*manifests: Path) -> bool:
+    """True when every manifest exists and points at existing media (else the demo set is regenerated)."""
+    try:
+        for m in manifests:
+            read_manifest(m)
+    except (OSError, ManifestError):
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:

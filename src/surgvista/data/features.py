@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from surgvista.checkpoints import torch_load
 from surgvista.data.datamodule import demo_dataset_args
 from surgvista.data.manifest import VideoEntry, read_manifest
 from surgvista.features import (
@@ -47,7 +48,7 @@ class FeatureDataset(Dataset):
                 f"no cached features for {entry.dataset}/{entry.video_id} at {path}; run "
                 "`python -m surgvista.features extract ...` (or data.extract_missing=true)"
             )
-        item = torch.load(path, map_location="cpu", weights_only=True)
+        item = torch_load(path)
         if entry.source.exists() and item.get("media") != media_fingerprint(entry):
             raise FeatureCacheError(
                 f"{path} was extracted from other media ({item.get('media')}) than the manifest "

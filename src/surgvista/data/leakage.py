@@ -7,13 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from surgvista.data.manifest import VideoEntry, read_manifest
+from surgvista.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+AUTO = "auto"  # exclude_from entry: the test split of every downstream dataset prepared under data_dir
 
 
-class LeakageError(ValueError):
+class LeakageError(UserError, ValueError):
     """Pre-training videos that are also downstream evaluation videos."""
 
 
@@ -32,9 +34,34 @@ def resolve_split(spec: str, data_dir: str | Path | None) -> Path:
     return Path(data_dir) / name / f"{split}.jsonl"
 
 
-def find_overlap(train: Sequence[VideoEntry], held_out: Sequence[tuple[VideoEntry, Path]]) -> list[str]:
-    """One line per training video that is a held-out video: same ``(dataset, video_id)`` or same sha256."""
+def expand_auto(specs: Sequence[str], data_dir: str | Path | None) -> list[str]:
+    """Replace ``auto`` by ``<dataset>_test`` for every downstream dataset whose test manifest exists under
+    ``data_dir``; log which were checked and which are missing (not an error)."""
+    specs = [str(s) for s in specs]
+    if AUTO not in specs:
+        return specs
+    from surgvista.data.adapters import DOWNSTREAM_DATASETS
+
+    root = Path(data_dir) if data_dir is not None else None
+    found = [d for d in DOWNSTREAM_DATASETS if root is not None and (root / d / "test.jsonl").is_file()]
+    missing = [d for d in DOWNSTREAM_DATASETS if d not in found]
+    log.info(
+        "leakage guard (exclude_from=auto): checking the test splits of %s; no %s/<dataset>/test.jsonl for %s",
+        found or "no dataset", root, missing,
+    )
+    return [s for s in specs if s != AUTO] + [f"{d}_test" for d in found]
+
+
+def find_overlap(
+    train: Sequence[VideoEntry],
+    held_out: Sequence[tuple[VideoEntry, Path]],
+    aliases: dict[tuple[str, str], tuple[VideoEntry, Path]] | None = None,
+) -> list[str]:
+    """One line per training video that is a held-out video: same ``(dataset, video_id)`` (or an alias of a
+    held-out video: the same recording in another dataset) or same sha256."""
     by_id = {(e.dataset.lower(), e.video_id): (e, m) for e, m in held_out}
+    for key, hit in (aliases or {}).items():  # CholecT50 VID06 is Cholec80 video06 (_meta.same_video_as)
+        by_id.setdefault((key[0].lower(), key[1]), hit)
     by_sha = {e.sha256.lower(): (e, m) for e, m in held_out if e.sha256}
     lines = []
     for e in train:
@@ -60,13 +87,17 @@ def check_leakage(
 
     With ``allow_leakage`` the overlap is logged as a warning instead. Returns the overlap lines.
     """
+    exclude_from = expand_auto(exclude_from or (), data_dir)
     if not exclude_from:
         return []
-    held_out = []
+    held_out, aliases = [], {}
     for spec in exclude_from:
         path = resolve_split(str(spec), data_dir)
-        held_out += [(e, path) for e in read_manifest(path, check_media=False).entries]
-    lines = find_overlap(train, held_out)
+        manifest = read_manifest(path, check_media=False)
+        held_out += [(e, path) for e in manifest.entries]
+        same = manifest.meta.get("same_video_as") or {}
+        aliases.update({tuple(same[e.video_id]): (e, path) for e in manifest.entries if e.video_id in same})
+    lines = find_overlap(train, held_out, aliases)
     if not lines:
         log.info("leakage guard: none of %d pre-training videos is in %s", len(train), list(exclude_from))
         return lines

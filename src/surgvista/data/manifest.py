@@ -24,14 +24,18 @@ source video file, used by the leakage guard.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from surgvista.utils.errors import UserError
+from surgvista.utils.io import atomic_write_text
 
 FORMATS = ("video", "frames")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest row that is malformed or points at missing media."""
 
 
@@ -50,7 +54,8 @@ class VideoEntry:
 
     def to_row(self, root: Path) -> dict:
         """The JSON row, with ``source`` relative to ``root`` when it lies under it."""
-        source = self.source.relative_to(root) if self.source.is_relative_to(root) else self.source
+        full = self.source.resolve()  # a relative source is relative to the working directory, not to ``root``
+        source = full.relative_to(root) if full.is_relative_to(root) else full
         row = {
             "dataset": self.dataset, "video_id": self.video_id, "format": self.format, "source": str(source),
             "fps": self.fps, "num_frames": self.num_frames, "labels": self.labels,
@@ -94,13 +99,22 @@ def _parse_row(row: dict, root: Path, where: str, check_media: bool) -> VideoEnt
         raise ManifestError(f"{where}: format {row['format']!r} is not one of {FORMATS}")
     source = Path(row["source"])
     source = source if source.is_absolute() else root / source
+    num_frames, fps = row["num_frames"], row.get("fps")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames <= 0:
+        raise ManifestError(f"{where}: num_frames must be a positive integer, got {num_frames!r}")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf):
+        raise ManifestError(
+            f"{where}: fps must be a positive number (frames per second of the manifest) or null "
+            f"(every decoded frame), got {fps!r}"
+        )
+    labels = row.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise ManifestError(f"{where}: labels must be a mapping name -> values, got {type(labels).__name__}")
     entry = VideoEntry(
         dataset=str(row["dataset"]), video_id=str(row["video_id"]), format=row["format"], source=source,
-        num_frames=int(row["num_frames"]), fps=row.get("fps"), labels=dict(row.get("labels") or {}),
+        num_frames=num_frames, fps=None if fps is None else float(fps), labels=dict(labels),
         sha256=row.get("sha256"),
     )
-    if entry.num_frames <= 0:
-        raise ManifestError(f"{where}: num_frames must be positive, got {entry.num_frames}")
     for name, values in entry.labels.items():
         if isinstance(values, list) and len(values) != entry.num_frames:
             raise ManifestError(
@@ -123,21 +137,26 @@ def read_manifest(path: str | Path, check_media: bool = True) -> Manifest:
     """Parse and validate a manifest; every error names the file, line and offending value."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise FileNotFoundError(f"manifest not found: {path}{prepare_hint(path)}")
     entries, meta = [], {}
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{where}: not valid JSON ({e})") from e
-            if "_meta" in row:
-                meta = row["_meta"]
-                continue
-            entries.append(_parse_row(row, path.parent, where, check_media))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{where}: not valid JSON ({e})") from e
+        if not isinstance(row, dict):
+            raise ManifestError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
+        if "_meta" in row:
+            meta = row["_meta"]
+            continue
+        entries.append(_parse_row(row, path.parent, where, check_media))
     if not entries:
         raise ManifestError(f"manifest {path} has no video rows")
     return Manifest(path, entries, meta)
@@ -146,10 +165,19 @@ def read_manifest(path: str | Path, check_media: bool = True) -> Manifest:
 def write_manifest(path: str | Path, entries: list[VideoEntry], meta: dict | None = None) -> Path:
     """Write ``entries`` (and optional ``meta``) as a JSON Lines manifest; sources relative to its folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        if meta:
-            f.write(json.dumps({"_meta": meta}) + "\n")
-        for e in entries:
-            f.write(json.dumps(e.to_row(path.parent.resolve())) + "\n")
-    return path
+    lines = [json.dumps({"_meta": meta})] if meta else []
+    lines += [json.dumps(e.to_row(path.parent.resolve())) for e in entries]
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def prepare_hint(path: Path) -> str:
+    """How to create a missing ``<data_dir>/<dataset>/<split>.jsonl`` (empty when the folder names no dataset)."""
+    from surgvista.data.adapters import REGISTRY
+
+    dataset = path.parent.name
+    if dataset not in REGISTRY:
+        return ""
+    return (
+        f"; create it with `python -m surgvista.data.prepare {dataset} --raw <{dataset} download> "
+        f"--out {path.parent}` (docs/datasets.md)"
+    )

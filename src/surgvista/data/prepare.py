@@ -34,6 +34,8 @@ from tqdm import tqdm
 from surgvista.data.adapters import REGISTRY, PrepareError, Source, Timeline
 from surgvista.data.adapters.base import as_fraction, native_indices
 from surgvista.data.manifest import ManifestError, VideoEntry, frame_files, write_manifest
+from surgvista.utils.errors import UserError
+from surgvista.utils.io import atomic_write_text, same_or_nested
 
 log = logging.getLogger("surgvista.prepare")
 MARKER_VERSION = 1
@@ -171,7 +173,8 @@ def process_video(job: dict) -> dict:
         if job["frames"] is None:
             path = Path(job["path"])
             checksums[str(path)] = sha256 = sha256_file(path)
-            native_fps, count = _probe(path)
+            probed = job.get("probed")  # from check_source: no second probe
+            native_fps, count = (Fraction(probed[0]), probed[1]) if probed else _probe(path)
         else:
             files = [Path(f) for f in job["frames"]]
             if not files:
@@ -217,10 +220,80 @@ def process_video(job: dict) -> dict:
         "checksums": checksums,
     }
     marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.rename(marker)
+    atomic_write_text(marker, json.dumps(result))
     return result
+
+
+def check_output_folder(out: str | Path, **raw_folders: str | Path | None) -> None:
+    """Refuse an ``--out`` equal to, inside or containing a raw folder, before anything is written."""
+    for flag, raw in raw_folders.items():
+        if raw is None or not Path(raw).exists():
+            continue
+        if same_or_nested(out, raw):
+            o, r = Path(out).resolve(), Path(raw).resolve()
+            how = "is" if o == r else "is inside" if o.is_relative_to(r) else "contains"
+            raise PrepareError(
+                f"--out {out} {how} --{flag} {raw}: prepare never writes into the raw download; "
+                "choose an output folder outside it (normally ${paths.data_dir}/<dataset>)"
+            )
+
+
+def _check_previous(out: Path, dataset: str) -> None:
+    """A re-run resumes its own output; an output folder prepared for another dataset is never overwritten."""
+    stats = out / "stats.json"
+    if stats.is_file():
+        try:
+            previous = json.loads(stats.read_text()).get("dataset")
+        except (ValueError, AttributeError):
+            previous = None
+        if previous not in (None, dataset):
+            raise PrepareError(
+                f"--out {out} holds the prepared {previous!r} dataset ({stats}); choose another output folder "
+                f"for {dataset} (normally ${{paths.data_dir}}/{dataset})"
+            )
+
+
+def check_source(job: dict, min_frames: int, min_seconds: float) -> tuple[str, str] | None:
+    """Cheap check of one source before any extraction (open + frame count, no decoding):
+    ``("bad", reason)``, ``("short", reason)`` (shorter than the adapter's ``min_seconds``) or ``None``."""
+    opts: Options = job["options"]
+    try:
+        if job["frames"] is None:
+            native_fps, count = _probe(Path(job["path"]))
+            job["probed"] = (f"{native_fps.numerator}/{native_fps.denominator}", count)
+        elif not job["frames"]:
+            return "bad", f"frame folder {job['path']} has no image files"
+        else:
+            native_fps, count = Fraction(job["frame_rate"]), len(job["frames"])
+    except BadVideoError as e:
+        return "bad", str(e)
+    n = len(_clip_indices(job, native_fps, count, Fraction(opts.fps) if opts.fps is not None else None))
+    if n < min_frames:
+        return "bad", (
+            f"{job['path']}: {n} frame(s) at the manifest rate, fewer than the required {min_frames} (one clip)"
+        )
+    if min_seconds and count / native_fps < min_seconds:
+        return "short", f"{job['path']}: {float(count / native_fps):.1f} s, shorter than {min_seconds:g} s"
+    return None
+
+
+def validate_sources(
+    jobs: list[dict], min_frames: int, min_seconds: float, progress: bool, dataset: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """``(bad, dropped)``: reasons by video id, from :func:`check_source` on every job (with a progress bar)."""
+    bad, dropped = {}, {}
+    for job in tqdm(jobs, desc=f"check {dataset}", unit="video", disable=not progress, file=sys.stderr):
+        found = check_source(job, min_frames, min_seconds)
+        if found is not None:
+            (bad if found[0] == "bad" else dropped)[job["video_id"]] = found[1]
+    return bad, dropped
+
+
+def _bad_videos(dataset: str, bad: dict[str, str], on_bad_video: str) -> None:
+    """With ``on_bad_video=error``, one error listing every bad source."""
+    if bad and on_bad_video == "error":
+        listing = "; ".join(bad[v] for v in sorted(bad, key=_order))
+        raise BadVideoError(f"{dataset}: {len(bad)} bad video(s): {listing} (use --on-bad-video skip to skip them)")
 
 
 # --- splits, stats ----------------------------------------------------------------------------------------
@@ -246,8 +319,28 @@ def load_or_make_split(path: Path, ids: list[str], shares: dict[str, float], see
             return splits
         log.warning("%s does not match the current videos/seed: writing a new split", path)
     splits = random_split(ids, shares, seed)
-    path.write_text(json.dumps({"seed": seed, "shares": shares, "splits": splits}, indent=1) + "\n")
+    atomic_write_text(path, json.dumps({"seed": seed, "shares": shares, "splits": splits}, indent=1) + "\n")
     return splits
+
+
+def _per_frame(name: str, values) -> list:
+    """One value per frame: a clip-level label (or a flat criteria vector) counts as one value."""
+    if not isinstance(values, list):
+        return [values]
+    flat_criteria = name.endswith("criteria") and values and all(isinstance(v, (int, float)) for v in values)
+    return [values] if flat_criteria else values
+
+
+def check_annotated(dataset: str, counts: dict[str, dict[str, dict[str, int]]], sources: list[Source]) -> None:
+    """A written split whose label column has no annotated frame is an error (wrong annotation file?)."""
+    for split, per_label in counts.items():
+        for name, c in per_label.items():
+            if not any(n for k, n in c.items() if k not in ("unannotated", "-1")):
+                files = sorted({str(f) for s in sources if split in s.splits for f in s.annotation_files})
+                raise PrepareError(
+                    f"{dataset}: split {split!r} has no frame with a {name!r} label ({sum(c.values())} frames, all "
+                    f"unannotated); check the annotation file(s) {files[:3]}"
+                )
 
 
 def label_counts(entries: list[VideoEntry]) -> dict[str, dict[str, int]]:
@@ -256,10 +349,7 @@ def label_counts(entries: list[VideoEntry]) -> dict[str, dict[str, int]]:
     for e in entries:
         for name, values in e.labels.items():
             c = counts.setdefault(name, Counter())
-            per_frame = values if isinstance(values, list) and not name.endswith("criteria") else [values]
-            if name.endswith("criteria") and isinstance(values, list) and values and isinstance(values[0], list):
-                per_frame = values
-            for v in per_frame:
+            for v in _per_frame(name, values):
                 if v is None:
                     c["unannotated"] += 1
                 elif name.endswith("criteria"):
@@ -308,13 +398,19 @@ def prepare(
     seed: int = 0,
     min_frames: int = 1,
     progress: bool = True,
+    videos: str | Path | None = None,
 ) -> dict:
-    """Prepare ``dataset`` from its official download ``raw`` into ``out``; returns the stats dict."""
+    """Prepare ``dataset`` from its official download ``raw`` into ``out``; returns the stats dict.
+
+    ``videos``: the folder of another dataset's download that holds the videos (Cholec80-CVS: the Cholec80 root).
+    Nothing is ever written into ``raw`` or ``videos``.
+    """
+    check_output_folder(out, raw=raw, videos=videos)
     if dataset not in REGISTRY:
         raise PrepareError(f"unknown dataset {dataset!r}; expected one of {sorted(REGISTRY)}")
     if on_bad_video not in ("error", "skip"):
         raise ValueError(f"on_bad_video must be 'error' or 'skip', got {on_bad_video!r}")
-    adapter = REGISTRY[dataset](Path(raw), split)
+    adapter = REGISTRY[dataset](Path(raw), split, Path(videos) if videos else None)
     if not extract and not adapter.supports_no_extract:
         raise PrepareError(
             f"{dataset}: --no-extract is not possible (its frames or clips are not addressable in the "
@@ -326,6 +422,7 @@ def prepare(
     if fps_frac is not None and fps_frac <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     out = Path(out)
+    _check_previous(out, dataset)
     out.mkdir(parents=True, exist_ok=True)
     sources = adapter.discover()
     if not sources:
@@ -352,29 +449,25 @@ def prepare(
     )
     by_id = {s.video_id: s for s in sources}
     jobs = [_job(s, out, opts) for s in sources]
-    results = _run(jobs, workers, progress, dataset)
+    bad, dropped = validate_sources(jobs, min_frames, adapter.min_seconds, progress, dataset)
+    _bad_videos(dataset, bad, on_bad_video)
+    results = _run([j for j in jobs if j["video_id"] not in bad and j["video_id"] not in dropped], workers, progress,
+                   dataset)
+    for res in results.values():  # a header that promised more frames than the stream holds
+        if "error" not in res and len(res["native"]) < min_frames:
+            res["error"] = f"{res['video_id']}: {len(res['native'])} decodable frame(s), fewer than {min_frames}"
+    _bad_videos(dataset, {v: r["error"] for v, r in results.items() if "error" in r}, on_bad_video)
 
     entries: dict[str, list[VideoEntry]] = {sp: [] for sp in adapter.splits}
     skipped, checksums, hours = [], {}, Counter()
     for job in jobs:
-        res, src = results[job["video_id"]], by_id[job["video_id"]]
-        if "error" not in res and len(res["native"]) < min_frames:
-            res = {
-                "error": f"{src.path}: {len(res['native'])} frame(s) at the manifest rate, fewer than the "
-                f"required {min_frames} (one clip)"
-            }
+        src = by_id[job["video_id"]]
+        res = results.get(src.video_id) or {"error": bad.get(src.video_id) or dropped[src.video_id]}
         if "error" in res:
-            if on_bad_video == "error":
-                raise BadVideoError(f"{dataset}: {res['error']} (use --on-bad-video skip to skip it)")
-            log.warning("skipping %s: %s", src.video_id, res["error"])
+            (log.info if src.video_id in dropped else log.warning)("skipping %s: %s", src.video_id, res["error"])
             skipped.append({"video_id": src.video_id, "reason": res["error"]})
             continue
         tl = Timeline(Fraction(res["native_fps"]), res["native_count"], fps_frac, res["native"])
-        if adapter.min_seconds and tl.duration < adapter.min_seconds:
-            reason = f"{src.path}: {tl.duration:.1f} s, shorter than {adapter.min_seconds:g} s"
-            log.info("dropping %s", reason)
-            skipped.append({"video_id": src.video_id, "reason": reason})
-            continue
         entry = _entry(dataset, src, res, tl, out, opts)
         for sp in src.splits:
             entries.setdefault(sp, []).append(entry)
@@ -388,28 +481,19 @@ def prepare(
     if meta_extra.get("val_is_test") and "test" in entries:
         entries["val"] = list(entries["test"])
 
-    same_video = {s.video_id: s.meta["same_video_as"] for s in sources if s.meta.get("same_video_as")}
-    written = {}
-    for sp, es in entries.items():
-        if not es:
-            continue
-        same = {e.video_id: same_video[e.video_id] for e in es if e.video_id in same_video}
-        meta = {
-            "version": 1,
-            "dataset": dataset,
-            "split": sp,
-            "label_names": adapter.label_names,
-            "fps": None if fps_frac is None else float(fps_frac),
-            "extracted": extract,
-            "variant": adapter.variant,
-            "raw": str(Path(raw).resolve()),
-            **meta_extra,
-            **({"same_video_as": same} if same else {}),
-        }
-        written[sp] = write_manifest(out / f"{sp}.jsonl", sorted(es, key=lambda e: _order(e.video_id)), meta)
-
-    for sp in set(adapter.splits) - set(written):
-        (out / f"{sp}.jsonl").unlink(missing_ok=True)  # a split emptied since an earlier run
+    counts = {sp: label_counts(es) for sp, es in entries.items() if es}
+    check_annotated(dataset, counts, sources)
+    common = {
+        "version": 1,
+        "dataset": dataset,
+        "label_names": adapter.label_names,
+        "fps": None if fps_frac is None else float(fps_frac),
+        "extracted": extract,
+        "variant": adapter.variant,
+        "raw": str(Path(raw).resolve()),
+        **meta_extra,
+    }
+    written = _write_manifests(out, entries, sources, common, adapter.splits)
     _write_checksums(out / "checksums.sha256", checksums, Path(raw))
     stats = {
         "dataset": dataset,
@@ -422,7 +506,7 @@ def prepare(
                 "videos": len(es),
                 "frames": sum(e.num_frames for e in es),
                 "hours": round(hours[sp], 6),
-                "labels": label_counts(es),
+                "labels": counts[sp],
             }
             for sp, es in entries.items()
             if es
@@ -430,10 +514,27 @@ def prepare(
         "skipped": skipped + [{"video_id": None, "reason": r} for r in getattr(adapter, "skipped", [])],
         "manifests": {sp: str(p) for sp, p in written.items()},
     }
-    (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
     if progress:
         print_table(stats)
     return stats
+
+
+def _write_manifests(
+    out: Path, entries: dict[str, list[VideoEntry]], sources: list[Source], common: dict, splits: tuple[str, ...]
+) -> dict[str, Path]:
+    """``<out>/<split>.jsonl`` of every non-empty split (atomic); a split emptied since an earlier run is removed."""
+    same_video = {s.video_id: s.meta["same_video_as"] for s in sources if s.meta.get("same_video_as")}
+    written = {}
+    for sp, es in entries.items():
+        if not es:
+            continue
+        same = {e.video_id: same_video[e.video_id] for e in es if e.video_id in same_video}
+        meta = {**common, "split": sp, **({"same_video_as": same} if same else {})}
+        written[sp] = write_manifest(out / f"{sp}.jsonl", sorted(es, key=lambda e: _order(e.video_id)), meta)
+    for sp in set(splits) - set(written):
+        (out / f"{sp}.jsonl").unlink(missing_ok=True)
+    return written
 
 
 def _order(video_id: str) -> tuple:
@@ -530,7 +631,7 @@ def _write_checksums(path: Path, checksums: dict[str, str | None], raw: Path) ->
         digest = checksums[name] or sha256_file(p)
         rel = p.relative_to(raw) if p.is_relative_to(raw) else p
         lines.append(f"{digest}  {rel}")
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -555,7 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="datasets:\n" + "\n".join(f"  {k:20s} {REGISTRY[k].description}" for k in sorted(REGISTRY)),
     )
     p.add_argument("dataset", choices=sorted(REGISTRY))
-    p.add_argument("--raw", required=True, help="the official download (unpacked)")
+    p.add_argument("--raw", required=True, help="the official download (unpacked); never written to")
+    p.add_argument(
+        "--videos",
+        default=None,
+        help="cholec80_cvs: the Cholec80 root (videos/, phase_annotations/) when not inside --raw",
+    )
     p.add_argument("--out", required=True, help="output folder, normally ${paths.data_dir}/<dataset>")
     p.add_argument(
         "--fps",
@@ -609,8 +715,9 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             min_frames=args.min_frames,
             progress=not args.quiet,
+            videos=args.videos,
         )
-    except (PrepareError, ValueError, FileNotFoundError) as e:
+    except (UserError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -12,13 +12,14 @@ import numpy as np
 from PIL import Image
 
 from surgvista.data.manifest import VideoEntry, frame_files
+from surgvista.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("decord", "pyav")
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(UserError, RuntimeError):
     """A video file that cannot be opened or decoded."""
 
 

@@ -13,6 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from surgvista.models.vit import attention, check_attn_backend
+from surgvista.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ TEACHER_PRESETS: dict[str, tuple[int, int, int]] = {
 }
 
 
-class TeacherCheckpointError(ValueError):
+class TeacherCheckpointError(UserError, ValueError):
     """A teacher checkpoint whose keys do not match the EndoSSL/SurgVISTA layout."""
 
 
@@ -106,6 +107,8 @@ class ImageTeacher(nn.Module):
 
     ``attn_backend``: ``sdpa`` (timm's fused path), ``eager`` (timm's explicit softmax, as the reference) or
     ``flash_attn``. ``shard``: under FSDP/FSDP2 the teacher is replicated on every rank unless this is true.
+    ``dtype`` (``bfloat16``/``float16``): on CUDA, the frozen weights are cast once and the whole forward runs in
+    that dtype outside autocast (half the bytes of the fp32 residual stream autocast keeps); ``None``: autocast.
     """
 
     def __init__(
@@ -119,8 +122,14 @@ class ImageTeacher(nn.Module):
         seed: int = 0,
         attn_backend: str = "sdpa",
         shard: bool = False,
+        dtype: str | None = None,
     ) -> None:
         super().__init__()
+        if dtype not in (None, "bfloat16", "float16"):
+            raise ValueError(f"model.teacher.dtype must be null, bfloat16 or float16, got {dtype!r}")
+        if dtype is not None and shard:
+            raise ValueError("model.teacher.dtype needs a replicated teacher (model.teacher.shard=false)")
+        self.compute_dtype = dtype
         if preset not in TEACHER_PRESETS:
             raise ValueError(f"unknown teacher preset {preset!r}; expected one of {sorted(TEACHER_PRESETS)}")
         dim, depth, heads = TEACHER_PRESETS[preset]
@@ -191,20 +200,34 @@ class ImageTeacher(nn.Module):
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Load a teacher ``.pth`` (EndoSSL/SurgVISTA layout) with ``weights_only=True``."""
+        from surgvista.checkpoints import check_finite, torch_load
+
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"teacher checkpoint not found: {path}")
-        self.load_endossl_state_dict(torch.load(path, map_location="cpu", weights_only=True), str(path))
+            raise FileNotFoundError(f"teacher checkpoint not found: {path} (model.teacher.ckpt)")
+        obj = torch_load(path)
+        self.load_endossl_state_dict(obj, str(path))
+        check_finite(self.endossl_state_dict(), f"teacher checkpoint {path}")
         log.info("Loaded teacher weights from %s", path)
+
+    def _last_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.vit.forward_intermediates(
+            frames, indices=1, norm=False, output_fmt="NLC", intermediates_only=True
+        )[-1]
 
     @torch.no_grad()
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         frames = video[:, :, :: self.frame_stride]
         b, c, t, h, w = frames.shape
         frames = frames.transpose(1, 2).reshape(b * t, c, h, w)
-        feats = self.vit.forward_intermediates(
-            frames, indices=1, norm=False, output_fmt="NLC", intermediates_only=True
-        )[-1]
+        if self.compute_dtype is not None and frames.is_cuda:
+            dtype = getattr(torch, self.compute_dtype)
+            if self.vit.cls_token.dtype != dtype:
+                self.vit.to(dtype)
+            with torch.autocast("cuda", enabled=False):
+                feats = self._last_tokens(frames.to(dtype)).float()
+        else:
+            feats = self._last_tokens(frames)
         if self.norm_targets:
             feats = F.layer_norm(feats, (feats.shape[-1],), eps=1e-6)
         return feats.reshape(b, t * feats.shape[1], feats.shape[2])

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from surgvista.utils.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -50,6 +52,12 @@ def adamw_warmup_cosine(
     lr = base_lr * global_batch / lr_scale_batch
     min_lr = min_lr * global_batch / lr_scale_batch
     total = int(trainer.estimated_stepping_batches)
+    if total <= 0:
+        raise ConfigError(
+            f"no optimiser step to schedule ({trainer.num_training_batches} training batch(es) per epoch, "
+            f"max_epochs={trainer.max_epochs}): the training set is smaller than one batch of "
+            f"data.batch_size={samples_per_step} clips (the last partial batch is dropped); lower data.batch_size"
+        )
     epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
     steps_per_epoch = total / epochs if epochs else total
     warmup = int(round(warmup_epochs * steps_per_epoch))

@@ -20,9 +20,10 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from timm.models.vision_transformer import Block as TimmBlock
 from torch import nn
 
-from surgvista.checkpoint_io import nonfinite_entries, replace_folder, temp_path
+from surgvista.checkpoint_io import nonfinite_entries
 from surgvista.models.teacher import ImageTeacher
 from surgvista.models.vit import Block
+from surgvista.utils.io import replace_folder, temp_dir_next_to
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
@@ -113,7 +114,7 @@ class FSDP2Strategy(ModelParallelStrategy):
                       "previous checkpoint is kept", filepath, int(count.item()), ", ".join(bad[:5]) or "none")
             return None
         path = Path(self.broadcast(str(filepath)))
-        tmp = Path(self.broadcast(str(temp_path(path))))
+        tmp = Path(self.broadcast(str(temp_dir_next_to(path)) if self.global_rank == 0 else None))
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("FSDP2Strategy.save_checkpoint")
         if self.global_rank == 0:

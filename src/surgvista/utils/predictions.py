@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from surgvista.utils.errors import UserError
 
-class PredictionFileError(ValueError):
+
+class PredictionFileError(UserError, ValueError):
     """A prediction file that does not follow the format written by :func:`write_prediction_files`."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -17,7 +18,10 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 import surgvista.utils.resolvers  # noqa: F401  (registers ${surgvista.teacher_dim:...})
-from surgvista.checkpoint_io import clean_orphaned_temp_files
+from surgvista.checkpoints import check_run_checkpoint
+from surgvista.utils.config_check import check_config
+from surgvista.utils.errors import ConfigError, find_user_error
+from surgvista.utils.io import clean_orphaned_temp_files
 from surgvista.utils.preemption import Preempted
 
 log = logging.getLogger(__name__)
@@ -52,25 +56,28 @@ def task_wrapper(task: Callable[[DictConfig], dict]) -> Callable[[DictConfig], d
     def wrapped(cfg: DictConfig) -> dict:
         try:
             return task(cfg)
-        except Exception:
-            log.exception("task failed")
+        except Exception as e:
+            if find_user_error(e) is None:  # a user error is printed as one line by the entry point
+                log.exception("task failed")
             raise
         finally:
-            import wandb
-
-            if wandb.run is not None:
+            wandb = sys.modules.get("wandb")  # imported only by a W&B logger: nothing to close otherwise
+            if wandb is not None and wandb.run is not None:
                 wandb.finish()
 
     return wrapped
 
 
 def _setup(cfg: DictConfig):
+    check_config(cfg)
     if cfg.get("print_config"):
         print_config(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     # Plain Python containers in hparams, so checkpoints load with torch.load(weights_only=True).
     datamodule = instantiate(cfg.data, _convert_="all")
+    if hasattr(datamodule, "check_inputs"):  # manifests, media and leakage before a (slow) model is built
+        datamodule.check_inputs()
     model = instantiate(cfg.model, _convert_="all")
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
@@ -86,7 +93,7 @@ def metric_value(metrics: dict, name: str | None) -> float | None:
     if not name or PREEMPTED in metrics:  # a preempted job reports nothing: its requeued run will
         return None
     if name not in metrics:
-        raise KeyError(f"optimized_metric {name!r} was not logged; available: {sorted(metrics)}")
+        raise ConfigError(f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}")
     return float(metrics[name])
 
 
@@ -106,8 +113,11 @@ def train(cfg: DictConfig) -> dict:
             # Distributed strategies re-seed at setup (Lightning's reset_seed); do the same here so a single-process
             # run sees the same data order and augmentations as rank 0 of a multi-process run.
             L.seed_everything(cfg.seed, workers=True, verbose=False)
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir)
+        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry"):  # Lightning's own names
+            check_run_checkpoint(ckpt_path, model, "ckpt_path")
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir))
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         except Preempted as stop:  # last.ckpt is saved and the job requeued: end this process cleanly
             log.warning("%s", stop)
             return {PREEMPTED: 1.0}
@@ -154,10 +164,12 @@ def _selected_ckpt(trainer: L.Trainer, which: str) -> str | None:
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the checkpoint ``cfg.ckpt_path``: ``trainer.test`` for modules with a ``test_step`` (fine-tuning:
     writes predictions and metric tables), otherwise ``trainer.validate`` (pre-training); return its metrics."""
+    check_config(cfg)
     ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
+    if not ckpt.exists():  # a file, or a sharded checkpoint folder
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
     datamodule, model, trainer = _setup(cfg)
+    check_run_checkpoint(ckpt, model, "ckpt_path")
     run = trainer.test if is_overridden("test_step", model, L.LightningModule) else trainer.validate
     results = run(model, datamodule=datamodule, ckpt_path=str(ckpt))
     return {k: float(v) for r in results for k, v in r.items()}

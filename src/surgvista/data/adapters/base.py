@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from surgvista.data.annotations import AnnotationError
+from surgvista.data.annotations import AnnotationError, read_text
+from surgvista.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".m
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """A dataset folder that cannot be prepared (missing files, wrong layout, bad video)."""
 
 
@@ -111,11 +112,17 @@ class Adapter:
     min_seconds: float = 0.0  # videos shorter than this are dropped (logged, counted)
     random_split: dict[str, float] | None = None  # seeded random split of the video ids (fractions)
     supports_no_extract: bool = True
+    accepts_videos: bool = False  # reads its videos from another dataset's download (--videos)
 
-    def __init__(self, raw: Path, variant: str | None = None) -> None:
+    def __init__(self, raw: Path, variant: str | None = None, videos: Path | None = None) -> None:
         self.raw = Path(raw)
         if not self.raw.is_dir():
             raise PrepareError(f"{self.name}: raw folder {self.raw} does not exist")
+        if videos is not None and not self.accepts_videos:
+            raise PrepareError(f"{self.name}: --videos is not used by this dataset (its videos are in --raw)")
+        self.videos_root = Path(videos) if videos is not None else None
+        if self.videos_root is not None and not self.videos_root.is_dir():
+            raise PrepareError(f"{self.name}: --videos folder {self.videos_root} does not exist")
         if variant is not None and variant not in self.variants:
             raise PrepareError(f"{self.name}: unknown split variant {variant!r}; expected one of {self.variants}")
         self.variant = variant or (self.variants[0] if self.variants else None)
@@ -187,7 +194,7 @@ def video_files(folder: Path) -> list[Path]:
 
 def read_lines(path: Path) -> list[str]:
     """Non-empty lines of a text file (BOM and CRLF tolerant)."""
-    return [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    return [line for line in read_text(path).splitlines() if line.strip()]
 
 
 def number(text: str) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
 import re
 from pathlib import Path
@@ -21,13 +21,14 @@ from surgvista.data.adapters.base import (
     video_files,
 )
 from surgvista.data.adapters.cholec import read_named_phases
-from surgvista.data.annotations import CHOLEC80_PHASES, AnnotationError
+from surgvista.data.annotations import CHOLEC80_PHASES, AnnotationError, read_json, read_text
 
 log = logging.getLogger(__name__)
 
 CVS_TEST = (5, 6, 7, 9, 14, 22, 24, 26, 29, 33, 35, 39, 53, 55, 61)
 CVS_VAL = (1, 2, 10, 16, 17, 28, 32, 46, 47, 57, 59, 63, 65, 67, 70)
 CRITERIA = ("two_structures", "cystic_plate", "hepatocystic_triangle")
+ENDOSCAPES_CVS_FILES = ("annotation_ds_coco.json", "annotation_coco_vid.json")
 CVS_COLUMNS = ("video", "initial_minute", "initial_second", "final_minute", "final_second", *CRITERIA)
 
 
@@ -42,8 +43,7 @@ def read_table(path: Path) -> list[dict[str, str]]:
         rows = [["" if v is None else str(v) for v in row] for row in book.worksheets[0].iter_rows(values_only=True)]
         book.close()
     else:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+        rows = list(csv.reader(io.StringIO(read_text(path), newline="")))
     rows = [r for r in rows if any(c.strip() for c in r)]
     if not rows:
         raise AnnotationError(f"{path}: empty table")
@@ -54,7 +54,11 @@ def read_table(path: Path) -> list[dict[str, str]]:
 @register
 class Cholec80CVS(Adapter):
     name = "cholec80_cvs"
-    description = "Cholec80-CVS: surgeons_annotations.xlsx (intervals) + the Cholec80 videos/ (and phase_annotations/)"
+    description = (
+        "Cholec80-CVS: surgeons_annotations.xlsx (intervals) + the Cholec80 videos/ and phase_annotations/ "
+        "(in --raw, or --videos <cholec80 root>)"
+    )
+    accepts_videos = True
     splits = ("train", "val", "test")
     label_names = {"cvs": [f"total_{i}" for i in range(7)], "cvs_criteria": list(CRITERIA)}
     supports_no_extract = False  # clips are sub-ranges of the Cholec80 videos
@@ -65,6 +69,21 @@ class Cholec80CVS(Adapter):
             "cvs_criteria = the three scores (0/1/2, repeated per frame); "
             "intervals cut at the first ClippingCutting frame"
         }
+
+    def cholec80_folders(self) -> tuple[Path, Path | None]:
+        """``videos/`` and ``phase_annotations/`` of Cholec80: under ``--videos`` when given, else under ``--raw``."""
+        root = self.videos_root or self.raw
+        videos = find_ci(root, "videos")
+        if videos is None and self.videos_root is not None and video_files(root):
+            videos = root  # --videos pointing at the videos/ folder itself
+        if videos is None or not videos.is_dir():
+            where = f"--videos {root}" if self.videos_root else f"--raw {root}"
+            raise PrepareError(
+                f"cholec80_cvs: no Cholec80 videos/ folder under {where}; the XLSX only holds intervals: pass "
+                "--videos <cholec80 root> (the folder with videos/video01.mp4 ... and phase_annotations/)"
+            )
+        phases = find_ci(root, "phase_annotations") or find_ci(videos.parent, "phase_annotations")
+        return videos, phases if phases is not None and phases.is_dir() else None
 
     def discover(self) -> list[Source]:
         tables = sorted(self.raw.glob("*.xlsx")) + sorted(self.raw.glob("data/*.xlsx"))
@@ -77,8 +96,7 @@ class Cholec80CVS(Adapter):
         missing = [c for c in CVS_COLUMNS if rows and c not in rows[0]]
         if missing:
             raise AnnotationError(f"{table}: missing column(s) {missing}; found {list(rows[0]) if rows else []}")
-        videos = self.find("videos")
-        phase_dir = self.find("phase_annotations", required=False)
+        videos, phase_dir = self.cholec80_folders()
         by_number = {int(m.group(1)): v for v in video_files(videos) if (m := re.fullmatch(r"video(\d+)", v.stem))}
         sources, counters, self.skipped = [], {}, []
         for lineno, row in enumerate(rows, 2):
@@ -130,7 +148,10 @@ def _clip_labels(labels: dict, tl) -> dict:
 @register
 class Endoscapes(Adapter):
     name = "endoscapes"
-    description = "Endoscapes2023: {train,val,test}/<vid>_<frame>.jpg + {split}/annotation_coco.json (1 fps)"
+    description = (
+        "Endoscapes2023: {train,val,test}/<vid>_<frame>.jpg (1 fps) + {split}/annotation_ds_coco.json "
+        "(or annotation_coco_vid.json)"
+    )
     splits = ("train", "val", "test")
     label_names = {"cvs": ["0 criteria", "1 criterion", "2 criteria", "3 criteria"], "cvs_criteria": ["C1", "C2", "C3"]}
     threshold = 0.5
@@ -142,6 +163,38 @@ class Endoscapes(Adapter):
             "cvs_criteria = the three mean-of-annotator scores (null elsewhere)"
         }
 
+    def cvs_scores(self, folder: Path) -> tuple[Path, dict[str, list[float]]]:
+        """``(file, {image file name: [C1, C2, C3]})`` of the CVS keyframes of one split folder.
+
+        The CVS labels are in ``annotation_ds_coco.json`` (keyframes every 5 s) or ``annotation_coco_vid.json``
+        (every frame, non-keyframes repeating the last keyframe: only ``is_ds_keyframe`` images are read).
+        ``annotation_coco.json`` is the bounding-box subset (one frame per 30 s) and is not a CVS source.
+        """
+        for name in ENDOSCAPES_CVS_FILES:
+            ann = find_ci(folder, name)
+            if ann is not None and ann.is_file():
+                break
+        else:
+            raise PrepareError(
+                f"endoscapes: no CVS annotation file in {folder}: expected {' or '.join(ENDOSCAPES_CVS_FILES)} "
+                "(the official release; annotation_coco.json holds only the bounding-box frames)"
+            )
+        data = read_json(ann)
+        try:
+            scores = {
+                im["file_name"]: [float(c) for c in im["ds"]]
+                for im in data["images"]
+                if im.get("is_ds_keyframe", True) and im.get("ds") is not None
+            }
+        except (KeyError, TypeError, ValueError) as e:
+            raise AnnotationError(f"{ann}: not a COCO file with images[].ds ({type(e).__name__}: {e})") from e
+        if not scores:
+            raise AnnotationError(f"{ann}: no image carries CVS scores (images[].ds on is_ds_keyframe images)")
+        bad = next((k for k, v in scores.items() if len(v) != 3), None)
+        if bad is not None:
+            raise AnnotationError(f"{ann}: image {bad!r} has ds {scores[bad]}; expected three criteria [C1, C2, C3]")
+        return ann, scores
+
     def discover(self) -> list[Source]:
         root = self.raw / "endoscapes" if (self.raw / "endoscapes").is_dir() else self.raw
         sources = []
@@ -149,18 +202,7 @@ class Endoscapes(Adapter):
             folder = root / split
             if not folder.is_dir():
                 raise PrepareError(f"endoscapes: split folder {folder} not found")
-            ann = folder / "annotation_coco.json"
-            if not ann.is_file():
-                raise PrepareError(f"endoscapes: {ann} not found")
-            try:
-                images = json.loads(ann.read_text())["images"]
-                scores = {
-                    im["file_name"]: [float(c) for c in im["ds"]]
-                    for im in images
-                    if im.get("is_ds_keyframe", True) and im.get("ds") is not None
-                }
-            except (KeyError, TypeError, ValueError) as e:
-                raise AnnotationError(f"{ann}: not a COCO file with images[].ds ({type(e).__name__}: {e})") from e
+            ann, scores = self.cvs_scores(folder)
             vids_file = root / f"{split}_vids.txt"
             listed = {number(x) for x in read_lines(vids_file)} if vids_file.is_file() else None
             groups: dict[int, list[Path]] = {}

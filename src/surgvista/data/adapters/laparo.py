@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -23,7 +22,7 @@ from surgvista.data.adapters.base import (
     sequential_phase_ids,
     video_files,
 )
-from surgvista.data.annotations import AnnotationError
+from surgvista.data.annotations import AnnotationError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +198,8 @@ class PSIAVA(Adapter):
 
 def read_bypass_phases(path: Path) -> list[tuple[float, float, int]]:
     """Phase intervals ``(start_s, end_s, id)`` of a MultiBypass140 ``*.mp4.json`` (ms; overlays 12/13 dropped)."""
+    data = read_json(path)
     try:
-        data = json.loads(path.read_text())
         items = data["phases"]
         out = []
         for i, it in enumerate(items):

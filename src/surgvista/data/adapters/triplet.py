@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -17,21 +16,66 @@ from surgvista.data.adapters.base import (
     numeric_key,
     register,
 )
-from surgvista.data.annotations import AnnotationError
+from surgvista.data.annotations import AnnotationError, read_json
+from surgvista.metrics.triplet import CHOLECT50_INSTRUMENTS, CHOLECT50_IVT, CHOLECT50_TARGETS, CHOLECT50_VERBS
 
 log = logging.getLogger(__name__)
+
+# The official 5 folds of `cholect50-crossval` (datasets.md §2.14), in the official loader's order.
+CHOLECT50_FOLDS = (
+    (79, 2, 51, 6, 25, 14, 66, 23, 50, 111),
+    (80, 32, 5, 15, 40, 47, 26, 48, 70, 96),
+    (31, 57, 36, 18, 52, 68, 10, 8, 73, 103),
+    (42, 29, 60, 27, 65, 75, 22, 49, 12, 110),
+    (78, 43, 62, 35, 74, 1, 56, 4, 13, 92),
+)
+
+
+def _crossval(k: int) -> dict[str, tuple[int, ...]]:
+    """Fold ``k`` (1-based) is the test set; as the official loader, val = the last 5 of the other folds' list."""
+    rest = [v for i, fold in enumerate(CHOLECT50_FOLDS, 1) if i != k for v in fold]
+    return {"val": tuple(rest[-5:]), "test": CHOLECT50_FOLDS[k - 1]}
+
 
 CHOLECT50_SPLITS = {
     "challenge": {"val": (5, 18, 36, 65, 74), "test": (92, 96, 103, 110, 111)},
     "camma": {"val": (8, 12, 29, 50, 78), "test": (6, 51, 10, 73, 14, 74, 32, 80, 42, 111)},
+    **{f"crossval{k}": _crossval(k) for k in range(1, 6)},
 }
+# The fixed official vocabulary: triplet id -> "instrument,verb,target" (ids 0-99).
+CHOLECT50_TRIPLETS = tuple(
+    f"{CHOLECT50_INSTRUMENTS[i]},{CHOLECT50_VERBS[v]},{CHOLECT50_TARGETS[t]}" for i, v, t in CHOLECT50_IVT
+)
+
+
+def check_triplet_categories(categories: object, path: Path) -> None:
+    """A CholecT50 JSON's ``categories.triplet`` must be the official 100-triplet table (a mismatch names the id)."""
+    if categories is None:
+        return
+    if not isinstance(categories, dict):
+        raise AnnotationError(f"{path}: categories.triplet must map id -> 'instrument,verb,target'")
+    want = {str(i): name for i, name in enumerate(CHOLECT50_TRIPLETS)}
+    extra = sorted(set(categories) - set(want), key=lambda k: (len(k), k))
+    missing = sorted(set(want) - set(categories), key=int)
+    if extra or missing:
+        raise AnnotationError(
+            f"{path}: categories.triplet has ids {extra[:5]} outside 0..99 / lacks ids {missing[:5]}; "
+            "CholecT50 has exactly the 100 official triplets"
+        )
+    for key in sorted(want, key=int):
+        got = str(categories[key]).replace(" ", "").lower()
+        if got != want[key]:
+            raise AnnotationError(
+                f"{path}: categories.triplet id {key} is {categories[key]!r} but the official CholecT50 triplet "
+                f"{key} is {want[key]!r}; is this another release's vocabulary?"
+            )
 
 
 def _load_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{path}: not valid JSON ({e})") from e
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _frame_triplets(annotations: dict, path: Path, n_classes: int, base: int = 0) -> dict[int, list[int]]:
@@ -68,11 +112,11 @@ class CholecT50(Adapter):
     name = "cholect50"
     description = "CholecT50: videos/VIDxx/000000.png (1 fps) + labels/VIDxx.json"
     splits = ("train", "val", "test")
-    variants = ("challenge", "camma")
+    variants = tuple(CHOLECT50_SPLITS)
 
-    def __init__(self, raw: Path, variant: str | None = None) -> None:
-        super().__init__(raw, variant)
-        self.label_names = {}
+    def __init__(self, raw: Path, variant: str | None = None, videos: Path | None = None) -> None:
+        super().__init__(raw, variant, videos)
+        self.label_names = {"triplet": list(CHOLECT50_TRIPLETS)}
 
     def meta(self) -> dict:
         return {"split_variant": self.variant}
@@ -92,13 +136,11 @@ class CholecT50(Adapter):
             data = _load_json(ann)
             if "annotations" not in data:
                 raise AnnotationError(f"{ann}: no 'annotations' key (expected the CholecT50 JSON format)")
-            cats = data.get("categories", {})
-            if not self.label_names:
-                trip = cats.get("triplet") or {str(i): f"triplet_{i}" for i in range(100)}
-                phase = cats.get("phase") or {}
-                self.label_names = {"triplet": [trip[k] for k in sorted(trip, key=int)]}
-                if phase:
-                    self.label_names["phase"] = [phase[k] for k in sorted(phase, key=int)]
+            cats = data.get("categories") or {}
+            check_triplet_categories(cats.get("triplet"), ann)
+            phase = cats.get("phase") or {}
+            if phase and "phase" not in self.label_names:
+                self.label_names["phase"] = [phase[k] for k in sorted(phase, key=int)]
             triplets = _frame_triplets(data["annotations"], ann, len(self.label_names["triplet"]))
             phases = {}
             for key, instances in data["annotations"].items():
@@ -131,8 +173,8 @@ class Prostate21(Adapter):
     splits = ("train", "val", "test")
     n_triplets = 89
 
-    def __init__(self, raw: Path, variant: str | None = None) -> None:
-        super().__init__(raw, variant)
+    def __init__(self, raw: Path, variant: str | None = None, videos: Path | None = None) -> None:
+        super().__init__(raw, variant, videos)
         self.label_names = {"triplet": [f"triplet_{i}" for i in range(self.n_triplets)]}
 
     def discover(self) -> list[Source]:

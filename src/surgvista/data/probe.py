@@ -1,0 +1,154 @@
+"""Cached frozen-backbone features of a downstream task's clips, served to a probe head (``surgvista.clip_features``).
+
+:class:`ProbeDataModule` wraps a downstream data module (``source``: its class; the other keyword arguments are
+its own, so a ``<task>_<dataset>`` experiment's data config works unchanged) and a :mod:`surgvista.models.zoo`
+backbone config. ``prepare_data`` fills the cache (only what is missing), ``setup`` loads it into memory, and the
+loaders yield the fine-tuning batch layout with ``video`` = the cached features: ``pooled (B, D)`` or
+``tokens (B, K, D)`` (``inputs``), so the task modules (metrics, prediction files) run unchanged. With
+``inputs=video`` nothing is cached: the source's own (augmented) clips are served, for full fine-tuning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from surgvista.clip_features import ClipFeatureCache
+from surgvista.utils.errors import ConfigError
+
+INPUTS = ("pooled", "tokens", "video")  # video: no cache, the source's own clips (full fine-tuning)
+TOKEN_DTYPES = ("float16", "bfloat16", "float32")
+
+
+class CachedClipDataset(Dataset):
+    """Samples of one split of a clip-feature cache."""
+
+    def __init__(self, data: dict[str, torch.Tensor], inputs: str) -> None:
+        self.data, self.inputs = data, inputs
+
+    def __len__(self) -> int:
+        return len(self.data["index"])
+
+    def __getitem__(self, i: int) -> dict:
+        d = self.data
+        return {
+            "video": d[self.inputs][i].float(),
+            "target": d["target"][i],
+            "video_index": d["video_index"][i],
+            "frame_index": d["frame_index"][i],
+            "index": d["index"][i],
+        }
+
+
+class ProbeDataModule(L.LightningDataModule):
+    """Probe batches from the clip-feature cache of ``backbone`` on the ``source`` downstream data.
+
+    ``batch_size`` (a source argument) is the probe's training batch; extraction uses the source's
+    ``eval_batch_size`` and ``num_workers``. ``max_tokens``/``token_dtype``/``shard_size`` set what is stored,
+    ``device``/``autocast`` where and how the backbone runs.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        backbone: Mapping,
+        cache_root: str,
+        inputs: str = "pooled",
+        max_tokens: int = 64,
+        token_dtype: str = "float16",
+        shard_size: int = 4096,
+        device: str = "auto",
+        autocast: str | None = None,
+        extract_missing: bool = True,
+        **source_kwargs,
+    ) -> None:
+        super().__init__()
+        if inputs not in INPUTS:
+            raise ConfigError(f"data.inputs={inputs!r}: expected one of {INPUTS}")
+        if token_dtype not in TOKEN_DTYPES:
+            raise ConfigError(f"data.token_dtype={token_dtype!r}: expected one of {TOKEN_DTYPES}")
+        if isinstance(backbone, DictConfig):
+            backbone = OmegaConf.to_container(backbone, resolve=True)
+        if not isinstance(backbone, Mapping) or "_target_" not in backbone:
+            raise ConfigError(f"data.backbone={backbone!r}: expected a config with a _target_ (model/backbone=<name>)")
+        self.inputs, self.extract_missing = inputs, extract_missing
+        self.source = get_class(source)(**source_kwargs)
+        storage = {
+            "max_tokens": max_tokens,
+            "token_dtype": token_dtype,
+            "shard_size": shard_size,
+            "device": device,
+            "autocast": autocast,
+        }
+        self.cache = ClipFeatureCache(cache_root, backbone, self.source, storage)
+        self.data: dict[str, dict[str, torch.Tensor]] = {}
+
+    @property
+    def directory(self) -> Path:
+        return self.cache.directory
+
+    @property
+    def frozen(self) -> bool:
+        """Whether batches come from the feature cache (``inputs`` pooled/tokens) or the source (``video``)."""
+        return self.inputs != "video"
+
+    def prepare_data(self) -> None:
+        self.source.prepare_data()  # e.g. the demo data module generates its videos
+        if self.extract_missing and self.frozen:
+            self.cache.extract()
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.frozen:
+            self.source.setup(stage)
+            self.meta = {}
+            return
+        self.meta = self.cache.meta()
+        for split in [*self.meta["splits"], *self.meta.get("aliases", {})]:
+            if split not in self.data:
+                self.data[split] = self.cache.load(split)
+        if "train" not in self.data:
+            raise ConfigError("the probe needs a train split (data.train_manifest)")
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.data["train"]["pooled"].shape[1])
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self.meta.get("label_names") if self.frozen else self.source.label_names
+
+    def video_ids(self, split: str) -> list[str]:
+        if not self.frozen:
+            return self.source.video_ids(split)
+        return self.meta["video_ids"][self.meta.get("aliases", {}).get(split, split)]
+
+    def train_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pooled (N, D), targets)`` of the training split (the k-NN bank)."""
+        return self.data["train"]["pooled"], self.data["train"]["target"]
+
+    def _loader(self, split: str) -> DataLoader | list:
+        if not self.frozen:
+            return getattr(self.source, f"{split}_dataloader")()
+        if split not in self.data:
+            return []
+        train = split == "train"
+        n = len(self.data[split]["index"])
+        bs = int(self.source.hparams["batch_size"])
+        return DataLoader(
+            CachedClipDataset(self.data[split], self.inputs), batch_size=bs, shuffle=train, drop_last=train and n > bs
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._loader("test")
