@@ -71,15 +71,15 @@ class NonFiniteGuardMixin(L.LightningModule):
     Subclasses call :meth:`_init_guard` in ``__init__``, :meth:`_remember_loss` in ``training_step`` and
     :meth:`_guard_step` in ``on_before_optimizer_step`` (after any gradient edits), and use a fused AdamW.
     ``max_consecutive_nonfinite``: K; ``nonfinite_check_every``: how often the host reads the counters (``None``:
-    ``trainer.log_every_n_steps``); ``skip_nonfinite=False`` turns the per-step work off.
+    ``trainer.log_every_n_steps``).
     """
 
-    def _init_guard(self, max_consecutive: int, check_every: int | None, enabled: bool = True) -> None:
+    def _init_guard(self, max_consecutive: int, check_every: int | None) -> None:
         if max_consecutive < 1:
             raise ValueError(f"model.max_consecutive_nonfinite must be >= 1, got {max_consecutive}")
         if check_every is not None and check_every < 1:
             raise ValueError(f"model.nonfinite_check_every must be >= 1 or null, got {check_every}")
-        self._guard_max, self._guard_every, self._guard_enabled = max_consecutive, check_every, enabled
+        self._guard_max, self._guard_every = max_consecutive, check_every
         self._step_loss: torch.Tensor | None = None
         self._skipped: torch.Tensor | None = None  # device counters: skipped steps, bad steps in a row
         self._consecutive: torch.Tensor | None = None
@@ -90,7 +90,7 @@ class NonFiniteGuardMixin(L.LightningModule):
 
     def _guard_step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor | None) -> None:
         """Mark this optimiser step bad (``optimizer.found_inf``) where the loss or ``grad_norm`` is not finite."""
-        if not self._guard_enabled or self._step_loss is None:
+        if self._step_loss is None:
             return
         device = self._step_loss.device
         if self._skipped is None or self._skipped.device != device:
@@ -103,7 +103,7 @@ class NonFiniteGuardMixin(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         every = self._guard_every or max(1, self.trainer.log_every_n_steps)
-        if not self._guard_enabled or self._consecutive is None or self.global_step % every:
+        if self._consecutive is None or self.global_step % every:
             return
         consecutive = int(self._consecutive.item())  # the one host sync, every `every` steps
         if consecutive >= self._guard_max:

@@ -79,7 +79,6 @@ class PretrainModule(NonFiniteGuardMixin):
         teacher_every_k: int = 1,
         max_consecutive_nonfinite: int = 10,
         nonfinite_check_every: int | None = None,
-        skip_nonfinite: bool = True,
     ) -> None:
         super().__init__()
         if teacher_every_k < 1:
@@ -90,7 +89,7 @@ class PretrainModule(NonFiniteGuardMixin):
             student.set_grad_checkpointing(grad_checkpointing)
         self._check_teacher()
         self._configured = False
-        self._init_guard(max_consecutive_nonfinite, nonfinite_check_every, skip_nonfinite)
+        self._init_guard(max_consecutive_nonfinite, nonfinite_check_every)
         # The teacher is never saved (ImageTeacher.state_dict is empty): do not ask checkpoints for it.
         self.register_load_state_dict_post_hook(self._ignore_missing_teacher_keys)
         self._mask_rng: torch.Generator | None = None
