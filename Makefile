@@ -13,19 +13,30 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade "pip>=24"
-	$(PY) -m pip install -e ".[dev]"
-	$(PY) -c "import torch, torchvision, timm, lightning, hydra, decord, av; print('torch', torch.__version__, '| lightning', lightning.__version__, '| timm', timm.__version__)"
+	$(PY) -m pip install -e ".[dev,notebooks]"
+	$(PY) -c "import torch, torchvision, timm, lightning, hydra, av; print('torch', torch.__version__, '| lightning', lightning.__version__, '| timm', timm.__version__)"
 	touch $(STAMP)
 
-DEMO_DIR ?= $${paths.log_dir}/demo_pipeline
+# Every `make demo` writes a fresh run folder DEMO_DIR/<time>/{pretrain,finetune,eval}; each step reads the
+# checkpoint that the previous step wrote into it (by path), and DEMO_DIR/latest points at the last run.
+DEMO_DIR ?= $(or $(SURGVISTA_LOG_DIR),$(CURDIR)/logs)/demo_pipeline
+DEMO_RUN := $(shell date +%Y-%m-%d_%H-%M-%S)
+DEMO_OUT = $(DEMO_DIR)/$(DEMO_RUN)
+DEMO_ARGS ?=#         extra overrides of every step (e.g. paths.data_dir=...)
+DEMO_PRETRAIN_ARGS ?=# extra overrides of the pre-training step
+DEMO_PHASE_ARGS ?=#    extra overrides of the fine-tuning and evaluation steps
+DEMO_PROBE_ARGS ?=#    options of the pre-training probe (python -m surgvista.pretrain_probe --help)
 
 demo: install  ## pre-train a tiny student on the demo dataset, fine-tune it on the phase labels, evaluate (CPU)
-	$(PY) train.py experiment=demo hydra.run.dir='$(DEMO_DIR)/pretrain'
-	$(PY) train.py experiment=demo_phase test=false hydra.run.dir='$(DEMO_DIR)/finetune' \
-		model.ckpt='$(DEMO_DIR)/pretrain/checkpoints/last.ckpt'
-	$(PY) eval.py experiment=demo_phase hydra.run.dir='$(DEMO_DIR)/eval' \
-		ckpt_path='$(DEMO_DIR)/finetune/checkpoints/last.ckpt'
-	$(PY) -m surgvista.pretrain_probe '$(DEMO_DIR)/pretrain'
+	@test ! -e '$(DEMO_OUT)' || { echo "$(DEMO_OUT) exists: wait a second and run make demo again"; exit 1; }
+	$(PY) train.py experiment=demo hydra.run.dir='$(DEMO_OUT)/pretrain' $(DEMO_ARGS) $(DEMO_PRETRAIN_ARGS)
+	$(PY) train.py experiment=demo_phase test=false hydra.run.dir='$(DEMO_OUT)/finetune' \
+		model.ckpt='$(DEMO_OUT)/pretrain/checkpoints/last.ckpt' $(DEMO_ARGS) $(DEMO_PHASE_ARGS)
+	$(PY) eval.py experiment=demo_phase hydra.run.dir='$(DEMO_OUT)/eval' \
+		ckpt_path='$(DEMO_OUT)/finetune/checkpoints/last.ckpt' $(DEMO_ARGS) $(DEMO_PHASE_ARGS)
+	$(PY) -m surgvista.pretrain_probe '$(DEMO_OUT)/pretrain' $(DEMO_PROBE_ARGS)
+	ln -sfn '$(DEMO_RUN)' '$(DEMO_DIR)/latest'
+	@echo "demo run: $(DEMO_OUT) (also $(DEMO_DIR)/latest)"
 
 demo-tecno: install  ## TeCNO (cached features + causal MS-TCN) on the embedded demo dataset (CPU, about a minute)
 	$(PY) train.py experiment=demo_tecno
@@ -70,7 +81,7 @@ demo-data: install
 prepare: install  ## make prepare DATASET=cholec80 RAW=/data/raw/cholec80 OUT=data/cholec80 [ARGS="--workers 8"]
 	$(PY) -m surgvista.data.prepare $(DATASET) --raw "$(RAW)" --out "$(OUT)" $(ARGS)
 
-bench-data: install  ## clips/s per CPU core: the reference loader vs our JPEG frame-folder and mp4 paths (a few minutes)
+bench-data: install  ## clips/s per CPU core: the reference loader vs our JPEG frame-folder, mp4 (decord/PyAV/torchcodec) and litdata-shard paths (a few minutes)
 	$(PY) bench/data_throughput.py
 
 clean-logs:

@@ -1,26 +1,6 @@
-"""Train: ``python train.py experiment=demo`` | ``python train.py experiment=pretrain_surgvista ...``."""
+"""Train from a clone: ``python train.py experiment=demo`` (the same as ``surgvista-train experiment=demo``)."""
 
-import os
-import sys
-from pathlib import Path
-
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from surgvista.utils.errors import check_extras, user_errors  # noqa: E402
-from surgvista.utils.run import metric_value, train  # noqa: E402
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Run one training job and return ``optimized_metric`` for Hydra sweepers (a bad input: one line, exit 1)."""
-    with user_errors():
-        return metric_value(train(cfg), cfg.get("optimized_metric"))
-
+from surgvista.train import main
 
 if __name__ == "__main__":
-    with user_errors():
-        check_extras(sys.argv[1:])
     main()

@@ -15,7 +15,12 @@ machine hits every path alike; the wall rate is printed too. Peak RSS is measure
     fastdecode``), each distinct frame decoded once in one sorted batch: decord seeks to each needed frame;
     ``PyAVReader`` seeks, decodes one packet and converts only the needed frames. ``*-gop12`` use a 12-frame GOP
     with default tuning (decoding runs from the keyframe before a needed frame). ``pyav-K4`` is ``pyav`` with
-    ``num_clips_per_video=4`` (4 crops per decoded anchor, counted as 4 clips).
+    ``num_clips_per_video=4`` (4 crops per decoded anchor, counted as 4 clips). ``torchcodec`` /
+    ``torchcodec-gop12``: our ``TorchCodecReader`` on the same files (CPU, one FFmpeg thread; skipped with the reason
+    when torchcodec cannot load); ``torchcodec-cuda`` (only where CUDA is present): NVDEC decoding, frames copied
+    back to the host for the crop (its wall rate is the per-GPU figure);
+(d) ``shards``: litdata clip shards (``python -m surgvista.data.shards``) written from the JPEG frame folders of (b)
+    (same JPEG bytes), read by ``streaming_clip_dataset`` from a local folder, item by item in random order.
 Our paths produce uint8 clips, normalised after the transfer to the GPU (``data.normalize_on_device=true``, the
 default of ``data=pretrain_mix``); ``frames+norm`` adds the CPU normalisation for comparison.
 
@@ -36,7 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
-PATHS = ("reference", "frames", "frames+norm", "decord", "pyav", "decord-gop12", "pyav-gop12", "pyav-K4")
+PATHS = ("reference", "frames", "frames+norm", "decord", "pyav", "decord-gop12", "pyav-gop12", "pyav-K4",
+         "torchcodec", "torchcodec-gop12", "shards", "torchcodec-cuda")
+# Extra ratios printed from the same run: (path, baseline).
+PAIRS = (("torchcodec", "pyav"), ("torchcodec", "decord"), ("torchcodec-gop12", "pyav-gop12"), ("shards", "frames"),
+         ("torchcodec-cuda", "torchcodec"))
 # mp4 encodings (libx264, crf 23, 1 fps): one keyframe per frame tuned for decoding speed (what random access
 # into 1-fps pre-training videos wants), and a 12-frame GOP with default tuning for comparison.
 ENCODINGS = {"intra": (1, {"crf": "23", "tune": "fastdecode"}), "gop12": (12, {"crf": "23"})}
@@ -188,6 +197,9 @@ OURS = {
     "decord-gop12": ("gop12", "decord", 1, False),
     "pyav-gop12": ("gop12", "pyav", 1, False),
     "pyav-K4": ("intra", "pyav", 4, False),
+    "torchcodec": ("intra", "torchcodec", 1, False),
+    "torchcodec-gop12": ("gop12", "torchcodec", 1, False),
+    "torchcodec-cuda": ("intra", "torchcodec-cuda", 1, False),
 }
 
 
@@ -197,13 +209,45 @@ def build(path: str, data: dict, num_frames: int, input_size: int):
     from surgvista.data.clips import VideoClipDataset
     from surgvista.data.transforms import MultiScaleCrop
 
+    if path == "shards":
+        from surgvista.data.stream import streaming_clip_dataset
+
+        return streaming_clip_dataset(data["shards"], MultiScaleCrop(input_size, normalize=False), num_frames, 4)
+
     manifest, backend, k, norm = OURS[path]
     transform = MultiScaleCrop(input_size, normalize=norm)
     return VideoClipDataset([data[manifest]], transform, num_frames, 4, backend=backend, num_clips=k)
 
 
 def clips_per_item(path: str) -> int:
-    return 1 if path == "reference" else OURS[path][2]
+    return OURS[path][2] if path in OURS else 1
+
+
+def available(paths: list[str]) -> list[str]:
+    """``paths`` less those this machine cannot run (said once, with the reason)."""
+    import torch
+
+    from surgvista.data.readers import torchcodec_problem
+
+    problem = torchcodec_problem()
+    keep = []
+    for p in paths:
+        if p.startswith("torchcodec") and problem:
+            print(f"  {p:<16} skipped: {problem}")
+        elif p == "torchcodec-cuda" and not torch.cuda.is_available():
+            print(f"  {p:<16} skipped: CUDA is absent")
+        else:
+            keep.append(p)
+    return keep
+
+
+def write_bench_shards(root: Path, data: dict, num_frames: int) -> str:
+    """litdata shards of the JPEG frame-folder manifest (frames stored byte for byte)."""
+    from surgvista.data.shards import write_shards
+
+    out = root / "shards"
+    write_shards([data["jpg"]], str(out), num_frames=num_frames, sampling_rate=4, overwrite=True)
+    return str(out)
 
 
 def time_paths(
@@ -264,6 +308,11 @@ def in_child(fn, *args):
     return out
 
 
+def rate(result: dict, path: str) -> float:
+    """Clips per CPU-second, or per wall-second for NVDEC (``path`` ending in ``-cuda``): the GPU does the work."""
+    return result["clips_per_wall_s" if path.endswith("-cuda") else "clips_per_s"]
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=3)
@@ -273,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, nargs=2, default=(512, 320), metavar=("W", "H"))
     p.add_argument("--num-frames", type=int, default=16)
     p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS, help="unavailable ones are skipped")
     p.add_argument("--no-rss", action="store_true", help="skip the per-path peak-RSS processes")
     p.add_argument("--tiny", action="store_true", help="smoke run: 2 small videos, a few clips, in-process")
     p.add_argument("--out", type=Path, default=None, help="data folder (default: a temporary one, removed)")
@@ -293,6 +342,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"{args.clips} loader samples per path in {args.rounds} interleaved rounds, 1 thread",
             flush=True,
         )
+        args.paths = available(args.paths)
+        if "shards" in args.paths:
+            t0 = time.perf_counter()
+            data["shards"] = write_bench_shards(root, data, args.num_frames)
+            print(f"litdata shards written ({time.perf_counter() - t0:.0f} s)", flush=True)
         rng = random.Random(0)
         anchors = [rng.randrange(args.videos * args.frames) for _ in range(args.clips + 1)]
         timing = (args.paths, data, anchors, args.num_frames, args.input_size, args.rounds)
@@ -303,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
                 res["peak_rss_mb"] = in_child(peak_rss, path, data, anchors[:10], args.num_frames, args.input_size)
             rss = f"   peak RSS {res['peak_rss_mb']:5.0f} MB" if "peak_rss_mb" in res else ""
             print(
-                f"  {path:<13} {res['clips_per_s']:8.1f} clips/s per core (CPU time; wall "
+                f"  {path:<16} {res['clips_per_s']:8.1f} clips/s per core (CPU time; wall "
                 f"{res['clips_per_wall_s']:.1f}/s){rss}",
                 flush=True,
             )
@@ -313,6 +367,10 @@ def main(argv: list[str] | None = None) -> dict:
             "ratio to reference (a): "
             + ", ".join(f"{p} {r['clips_per_s'] / ref:.2f}x" for p, r in results.items() if p != "reference")
         )
+    pairs = [(p, b) for p, b in PAIRS if p in results and b in results]
+    if pairs:
+        print("ratios (per core; torchcodec-cuda: wall): " + ", ".join(
+            f"{p}/{b} {rate(results[p], p) / rate(results[b], p):.2f}x" for p, b in pairs))
     return results
 
 

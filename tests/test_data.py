@@ -186,12 +186,17 @@ def test_malformed_manifest_rows(tmp_path, row, message):
 def test_pyav_fallback_when_decord_is_missing(demo_root, monkeypatch, caplog):
     import importlib.util
 
-    from surgvista.data.readers import PyAVReader
+    from surgvista.data.readers import PyAVReader, available_backend
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "decord" else real(name, *a))
-    reader = open_reader(demo_root / "videos" / "video02.mp4", "decord")
-    assert isinstance(reader, PyAVReader) and "decord is not installed" in caplog.text
+    available_backend.cache_clear()
+    try:
+        readers = [open_reader(demo_root / "videos" / name, "decord") for name in ("video02.mp4", "video01.mp4")]
+    finally:
+        available_backend.cache_clear()  # the next test sees the real decord again
+    assert all(isinstance(r, PyAVReader) for r in readers)
+    assert caplog.text.count("decord is not installed") == 1  # the reader choice is logged once
 
 
 def test_unknown_backend_is_named():

@@ -264,9 +264,9 @@ def test_throughput_benchmark_tiny_mode_runs(tmp_path):
 
     proc = run_script("bench/data_throughput.py", "--tiny", "--out", str(tmp_path / "bench"), cwd=ROOT)
     out = proc.stdout
-    for name in ("reference", "frames", "decord"):
+    for name in ("reference", "frames", "decord", "torchcodec", "shards"):
         assert name in out
-    assert "ratio to reference" in out
+    assert "ratio to reference" in out and "shards/frames" in out
 
 
 # ------------------------------------------------------------------------------------------ readers

@@ -231,7 +231,7 @@ def _is_state(obj: Any) -> bool:
 def unwrap(obj: Any, source: str = "<mapping>") -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
     """Take the state dict out of its container: ``(state, container, extra)``.
 
-    Containers: ``lightning`` (``state_dict`` + ``student.`` prefix), ``model`` (original / exported),
+    Containers: ``lightning`` (``state_dict`` + ``student.``/``net.`` prefix), ``model`` (original / exported),
     ``module`` (DeepSpeed), ``model_state``, ``raw``.
     """
     if not isinstance(obj, Mapping):
@@ -239,18 +239,14 @@ def unwrap(obj: Any, source: str = "<mapping>") -> tuple[dict[str, torch.Tensor]
     extra: dict[str, Any] = {}
     if isinstance(obj.get("state_dict"), Mapping) and ("pytorch-lightning_version" in obj or "epoch" in obj):
         sd = obj["state_dict"]
-        extra = {
-            k: obj[k] for k in ("hyper_parameters", "datamodule_hyper_parameters", "epoch", "global_step") if k in obj
-        }
-        if any(k.startswith("student.") for k in sd):
-            other = sorted(k for k in sd if not k.startswith("student."))
-            if other:
-                extra["lightning_other_keys"] = other
-            return (
-                {k.removeprefix("student."): v for k, v in sd.items() if k.startswith("student.")},
-                "lightning",
-                extra,
-            )
+        keys = ("hyper_parameters", "datamodule_hyper_parameters", "epoch", "global_step", "class_names")
+        extra = {k: obj[k] for k in keys if k in obj}
+        for prefix in ("student.", "net."):  # pre-training (student) or fine-tuning (net) LightningModule
+            if any(k.startswith(prefix) for k in sd):
+                other = sorted(k for k in sd if not k.startswith(prefix))
+                if other:
+                    extra["lightning_other_keys"] = other
+                return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}, "lightning", extra
         return dict(sd), "lightning", extra
     for container in ("model", "module", "model_state", "state_dict"):
         if _is_state(obj.get(container)):
@@ -440,10 +436,13 @@ def interpolate_pos_embed(table: torch.Tensor, src_grid: tuple[int, int, int], d
     dim = table.shape[-1]
     if table.shape[-2] != t0 * h0 * w0:
         raise CheckpointError(f"pos_embed has {table.shape[-2]} tokens, not the {t0}x{h0}x{w0} grid given")
-    x = table.detach().float().reshape(t0, h0, w0, dim).permute(0, 3, 1, 2)  # (T, D, H, W)
-    if (h0, w0) != (h1, w1):
-        x = F.interpolate(x, size=(h1, w1), mode="bicubic", align_corners=False)
-    x = x.permute(1, 2, 3, 0).reshape(1, dim * h1 * w1, t0)  # (1, D·H·W, T)
+    from timm.layers import resample_abs_pos_embed
+
+    x = table.detach().float().reshape(t0, h0 * w0, dim)
+    if (h0, w0) != (h1, w1):  # timm's resampler per frame; no antialiasing, as the reference's F.interpolate
+        frames = [resample_abs_pos_embed(f[None], [h1, w1], [h0, w0], num_prefix_tokens=0, antialias=False) for f in x]
+        x = torch.cat(frames)
+    x = x.reshape(t0, h1, w1, dim).permute(3, 1, 2, 0).reshape(1, dim * h1 * w1, t0)  # (1, D·H·W, T)
     if t0 != t1:
         x = F.interpolate(x, size=t1, mode="linear", align_corners=False)
     return x.reshape(dim, h1, w1, t1).permute(3, 1, 2, 0).reshape(1, t1 * h1 * w1, dim).to(table.dtype)

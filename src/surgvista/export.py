@@ -1,6 +1,6 @@
 """Export checkpoints: original SurgVISTA layout, safetensors with a model card, or a Hugging Face VideoMAE folder.
 
-Usage (Hydra-style ``key=value`` arguments)::
+Usage (Hydra-style ``key=value`` arguments; ``surgvista-export`` is the same as ``python -m surgvista.export``)::
 
     python -m surgvista.export ckpt=logs/train/runs/X/checkpoints/last.ckpt format=original out=surgvista.pth
     python -m surgvista.export ckpt=... format=safetensors out=surgvista.safetensors
@@ -180,9 +180,14 @@ def _layer_to_hf(rest: str, value: torch.Tensor, dst: str, out: dict[str, torch.
 
 
 def to_hf(
-    state: Mapping[str, torch.Tensor], arch: Mapping[str, Any], hf_arch: str = "auto", ln_eps: float = 1e-6
+    state: Mapping[str, torch.Tensor],
+    arch: Mapping[str, Any],
+    hf_arch: str = "auto",
+    ln_eps: float = 1e-6,
+    class_names: list[str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[str]]:
-    """Our layout → ``(HF state dict, config.json dict, notes)`` for a 1-D-table model."""
+    """Our layout → ``(HF state dict, config.json dict, notes)`` for a 1-D-table model; ``class_names`` become
+    ``id2label`` of a classifier (``LABEL_<i>`` without them)."""
     if hf_arch not in HF_ARCHS:
         raise ExportError(f"unknown hf_arch {hf_arch!r}; expected one of {HF_ARCHS}")
     if any(k.startswith(("down_img", "decoder_img", "mask_token_img")) for k in state) and hf_arch == "pretraining":
@@ -272,8 +277,11 @@ def to_hf(
     }
     if hf_arch == "classification":
         n = state["head.weight"].shape[0]
-        config["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
-        config["label2id"] = {f"LABEL_{i}": i for i in range(n)}
+        if class_names is not None and len(class_names) != n:
+            raise ExportError(f"{len(class_names)} class names for a {n}-class head")
+        labels = list(class_names) if class_names is not None else [f"LABEL_{i}" for i in range(n)]
+        config["id2label"] = {str(i): name for i, name in enumerate(labels)}
+        config["label2id"] = {name: i for i, name in enumerate(labels)}
         notes.append("HF VideoMAE hard-codes eps 1e-5 on fc_norm (ours: ln_eps); logits may differ by ~1e-6")
     if hf_arch == "pretraining":
         notes.append("HF VideoMAE hard-codes eps 1e-5 on the decoder's final norm (ours: decoder_norm_eps)")
@@ -380,7 +388,8 @@ def export(
     cfg = run_config(ckpt)
     info["run_config"] = cfg
     info["run_dir"] = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    student_cfg = ((cfg.get("model") or {}).get("student") or {}) if cfg else {}
+    model_cfg = (cfg.get("model") or {}) if cfg else {}
+    student_cfg = model_cfg.get("student") or model_cfg.get("net") or {}  # pre-training | fine-tuning run
     if not student_cfg and isinstance(info.get("card"), Mapping):
         student_cfg = {**info["card"].get("architecture", {}), "pos_embed": info["card"].get("pos_embed")}
     img_size = img_size or student_cfg.get("img_size")
@@ -412,7 +421,7 @@ def export(
             "recomputes a 1-D sinusoid table: the exported model would silently compute something else. Use "
             "format=original or format=safetensors (load_backbone reads both)."
         )
-    hf_state, config, notes = to_hf(state, arch, hf_arch, ln_eps)
+    hf_state, config, notes = to_hf(state, arch, hf_arch, ln_eps, info.get("class_names"))
     from safetensors.torch import save_file
 
 
@@ -420,6 +429,7 @@ def export(
         save_file({k: v.contiguous() for k, v in hf_state.items()}, str(folder / "model.safetensors"), {"format": "pt"})
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (folder / "surgvista_card.json").write_text(json.dumps({**card, "notes": notes}, indent=2) + "\n")
+        write_hf_extras(folder, config, card)
 
     return atomic_write_dir(out, write)
 
@@ -435,6 +445,60 @@ def _check_targets(ckpt: Path, format: str, out: Path, overwrite: bool) -> None:
         raise ExportError(f"out={out} is a folder; format={format} writes one file (give a file name)")
 
 
+def hf_preprocessor_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``VideoMAEImageProcessor`` settings matching our evaluation transform (resize, centre crop, ImageNet norm)."""
+    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    size = config["image_size"]
+    return {
+        "image_processor_type": "VideoMAEImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": size},
+        "resample": 2,  # bilinear
+        "do_center_crop": True,
+        "crop_size": {"height": size, "width": size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(IMAGENET_DEFAULT_MEAN),
+        "image_std": list(IMAGENET_DEFAULT_STD),
+    }
+
+
+def hf_model_card(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
+    """``README.md`` of an HF folder: what the model is, its training data and recipe, metrics when known, licence."""
+    arch = config["architectures"][0]
+    hp = card.get("hyper_parameters") or {}
+    recipe = {k: hp[k] for k in ("base_lr", "min_lr", "batch_size", "warmup_epochs", "weight_decay", "layer_decay",
+                                 "mixup", "cutmix", "label_smoothing", "dataset", "fps") if k in hp}
+    data = [f"- `{m['path']}` ({m['split']}, sha256 `{m['sha256']}`)" for m in card.get("data_manifests") or []]
+    metrics = [f"| {k} | {v} |" for k, v in (card.get("metrics") or {}).items()]
+    labels = config.get("id2label")
+    lines = [
+        "---", "license: apache-2.0", "library_name: transformers",
+        f"pipeline_tag: {'video-classification' if arch == 'VideoMAEForVideoClassification' else 'feature-extraction'}",
+        "tags: [surgvista, surgical-video, videomae]", "---", "",
+        f"# {arch} exported by surgvista", "",
+        f"A {config['num_hidden_layers']}-layer, {config['hidden_size']}-wide ViT video encoder "
+        f"({config['num_frames']} frames at {config['image_size']} px, tubelet {config['tubelet_size']}, patch "
+        f"{config['patch_size']}) trained with surgvista and converted by `surgvista-export format=hf` from "
+        f"`{card.get('source')}` (epoch {card.get('epoch', '?')}, step {card.get('global_step', '?')}).",
+        "", "## Training data", "", *(data or ["Not recorded in the checkpoint."]), "",
+        "## Recipe", "", *(f"- {k}: {v}" for k, v in recipe.items()), *([] if recipe else ["Not recorded."]), "",
+    ]
+    if labels:
+        lines += ["## Labels", "", *(f"- {i}: {n}" for i, n in labels.items()), ""]
+    lines += ["## Metrics", "", *(["| metric | value |", "|---|---|", *metrics] if metrics else ["Not known."]), ""]
+    lines += ["## Licence", "", "Apache-2.0 (the code); the weights follow the licences of their training data.", ""]
+    return "\n".join(lines)
+
+
+def write_hf_extras(out: Path, config: Mapping[str, Any], card: Mapping[str, Any]) -> None:
+    """``preprocessor_config.json`` and the ``README.md`` model card next to ``config.json``."""
+    (out / "preprocessor_config.json").write_text(json.dumps(hf_preprocessor_config(config), indent=2) + "\n")
+    (out / "README.md").write_text(hf_model_card(config, card))
+
+
 def _parse(argv: list[str]) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
@@ -445,8 +509,13 @@ def _parse(argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The CLI: a bad input is one ``error: ...`` line and exit status 1 (``HYDRA_FULL_ERROR=1``: traceback)."""
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    """``surgvista-export`` / ``python -m surgvista.export``: a bad input (or a refused export) is one ``error: ...``
+    line and exit status 1 (``HYDRA_FULL_ERROR=1``: traceback)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    args = _parse(argv)
     missing = [k for k in ("ckpt", "format", "out") if k not in args]
     if missing:
         raise SystemExit(f"missing argument(s) {missing}\n{__doc__}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
@@ -400,14 +399,19 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             "usage: python -m surgvista.features extract experiment=<a features experiment> [key=value ...]"
         )
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_dir, initialize_config_module
 
-    root = Path(os.environ.setdefault("PROJECT_ROOT", str(Path.cwd())))
-    conf = root / "conf"
-    if not (conf / "train.yaml").is_file():
-        raise SystemExit(f"no conf/train.yaml under {root}: run from the repository root or set PROJECT_ROOT")
+    from surgvista.config import primary_config_path, set_project_root
+
+    set_project_root()
+    primary = primary_config_path()  # the clone's conf/ or the installed package's configs (+ user folders)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    with initialize_config_dir(str(conf), version_base="1.3"):
+    init = (
+        initialize_config_module("surgvista.conf", version_base="1.3")
+        if primary.startswith("pkg://")
+        else initialize_config_dir(primary, version_base="1.3")
+    )
+    with init:
         cfg = compose("train", overrides=argv[1:])
     with user_errors():  # a bad input: one line (HYDRA_FULL_ERROR=1: traceback)
         check_config(cfg)

@@ -364,14 +364,17 @@ def label_counts(entries: list[VideoEntry]) -> dict[str, dict[str, int]]:
 
 
 def print_table(stats: dict) -> None:
-    rows = [("split", "videos", "frames", "hours")]
-    rows += [(s, str(v["videos"]), str(v["frames"]), f"{v['hours']:.2f}") for s, v in stats["splits"].items()]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    print(f"\n{stats['dataset']}: {stats['out']}")
-    for j, r in enumerate(rows):
-        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
-        if j == 0:
-            print("  " + "  ".join("-" * w for w in widths))
+    """Videos, frames and hours per split (a rich console table), then the label counts and skipped videos."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{stats['dataset']}: {stats['out']}", title_justify="left")
+    table.add_column("split")
+    for name in ("videos", "frames", "hours"):
+        table.add_column(name, justify="right")
+    for split, v in stats["splits"].items():
+        table.add_row(split, str(v["videos"]), str(v["frames"]), f"{v['hours']:.2f}")
+    Console().print(table)
     for split, v in stats["splits"].items():
         for name, counts in v["labels"].items():
             shown = ", ".join(f"{k}:{n}" for k, n in counts.items() if n)

@@ -1,12 +1,15 @@
-"""Video readers: decord (default), PyAV (fallback) and frame folders, all returning RGB uint8 frames."""
+"""Video readers: decord (default), PyAV (fallback), torchcodec (CPU or NVDEC) and frame folders, all returning RGB
+uint8 frames."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -16,7 +19,9 @@ from surgvista.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("decord", "pyav")
+BACKENDS = ("decord", "pyav", "torchcodec", "torchcodec-cuda")
+# torchcodec loads the system's FFmpeg (4-9) shared libraries; PyPI cannot provide them.
+FFMPEG_HINT = "install FFmpeg's shared libraries, e.g. `apt-get install ffmpeg` (Debian/Ubuntu)"
 
 
 class VideoDecodeError(UserError, RuntimeError):
@@ -183,6 +188,46 @@ class PyAVReader(VideoReader):
         return np.stack([frames[i] for i in indices])
 
 
+class TorchCodecReader(VideoReader):
+    """torchcodec's ``VideoDecoder`` with exact seeking (the file is scanned once at open, so frame ``i`` is the
+    ``i``-th frame in presentation order, as for decord and PyAV).
+
+    ``device="cuda"`` decodes on the GPU (NVDEC): :meth:`read_tensor` then returns frames on the GPU, and
+    :meth:`read` copies them back to the host. CUDA cannot be initialised in forked DataLoader workers, so use it
+    with ``num_workers=0`` (or spawned workers).
+    """
+
+    def __init__(self, path: Path, device: str = "cpu") -> None:
+        from torchcodec.decoders import VideoDecoder
+
+        self.path, self.device = path, device
+        try:
+            self._decoder = VideoDecoder(str(path), seek_mode="exact", num_ffmpeg_threads=1,
+                                         dimension_order="NHWC", device=device)
+        except (RuntimeError, ValueError) as e:
+            raise VideoDecodeError(f"cannot open video {path} with torchcodec: {e}") from e
+        meta = self._decoder.metadata
+        self.fps = float(meta.average_fps or 0)
+        self._len = len(self._decoder)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def close(self) -> None:
+        self._decoder = None
+
+    def read_tensor(self, indices: Sequence[int]):
+        """Frames ``indices`` as a ``(T, H, W, 3)`` uint8 tensor on the decoder's device."""
+        self._check(indices)
+        try:
+            return self._decoder.get_frames_at(list(indices)).data
+        except (RuntimeError, IndexError) as e:
+            raise VideoDecodeError(f"cannot decode frames {list(indices)[:5]}… of {self.path}: {e}") from e
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        return self.read_tensor(indices).cpu().numpy()
+
+
 class FrameFolderReader(VideoReader):
     """A folder of numbered JPEG/PNG frames (converted to RGB)."""
 
@@ -207,13 +252,14 @@ class FrameFolderReader(VideoReader):
         return out
 
 
-def read_image(path: Path) -> np.ndarray:
-    """One image file as ``(H, W, 3)`` uint8 RGB.
+def read_image(source: Path | BinaryIO, name: str | None = None) -> np.ndarray:
+    """One image file (or an open binary stream, called ``name`` in errors) as ``(H, W, 3)`` uint8 RGB.
 
     Greyscale, palette and alpha images are converted (alpha dropped); 16-bit greyscale is scaled to 8 bits.
     """
+    path = name or source
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             if img.mode == "RGB":
                 return np.asarray(img)
@@ -228,24 +274,53 @@ def read_image(path: Path) -> np.ndarray:
         raise VideoDecodeError(f"cannot read frame image {path}: {e}") from e
 
 
+@functools.cache
+def torchcodec_problem() -> str | None:
+    """Why torchcodec cannot decode video in this environment (not installed, no FFmpeg libraries), or ``None``."""
+    if importlib.util.find_spec("torchcodec") is None:
+        return "torchcodec is not installed (pip install torchcodec, the version matching torch)"
+    try:
+        from torchcodec._core import ops  # private: torchcodec loads FFmpeg at import and only records failure
+
+        if not ops._FFMPEG_AVAILABLE:
+            ops.load_core_libraries()  # raises the error that lists every FFmpeg version tried
+    except Exception as e:  # RuntimeError/OSError from the loader, or an import error of a mismatched build
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"torchcodec cannot load FFmpeg ({first}); {FFMPEG_HINT}"
+    return None
+
+
 def check_backend(backend: str) -> None:
-    """Raise a ``ValueError`` naming ``backend`` unless it is one of :data:`BACKENDS`."""
+    """Raise a ``ValueError`` naming ``backend`` unless it is one of :data:`BACKENDS` and usable here."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+    if backend.startswith("torchcodec") and (problem := torchcodec_problem()):
+        raise ValueError(f"video backend {backend!r} is not usable: {problem}")
 
 
 def open_reader(path: str | Path, backend: str = "decord") -> VideoReader:
-    """Open a video file with ``backend`` (``decord`` | ``pyav``) or a frame folder."""
+    """Open a video file with ``backend`` (``decord`` | ``pyav`` | ``torchcodec`` | ``torchcodec-cuda``) or a
+    frame folder."""
     path = Path(path)
     if path.is_dir():
         return FrameFolderReader(path)
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
     check_backend(backend)
-    if backend == "decord" and importlib.util.find_spec("decord") is None:
-        log.warning("decord is not installed: decoding %s with PyAV instead (slower)", path)
-        backend = "pyav"
+    backend = available_backend(backend)
+    if backend.startswith("torchcodec"):
+        return TorchCodecReader(path, "cuda" if backend == "torchcodec-cuda" else "cpu")
     return DecordReader(path) if backend == "decord" else PyAVReader(path)
+
+
+@functools.cache
+def available_backend(backend: str) -> str:
+    """``backend``, or ``pyav`` where decord has no wheel (installed only on x86-64): logged once per process."""
+    if backend == "decord" and importlib.util.find_spec("decord") is None:
+        log.warning("video reader: decord is not installed on this platform, decoding with PyAV (slower)")
+        return "pyav"
+    log.info("video reader: %s", backend)
+    return backend
 
 
 class EntryReader:

@@ -4,6 +4,8 @@
 form one threshold), with ``R_0 = 0``. A class without any positive sample has no defined AP: it is returned as
 NaN here. (scikit-learn 1.1-1.5 returns ``-0.0`` for it and 1.6+ returns ``0.0``; ``ivtmetrics`` turns the
 ``-0.0`` into NaN, see ``docs/metrics.md``.) Values are fractions in [0, 1]; callers scale to percent.
+
+Our own code on purpose: ivtmetrics parity needs NaN for classes without positives (torchmetrics returns 0 or -0).
 """
 
 from __future__ import annotations

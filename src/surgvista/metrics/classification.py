@@ -41,6 +41,7 @@ def topk_accuracy(probs, target, k: int = 1) -> float:
         raise ValueError(f"top-k accuracy: k={k} must lie in [1, {p.shape[1]}] (number of classes)")
     if t.size == 0:
         return math.nan
+    # Our own: ties go to the lower class index (docs/metrics.md); torchmetrics' torch.topk does not promise that.
     top = np.argsort(-p, axis=1, kind="stable")[:, :k]
     return float(np.count_nonzero((top == t[:, None]).any(axis=1))) / t.size * 100
 
@@ -49,6 +50,7 @@ def balanced_accuracy(probs, target) -> float:
     """Single-label balanced accuracy (percent): mean recall over the classes present in ``target``."""
     p, t = _check_single(probs, target)
     pred = np.argmax(p, axis=1)
+    # Our own: scikit-learn's classes-in-the-targets rule; torchmetrics' macro recall counts only-predicted classes.
     recalls = [np.count_nonzero(pred[t == c] == c) / np.count_nonzero(t == c) for c in np.unique(t)]
     return mean(recalls) * 100
 

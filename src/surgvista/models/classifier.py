@@ -24,6 +24,8 @@ class VideoClassifier(nn.Module):
 
     ``patch_embed="video"`` is a Conv3d tubelet (``tubelet_size`` frames); ``"image"`` is a Conv2d per frame
     (image checkpoints, tubelet 1). ``forward(video (B,3,T,H,W))`` returns logits ``(B, num_classes)``.
+    ``pos_embed="sinusoid1d", fc_norm_eps=1e-5`` computes what ``transformers.VideoMAEForVideoClassification``
+    does (HF hard-codes eps 1e-5 on ``fc_norm``), so such a fine-tuned model exports to it exactly.
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class VideoClassifier(nn.Module):
         ln_eps: float = 1e-6,
         grad_checkpointing: bool = False,
         attn_backend: str = "sdpa",
+        fc_norm_eps: float | None = None,
     ) -> None:
         super().__init__()
         if preset not in STUDENT_PRESETS:
@@ -75,7 +78,7 @@ class VideoClassifier(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, r, ln_eps, qkv_bias, attn_backend) for r in rates)
         self.use_mean_pooling = use_mean_pooling
         if use_mean_pooling:
-            self.fc_norm = nn.LayerNorm(dim, eps=ln_eps)
+            self.fc_norm = nn.LayerNorm(dim, eps=ln_eps if fc_norm_eps is None else fc_norm_eps)
         else:
             self.norm = nn.LayerNorm(dim, eps=ln_eps)
         self.fc_dropout = nn.Dropout(fc_drop_rate)

@@ -57,8 +57,8 @@ class SurgVISTAStudent(nn.Module):
     default) or ``"sinusoid1d"`` (VideoMAE/HF: the 1-D table over the flat token index). With
     ``image_decoder=False, pos_embed="sinusoid1d", decoder_norm_eps=1e-5`` the student computes exactly what
     ``transformers.VideoMAEForPreTraining`` does (HF hard-codes eps 1e-5 on the decoder's final norm; its
-    ``encoder_to_decoder`` has no bias, so load it with ``down_vid.bias`` = 0). The ``state_dict`` layout is the
-    same for both kinds.
+    ``encoder_to_decoder`` has no bias, so load it with ``down_vid.bias`` = 0, or train with ``decoder_bias=False``
+    as ``model=videomae_hf`` does). The ``state_dict`` layout is the same for both kinds.
     """
 
     def __init__(
@@ -87,6 +87,7 @@ class SurgVISTAStudent(nn.Module):
         pos_embed: str = "sincos3d",
         decoder_norm_eps: float | None = None,
         attn_backend: str = "sdpa",
+        decoder_bias: bool = True,
     ) -> None:
         super().__init__()
         if preset not in STUDENT_PRESETS:
@@ -140,7 +141,7 @@ class SurgVISTAStudent(nn.Module):
                 attn_backend,
             )
         if pixel_decoder:
-            self.down_vid = nn.Linear(dim, pix_dim)
+            self.down_vid = nn.Linear(dim, pix_dim, bias=decoder_bias)
             self.decoder_vid = Decoder(
                 pix_dim,
                 pixel_decoder_depth,

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -34,9 +35,12 @@ from surgvista.modules.schedule import adamw_warmup_cosine
 from surgvista.utils.predictions import (
     PredictionCollector,
     log_table,
+    per_video_labels,
+    safe_name,
     write_clip_predictions,
     write_metrics,
     write_prediction_files,
+    write_table,
 )
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,7 @@ class FinetuneModule(NonFiniteGuardMixin):
         nonfinite_check_every: int | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net"], logger=False)  # the run logs the whole config once
         self._init_guard(max_consecutive_nonfinite, nonfinite_check_every)
         self.net = net
         self.num_classes = net.num_classes
@@ -106,6 +110,11 @@ class FinetuneModule(NonFiniteGuardMixin):
                 self.metrics[f"{split}_preds"] = PredictionCollector()
                 if not self.multilabel:  # frame/clip-level top-1 (the reference's selection metric)
                     self.metrics[f"{split}_top1"] = MulticlassAccuracy(self.num_classes, average="micro")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The data's class names travel with the weights (``surgvista-export`` writes them as ``id2label``)."""
+        if self.class_names is not None:
+            checkpoint["class_names"] = list(self.class_names)
 
     def load_backbone(self, source: str):
         """Load pre-trained encoder weights into ``net`` (prints the key diff, refuses partial loads)."""
@@ -212,7 +221,8 @@ class FinetuneModule(NonFiniteGuardMixin):
 
     def write_outputs(self, split: str, values: dict[str, float], preds: dict) -> Path:
         """``<output_dir>/<split>/``: ``predictions/<video>.csv`` (clip-level tasks: ``predictions.csv``) and
-        ``metrics.{md,json}``; the table is also printed and sent to the loggers."""
+        ``metrics.{md,json}``; the table is also printed (once) and sent to the loggers, then the task's figures
+        and extra tables (:meth:`write_figures`)."""
         from surgvista.metrics import metrics_table
 
         dm = self.trainer.datamodule
@@ -229,7 +239,17 @@ class FinetuneModule(NonFiniteGuardMixin):
         log_table(self.trainer.loggers, f"{split}/metrics_table", values, table, self.global_step)
         log.info("%s predictions: %s; metrics: %s", split, where, out / "metrics.{md,json}")
         print(table)
+        self.write_figures(out, split, preds)
         return out
+
+    def write_figures(self, out: Path, split: str, preds: dict) -> None:
+        """Figures and extra tables of an evaluation under ``out/plots`` (none for this task)."""
+
+    def _save_figure(self, out: Path, key: str, image) -> None:
+        from surgvista.utils.plots import save_figure
+
+        path = save_figure(self.trainer.loggers, key, image, out / "plots" / f"{safe_name(key.split('/', 1)[1])}.png")
+        log.info("%s: %s", key, path)
 
     # ------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
@@ -259,6 +279,33 @@ class PhaseModule(FinetuneModule):
             dataset=hp.dataset,
             class_names=self.class_names,
         )
+
+    def write_figures(self, out: Path, split: str, preds: dict) -> None:
+        """Per-video phase ribbons (relaxed-correct frames marked), the normalised confusion matrix and the
+        per-phase J/P/R/F1 table (``per_phase.{md,json}``, relaxed rows too when relaxation is on)."""
+        from surgvista.metrics.phase import phase_table, relax_window, relaxation_rules, relaxed_correct
+        from surgvista.utils.plots import confusion_matrix, phase_ribbon
+
+        hp, names = self.hparams, self.class_names or [str(k) for k in range(self.num_classes)]
+        videos = per_video_labels(preds, self.trainer.datamodule.video_ids(split))
+        relaxed = self.metrics[split].relaxed
+        for vid, (target, pred) in videos.items():
+            ok = None
+            if relaxed:
+                rules, window = relaxation_rules(hp.dataset, self.num_classes), relax_window(hp.fps)
+                ok = relaxed_correct(target, pred, rules, window, hp.matlab_compatible)
+            self._save_figure(out, f"{split}/ribbon_{vid}", phase_ribbon(target, pred, names, ok, hp.fps, vid))
+        targets, predictions = [t for t, _ in videos.values()], [p for _, p in videos.values()]
+        cm = confusion_matrix(np.concatenate(targets), np.concatenate(predictions), names, f"{hp.dataset} {split}")
+        self._save_figure(out, f"{split}/confusion_matrix", cm)
+        options = {"fps": hp.fps, "matlab_compatible": hp.matlab_compatible, "dataset": hp.dataset}
+        tables = {"per_phase": phase_table(predictions, targets, self.num_classes, names, **options)}
+        if relaxed:
+            tables["per_phase_relaxed"] = phase_table(
+                predictions, targets, self.num_classes, names, relaxed=True, **options
+            )
+        for name, rows in tables.items():
+            write_table(out, name, rows, f"{hp.dataset} {split}: {name.replace('_', ' ')}", self.trainer.loggers)
 
 
 class TripletModule(FinetuneModule):
@@ -295,6 +342,21 @@ class ClipModule(FinetuneModule):
 
     def update_metrics(self, metric: nn.Module, probs: torch.Tensor, target: torch.Tensor, batch: dict) -> None:
         metric.update(probs, target, batch["index"])
+
+    def write_figures(self, out: Path, split: str, preds: dict) -> None:
+        """Per-class AP bars and the normalised confusion matrix."""
+        from surgvista.metrics import per_class_ap
+        from surgvista.utils.plots import ap_bars, confusion_matrix
+
+        names = self.class_names or [str(k) for k in range(self.num_classes)]
+        title = f"{self.hparams.dataset} {split}"
+        target = preds["target"].astype(np.int64)
+        keep = target >= 0  # unannotated rows (-1) have no class
+        probs, target = preds["probs"][keep], target[keep]
+        ap = per_class_ap(probs, target)
+        self._save_figure(out, f"{split}/per_class_ap", ap_bars(dict(zip(names, ap.tolist())), title))
+        cm = confusion_matrix(target, probs.argmax(1), names, title)
+        self._save_figure(out, f"{split}/confusion_matrix", cm)
 
 
 class FrameCVSModule(ClipModule):

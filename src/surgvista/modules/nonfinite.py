@@ -21,21 +21,22 @@ log = logging.getLogger(__name__)
 
 
 def total_grad_norm(grads: list[torch.Tensor], plain_sharded: bool = False) -> torch.Tensor:
-    """Total L2 norm of ``grads``; FSDP2 shards (``DTensor``) are summed over their process group, and plain
-    tensors too when ``plain_sharded`` (FSDP1 ``use_orig_params`` shards, disjoint across all ranks)."""
+    """Total L2 norm of ``grads`` (``torch.nn.utils.get_total_norm``, DTensor-aware: FSDP2 shards are reduced over
+    their mesh); plain tensors are summed over all ranks too when ``plain_sharded`` (FSDP1 ``use_orig_params``
+    shards, disjoint across ranks)."""
     from torch.distributed.tensor import DTensor
 
-    sharded = [g for g in grads if isinstance(g, DTensor)]
-    plain = [g for g in grads if not isinstance(g, DTensor)]
-    sq = torch.stack(torch._foreach_norm([g.float() for g in plain])).square().sum() if plain else None
-    if sq is not None and plain_sharded:
-        torch.distributed.all_reduce(sq)
+    plain = [g.float() for g in grads if not isinstance(g, DTensor)]
+    sharded = [g.float() for g in grads if isinstance(g, DTensor)]
+    sq = []
+    if plain:
+        part = torch.nn.utils.get_total_norm(plain).square()
+        if plain_sharded:
+            torch.distributed.all_reduce(part)
+        sq.append(part)
     if sharded:
-        local = torch.stack(torch._foreach_norm([g.to_local().float() for g in sharded])).square().sum()
-        mesh = sharded[0].device_mesh
-        torch.distributed.all_reduce(local, group=mesh.get_group() if mesh.ndim == 1 else None)
-        sq = local if sq is None else sq + local
-    return sq.sqrt()
+        sq.append(torch.nn.utils.get_total_norm(sharded).full_tensor().square())
+    return torch.stack(sq).sum().sqrt()
 
 
 def mark_nonfinite_step(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -15,7 +16,7 @@ from surgvista.models.teacher import ImageTeacher
 from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
 from surgvista.modules.objective import SurgVISTALoss
 from surgvista.modules.schedule import adamw_warmup_cosine
-from surgvista.utils.reconstruction import log_image, reconstruction_panel
+from surgvista.utils.reconstruction import labelled_panel, log_image, reconstruction_panel
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     Frozen parameters (the sin-cos tables) are left out. ``mask_token_img/vid`` do *not* match ``mask_token``
     exactly and so are decayed, as in the reference (spec §7.4, quirk B9).
     """
+    from timm.optim import param_groups_weight_decay  # the same rule: ndim <= 1, *.bias, fnmatch on exact names
+
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim == 1 or name.endswith(".bias") or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
+    by_decay = {g["weight_decay"] != 0: g["params"] for g in groups}
+    # Always [decay, no_decay], as before: the optimiser-state order of existing checkpoints stays valid.
+    return [
+        {"params": by_decay.get(True, []), "weight_decay": weight_decay},
+        {"params": by_decay.get(False, []), "weight_decay": 0.0},
+    ]
 
 
 IMAGE_BRANCH = ("down_img.", "decoder_img.", "mask_token_img")
@@ -83,7 +87,8 @@ class PretrainModule(NonFiniteGuardMixin):
         super().__init__()
         if teacher_every_k < 1:
             raise ValueError(f"model.teacher_every_k must be >= 1, got {teacher_every_k}")
-        self.save_hyperparameters(ignore=["student", "teacher", "loss", "masking"])
+        # logger=False: the run logs the whole config once (surgvista.utils.run.log_hyperparameters)
+        self.save_hyperparameters(ignore=["student", "teacher", "loss", "masking"], logger=False)
         self.student, self.teacher, self.loss, self.masking = student, teacher, loss, masking
         if grad_checkpointing is not None:
             student.set_grad_checkpointing(grad_checkpointing)
@@ -156,6 +161,9 @@ class PretrainModule(NonFiniteGuardMixin):
 
     def on_fit_start(self) -> None:
         self._teacher_to_device()
+        if self.teacher is not None:  # the frozen teacher is in eval mode by design: exactly that warning is noise
+            n = sum(1 for _ in self.teacher.modules())
+            warnings.filterwarnings("ignore", message=rf"Found {n} module\(s\) in eval mode at the start of training")
 
     def on_validation_start(self) -> None:
         self._teacher_to_device()
@@ -217,7 +225,7 @@ class PretrainModule(NonFiniteGuardMixin):
         every, step = self.hparams.recon_every_n_steps, self.global_step
         if every and step % every == 0 and step != self._last_recon_step and out["pixel_pred"] is not None:
             self._last_recon_step = step  # once per optimiser step, also under gradient accumulation
-            self._log_reconstruction(video, out)
+            self._log_reconstruction(video, out, "train")
         return out["loss"]
 
     def rng_states(self) -> dict[str, torch.Tensor]:
@@ -234,7 +242,12 @@ class PretrainModule(NonFiniteGuardMixin):
         video = batch["video"]
         gen = torch.Generator(video.device)
         gen.manual_seed(batch_idx)  # the same masks at every validation, so val/loss is comparable
-        self._log_losses(self._shared_step(video, gen), "val", video.shape[0])
+        out = self._shared_step(video, gen)
+        self._log_losses(out, "val", video.shape[0])
+        # One panel per validation (not the sanity check), the same clip and mask every time.
+        wanted = self.hparams.recon_every_n_steps and not self.trainer.sanity_checking
+        if batch_idx == 0 and wanted and out["pixel_pred"] is not None:
+            self._log_reconstruction(video, out, "val")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if not self._run_teacher():
@@ -252,7 +265,8 @@ class PretrainModule(NonFiniteGuardMixin):
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
         self._guard_step(optimizer, norm)
 
-    def _log_reconstruction(self, video: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+    def _log_reconstruction(self, video: torch.Tensor, out: dict[str, torch.Tensor], stage: str) -> None:
+        """Input / masked / reconstruction rows of the first clip, labelled with the stage, step and loss."""
         if self.global_rank != 0:
             return
         s = self.student
@@ -260,7 +274,8 @@ class PretrainModule(NonFiniteGuardMixin):
             video[0], out["mask"][0], out["pixel_pred"][0].detach(), s.token_grid, s.tubelet_size,
             s.patch_size, self.loss.normalize_pixels, self.hparams.recon_frames,
         )
-        log_image(self.trainer.loggers, "train/reconstruction", panel, self.global_step,
+        caption = f"{stage} | step {self.global_step} | loss {float(out['loss'].detach()):.4f}"
+        log_image(self.trainer.loggers, f"{stage}/reconstruction", labelled_panel(panel, caption), self.global_step,
                   self.trainer.default_root_dir)
 
     # ------------------------------------------------------------------------------------ optimiser

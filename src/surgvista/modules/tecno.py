@@ -79,7 +79,7 @@ class TeCNOModule(L.LightningModule):
             raise ValueError(f"class_weights has {len(class_weights)} values but num_classes is {num_classes}")
         if stage_reduction not in STAGE_REDUCTIONS:
             raise ValueError(f"stage_reduction {stage_reduction!r} is not one of {STAGE_REDUCTIONS}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the run logs the whole config once
         weights = torch.ones(num_classes) if isinstance(class_weights, str) else torch.tensor(class_weights).float()
         self.register_buffer("class_weight", weights)
         self.net: MSTCN | None = None

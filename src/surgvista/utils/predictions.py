@@ -65,7 +65,8 @@ class PredictionCollector(Metric):
         }
 
 
-def _safe_name(video_id: str) -> str:
+def safe_name(video_id: str) -> str:
+    """A file-name-safe version of a video id."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", video_id)
 
 
@@ -91,7 +92,7 @@ def write_prediction_files(
     for v in np.unique(preds["video"]):
         rows = np.flatnonzero(preds["video"] == v)
         rows = rows[np.argsort(preds["frame"][rows], kind="stable")]
-        path = out_dir / f"{_safe_name(video_ids[int(v)])}.csv"
+        path = out_dir / f"{safe_name(video_ids[int(v)])}.csv"
         with path.open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(header)
@@ -189,12 +190,50 @@ def write_metrics(
     return js, md
 
 
-def log_table(loggers, key: str, metrics: dict[str, float], table: str, step: int = 0) -> None:
-    """Send the metric table to loggers that take text/tables (W&B table, TensorBoard text)."""
+def log_table(loggers, key: str, metrics: dict, table: str, step: int = 0) -> None:
+    """Send the metric table to loggers that take text/tables (W&B table, TensorBoard text); ``metrics`` is flat
+    ``{metric: value}`` or nested ``{row: {metric: value}}``."""
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
+    nested = bool(metrics) and all(isinstance(v, dict) for v in metrics.values())
+    if nested:
+        cols = list(dict.fromkeys(c for row in metrics.values() for c in row))
+        columns, data = ["", *cols], [[n, *(float(r.get(c, math.nan)) for c in cols)] for n, r in metrics.items()]
+    else:
+        columns, data = ["metric", "value"], [[k, float(v)] for k, v in metrics.items()]
     for lg in loggers:
         if isinstance(lg, WandbLogger):
-            lg.log_text(key=key, columns=["metric", "value"], data=[[k, float(v)] for k, v in metrics.items()])
+            lg.log_text(key=key, columns=columns, data=data)
         elif isinstance(lg, TensorBoardLogger):
             lg.experiment.add_text(key, table, step)
+
+
+def write_table(out_dir: str | Path, name: str, rows: dict[str, dict[str, float]], title: str, loggers=()) -> Path:
+    """``<name>.md`` and ``<name>.json`` (NaN → null) of a nested ``{row: {metric: value}}`` table, also sent to
+    the loggers under ``<name>``."""
+    from surgvista.metrics import metrics_table
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = metrics_table(rows, title=title)
+    clean = {r: {k: (None if math.isnan(v) else v) for k, v in row.items()} for r, row in rows.items()}
+    (out_dir / f"{name}.json").write_text(json.dumps(clean, indent=2) + "\n")
+    (out_dir / f"{name}.md").write_text(table)
+    log_table(loggers, name, rows, table)
+    return out_dir / f"{name}.md"
+
+
+def per_video_labels(
+    preds: dict[str, np.ndarray], video_ids: Sequence[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{video id: (target, argmax prediction)}`` in frame order from :meth:`PredictionCollector.compute`
+    output, unannotated rows (target -1) dropped."""
+    out = {}
+    for v in np.unique(preds["video"]):
+        rows = np.flatnonzero(preds["video"] == v)
+        rows = rows[np.argsort(preds["frame"][rows], kind="stable")]
+        target, pred = preds["target"][rows].astype(np.int64), preds["probs"][rows].argmax(1)
+        keep = target != -1
+        if keep.any():
+            out[video_ids[int(v)]] = (target[keep], pred[keep])
+    return out

@@ -50,9 +50,30 @@ def reconstruction_panel(
     return (panel.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def log_image(loggers, key: str, image: np.ndarray, step: int, out_dir: str | Path) -> Path:
-    """Save ``image`` as ``out_dir/<key>/step_XXXXXXX.png`` and send it to W&B / TensorBoard if active."""
-    path = Path(out_dir) / key.replace("/", "_") / f"step_{step:07d}.png"
+PANEL_ROWS = ("input", "masked", "reconstruction")
+
+
+def labelled_panel(panel: np.ndarray, caption: str, rows: tuple[str, ...] = PANEL_ROWS) -> np.ndarray:
+    """``panel`` with its row names in a left margin and ``caption`` (stage, step, loss) in a top band."""
+    from PIL import ImageDraw
+
+    h, w = panel.shape[:2]
+    margin, band = 96, 18
+    canvas = Image.new("RGB", (w + margin, h + band), "white")
+    canvas.paste(Image.fromarray(panel), (margin, band))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), caption, fill="black")
+    for i, name in enumerate(rows):
+        draw.text((4, band + int((i + 0.5) * h / len(rows)) - 5), name, fill="black")
+    return np.asarray(canvas)
+
+
+def log_image(
+    loggers, key: str, image: np.ndarray, step: int, out_dir: str | Path, filename: str | None = None
+) -> Path:
+    """Save ``image`` as ``out_dir/<key>/step_XXXXXXX.png`` (or ``out_dir/<filename>``) and send it to W&B /
+    TensorBoard if active."""
+    path = Path(out_dir) / (filename or Path(key.replace("/", "_"), f"step_{step:07d}.png"))
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
     for logger in loggers:

@@ -14,9 +14,17 @@ def teacher_dim(preset: str) -> int:
     return TEACHER_PRESETS[preset][0]
 
 
+def if_cuda(with_cuda, without_cuda):
+    """``${surgvista.if_cuda:a,b}``: ``a`` where CUDA is available, else ``b`` (experiments that also run on CPU)."""
+    import torch
+
+    return with_cuda if torch.cuda.is_available() else without_cuda
+
+
 def register() -> None:
-    """Register ``${surgvista.teacher_dim:<preset>}`` (idempotent)."""
+    """Register ``${surgvista.teacher_dim:<preset>}`` and ``${surgvista.if_cuda:a,b}`` (idempotent)."""
     OmegaConf.register_new_resolver("surgvista.teacher_dim", teacher_dim, replace=True)
+    OmegaConf.register_new_resolver("surgvista.if_cuda", if_cuda, replace=True)
 
 
 register()

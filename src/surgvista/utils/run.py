@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -68,8 +69,44 @@ def task_wrapper(task: Callable[[DictConfig], dict]) -> Callable[[DictConfig], d
     return wrapped
 
 
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertising ("💡 Tip: ... litlogger / litmodels") from every run's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoTips())
+
+
+def apply_extras(cfg: DictConfig) -> None:
+    """lightning-hydra-template ``extras``: ``ignore_warnings`` silences Python warnings, ``enforce_tags`` refuses a
+    run without ``tags``."""
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        log.info("extras.ignore_warnings: Python warnings are silenced")
+        warnings.filterwarnings("ignore")
+    if extras.get("enforce_tags") and not cfg.get("tags"):
+        raise ConfigError("tags is empty but extras.enforce_tags is true: pass tags=[...] or extras.enforce_tags=false")
+
+
+def log_hyperparameters(loggers: list, cfg: DictConfig, model: L.LightningModule) -> dict:
+    """Send the resolved config (nested) and the parameter counts to every logger, once per run (the modules save
+    their hyperparameters with ``logger=False``, so Lightning adds no flat duplicate)."""
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    hparams["params"] = {"total": total, "trainable": trainable, "non_trainable": total - trainable}
+    for lg in loggers:
+        lg.log_hyperparams(hparams)
+    return hparams
+
+
 def _setup(cfg: DictConfig):
     check_config(cfg)
+    apply_extras(cfg)
     if cfg.get("print_config"):
         print_config(cfg)
     if cfg.get("seed") is not None:
@@ -82,9 +119,7 @@ def _setup(cfg: DictConfig):
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for lg in loggers:
-        lg.log_hyperparams(container)
+    log_hyperparameters(loggers, cfg, model)
     return datamodule, model, trainer
 
 
@@ -123,7 +158,8 @@ def train(cfg: DictConfig) -> dict:
             return {PREEMPTED: 1.0}
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):  # testing replaces the callback metrics: keep the fit ones (optimized_metric) too
-        trainer.test(model, datamodule=datamodule, ckpt_path=_selected_ckpt(trainer, cfg.get("test_ckpt", "best")))
+        ckpt = _selected_ckpt(trainer, cfg.get("test_ckpt", "best"))
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)  # the module prints its table
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     _report(trainer, out_dir)
     return metrics
@@ -168,10 +204,17 @@ def evaluate(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.exists():  # a file, or a sharded checkpoint folder
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
+    out_dir = Path(cfg.paths.output_dir)  # the eval run's own folder: its config.yaml names the checkpoint
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     datamodule, model, trainer = _setup(cfg)
     check_run_checkpoint(ckpt, model, "ckpt_path")
-    run = trainer.test if is_overridden("test_step", model, L.LightningModule) else trainer.validate
-    results = run(model, datamodule=datamodule, ckpt_path=str(ckpt))
+    test = is_overridden("test_step", model, L.LightningModule)  # fine-tuned modules print their own table
+    log.info("evaluating %s", ckpt.resolve())
+    run = trainer.test if test else trainer.validate
+    results = run(model, datamodule=datamodule, ckpt_path=str(ckpt), verbose=not test)
+    _report(trainer, out_dir)
     return {k: float(v) for r in results for k, v in r.items()}
 
 
@@ -185,7 +228,7 @@ def _report(trainer: L.Trainer, out_dir: Path) -> None:
         metrics = Path(lg.log_dir or "") / "metrics.csv"
         if metrics.is_file():
             lines.append(f"Metrics:          {metrics}")
-    recon = out_dir / "train_reconstruction"
-    if recon.is_dir():
-        lines.append(f"Reconstructions:  {recon} ({len(list(recon.glob('*.png')))} images)")
+    for recon in (out_dir / "train_reconstruction", out_dir / "val_reconstruction"):
+        if recon.is_dir():
+            lines.append(f"Reconstructions:  {recon} ({len(list(recon.glob('*.png')))} images)")
     log.info("\n".join(lines))

@@ -1,0 +1,141 @@
+"""Evaluation figures as RGB arrays (matplotlib's Agg canvas, no pyplot state): phase ribbons, a normalised
+confusion matrix and per-class AP bars. :func:`save_figure` writes them and sends them to the active loggers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+# Ribbon "outcome" row: wrong, correct, wrong but forgiven by the relaxed boundary rules (none is a tab10/tab20
+# phase colour).
+OUTCOME_COLORS = ("#000000", "#d9d9d9", "#ffd700")
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _to_array(fig) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _class_colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def phase_ribbon(
+    target: np.ndarray,
+    pred: np.ndarray,
+    class_names: Sequence[str],
+    relaxed_correct: np.ndarray | None = None,
+    fps: float = 1.0,
+    title: str = "",
+) -> np.ndarray:
+    """Ground truth / prediction / outcome rows over time (seconds); the outcome row marks the relaxed-correct
+    frames (wrong frame by frame, forgiven at a phase boundary) in orange."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    target, pred = np.asarray(target), np.asarray(pred)
+    k = len(class_names)
+    fig = _figure(12, 2.4)
+    ax = fig.add_subplot()
+    extent = (0, len(target) / fps, 0, 3)
+    ax.imshow(
+        np.stack([target, pred]),  # row 0 on top: ground truth, then prediction
+        aspect="auto",
+        interpolation="nearest",
+        extent=(0, extent[1], 1, 3),
+        cmap=ListedColormap(_class_colors(k)),
+        vmin=-0.5,
+        vmax=k - 0.5,
+    )
+    outcome = (target == pred).astype(int)
+    if relaxed_correct is not None:
+        outcome[np.asarray(relaxed_correct, bool) & (outcome == 0)] = 2
+    ax.imshow(
+        outcome[None],
+        aspect="auto",
+        interpolation="nearest",
+        extent=(0, extent[1], 0, 1),
+        cmap=ListedColormap(OUTCOME_COLORS),
+        vmin=-0.5,
+        vmax=2.5,
+    )
+    ax.set_ylim(0, 3)
+    ax.set_yticks([0.5, 1.5, 2.5], ["outcome", "prediction", "ground truth"])
+    ax.set_xlabel("time (s)")
+    ax.set_title(title)
+    handles = [Patch(color=c, label=n) for c, n in zip(_class_colors(k), class_names)]
+    handles += [Patch(color=c, label=n) for c, n in zip(OUTCOME_COLORS, ("wrong", "correct", "relaxed-correct"))]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    return _to_array(fig)
+
+
+def confusion_matrix(target: np.ndarray, pred: np.ndarray, class_names: Sequence[str], title: str = "") -> np.ndarray:
+    """Row-normalised confusion matrix (each ground-truth class sums to 1; empty rows stay 0)."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+    k = len(class_names)
+    cm = multiclass_confusion_matrix(
+        torch.as_tensor(np.asarray(pred)), torch.as_tensor(np.asarray(target)), k, normalize="true"
+    ).numpy()
+    size = max(4.0, 0.55 * k + 2)
+    fig = _figure(size + 1, size)
+    ax = fig.add_subplot()
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(
+                    j,
+                    i,
+                    f"{cm[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if cm[i, j] > 0.5 else "black",
+                )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _to_array(fig)
+
+
+def ap_bars(ap: Mapping[str, float], title: str = "") -> np.ndarray:
+    """Per-class AP (percent) as horizontal bars; classes without positives (NaN) are marked ``n/a``."""
+    names, values = list(ap), np.asarray([float(v) for v in ap.values()])
+    fig = _figure(8, max(2.5, 0.28 * len(names) + 1))
+    ax = fig.add_subplot()
+    y = np.arange(len(names))
+    ax.barh(y, np.nan_to_num(values), color="#1f77b4")
+    for yi, v in zip(y, values):
+        ax.text(np.nan_to_num(v) + 1, yi, "n/a" if np.isnan(v) else f"{v:.1f}", va="center", fontsize=7)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 110)
+    ax.set_xlabel("AP (%)")
+    ax.set_title(title)
+    return _to_array(fig)
+
+
+def save_figure(loggers, key: str, image: np.ndarray, path: Path, step: int = 0) -> Path:
+    """Write ``image`` to ``path`` (PNG) and send it to the active W&B / TensorBoard loggers under ``key``."""
+    from surgvista.utils.reconstruction import log_image
+
+    return log_image(loggers, key, image, step, path.parent, filename=path.name)
