@@ -78,7 +78,7 @@ def test_mixture_concatenates_included_datasets_with_overridable_manifests(mix_r
     other = dataset_dir(tmp_path, "elsewhere", {"v1": 5})
     dm = mix(mix_root, include=["heichole", "gensurgery"], manifests={"gensurgery": str(other)})
     assert dm.train_set.manifest_sizes(2) == [10, 5]
-    assert dm.train_dataloader().sampler.__class__.__name__ == "RandomSampler"  # proportional to frames
+    assert dm.train_dataloader().sampler.order is None  # a plain permutation: proportional to frames
     with pytest.raises(FileNotFoundError, match=r"pitvis/pretrain.jsonl"):
         mix(mix_root, include=["pitvis"])
 
@@ -86,8 +86,13 @@ def test_mixture_concatenates_included_datasets_with_overridable_manifests(mix_r
 def test_mixture_weights_set_dataset_shares(mix_root):
     dm = mix(mix_root, weights={"cholec80": 1, "heichole": 3})
     sampler = dm.train_dataloader().sampler
-    assert isinstance(sampler, MixtureSampler) and len(sampler) == 24
-    draws = [i for _ in range(40) for i in sampler]
+    assert isinstance(sampler.order.__self__, MixtureSampler) and len(sampler) == 24
+    draws = []
+    for epoch in range(40):  # a new draw every epoch, the same draw for the same epoch
+        sampler.set_epoch(epoch)
+        draws += [i for i, _ in sampler]
+    sampler.set_epoch(3)
+    assert [i for i, _ in sampler] == draws[3 * 24 : 4 * 24]
     assert abs(np.mean(np.asarray(draws) >= 14) - 0.75) < 0.05
     assert set(draws) == set(range(24))
     with pytest.raises(ValueError, match=r"missing \['heichole'\]"):

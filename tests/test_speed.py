@@ -205,18 +205,19 @@ def test_teacher_every_k_must_be_positive():
 
 
 # ------------------------------------------------------------------------------------ non-finite loss
-def test_non_finite_loss_is_caught_at_the_next_logging_step_without_a_sync_per_step(monkeypatch):
-    module = tiny_module()
+def test_non_finite_steps_are_read_on_the_host_only_every_check_interval(monkeypatch):
+    module = tiny_module(max_consecutive_nonfinite=1, nonfinite_check_every=3)
     shared = PretrainModule._shared_step
 
     def poisoned(self, video, generator):
         out = shared(self, video, generator)
-        if self.global_step == 1:
+        if self.global_step >= 1:
             out["loss"] = out["loss"] * float("nan")
         return out
 
     monkeypatch.setattr(PretrainModule, "_shared_step", poisoned)
-    with pytest.raises(FloatingPointError, match="non-finite loss within the 3 optimiser steps up to step 3"):
+    # Steps 1 and 2 are bad: the counters stay on the device until the check after step index 2 (global step 3).
+    with pytest.raises(FloatingPointError, match="2 optimiser steps in a row up to step 3 had a non-finite"):
         tiny_trainer(max_steps=6, log_every_n_steps=3).fit(module, synthetic_loader(6))
 
 
@@ -289,6 +290,16 @@ def test_bench_prints_both_configurations_and_the_ratio(capsys, tmp_path):
         assert r.clips_per_s > 0 and r.model_tflop_per_step > 0 and r.mfu is not None
         assert r.step_ms == pytest.approx(r.teacher_ms + r.student_ms + r.optimizer_ms, rel=0.5)
     assert (tmp_path / "b.json").is_file()
+
+
+def test_bench_measures_the_nonfinite_guard_against_checks_off(capsys):
+    from surgvista.bench.__main__ import main
+
+    on, off = main(["pretrain", "--preset", "tiny", "--batch", "1", "--steps", "2", "--warmup", "1", "--threads", "1",
+                    "--compare", "checks-off"])
+    out = capsys.readouterr().out
+    assert on.config["nonfinite_check"] and not off.config["nonfinite_check"]
+    assert "nonfinite_check=True" in out and "[checks-off]" in out and "[ratio] config / checks-off:" in out
 
 
 def test_bench_teacher_knobs_change_the_work():

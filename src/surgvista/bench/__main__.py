@@ -51,10 +51,17 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compare",
-        choices=("eager-fp16",),
+        choices=tuple(pretrain.COMPARISONS),
         default=None,
-        help="also run the reference configuration (eager attention, fp16 + GradScaler on CUDA, fp32 "
-        "on CPU, no checkpointing) in the same process and print the ratio",
+        help="also run, in the same process, eager-fp16: the reference configuration (eager attention, fp16 + "
+        "GradScaler on CUDA, fp32 on CPU, no checkpointing) or checks-off: the same without the per-step "
+        "non-finite guard; print the ratio",
+    )
+    p.add_argument(
+        "--nonfinite-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="per-step non-finite guard (grad norm + device-side step skip), as in training",
     )
     p.add_argument(
         "--interleave",

@@ -28,6 +28,7 @@ from surgvista.models.masking import MaskGenerator
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import TEACHER_PRESETS, ImageTeacher
 from surgvista.models.vit import set_attn_backend
+from surgvista.modules.nonfinite import mark_nonfinite_step, total_grad_norm
 from surgvista.modules.objective import SurgVISTALoss
 from surgvista.modules.pretrain import PretrainModule, param_groups
 
@@ -75,6 +76,7 @@ class BenchConfig:
     warmup: int = 3
     device: str = "auto"
     peak_tflops: float | None = None
+    nonfinite_check: bool = True  # per-step non-finite guard (grad norm + device-side skip), as in training
     label: str = ""
 
 
@@ -176,9 +178,7 @@ def build(cfg: BenchConfig, device: torch.device):
     )
     module.configure_model()  # torch.compile per block when asked (no mesh: no sharding)
     module.to(device)
-    optimizer = torch.optim.AdamW(
-        param_groups(student, 0.05), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda"
-    )
+    optimizer = torch.optim.AdamW(param_groups(student, 0.05), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
     return module, optimizer
 
 
@@ -234,6 +234,8 @@ class Runner:
         self.times: list[tuple[float, float, float]] = []
         self.step_index = 0
         self.last_loss = float("nan")
+        self.skipped = torch.zeros((), device=device)
+        self.consecutive = torch.zeros((), device=device)
 
     def reset_memory(self) -> None:
         if self.cuda:
@@ -276,6 +278,11 @@ class Runner:
                 loss = loss + 0.0 * image_pred.float().sum()
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         c2 = self._clock()
+        if cfg.nonfinite_check:  # what PretrainModule does per step: grad norm, then the device-side skip flag
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            norm = total_grad_norm([p.grad for p in s.parameters() if p.grad is not None])
+            mark_nonfinite_step(self.optimizer, loss.detach(), norm, self.skipped, self.consecutive)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -380,6 +387,14 @@ def reference_config(cfg: BenchConfig) -> BenchConfig:
     )
 
 
+def checks_off_config(cfg: BenchConfig) -> BenchConfig:
+    """The same configuration without the per-step non-finite guard: the baseline for its cost."""
+    return replace(cfg, nonfinite_check=False, label="checks-off")
+
+
+COMPARISONS = {"eager-fp16": reference_config, "checks-off": checks_off_config}
+
+
 def format_result(r: BenchResult) -> str:
     c = r.config
     name = c["label"] or "config"
@@ -388,7 +403,7 @@ def format_result(r: BenchResult) -> str:
         f"[{name}] preset={c['preset']} batch={c['batch']} precision={r.precision} attn={c['attn_backend']} "
         f"grad_ckpt={c['grad_checkpointing']} compile={c['compile']} "
         f"teacher={c['teacher'] or PRESETS[c['preset']]['teacher']} "
-        f"every_k={c['teacher_every_k']} | {r.device}",
+        f"every_k={c['teacher_every_k']} nonfinite_check={c['nonfinite_check']} | {r.device}",
         f"  clips/s            {r.clips_per_s:10.2f}",
         f"  step (median)      {r.step_ms:10.1f} ms   (mean {r.step_ms_mean:.1f} ms over {c['steps']} steps "
         f"after {c['warmup']} warm-up)",
@@ -417,21 +432,21 @@ def main(args) -> list[BenchResult]:
         warmup=args.warmup,
         device=args.device,
         peak_tflops=args.peak_tflops,
+        nonfinite_check=args.nonfinite_check,
         label="config",
     )
     interleave = args.interleave if args.interleave is not None else resolve_device(args.device).type == "cpu"
-    if args.compare and interleave:
-        results = run_interleaved([cfg, reference_config(cfg)])
+    other = COMPARISONS[args.compare](cfg) if args.compare else None
+    if other is not None and interleave:
+        results = run_interleaved([cfg, other])
     else:
-        results = [run(cfg)]
-        if args.compare:
-            results.append(run(reference_config(cfg)))
+        results = [run(cfg)] + ([run(other)] if other is not None else [])
     for r in results:
         print(format_result(r), flush=True)
     if args.compare:
         ref = results[1]
         print(
-            f"[ratio] config / eager-fp16: {results[0].clips_per_s / ref.clips_per_s:.2f}x clips/s, "
+            f"[ratio] config / {args.compare}: {results[0].clips_per_s / ref.clips_per_s:.3f}x clips/s, "
             f"{results[0].peak_memory_mb / ref.peak_memory_mb:.2f}x peak memory ({cfg.preset}, batch "
             f"{results[0].config['batch']})",
             flush=True,

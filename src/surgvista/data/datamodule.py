@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Sampler
 from surgvista.data.clips import VideoClipDataset, collate_clips
 from surgvista.data.leakage import check_leakage
 from surgvista.data.manifest import read_manifest
+from surgvista.data.resumable import ResumableDataLoader, data_seed, eval_loader, resumable_loader
 from surgvista.data.transforms import CenterCrop, MultiScaleCrop, normalize_clip
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,9 @@ class MixtureSampler(Sampler[int]):
     """``num_samples`` indices per epoch: a part is drawn with probability ``shares[p]``, then a sample of
     that part uniformly (with replacement). Parts are consecutive index ranges of ``sizes``.
 
-    Every iteration draws afresh from one generator seeded with ``seed``, so all ranks draw the same list
-    (Lightning shards it under DDP) and successive epochs differ.
+    :meth:`indices` gives epoch ``e``'s draws from a generator seeded with ``seed + e``: every rank draws the same
+    list (:class:`~surgvista.data.resumable.ResumableSampler` shards it) and a resumed run draws it again.
+    Iterating the sampler itself draws epoch after epoch.
     """
 
     def __init__(self, sizes: Sequence[int], shares: Sequence[float], num_samples: int, seed: int = 0) -> None:
@@ -35,19 +37,24 @@ class MixtureSampler(Sampler[int]):
         empty = [i for i, (n, w) in enumerate(zip(sizes, shares, strict=True)) if w > 0 and n == 0]
         if empty:
             raise ValueError(f"parts {empty} have a positive share but no samples")
-        self.sizes, self.num_samples = list(sizes), num_samples
+        self.sizes, self.num_samples, self.seed = list(sizes), num_samples, seed
         self.shares = torch.tensor(shares, dtype=torch.float64) / sum(shares)
         self.starts = torch.tensor([0, *self.sizes[:-1]]).cumsum(0)
-        self.generator = torch.Generator().manual_seed(seed)
+        self._epoch = 0
 
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[int]:
-        part = torch.multinomial(self.shares, self.num_samples, replacement=True, generator=self.generator)
+    def indices(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        part = torch.multinomial(self.shares, self.num_samples, replacement=True, generator=generator)
         sizes = torch.tensor(self.sizes, dtype=torch.float64)[part]
-        offset = (torch.rand(self.num_samples, generator=self.generator, dtype=torch.float64) * sizes).long()
-        return iter((self.starts[part] + offset).tolist())
+        offset = (torch.rand(self.num_samples, generator=generator, dtype=torch.float64) * sizes).long()
+        return (self.starts[part] + offset).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        self._epoch += 1
+        return iter(self.indices(self._epoch - 1))
 
 
 class PretrainDataModule(L.LightningDataModule):
@@ -129,21 +136,22 @@ class PretrainDataModule(L.LightningDataModule):
                 **common,
             )
 
-    def _loader(self, dataset: VideoClipDataset, train: bool, sampler: Sampler | None = None) -> DataLoader:
+    def _loader_kwargs(self) -> dict:
         hp = self.hparams
         workers = hp.num_workers > 0
-        return DataLoader(
-            dataset, batch_size=hp.batch_size, shuffle=train and sampler is None, sampler=sampler, drop_last=train,
-            num_workers=hp.num_workers, pin_memory=hp.pin_memory, persistent_workers=hp.persistent_workers and workers,
-            prefetch_factor=hp.prefetch_factor if workers else None, collate_fn=collate_clips,
-        )
+        return {
+            "batch_size": hp.batch_size, "num_workers": hp.num_workers, "pin_memory": hp.pin_memory,
+            "persistent_workers": hp.persistent_workers and workers,
+            "prefetch_factor": hp.prefetch_factor if workers else None, "collate_fn": collate_clips,
+        }
 
-    def train_dataloader(self) -> DataLoader:
-        sampler = None
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled (or mixture-drawn) per epoch from the run's seed; resumes mid-epoch (data/resumable.py)."""
+        seed, order = data_seed(self.hparams.seed), None
         if self.train_shares is not None:
             sizes = self.train_set.manifest_sizes(len(self.hparams.train_manifests))
-            sampler = MixtureSampler(sizes, self.train_shares, len(self.train_set), self.hparams.seed)
-        return self._loader(self.train_set, train=True, sampler=sampler)
+            order = MixtureSampler(sizes, self.train_shares, len(self.train_set), seed).indices
+        return resumable_loader(self.train_set, self.trainer, seed, order, **self._loader_kwargs())
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With ``normalize_on_device``, uint8 clips become normalised float here, on the accelerator."""
@@ -153,7 +161,7 @@ class PretrainDataModule(L.LightningDataModule):
         return batch
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_set, train=False) if self.val_set is not None else []
+        return eval_loader(self.val_set, **self._loader_kwargs()) if self.val_set is not None else []
 
 
 def demo_dataset_args(

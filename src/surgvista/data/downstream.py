@@ -28,6 +28,7 @@ from surgvista.data.clip_augment import EvalClipTransform, TrainClipTransform
 from surgvista.data.datamodule import demo_dataset_args
 from surgvista.data.manifest import ManifestError, read_manifest
 from surgvista.data.readers import EntryReader
+from surgvista.data.resumable import data_seed, eval_loader, resumable_loader
 from surgvista.data.sampling import causal_clip_indices
 
 SAMPLERS = ("frame", "clip")
@@ -244,15 +245,15 @@ class DownstreamDataModule(L.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         hp, train = self.hparams, split == "train"
-        return DataLoader(
-            self.datasets[split],
-            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
-            shuffle=train,
-            drop_last=train,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
-        )
+        kwargs = {
+            "batch_size": hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            "num_workers": hp.num_workers,
+            "pin_memory": hp.pin_memory,
+            "persistent_workers": hp.persistent_workers and hp.num_workers > 0,
+        }
+        if train:  # shuffled per epoch from the run's seed; resumes mid-epoch (data/resumable.py)
+            return resumable_loader(self.datasets[split], self.trainer, data_seed(), **kwargs)
+        return eval_loader(self.datasets[split], **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

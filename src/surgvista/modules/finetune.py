@@ -20,7 +20,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,6 +30,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from surgvista.data.clip_augment import make_mixup, mix_clips
 from surgvista.models.classifier import VideoClassifier
+from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
 from surgvista.modules.schedule import adamw_warmup_cosine
 from surgvista.utils.predictions import (
     PredictionCollector,
@@ -46,8 +46,11 @@ from surgvista.utils.predictions import (
 log = logging.getLogger(__name__)
 
 
-class FinetuneModule(L.LightningModule):
-    """Shared recipe; subclasses choose the loss, the metrics and the monitored value."""
+class FinetuneModule(NonFiniteGuardMixin):
+    """Shared recipe; subclasses choose the loss, the metrics and the monitored value.
+
+    Non-finite steps are skipped on the device and counted, as in pre-training (:mod:`surgvista.modules.nonfinite`).
+    """
 
     multilabel = False
     clip_level = False  # one predictions.csv with a row per clip instead of one CSV per video
@@ -75,9 +78,12 @@ class FinetuneModule(L.LightningModule):
         relaxed: bool | str = "auto",
         matlab_compatible: bool = True,
         output_dir: str | None = None,
+        max_consecutive_nonfinite: int = 10,
+        nonfinite_check_every: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)  # the run logs the whole config once
+        self._init_guard(max_consecutive_nonfinite, nonfinite_check_every)
         self.net = net
         self.num_classes = net.num_classes
         self.class_names: list[str] | None = None
@@ -145,13 +151,16 @@ class FinetuneModule(L.LightningModule):
         if self.mixup is not None:
             video, soft = mix_clips(self.mixup, video, target)
         loss = self.loss_fn(self(video), target, soft)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}")
+        self._remember_loss(loss)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=video.shape[0])
         self.log(
             "lr", max(g["lr"] for g in self.optimizers().param_groups), on_step=True, on_epoch=False, prog_bar=True
         )
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        self._guard_step(optimizer, total_grad_norm(grads) if grads else None)
 
     def _eval_step(self, batch: dict, split: str) -> None:
         video, target = batch["video"], batch["target"]

@@ -6,7 +6,6 @@ import logging
 import warnings
 from collections.abc import Sequence
 
-import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
@@ -14,6 +13,7 @@ from torch import nn
 from surgvista.models.masking import MaskGenerator
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
+from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
 from surgvista.modules.objective import SurgVISTALoss
 from surgvista.modules.schedule import adamw_warmup_cosine
 from surgvista.utils.reconstruction import labelled_panel, log_image, reconstruction_panel
@@ -42,26 +42,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 IMAGE_BRANCH = ("down_img.", "decoder_img.", "mask_token_img")
 
 
-def total_grad_norm(grads: list[torch.Tensor], plain_sharded: bool = False) -> torch.Tensor:
-    """Total L2 norm of ``grads`` (``torch.nn.utils.get_total_norm``, DTensor-aware: FSDP2 shards are reduced over
-    their mesh); plain tensors are summed over all ranks too when ``plain_sharded`` (FSDP1 ``use_orig_params``
-    shards, disjoint across ranks)."""
-    from torch.distributed.tensor import DTensor
-
-    plain = [g.float() for g in grads if not isinstance(g, DTensor)]
-    sharded = [g.float() for g in grads if isinstance(g, DTensor)]
-    sq = []
-    if plain:
-        part = torch.nn.utils.get_total_norm(plain).square()
-        if plain_sharded:
-            torch.distributed.all_reduce(part)
-        sq.append(part)
-    if sharded:
-        sq.append(torch.nn.utils.get_total_norm(sharded).full_tensor().square())
-    return torch.stack(sq).sum().sqrt()
-
-
-class PretrainModule(L.LightningModule):
+class PretrainModule(NonFiniteGuardMixin):
     """Student + frozen teacher + masking + loss, AdamW with linear warm-up and cosine decay per step.
 
     ``lr = base_lr × global_batch / lr_scale_batch`` with
@@ -74,8 +55,9 @@ class PretrainModule(L.LightningModule):
     ``teacher_every_k`` (run the teacher on every k-th optimiser step only, with the distillation weight multiplied
     by k there; on the other steps the image branch gets no loss and no update). Under ``ModelParallelStrategy``
     :meth:`configure_model` applies FSDP2 ``fully_shard`` per block; the teacher is replicated unless
-    ``teacher.shard``. A non-finite loss is detected without a host sync per step: a device-side flag is checked
-    every ``trainer.log_every_n_steps`` optimiser steps.
+    ``teacher.shard``. Non-finite safety (:mod:`surgvista.modules.nonfinite`): an optimiser step whose loss or
+    gradient norm is not finite is skipped on the device and counted (``train/skipped_steps``); after
+    ``max_consecutive_nonfinite`` in a row training stops with the last checkpoint's weights restored.
     """
 
     def __init__(
@@ -99,6 +81,8 @@ class PretrainModule(L.LightningModule):
         compile: bool = False,
         compile_kwargs: dict | None = None,
         teacher_every_k: int = 1,
+        max_consecutive_nonfinite: int = 10,
+        nonfinite_check_every: int | None = None,
     ) -> None:
         super().__init__()
         if teacher_every_k < 1:
@@ -110,10 +94,11 @@ class PretrainModule(L.LightningModule):
             student.set_grad_checkpointing(grad_checkpointing)
         self._check_teacher()
         self._configured = False
-        self._nonfinite: torch.Tensor | None = None  # device flag: some loss since the last check was not finite
+        self._init_guard(max_consecutive_nonfinite, nonfinite_check_every)
         # The teacher is never saved (ImageTeacher.state_dict is empty): do not ask checkpoints for it.
         self.register_load_state_dict_post_hook(self._ignore_missing_teacher_keys)
         self._mask_rng: torch.Generator | None = None
+        self._mask_rng_state: torch.Tensor | None = None  # restored state, applied when the generator is made
         self._last_recon_step = -1
 
     @staticmethod
@@ -230,8 +215,11 @@ class PretrainModule(L.LightningModule):
             # Distinct masks per rank even when every rank was seeded alike.
             self._mask_rng = torch.Generator(video.device)
             self._mask_rng.manual_seed((torch.initial_seed() + 7919 * self.global_rank) % 2**63)
+            if self._mask_rng_state is not None:
+                self._mask_rng.set_state(self._mask_rng_state)
+                self._mask_rng_state = None
         out = self._shared_step(video, self._mask_rng)
-        self._check_finite(out)
+        self._remember_loss(out["loss"])
         self._log_losses(out, "train", video.shape[0])
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True)
         every, step = self.hparams.recon_every_n_steps, self.global_step
@@ -240,16 +228,15 @@ class PretrainModule(L.LightningModule):
             self._log_reconstruction(video, out, "train")
         return out["loss"]
 
-    def _check_finite(self, out: dict[str, torch.Tensor]) -> None:
-        """Accumulate a device-side non-finite flag; read it (one host sync) every ``log_every_n_steps`` steps."""
-        bad = ~torch.isfinite(out["loss"].detach())
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-        every = max(1, self._trainer.log_every_n_steps if self._trainer is not None else 1)
-        if self.global_step % every == 0 and bool(self._nonfinite):
-            raise FloatingPointError(
-                f"non-finite loss within the {every} optimiser steps up to step {self.global_step} (now: loss "
-                f"{out['loss'].item()}, pixel {out['loss_pixel'].item()}, distill {out['loss_distill'].item()})"
-            )
+    def rng_states(self) -> dict[str, torch.Tensor]:
+        """This rank's mask-generator state, for exact resume (:mod:`surgvista.utils.resume`)."""
+        return {"mask": self._mask_rng.get_state()} if self._mask_rng is not None else {}
+
+    def load_rng_states(self, states: dict[str, torch.Tensor]) -> None:
+        self._mask_rng_state = states.get("mask")
+        if self._mask_rng is not None and self._mask_rng_state is not None:
+            self._mask_rng.set_state(self._mask_rng_state)
+            self._mask_rng_state = None
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         video = batch["video"]
@@ -269,11 +256,14 @@ class PretrainModule(L.LightningModule):
                 if name.startswith(IMAGE_BRANCH):
                     p.grad = None
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
+        norm = None
         if grads:
             strategy = self.trainer.strategy
             fsdp1 = isinstance(strategy, FSDPStrategy) and strategy.world_size > 1 and str(
                 strategy.sharding_strategy).rsplit(".", 1)[-1] in ("FULL_SHARD", "SHARD_GRAD_OP")
-            self.log("train/grad_norm", total_grad_norm(grads, fsdp1), on_step=True, on_epoch=False)
+            norm = total_grad_norm(grads, fsdp1)
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        self._guard_step(optimizer, norm)
 
     def _log_reconstruction(self, video: torch.Tensor, out: dict[str, torch.Tensor], stage: str) -> None:
         """Input / masked / reconstruction rows of the first clip, labelled with the stage, step and loss."""

@@ -30,12 +30,6 @@ def warmup_cosine(base: float, final: float, total_steps: int, warmup_steps: int
     return np.concatenate([warmup, cosine])
 
 
-def _fused_ok(groups: list[dict]) -> bool:
-    """Fused AdamW (one kernel for all parameters) when every parameter is a plain CUDA tensor (not DTensor)."""
-    params = [p for g in groups for p in g["params"]]
-    return bool(params) and all(type(p) is torch.nn.Parameter and p.is_cuda for p in params)
-
-
 def adamw_warmup_cosine(
     groups: list[dict],
     trainer: L.Trainer,
@@ -52,6 +46,7 @@ def adamw_warmup_cosine(
     ``lr = base_lr × global_batch / lr_scale_batch`` (``min_lr`` scaled alike) with ``global_batch =
     samples_per_step × accumulate × world``; a group with an ``lr_scale`` (layer decay) gets ``lr × lr_scale``.
     Linear warm-up over ``warmup_epochs`` epochs then cosine, sized from ``trainer.estimated_stepping_batches``.
+    The AdamW is the fused one (device-side step skipping, :mod:`surgvista.modules.nonfinite`).
     """
     global_batch = samples_per_step * trainer.accumulate_grad_batches * trainer.world_size
     lr = base_lr * global_batch / lr_scale_batch
@@ -72,7 +67,8 @@ def adamw_warmup_cosine(
     log.info(
         "global batch %d → lr %.3g (min %.3g); %d optimiser steps, %d warm-up", global_batch, lr, min_lr, total, warmup
     )
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=_fused_ok(groups))
+    # fused: its kernel honours `optimizer.found_inf`, which the non-finite guard uses to skip a step on the device.
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
     last = len(schedule) - 1
     factor = schedule / lr if lr > 0 else schedule * 0
     scheduler = LambdaLR(optimizer, lambda step: float(factor[min(step, last)]))

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,8 +20,10 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from timm.models.vision_transformer import Block as TimmBlock
 from torch import nn
 
+from surgvista.checkpoint_io import nonfinite_entries
 from surgvista.models.teacher import ImageTeacher
 from surgvista.models.vit import Block
+from surgvista.utils.io import replace_folder, temp_dir_next_to
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
@@ -71,9 +75,14 @@ def fsdp_strategy(
     )
 
 
+log = logging.getLogger(__name__)
+
+
 class FSDP2Strategy(ModelParallelStrategy):
     """FSDP2 through ``ModelParallelStrategy``: data parallel over every rank (``data_parallel_size="auto"``),
-    no tensor parallelism, and by default one full-state-dict checkpoint file written by rank 0."""
+    no tensor parallelism, and by default one full-state-dict checkpoint file written by rank 0 (through the
+    checkpoint IO: atomic, finite). Sharded checkpoints (``save_distributed_checkpoint``) are written to a temp
+    folder next to the destination and then swapped in, and refused when any rank's shard is not finite."""
 
     def __init__(
         self,
@@ -93,3 +102,22 @@ class FSDP2Strategy(ModelParallelStrategy):
         if self._data_parallel_size == "auto":
             self._data_parallel_size = self.num_processes * self.num_nodes // int(self._tensor_parallel_size)
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        bad = nonfinite_entries(checkpoint)
+        count = torch.tensor([float(len(bad))], device=self.root_device)
+        torch.distributed.all_reduce(count)
+        if count.item() > 0:
+            log.error("refusing to write checkpoint %s: %d shard tensor(s) hold NaN/inf (this rank: %s); the "
+                      "previous checkpoint is kept", filepath, int(count.item()), ", ".join(bad[:5]) or "none")
+            return None
+        path = Path(self.broadcast(str(filepath)))
+        tmp = Path(self.broadcast(str(temp_dir_next_to(path)) if self.global_rank == 0 else None))
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("FSDP2Strategy.save_checkpoint")
+        if self.global_rank == 0:
+            replace_folder(tmp, path)
+        self.barrier("FSDP2Strategy.save_checkpoint.replaced")
+        return None

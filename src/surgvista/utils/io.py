@@ -1,8 +1,11 @@
-"""Safe writes: every checkpoint, manifest and export goes to a temporary file in the target's folder, then is
-renamed over the target, so a crash never leaves a half-written file where a good one was expected."""
+"""Safe writes: every checkpoint, manifest and export goes to a temporary file in the target's folder (never
+``$TMPDIR``, which may be another filesystem), is fsynced, then renamed over the target, so a crash never leaves a
+half-written file where a good one was expected. What a killed write leaves behind (``.<name>.<random>.tmp``, or a
+replaced folder moved aside as ``...tmp.old``) is undone by :func:`clean_orphaned_temp_files`."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -10,27 +13,56 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 
 class OverwriteError(FileExistsError):
     """A write that would replace an existing file or folder without ``overwrite``."""
 
 
+TEMP_SUFFIX, OLD_SUFFIX = ".tmp", ".tmp.old"
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to disk; filesystems that refuse it are left alone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_dir_next_to(path: str | Path) -> Path:
+    """A new empty temporary folder in ``path``'s folder, named ``.<name>.<random>.tmp``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], Any]) -> Path:
-    """Call ``writer(tmp)`` on a temporary path next to ``path``, then rename it to ``path`` (atomic on POSIX).
+    """Call ``writer(tmp)`` on a temporary path next to ``path``, fsync it, then rename it to ``path`` (atomic
+    on POSIX) and fsync the folder.
 
     The temporary file is removed if ``writer`` fails; ``path`` is untouched until the rename.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         writer(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync(path.parent)
     return path
 
 
@@ -46,27 +78,59 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def replace_folder(tmp: Path, path: Path) -> Path:
+    """Put the finished folder ``tmp`` (from :func:`temp_dir_next_to`) at ``path``: an existing ``path`` is moved
+    aside as ``<tmp>.old``, ``tmp`` renamed, the old one deleted (a kill in between leaves the old one, which
+    :func:`clean_orphaned_temp_files` puts back)."""
+    old = tmp.with_name(tmp.name[: -len(TEMP_SUFFIX)] + OLD_SUFFIX)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    return path
+
+
 def atomic_write_dir(path: str | Path, writer: Callable[[Path], Any]) -> Path:
     """Fill a temporary folder next to ``path`` with ``writer(tmp_dir)``, then move it to ``path``.
 
     An existing ``path`` (allowed by the caller) is replaced only after the new folder is complete.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temp_dir_next_to(path)
     try:
         writer(tmp)
-        if path.exists():
-            old = tmp.with_name(tmp.name + ".old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            os.replace(tmp, path)
+        return replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
+
+
+def _target_of(temp: Path) -> Path:
+    """``.<name>.<random>.tmp[.old]`` → ``<name>`` in the same folder."""
+    stem = temp.name[1:].removesuffix(".old").removesuffix(TEMP_SUFFIX)
+    return temp.with_name(stem.rsplit(".", 1)[0])
+
+
+def clean_orphaned_temp_files(folder: str | Path) -> list[Path]:
+    """Undo what killed writes left in ``folder``: a folder moved aside (``...tmp.old``) whose target is missing is
+    put back; every other temporary file or folder (``.<name>.<random>.tmp[.old]``) is removed. Returns those."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    for old in sorted(folder.glob(f".*{OLD_SUFFIX}")):
+        target = _target_of(old)
+        if not target.exists():
+            os.replace(old, target)
+            log.warning("put back %s, which an interrupted write had moved aside", target)
+    orphans = sorted([*folder.glob(f".*{TEMP_SUFFIX}"), *folder.glob(f".*{OLD_SUFFIX}")])
+    for p in orphans:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    if orphans:
+        log.warning("removed %d temporary file(s) of interrupted writes in %s: %s", len(orphans), folder,
+                    ", ".join(p.name for p in orphans))
+    return orphans
 
 
 def refuse_existing(path: str | Path, overwrite: bool, key: str = "overwrite") -> None:

@@ -22,8 +22,11 @@ import surgvista.utils.resolvers  # noqa: F401  (registers ${surgvista.teacher_d
 from surgvista.checkpoints import check_run_checkpoint
 from surgvista.utils.config_check import check_config
 from surgvista.utils.errors import ConfigError, find_user_error
+from surgvista.utils.io import clean_orphaned_temp_files
+from surgvista.utils.preemption import Preempted
 
 log = logging.getLogger(__name__)
+PREEMPTED = "preempted"  # train()'s result when the run stopped on the preemption signal (saved, requeued)
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -122,7 +125,7 @@ def _setup(cfg: DictConfig):
 
 def metric_value(metrics: dict, name: str | None) -> float | None:
     """``metrics[name]`` as a float for sweepers; a clear error if the metric was never logged."""
-    if not name:
+    if not name or PREEMPTED in metrics:  # a preempted job reports nothing: its requeued run will
         return None
     if name not in metrics:
         raise ConfigError(f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}")
@@ -137,14 +140,22 @@ def train(cfg: DictConfig) -> dict:
     if rank_zero_only.rank == 0:
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     datamodule, model, trainer = _setup(cfg)
+    ckpt_dir = _checkpoint_dir(trainer)
+    if ckpt_dir is not None and rank_zero_only.rank == 0:
+        clean_orphaned_temp_files(ckpt_dir)
     if cfg.get("train", True):
         if cfg.get("seed") is not None:
             # Distributed strategies re-seed at setup (Lightning's reset_seed); do the same here so a single-process
             # run sees the same data order and augmentations as rank 0 of a multi-process run.
             L.seed_everything(cfg.seed, workers=True, verbose=False)
-        if cfg.get("ckpt_path") and str(cfg.ckpt_path) not in ("last", "best", "hpc", "registry"):  # Lightning's
-            check_run_checkpoint(cfg.ckpt_path, model, "ckpt_path")
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir)
+        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry"):  # Lightning's own names
+            check_run_checkpoint(ckpt_path, model, "ckpt_path")
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        except Preempted as stop:  # last.ckpt is saved and the job requeued: end this process cleanly
+            log.warning("%s", stop)
+            return {PREEMPTED: 1.0}
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):  # testing replaces the callback metrics: keep the fit ones (optimized_metric) too
         ckpt = _selected_ckpt(trainer, cfg.get("test_ckpt", "best"))
@@ -152,6 +163,24 @@ def train(cfg: DictConfig) -> dict:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     _report(trainer, out_dir)
     return metrics
+
+
+def _checkpoint_dir(trainer: L.Trainer) -> Path | None:
+    cb = trainer.checkpoint_callback
+    return Path(cb.dirpath) if cb is not None and getattr(cb, "dirpath", None) else None
+
+
+def resolve_ckpt_path(value: str | None, ckpt_dir: Path | None) -> str | None:
+    """``ckpt_path=auto``: ``<checkpoint dir>/last.ckpt`` when it exists (a requeued or restarted job resumes by
+    itself), else ``None`` (a fresh start); any other value is returned unchanged."""
+    if value != "auto":
+        return value
+    last = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
+    if last is not None and last.exists():
+        log.info("ckpt_path=auto: resuming from %s", last)
+        return str(last)
+    log.info("ckpt_path=auto: no last.ckpt in %s, starting from scratch", ckpt_dir)
+    return None
 
 
 def _selected_ckpt(trainer: L.Trainer, which: str) -> str | None:

@@ -1,0 +1,61 @@
+"""Checkpoint files that are never half-written and never hold non-finite weights.
+
+:class:`SafeCheckpointIO` is Lightning's checkpoint IO with :func:`surgvista.utils.io.atomic_torch_save` (temp
+file *in the destination folder*, never ``$TMPDIR``, fsync, rename, fsync of the folder: a save killed half-way
+leaves the previous file intact and at most an orphaned temp file, which ``train.py`` removes at the next start
+with :func:`surgvista.utils.io.clean_orphaned_temp_files`) and a finiteness check of every tensor of the weights
+and optimiser states: a checkpoint with non-finite values is refused (logged, not written), so the last good file
+stays in place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from surgvista.utils.io import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+
+def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj.to_local() if hasattr(obj, "to_local") else obj  # a DTensor: this rank's shard
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}.{i}")
+
+
+def nonfinite_entries(checkpoint: dict) -> list[str]:
+    """Names of the floating-point tensors in the weights and optimiser states that hold NaN or inf (of a sharded
+    checkpoint: in this rank's shards)."""
+    parts = {"state_dict": checkpoint.get("state_dict", {}), "optimizer_states": checkpoint.get("optimizer_states", [])}
+    return [
+        name for name, t in _tensors(parts) if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
+    ]
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` with atomic same-folder writes and a refusal to write non-finite checkpoints."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options (got {storage_options!r})")
+        bad = nonfinite_entries(checkpoint)
+        if bad:
+            log.error(
+                "refusing to write checkpoint %s: %d tensor(s) hold NaN/inf (%s%s); the previous file is kept",
+                path,
+                len(bad),
+                ", ".join(bad[:5]),
+                ", ..." if len(bad) > 5 else "",
+            )
+            return
+        atomic_torch_save(checkpoint, path)

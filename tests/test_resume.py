@@ -1,0 +1,129 @@
+"""Exact mid-epoch resume, as a user meets it: a ``train.py`` run killed with SIGKILL after a mid-epoch checkpoint
+and resumed from ``last.ckpt`` logs the same per-step losses as the uninterrupted run (pre-training, fine-tuning
+with every augmentation on, a 2-process ``ddp_sim`` run and a 2-process FSDP2 run with sharded DCP checkpoints),
+through the epoch boundary and the validations."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT, SMALL_DEMO
+
+STEPS_PER_EPOCH, EVERY = 6, 2  # checkpoints at global steps 2, 4 (mid-epoch), 6, ...
+
+
+def demo_data(root: Path) -> list[str]:
+    return [
+        f"data.root={root}",
+        f"data.num_videos={SMALL_DEMO['num_videos']}",
+        f"data.num_val_videos={SMALL_DEMO['num_val_videos']}",
+        "data.video_frames=[60,80]",
+        "data.video_size=[96,80]",
+        "data.input_size=64",
+        "data.batch_size=2",
+        "trainer.max_epochs=2",
+        f"trainer.limit_train_batches={STEPS_PER_EPOCH}",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        f"callbacks.model_checkpoint_steps.every_n_train_steps={EVERY}",
+        "callbacks.rich_progress_bar=null",
+        "print_config=false",
+    ]
+
+
+CASES = {
+    # drop-path 0.1, tube masks, multi-scale crops made in a loader worker
+    "pretrain": ["experiment=demo", "model.recon_every_n_steps=0", "data.num_workers=1"],
+    "finetune": [  # RandAugment, random erasing, Mixup/CutMix, drop-path and dropout all on
+        "experiment=demo_phase",
+        "test=false",
+        "data.num_frames=4",
+        "data.eval_batch_size=2",
+        "data.auto_augment=rand-m7-n4-mstd0.5-inc1",
+        "data.reprob=0.25",
+        "model.mixup=0.8",
+        "model.cutmix=1.0",
+        "model.net.drop_path_rate=0.1",
+        "data.num_workers=1",
+    ],
+    # 2 ranks, each with its own data shard and mask stream (in-process loading keeps the 2-core CI fast)
+    "ddp_sim": ["experiment=demo", "model.recon_every_n_steps=0", "trainer=ddp_sim", "data.num_workers=0"],
+    # FSDP2 on 2 CPU processes (gloo) with sharded distributed checkpoints (DCP folders)
+    "fsdp2_dcp": [
+        "experiment=demo",
+        "model.recon_every_n_steps=0",
+        "trainer=fsdp2_cpu",
+        "data.num_workers=0",
+        "trainer.strategy.save_distributed_checkpoint=true",
+        "callbacks.probe_monitor=null",  # ProbeMonitor calls the fully_shard-ed student outside its root forward
+    ],
+}
+
+
+def train(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "HYDRA_FULL_ERROR": "1",
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def logged(run_dir: Path) -> dict[tuple[str, int], float]:
+    """``(metric, step) -> value`` of ``train/loss_step`` and ``val/loss`` from the run's newest CSV log."""
+    newest = max((run_dir / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    out = {}
+    with open(newest / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            for name in ("train/loss_step", "val/loss"):
+                if row.get(name):
+                    out[(name, int(row["step"]))] = float(row[name])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_run_killed_mid_epoch_resumes_exactly(case, demo_root, tmp_path):
+    args = [*CASES[case], *demo_data(demo_root)]
+    kill = random.choice([3, 4, 5])  # a random mid-epoch step of the first epoch, after a mid-epoch checkpoint
+    ckpt_step = kill // EVERY * EVERY
+    train(*args, f"hydra.run.dir={tmp_path / 'full'}")
+
+    run = tmp_path / "killed"
+    proc = train(
+        *args,
+        f"hydra.run.dir={run}",
+        "+callbacks.kill._target_=fault_callbacks.KillAtStep",
+        f"+callbacks.kill.step={kill}",
+        check=False,
+    )
+    assert proc.returncode != 0, f"the run was not killed at step {kill}"
+    last = run / "checkpoints" / "last.ckpt"
+    meta = last / "meta.pt" if last.is_dir() else last  # a DCP checkpoint is a folder
+    assert torch.load(meta, map_location="cpu", weights_only=True)["global_step"] == ckpt_step
+    orphan = run / "checkpoints" / ".last.ckpt.k3x9q1.tmp"  # what a save killed half-way leaves
+    orphan.write_bytes(b"partial")
+
+    train(*args, f"hydra.run.dir={run}", f"ckpt_path={last}")
+    assert not orphan.exists()
+    full, resumed = logged(tmp_path / "full"), logged(run)
+    expected = {k: v for k, v in full.items() if k[1] >= ckpt_step}
+    assert ("val/loss", STEPS_PER_EPOCH - 1) in expected and ("val/loss", 2 * STEPS_PER_EPOCH - 1) in expected
+    assert len([k for k in expected if k[0] == "train/loss_step"]) == 2 * STEPS_PER_EPOCH - ckpt_step
+    assert set(expected) <= set(resumed), f"kill at {kill}: missing {sorted(set(expected) - set(resumed))}"
+    diffs = {k: abs(resumed[k] - v) for k, v in expected.items()}
+    assert max(diffs.values()) <= 1e-6, f"killed at step {kill}, resumed from {ckpt_step}: {diffs}"
