@@ -99,9 +99,12 @@ def test_ddp_sim_two_process_fit(demo_run, demo_root, tmp_path):
 @pytest.mark.slow
 def test_fsdp2_cpu_two_process_fit(demo_run, demo_root, tmp_path):
     proc = run_script("train.py", "experiment=demo", *small_demo_overrides(demo_root), "trainer=fsdp2_cpu",
-                      *SAME_FIRST_BATCH, f"hydra.run.dir={tmp_path}")
+                      *SAME_FIRST_BATCH, "callbacks.probe_monitor.every_n_epochs=1",
+                      "callbacks.probe_monitor.max_train=8", "callbacks.probe_monitor.max_val=4",
+                      f"hydra.run.dir={tmp_path}")
     out = proc.stdout + proc.stderr
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in out
+    assert "probe monitor (epoch 0)" in out  # the sharded student is gathered for the probe's features
     assert "FSDP2: fully_shard on 7 student blocks and the student root over a data-parallel mesh of 2" in out
     ckpt = load_into_single_device_module(tmp_path)
     assert ckpt["global_step"] == 2

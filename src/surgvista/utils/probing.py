@@ -7,6 +7,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -118,6 +120,22 @@ def student_pooled(student: nn.Module, video: torch.Tensor) -> torch.Tensor:
     return student.forward_encoder(video, mask).float().mean(1)
 
 
+@contextmanager
+def unsharded(module: nn.Module) -> Iterator[None]:
+    """Gather an FSDP2 root's own parameters for calls outside its ``forward`` (its blocks gather themselves);
+    every rank must enter it. A plain module is left as it is."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(module, FSDPModule):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
+
+
 class ProbeMonitor(L.Callback):
     """Representation quality during pre-training: every ``every_n_epochs`` epochs, frozen features of a small
     labelled set (evenly spaced annotated frames of ``train_manifest``/``val_manifest``, at most ``max_train``/
@@ -125,7 +143,7 @@ class ProbeMonitor(L.Callback):
     ``probe/linear_top1`` (percent, :func:`probe_accuracy`) and ``probe/extract_s`` (seconds to decode + encode).
 
     Off (one log line) when ``train_manifest`` is null. Every rank encodes the same clips and gets the same
-    numbers (tested on one process; not tested with FSDP-sharded students).
+    numbers; an FSDP2-sharded student is gathered for it (:func:`unsharded`).
     """
 
     def __init__(
@@ -202,9 +220,11 @@ class ProbeMonitor(L.Callback):
         student = pl_module.student
         was_training, start = student.training, time.perf_counter()
         student.eval()
+        bf16 = str(trainer.precision).startswith("bf16")
         try:
-            (train_x,), train_y = self.features([student], "train", pl_module.device)
-            (val_x,), val_y = self.features([student], "val", pl_module.device)
+            with unsharded(student), torch.autocast(pl_module.device.type, torch.bfloat16, enabled=bf16):
+                (train_x,), train_y = self.features([student], "train", pl_module.device)
+                (val_x,), val_y = self.features([student], "val", pl_module.device)
         finally:
             student.train(was_training)
         seconds = time.perf_counter() - start
