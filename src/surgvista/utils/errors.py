@@ -114,6 +114,12 @@ def user_errors() -> Iterator[None]:
 
 def hydra_entry_point(run: Callable[[], object]) -> None:
     """Run a Hydra app from the command line; a missing optional plugin (``check_extras``) is one line."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.surgvista_searchpath import SurgvistaSearchPathPlugin
+
+    # Hydra finds plugins by listing the hydra_plugins folders, which an editable install's import hook hides.
+    Plugins.instance().register(SurgvistaSearchPathPlugin)
     with user_errors():
         check_extras(sys.argv[1:])
     run()
