@@ -233,3 +233,18 @@ def test_ribbon_rows_are_ground_truth_over_prediction_over_outcome():
     wrong = wrong[wrong > gt.min()]  # black: also the title and tick text above the ribbon
     assert len(gt) > 5 and len(pred) > 5 and len(wrong) > 5
     assert gt.max() < pred.min() and pred.max() < wrong.min()
+
+
+def test_prediction_files_keep_float32_probabilities_exactly(tmp_path):
+    import csv
+
+    from surgvista.utils.predictions import write_prediction_files
+
+    rng = np.random.default_rng(0)
+    probs = (1 / 7 + rng.normal(0, 1e-7, (50, 7))).astype(np.float32)  # near-ties, as an untrained model gives
+    preds = {"video": np.zeros(50, np.int64), "frame": np.arange(50), "probs": probs,
+             "target": np.zeros(50, np.int64), "prediction": probs.argmax(1)}
+    (path,) = write_prediction_files(tmp_path, preds, ["v"])
+    with path.open() as f:
+        back = np.array([[float(x) for x in row[3:]] for row in list(csv.reader(f))[1:]], np.float32)
+    np.testing.assert_array_equal(back, probs)

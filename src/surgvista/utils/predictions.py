@@ -70,6 +70,11 @@ def safe_name(video_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", video_id)
 
 
+# 9 significant digits round-trip float32 exactly: scores computed from the files (surgvista-score) then see the same
+# values, ties and top-k order as eval.py did.
+PROB_FORMAT = ".9g"
+
+
 def prob_columns(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
     names = list(class_names) if class_names else [str(k) for k in range(num_classes)]
     if len(names) != num_classes:
@@ -103,7 +108,7 @@ def write_prediction_files(
                     pred = " ".join(str(k) for k in np.flatnonzero(p >= 0.5))
                 else:
                     target, pred = int(preds["target"][r]), int(p.argmax())
-                w.writerow([int(preds["frame"][r]), target, pred, *(f"{x:.6g}" for x in p)])
+                w.writerow([int(preds["frame"][r]), target, pred, *(f"{x:{PROB_FORMAT}}" for x in p)])
         paths.append(path)
     return paths
 
@@ -124,7 +129,8 @@ def write_clip_predictions(
         for r in np.argsort(preds["video"], kind="stable"):
             p = preds["probs"][r]
             w.writerow(
-                [video_ids[int(preds["video"][r])], int(preds["target"][r]), int(p.argmax()), *(f"{x:.6g}" for x in p)]
+                [video_ids[int(preds["video"][r])], int(preds["target"][r]), int(p.argmax()),
+                 *(f"{x:{PROB_FORMAT}}" for x in p)]
             )
     return path
 
