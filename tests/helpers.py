@@ -14,15 +14,22 @@ DATA = Path(__file__).resolve().parent / "data"  # reference state-dict layouts 
 SMALL_DEMO = {"num_videos": 3, "num_val_videos": 1, "frames_per_video": (60, 80), "size": (96, 80), "seed": 0}
 
 
-def small_demo_overrides(root: Path) -> list[str]:
-    """Hydra overrides that point ``experiment=demo`` at the small demo set and keep runs to seconds."""
+def small_demo_data(root: Path) -> list[str]:
+    """Hydra overrides that point the demo data module at the small demo set (``SMALL_DEMO``) at 64 px."""
     return [
         f"data.root={root}",
-        "data.num_videos=3",
-        "data.num_val_videos=1",
+        f"data.num_videos={SMALL_DEMO['num_videos']}",
+        f"data.num_val_videos={SMALL_DEMO['num_val_videos']}",
         "data.video_frames=[60,80]",
         "data.video_size=[96,80]",
         "data.input_size=64",
+    ]
+
+
+def small_demo_overrides(root: Path) -> list[str]:
+    """Hydra overrides that point ``experiment=demo`` at the small demo set and keep runs to seconds."""
+    return [
+        *small_demo_data(root),
         "data.batch_size=2",
         "data.num_workers=0",
         "trainer.max_epochs=1",
@@ -50,3 +57,21 @@ def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True, ti
             f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         )
     return proc
+
+
+def tiny_pretrain_module(**kw):
+    """A tiny ``PretrainModule`` (32 px, 4 frames, tiny random teacher, tube 0.5, no drop-path) for unit tests."""
+    from surgvista.models.masking import MaskGenerator
+    from surgvista.models.student import SurgVISTAStudent
+    from surgvista.models.teacher import ImageTeacher
+    from surgvista.modules.objective import SurgVISTALoss
+    from surgvista.modules.pretrain import PretrainModule
+
+    student = SurgVISTAStudent(
+        "tiny", img_size=32, num_frames=4, teacher_dim=192, image_decoder_depth=1, pixel_decoder_depth=1,
+        drop_path_rate=0.0,
+    )
+    teacher = ImageTeacher("tiny", img_size=32, patch_size=16)
+    return PretrainModule(
+        student, teacher, SurgVISTALoss(), MaskGenerator("tube", 0.5), batch_size=2, warmup_epochs=0, **kw
+    )

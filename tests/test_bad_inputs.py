@@ -20,7 +20,7 @@ from pathlib import Path
 import dataset_fixtures as F
 import pytest
 import torch
-from helpers import ROOT, SMALL_DEMO
+from helpers import ROOT, SMALL_DEMO, small_demo_data
 
 from surgvista.checkpoints import load_backbone
 from surgvista.data.leakage import check_leakage
@@ -143,12 +143,7 @@ def compose(experiment: str, *overrides: str, config: str = "train", out: Path |
 
 def demo_overrides(root: Path) -> list[str]:
     return [
-        f"data.root={root}",
-        f"data.num_videos={SMALL_DEMO['num_videos']}",
-        f"data.num_val_videos={SMALL_DEMO['num_val_videos']}",
-        "data.video_frames=[60,80]",
-        "data.video_size=[96,80]",
-        "data.input_size=64",
+        *small_demo_data(root),
         "data.num_frames=4",
         "data.batch_size=2",
         "trainer.max_epochs=1",

@@ -11,19 +11,14 @@ import time
 
 import pytest
 import yaml
-from helpers import ROOT, SMALL_DEMO
+from helpers import ROOT, small_demo_data
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 
 def _make_demo(demo_root, out):
     data = [
-        f"data.root={demo_root}",
-        f"data.num_videos={SMALL_DEMO['num_videos']}",
-        f"data.num_val_videos={SMALL_DEMO['num_val_videos']}",
-        "data.video_frames=[60,80]",
-        "data.video_size=[96,80]",
-        "data.input_size=64",
+        *small_demo_data(demo_root),
         "data.batch_size=2",
         "data.num_workers=0",
         "trainer.max_epochs=1",

@@ -6,33 +6,13 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from helpers import tiny_pretrain_module
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from surgvista.checkpoint_io import SafeCheckpointIO, nonfinite_entries
 from surgvista.models.classifier import VideoClassifier
-from surgvista.models.masking import MaskGenerator
-from surgvista.models.student import SurgVISTAStudent
-from surgvista.models.teacher import ImageTeacher
 from surgvista.modules.finetune import PhaseModule
-from surgvista.modules.objective import SurgVISTALoss
-from surgvista.modules.pretrain import PretrainModule
-
-
-def tiny_pretrain(**kw) -> PretrainModule:
-    student = SurgVISTAStudent(
-        "tiny",
-        img_size=32,
-        num_frames=4,
-        teacher_dim=192,
-        image_decoder_depth=1,
-        pixel_decoder_depth=1,
-        drop_path_rate=0.0,
-    )
-    teacher = ImageTeacher("tiny", img_size=32, patch_size=16)
-    return PretrainModule(
-        student, teacher, SurgVISTALoss(), MaskGenerator("tube", 0.5), batch_size=2, warmup_epochs=0, **kw
-    )
 
 
 def tiny_phase(**kw) -> PhaseModule:
@@ -85,7 +65,7 @@ def trainer(tmp_path, *callbacks, steps: int = 6, **kw) -> L.Trainer:
     )
 
 
-@pytest.mark.parametrize("make", [tiny_pretrain, tiny_phase], ids=["pretrain", "finetune"])
+@pytest.mark.parametrize("make", [tiny_pretrain_module, tiny_phase], ids=["pretrain", "finetune"])
 def test_poisoned_step_is_skipped_on_device_and_training_continues(tmp_path, make):
     torch.manual_seed(0)
     poison = Poison(start=2)
@@ -101,7 +81,7 @@ def test_poisoned_step_is_skipped_on_device_and_training_continues(tmp_path, mak
 
 def test_k_consecutive_bad_steps_stop_with_the_last_checkpoint_weights_restored(tmp_path):
     torch.manual_seed(0)
-    module = tiny_pretrain(max_consecutive_nonfinite=3, nonfinite_check_every=1)
+    module = tiny_pretrain_module(max_consecutive_nonfinite=3, nonfinite_check_every=1)
     t = trainer(tmp_path, Poison(start=2, count=10), steps=10)
     with pytest.raises(FloatingPointError, match="3 optimiser steps in a row up to step 5 had a non-finite"):
         t.fit(module, clips(10))

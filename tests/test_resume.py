@@ -14,19 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, SMALL_DEMO
+from helpers import ROOT, small_demo_data
 
 STEPS_PER_EPOCH, EVERY = 6, 2  # checkpoints at global steps 2, 4 (mid-epoch), 6, ...
 
 
 def demo_data(root: Path) -> list[str]:
     return [
-        f"data.root={root}",
-        f"data.num_videos={SMALL_DEMO['num_videos']}",
-        f"data.num_val_videos={SMALL_DEMO['num_val_videos']}",
-        "data.video_frames=[60,80]",
-        "data.video_size=[96,80]",
-        "data.input_size=64",
+        *small_demo_data(root),
         "data.batch_size=2",
         "trainer.max_epochs=2",
         f"trainer.limit_train_batches={STEPS_PER_EPOCH}",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, tiny_pretrain_module
 from torch.utils.data import DataLoader
 
 import surgvista.models.vit as vit
@@ -15,7 +15,7 @@ from surgvista.models.masking import MaskGenerator
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
 from surgvista.models.vit import Attention, Block, attention, set_attn_backend
-from surgvista.modules.objective import SurgVISTALoss, pixel_targets
+from surgvista.modules.objective import pixel_targets
 from surgvista.modules.pretrain import PretrainModule
 
 
@@ -26,22 +26,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_module(**kw) -> PretrainModule:
-    student = SurgVISTAStudent(
-        "tiny",
-        img_size=32,
-        num_frames=4,
-        teacher_dim=192,
-        image_decoder_depth=1,
-        pixel_decoder_depth=1,
-        drop_path_rate=0.0,
-    )
-    teacher = ImageTeacher("tiny", img_size=32, patch_size=16)
-    return PretrainModule(
-        student, teacher, SurgVISTALoss(), MaskGenerator("tube", 0.5), batch_size=2, warmup_epochs=0, **kw
-    )
 
 
 def synthetic_loader(steps: int, batch: int = 2) -> DataLoader:
@@ -110,7 +94,7 @@ def test_targets_stay_fp32_under_bf16_autocast_while_the_teacher_runs_in_bf16():
     torch.manual_seed(0)
     video = torch.randn(2, 3, 4, 32, 32)
     reference = pixel_targets(video, 2, 16)
-    module = tiny_module()
+    module = tiny_pretrain_module()
     seen = []
     module.teacher.vit.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -127,7 +111,7 @@ def test_grad_checkpointing_through_the_module_gives_identical_gradients_decoder
     grads = []
     for enable in (False, True):
         torch.manual_seed(0)
-        module = tiny_module(grad_checkpointing=enable)
+        module = tiny_pretrain_module(grad_checkpointing=enable)
         s = module.student
         assert s.grad_checkpointing is enable
         assert s.decoder_img.grad_checkpointing is enable and s.decoder_vid.grad_checkpointing is enable
@@ -144,7 +128,7 @@ def test_grad_checkpointing_through_the_module_gives_identical_gradients_decoder
 # --------------------------------------------------------------------------------------------- compile
 def test_compile_flag_compiles_every_block_in_place_and_matches_eager():
     torch.manual_seed(0)
-    module = tiny_module(compile=True, compile_kwargs={"backend": "aot_eager"})
+    module = tiny_pretrain_module(compile=True, compile_kwargs={"backend": "aot_eager"})
     video, gen = torch.randn(2, 3, 4, 32, 32), torch.Generator().manual_seed(0)
     mask = MaskGenerator("tube", 0.5)(2, module.student.token_grid, video.device, gen)
     expected = module.student(video, mask)
@@ -171,7 +155,7 @@ class _Recorder(L.Callback):
 
 def test_teacher_every_k_runs_the_teacher_on_every_kth_step_with_k_times_the_weight(monkeypatch):
     torch.manual_seed(0)
-    module = tiny_module(teacher_every_k=2)
+    module = tiny_pretrain_module(teacher_every_k=2)
     calls = []
     forward = module.teacher.forward
     monkeypatch.setattr(module.teacher, "forward", lambda video: calls.append(1) or forward(video))
@@ -188,7 +172,7 @@ def test_teacher_every_k_runs_the_teacher_on_every_kth_step_with_k_times_the_wei
 
     monkeypatch.undo()
     torch.manual_seed(0)
-    module = tiny_module(teacher_every_k=2)
+    module = tiny_pretrain_module(teacher_every_k=2)
     rec = _Recorder()
     tiny_trainer(max_steps=4, callbacks=[rec]).fit(module, synthetic_loader(4))
     rec.image_branch.append(module.student.decoder_img.head.weight.detach())
@@ -201,12 +185,12 @@ def test_teacher_every_k_runs_the_teacher_on_every_kth_step_with_k_times_the_wei
 
 def test_teacher_every_k_must_be_positive():
     with pytest.raises(ValueError, match="teacher_every_k must be >= 1, got 0"):
-        tiny_module(teacher_every_k=0)
+        tiny_pretrain_module(teacher_every_k=0)
 
 
 # ------------------------------------------------------------------------------------ non-finite loss
 def test_non_finite_steps_are_read_on_the_host_only_every_check_interval(monkeypatch):
-    module = tiny_module(max_consecutive_nonfinite=1, nonfinite_check_every=3)
+    module = tiny_pretrain_module(max_consecutive_nonfinite=1, nonfinite_check_every=3)
     shared = PretrainModule._shared_step
 
     def poisoned(self, video, generator):
@@ -244,7 +228,7 @@ def test_trainer_configs_build_fsdp_strategies_with_block_wrapping_and_a_replica
 
     seen = {}
     monkeypatch.setattr(FSDPStrategy, "_setup_model", lambda self, model: seen.update(self.kwargs) or model)
-    module = tiny_module()
+    module = tiny_pretrain_module()
     strategy._setup_model(module)
     assert seen["ignored_modules"] == [module.teacher]  # replicated, not sharded
     module.teacher.shard = True
