@@ -57,3 +57,31 @@ def test_mask_count_is_fixed_per_sample(kind, ratio, batch, t, h, w):
     mask = gen(batch, (t, h, w))
     assert mask.shape == (batch, t * h * w)
     assert mask.sum(1).tolist() == [gen.num_masked((t, h, w))] * batch
+
+
+# ------------------------------------------------------------------ token selection without boolean indexing
+@pytest.mark.parametrize("kind", ["tube", "random"])
+def test_token_order_and_take_equal_boolean_indexing_values_and_gradients(kind):
+    from surgvista.models.masking import take, token_order
+
+    gen = MaskGenerator(kind, 0.75)
+    grid = (2, 4, 4)
+    mask = gen(3, grid, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(3, 32, 5, requires_grad=True)
+    visible, masked = token_order(mask, gen.num_masked(grid))
+    assert torch.equal(take(x, visible), x[~mask].reshape(3, -1, 5))
+    assert torch.equal(take(x, masked), x[mask].reshape(3, -1, 5))
+    assert [torch.equal(a, b) for a, b in zip(token_order(mask), (visible, masked))] == [True, True]  # count read
+    weights = torch.randn(3, 32 - gen.num_masked(grid), 5)
+    (ours,) = torch.autograd.grad((take(x, visible) * weights).sum(), x)
+    (ref,) = torch.autograd.grad((x[~mask].reshape(3, -1, 5) * weights).sum(), x)
+    assert torch.equal(ours, ref)
+    pos = torch.randn(1, 32, 5)  # one table for the whole batch (positional embeddings)
+    assert torch.equal(take(pos, masked), pos.expand(3, -1, -1)[mask].reshape(3, -1, 5))
+
+
+def test_token_order_refuses_rows_with_different_counts():
+    from surgvista.models.masking import token_order
+
+    with pytest.raises(ValueError, match=r"same number of tokens, got \[1, 2\]"):
+        token_order(torch.tensor([[True, False, False], [True, True, False]]))

@@ -77,6 +77,7 @@ class BenchConfig:
     device: str = "auto"
     peak_tflops: float | None = None
     nonfinite_check: bool = True  # per-step non-finite guard (grad norm + device-side skip), as in training
+    sync_free_masking: bool = True  # masked-token count from the generator; False: read from the mask (a sync)
     label: str = ""
 
 
@@ -231,7 +232,7 @@ class Runner:
             self.flops = count_model_flops(self.module, self.video, self.gen) * self.batch
         self.cuda = device.type == "cuda"
         self.rss = _Rss()
-        self.times: list[tuple[float, float, float]] = []
+        self.clocks: list[tuple] = []  # per timed step: CUDA events (or host times) around its three phases
         self.step_index = 0
         self.last_loss = float("nan")
         self.skipped = torch.zeros((), device=device)
@@ -267,9 +268,11 @@ class Runner:
         c1 = self._clock()
         with self._autocast():
             mask = self.module.masking(self.batch, s.token_grid, self.device, self.gen)
-            image_pred, pixel_pred = s(self.video, mask)
+            n_masked = self.module.masking.num_masked(s.token_grid) if cfg.sync_free_masking else None
+            image_pred, pixel_pred = s(self.video, mask, n_masked)
             out = self.module.loss(
-                self.video, mask, pixel_pred, image_pred if run_teacher else None, feats, s.tubelet_size, s.patch_size
+                self.video, mask, pixel_pred, image_pred if run_teacher else None, feats, s.tubelet_size,
+                s.patch_size, n_masked,
             )
             loss = out["loss"]
             if run_teacher and k > 1:
@@ -290,20 +293,26 @@ class Runner:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         c3 = self._clock()
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-        else:
+        if not self.cuda:
             self.rss.sample()
-        if self.step_index >= cfg.warmup:
-            self.times.append((self._ms(c0, c1), self._ms(c1, c2), self._ms(c2, c3)))
+        if self.step_index >= cfg.warmup:  # read after the run: no host sync per step, as in training
+            self.clocks.append((c0, c1, c2, c3))
         self.step_index += 1
         self.last_loss = loss.detach()
+
+    @property
+    def times(self) -> list[tuple[float, float, float]]:
+        """Teacher, student (+ loss and backward) and optimiser ms of every timed step."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        return [(self._ms(a, b), self._ms(b, c), self._ms(c, d)) for a, b, c, d in self.clocks]
 
     def result(self) -> BenchResult:
         cfg, notes, device = self.cfg, list(self.notes), self.device
         if not math.isfinite(float(self.last_loss)):
             notes.append(f"loss was not finite ({float(self.last_loss)})")
-        totals = [sum(x) for x in self.times]
+        times = self.times
+        totals = [sum(x) for x in times]
         step_ms, mean_ms = statistics.median(totals), statistics.fmean(totals)
         throughput_ms = mean_ms if cfg.teacher_every_k > 1 else step_ms
         # With the teacher on 1/k of the steps, medians would hide its cost: report means instead.
@@ -334,9 +343,9 @@ class Runner:
             precision=self.precision,
             clips_per_s=self.batch / (throughput_ms / 1e3),
             step_ms=step_ms,
-            teacher_ms=phase([x[0] for x in self.times]),
-            student_ms=phase([x[1] for x in self.times]),
-            optimizer_ms=phase([x[2] for x in self.times]),
+            teacher_ms=phase([x[0] for x in times]),
+            student_ms=phase([x[1] for x in times]),
+            optimizer_ms=phase([x[2] for x in times]),
             step_ms_mean=mean_ms,
             peak_memory_mb=mem,
             memory_kind=kind,
@@ -383,6 +392,7 @@ def reference_config(cfg: BenchConfig) -> BenchConfig:
         compile=False,
         teacher_every_k=1,
         teacher_dtype=None,
+        sync_free_masking=False,  # the reference selects tokens with boolean masks: the host reads the mask
         label="eager-fp16",
     )
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from surgvista.utils.host_sync import device_constant
+
 # (x, y) offsets in quarter steps: the 5 classic TSN positions followed by the 8 "more fix crop" ones.
 FIXED_OFFSETS = ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2),
                  (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3))
@@ -45,8 +47,7 @@ def normalize_clip(clip: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_
     """uint8 clip(s) with channels at dim ``-4`` (``(3, T, H, W)`` or ``(B, 3, T, H, W)``) → float, /255,
     ImageNet-normalised. Used on CPU in the loader or on the accelerator after transfer (same result)."""
     shape = (3, 1, 1, 1)
-    mean_t = torch.tensor(mean, device=clip.device).view(shape)
-    std_t = torch.tensor(std, device=clip.device).view(shape)
+    mean_t, std_t = device_constant(mean, clip.device, shape), device_constant(std, clip.device, shape)
     return (clip.float().div_(255) - mean_t).div_(std_t)
 
 

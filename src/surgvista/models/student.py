@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from surgvista.models.masking import take, token_order
 from surgvista.models.position import sincos_3d, sinusoid_table
 from surgvista.models.vit import Block, TubeletEmbed, init_weights, run_blocks
 
@@ -178,27 +179,33 @@ class SurgVISTAStudent(nn.Module):
         """Names excluded from weight decay by exact match (the reference's set; mask tokens still decay)."""
         return {"pos_embed", "cls_token", "mask_token"}
 
-    def forward_encoder(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Encode the visible tokens: ``(B, N_visible, D)`` after the final norm."""
-        x = self.patch_embed(video) + self.pos_embed.type_as(video)
-        b, _, d = x.shape
-        x = x[~mask].reshape(b, -1, d)
+    def forward_encoder(self, video: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None) -> torch.Tensor:
+        """Encode the visible tokens: ``(B, N_visible, D)`` after the final norm.
+
+        ``num_masked`` (masked tokens per row, :meth:`MaskGenerator.num_masked`) avoids a host read of ``mask``.
+        """
+        return self._encode(video, token_order(mask, num_masked)[0])
+
+    def _encode(self, video: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        x = take(self.patch_embed(video) + self.pos_embed.type_as(video), visible)
         return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
 
-    def _decode(self, latent, mask, down, decoder, pos_embed, mask_token) -> torch.Tensor:
-        b = latent.shape[0]
+    def _decode(self, latent, order, down, decoder, pos_embed, mask_token) -> torch.Tensor:
         x_vis = down(latent)
-        d = x_vis.shape[-1]
-        pe = pos_embed.expand(b, -1, -1).type_as(x_vis)
-        pe_vis, pe_mask = pe[~mask].reshape(b, -1, d), pe[mask].reshape(b, -1, d)
+        pe = pos_embed.type_as(x_vis)
+        pe_vis, pe_mask = take(pe, order[0]), take(pe, order[1])
         x = torch.cat([x_vis + pe_vis, mask_token.type_as(x_vis) + pe_mask], dim=1)
         return decoder(x, pe_mask.shape[1])
 
-    def forward(self, video: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        latent = self.forward_encoder(video, mask)
+    def forward(
+        self, video: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Image-decoder and pixel-decoder predictions for the masked tokens (either ``None`` when disabled)."""
+        order = token_order(mask, num_masked)
+        latent = self._encode(video, order[0])
         img = vid = None
         if self.decoder_img is not None:
-            img = self._decode(latent, mask, self.down_img, self.decoder_img, self.pos_embed_img, self.mask_token_img)
+            img = self._decode(latent, order, self.down_img, self.decoder_img, self.pos_embed_img, self.mask_token_img)
         if self.decoder_vid is not None:
-            vid = self._decode(latent, mask, self.down_vid, self.decoder_vid, self.pos_embed_vid, self.mask_token_vid)
+            vid = self._decode(latent, order, self.down_vid, self.decoder_vid, self.pos_embed_vid, self.mask_token_vid)
         return img, vid

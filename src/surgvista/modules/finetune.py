@@ -42,6 +42,7 @@ from surgvista.utils.predictions import (
     write_prediction_files,
     write_table,
 )
+from surgvista.utils.progress import show_on_bar
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +153,8 @@ class FinetuneModule(NonFiniteGuardMixin):
             video, soft = mix_clips(self.mixup, video, target)
         loss = self.loss_fn(self(video), target, soft)
         self._remember_loss(loss)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=video.shape[0])
-        self.log(
-            "lr", max(g["lr"] for g in self.optimizers().param_groups), on_step=True, on_epoch=False, prog_bar=True
-        )
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=video.shape[0])
+        show_on_bar(self, loss=loss.detach(), lr=max(g["lr"] for g in self.optimizers().param_groups))
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from surgvista.models.masking import take, token_order
+from surgvista.utils.host_sync import device_constant
+
 DISTILL_LOSSES = {"smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss, "l2": F.mse_loss}
 
 
@@ -37,8 +40,8 @@ def pixel_targets(
     """
     with torch.autocast(video.device.type, enabled=False):
         shape = (1, 3, 1, 1, 1)
-        x = video.float() * torch.tensor(std, device=video.device).view(shape)
-        x = x + torch.tensor(mean, device=video.device).view(shape)
+        x = video.float() * device_constant(std, video.device, shape)
+        x = x + device_constant(mean, video.device, shape)
         b, c, t, h, w = x.shape
         p0, p = tubelet_size, patch_size
         x = x.reshape(b, c, t // p0, p0, h // p, p, w // p, p)
@@ -80,9 +83,13 @@ class SurgVISTALoss(nn.Module):
         teacher_feats: torch.Tensor | None,
         tubelet_size: int,
         patch_size: int,
+        num_masked: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Return ``loss`` (weighted sum) and the unweighted ``loss_pixel`` / ``loss_distill`` terms."""
-        b = video.shape[0]
+        """Return ``loss`` (weighted sum) and the unweighted ``loss_pixel`` / ``loss_distill`` terms.
+
+        ``num_masked`` (masked tokens per row) selects the targets without a host read of ``mask``.
+        """
+        masked = token_order(mask, num_masked)[1]
         zero = video.new_zeros((), dtype=torch.float32)
         out = {"loss": zero, "loss_pixel": zero, "loss_distill": zero}
         if pixel_pred is not None:
@@ -90,13 +97,13 @@ class SurgVISTALoss(nn.Module):
                 target = pixel_targets(
                     video, tubelet_size, patch_size, self.normalize_pixels, self.pixel_eps, shift=self.pixel_shift
                 )
-                target = target[mask].reshape(b, -1, target.shape[-1])
+                target = take(target, masked)
             out["loss_pixel"] = F.mse_loss(pixel_pred.float(), target)
             out["loss"] = out["loss"] + self.pixel_weight * out["loss_pixel"]
         if image_pred is not None:
             if teacher_feats is None:
                 raise ValueError("the student has an image decoder but no teacher features were given")
-            target = teacher_feats[mask].reshape(b, -1, teacher_feats.shape[-1]).float()
+            target = take(teacher_feats, masked).float()
             out["loss_distill"] = self.distill_fn(image_pred.float(), target)
             out["loss"] = out["loss"] + self.distill_weight * out["loss_distill"]
         return out

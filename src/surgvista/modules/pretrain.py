@@ -16,6 +16,7 @@ from surgvista.models.teacher import ImageTeacher
 from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
 from surgvista.modules.objective import SurgVISTALoss
 from surgvista.modules.schedule import adamw_warmup_cosine
+from surgvista.utils.progress import show_on_bar
 from surgvista.utils.reconstruction import labelled_panel, log_image, reconstruction_panel
 
 log = logging.getLogger(__name__)
@@ -182,18 +183,19 @@ class PretrainModule(NonFiniteGuardMixin):
     def _shared_step(self, video: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         s = self.student
         mask = self.masking(video.shape[0], s.token_grid, video.device, generator)
-        image_pred, pixel_pred = s(video, mask)
+        n_masked = self.masking.num_masked(s.token_grid)  # known on the host: no device sync to select tokens
+        image_pred, pixel_pred = s(video, mask, n_masked)
         teacher_feats = None
         if image_pred is not None and not self._run_teacher():
             # No distillation this step: keep the image branch in the graph with a zero loss (DDP needs every
             # parameter to get a gradient); its gradients are dropped before the optimiser step.
-            out = self.loss(video, mask, pixel_pred, None, None, s.tubelet_size, s.patch_size)
+            out = self.loss(video, mask, pixel_pred, None, None, s.tubelet_size, s.patch_size, n_masked)
             out["loss"] = out["loss"] + 0.0 * image_pred.float().sum()
             out.update(mask=mask, pixel_pred=pixel_pred)
             return out
         if image_pred is not None:
             teacher_feats = self.teacher(video)
-        out = self.loss(video, mask, pixel_pred, image_pred, teacher_feats, s.tubelet_size, s.patch_size)
+        out = self.loss(video, mask, pixel_pred, image_pred, teacher_feats, s.tubelet_size, s.patch_size, n_masked)
         k = self.hparams.teacher_every_k
         if image_pred is not None and k > 1 and self.training:
             # k× the distillation weight on the steps that run the teacher: the expected gradient is unchanged.
@@ -206,7 +208,7 @@ class PretrainModule(NonFiniteGuardMixin):
         for name in ("loss", "loss_pixel", "loss_distill"):
             self.log(
                 f"{stage}/{name}", out[name].detach(), on_step=on_step, on_epoch=True,
-                prog_bar=name == "loss", sync_dist=not on_step, batch_size=batch_size,
+                prog_bar=name == "loss" and not on_step, sync_dist=not on_step, batch_size=batch_size,
             )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -221,7 +223,7 @@ class PretrainModule(NonFiniteGuardMixin):
         out = self._shared_step(video, self._mask_rng)
         self._remember_loss(out["loss"])
         self._log_losses(out, "train", video.shape[0])
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True)
+        show_on_bar(self, loss=out["loss"].detach(), lr=self.optimizers().param_groups[0]["lr"])
         every, step = self.hparams.recon_every_n_steps, self.global_step
         if every and step % every == 0 and step != self._last_recon_step and out["pixel_pred"] is not None:
             self._last_recon_step = step  # once per optimiser step, also under gradient accumulation

@@ -5,7 +5,13 @@ from __future__ import annotations
 import time
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
+
+
+def _host(value: float) -> torch.Tensor:
+    """A host tensor: Lightning logs it as it is, where a Python float becomes a (blocking) copy to the GPU."""
+    return torch.tensor(float(value))
 
 
 class DataMonitor(Callback):
@@ -44,11 +50,11 @@ class DataMonitor(Callback):
         self._total_sum += total
         self.last_pct = 100.0 * self._wait / total if total > 0 else 0.0
         if batch_idx % self.log_every_n_steps == 0:
-            pl_module.log("train/data_wait_pct", self.last_pct, on_step=True, on_epoch=False)
+            pl_module.log("train/data_wait_pct", _host(self.last_pct), on_step=True, on_epoch=False)
         skipped = batch.get("skipped") if isinstance(batch, dict) else None
         if isinstance(skipped, int) and skipped > 0:  # a plain int from collate_clips: no device sync
             self.skipped += skipped
-            pl_module.log("train/skipped_samples", float(self.skipped), on_step=True, on_epoch=False)
+            pl_module.log("train/skipped_samples", _host(self.skipped), on_step=True, on_epoch=False)
         self._mark = time.perf_counter()  # the callbacks' own time counts as neither wait nor compute
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
