@@ -123,16 +123,17 @@ def env_report() -> dict:
 
 # ----------------------------------------------------------------------------------------------- step
 def step_configs(dry: bool) -> list[tuple[str, dict]]:
-    """(label, BenchConfig kwargs): ours and the reference at batch 32 and 64, ours compiled at 64."""
+    """(label, BenchConfig kwargs): ours and the reference at batch 32 and 64, ours compiled at 64. At batch 32 ours
+    is the recipe's model (pure-bf16 teacher), as in the end-to-end fits."""
     if dry:
         common = {"preset": "tiny", "steps": 2, "warmup": 1}
         return [
-            ("ours_b4", common | {"batch": 4}),
+            ("ours_b4", common | {"batch": 4, "teacher_dtype": "bfloat16"}),
             ("reference_b4", common | {"batch": 4, "ref": True}),
         ]
     common = {"preset": "base", "steps": 8, "warmup": 3}
     return [
-        ("ours_b32", common | {"batch": 32}),
+        ("ours_bf16teacher_b32", common | {"batch": 32, "teacher_dtype": "bfloat16"}),  # the e2e fits' model
         ("reference_b32", common | {"batch": 32, "ref": True}),
         ("ours_b64", common | {"batch": 64}),
         ("ours_bf16teacher_b64", common | {"batch": 64, "teacher_dtype": "bfloat16"}),
@@ -252,10 +253,42 @@ class ReferenceClips(torch.utils.data.Dataset):
         return {"video": student, "teacher_video": teacher, "mask": torch.from_numpy(mask)}
 
 
-def loaders(kind: str, data: dict, batch: int, workers: int, frames: int, size: int, persistent: bool = True):
-    """Our ``PretrainDataModule`` (uint8 clips, normalised on the GPU) or the reference data path."""
+class MemoryBatches(torch.utils.data.Dataset):
+    """Two whole uint8 batches in pinned host memory, served in turn: a fit with no loader cost at all (Lightning,
+    the copy to the GPU, the normalisation and the model), to tell Lightning's cost from the loader's."""
+
+    def __init__(self, batch: int, frames: int, size: int, length: int) -> None:
+        gen = torch.Generator().manual_seed(0)
+        shape = (batch, 3, frames, size, size)
+        self.batches = [torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen) for _ in range(2)]
+        if torch.cuda.is_available():
+            self.batches = [b.pin_memory() for b in self.batches]
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return {"video": self.batches[index % 2]}
+
+
+class _NormalizeOnDevice:
+    @staticmethod
+    def on_after_batch_transfer(batch: dict, dataloader_idx: int) -> dict:
+        from surgvista.data.transforms import normalize_clip
+
+        return {**batch, "video": normalize_clip(batch["video"])}
+
+
+def loaders(kind: str, data: dict, batch: int, workers: int, frames: int, size: int, persistent: bool = True,
+            steps: int = 64):  # fmt: skip
+    """Our ``PretrainDataModule`` (uint8 clips, normalised on the GPU), batches already in memory, or the reference
+    data path; with the object whose ``on_after_batch_transfer`` the fit uses (``None``: the batch as it is)."""
     from surgvista.data.datamodule import PretrainDataModule
 
+    if kind == "ours_memory":
+        ds = MemoryBatches(batch, frames, size, length=steps)
+        return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0), _NormalizeOnDevice()
     if kind == "reference":
         ds = ReferenceClips(data["png"], frames, size)
         return torch.utils.data.DataLoader(
@@ -365,15 +398,16 @@ def e2e_fit(kind: str, data: dict, args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module, _ = build(cfg, device)
     shape = (module.student.num_frames, module.student.img_size)
-    rate = data_rate(loaders(kind, data, args.batch, args.workers, *shape, persistent=False)[0], args.data_batches)
-    loader, dm = loaders(kind, data, args.batch, args.workers, *shape)
+    steps = args.warmup + args.steps
+    rate = data_rate(loaders(kind, data, args.batch, args.workers, *shape, False, steps)[0], args.data_batches)
+    loader, dm = loaders(kind, data, args.batch, args.workers, *shape, steps=steps)
     clock = StepClock(args.warmup)
     precision = ("16-mixed" if ref else "bf16-mixed") if device.type == "cuda" else "32"
     trainer = L.Trainer(
         accelerator=device.type,
         devices=1,
         precision=precision,
-        max_steps=args.warmup + args.steps,
+        max_steps=steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -431,6 +465,16 @@ def _ok(d: dict | None) -> bool:
     return isinstance(d, dict) and "error" not in d
 
 
+def _same_model_step(step: dict, e2e_config: dict) -> dict | None:
+    """The step benchmark of our model at the end-to-end fits' batch and teacher dtype, if it ran."""
+    for v in step.values():
+        c = v.get("config", {}) if _ok(v) else {}
+        same = (c.get("batch"), c.get("teacher_dtype")) == (e2e_config.get("batch"), e2e_config.get("teacher_dtype"))
+        if same and c.get("label", "").startswith("ours") and not c.get("compile"):
+            return v
+    return None
+
+
 def summarise(out: Path, results_dir: Path) -> dict:
     """Merge the parts into the committed result JSON and a Markdown summary."""
     load = lambda n: json.loads((out / n).read_text()) if (out / n).is_file() else {}  # noqa: E731
@@ -444,6 +488,8 @@ def summarise(out: Path, results_dir: Path) -> dict:
     best_step = max(
         (v for k, v in step.items() if k.startswith("ours") and _ok(v)), key=lambda r: r["clips_per_s"], default=None
     )
+    paths = [k for k in ("ours_jpg", "ours_mp4", "reference", "ours_memory") if _ok(e2e.get(k))]
+    bare = _same_model_step(step, e2e.get("config", {}))
     res = {
         "device": env.get("device", device_name()),
         "torch": env.get("torch", torch.__version__),
@@ -451,10 +497,12 @@ def summarise(out: Path, results_dir: Path) -> dict:
         "dry_run": (out / "DRY_RUN").exists(),
         "clips_per_s": {"ours": ours_e2e and ours_e2e["clips_per_s"], "reference": ref_e2e and ref_e2e["clips_per_s"]},
         "speedup_vs_reference": (ours_e2e["clips_per_s"] / ref_e2e["clips_per_s"]) if ours_e2e and ref_e2e else None,
-        "gpu_idle_frac": {k: e2e[k]["gpu_idle_frac"] for k in ("ours_jpg", "ours_mp4", "reference") if _ok(e2e.get(k))},
-        "data_clips_per_s": {
-            k: e2e[k]["data_clips_per_s"] for k in ("ours_jpg", "ours_mp4", "reference") if _ok(e2e.get(k))
-        },
+        "gpu_idle_frac": {k: e2e[k]["gpu_idle_frac"] for k in paths},
+        "data_clips_per_s": {k: e2e[k]["data_clips_per_s"] for k in paths},
+        # Lightning's whole path with no loader cost ÷ the bare step of the same model and batch
+        "fit_vs_bare_step": e2e["ours_memory"]["clips_per_s"] / bare["clips_per_s"]
+        if bare and "ours_memory" in paths
+        else None,
         "mfu": best_step and best_step["mfu"],
         "peak_mem_gib": {k: v["peak_memory_mb"] / 1024 for k, v in step.items() if _ok(v)},
         "step": {
@@ -525,7 +573,7 @@ def markdown(res: dict) -> str:
         "| path | clips/s | GPU idle | loader alone clips/s | precision / attention |",
         "|---|---|---|---|---|",
     ]
-    for k in ("ours_jpg", "ours_mp4", "reference"):
+    for k in ("ours_jpg", "ours_mp4", "reference", "ours_memory"):
         v = res["e2e"].get(k)
         if v is None:
             continue
@@ -536,7 +584,14 @@ def markdown(res: dict) -> str:
             f"| {k} | {v['clips_per_s']:.1f} | {100 * v['gpu_idle_frac']:.1f} % | "
             f"{v['data_clips_per_s']:.1f} | {v['precision']} / {v['attn']} |"
         )
-    lines += ["", f"**speedup_vs_reference (end to end): {_fmt(res['speedup_vs_reference'], '.2f')}x**", ""]
+    lines += [
+        "",
+        f"**speedup_vs_reference (end to end): {_fmt(res['speedup_vs_reference'], '.2f')}x**",
+        "",
+        "Lightning fit from batches in memory ÷ bare step (same model and batch): "
+        f"{_fmt(res['fit_vs_bare_step'], '.2f')}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -548,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dry-run", action="store_true", help="tiny preset and tiny data: the code paths, on any device")
     ap.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--data-dir", default=None, help="where the e2e videos are synthesised (default: $TMPDIR)")
-    ap.add_argument("--kinds", nargs="+", default=["ours_jpg", "ours_mp4", "reference"])
+    ap.add_argument("--kinds", nargs="+", default=["ours_jpg", "ours_mp4", "reference", "ours_memory"])
     ap.add_argument(
         "--teacher-dtype", default="bfloat16", help="our e2e teacher (model.teacher.dtype; 'none': autocast)"
     )
@@ -562,7 +617,7 @@ def main(argv: list[str] | None = None) -> None:
     e2e = (
         {
             "preset": "tiny",
-            "batch": 2,
+            "batch": 4,
             "steps": 2,
             "warmup": 1,
             "workers": 1,

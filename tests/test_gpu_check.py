@@ -28,7 +28,8 @@ def test_gpu_check_dry_run_writes_the_summary(tmp_path):
     for key in ("device", "torch", "clips_per_s", "speedup_vs_reference", "mfu", "peak_mem_gib", "data_clips_per_s"):
         assert key in res
     assert res["dry_run"] and res["speedup_vs_reference"] > 0
-    assert set(res["data_clips_per_s"]) == {"ours_jpg", "ours_mp4", "reference"}
+    assert set(res["data_clips_per_s"]) == {"ours_jpg", "ours_mp4", "reference", "ours_memory"}
+    assert res["fit_vs_bare_step"] > 0  # the in-memory fit matched to the step benchmark of the same model
     assert {"ours_b4", "reference_b4"} <= set(res["step"]) and all("error" not in v for v in res["step"].values())
     assert res["tests"] and "skipped" in res["tests"]  # the GPU tests were collected and skipped cleanly
     assert result.with_suffix(".md").read_text().startswith("# GPU check:")
