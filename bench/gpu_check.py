@@ -138,7 +138,7 @@ def step_configs(dry: bool) -> list[tuple[str, dict]]:
         ("ours_b64", common | {"batch": 64}),
         ("ours_bf16teacher_b64", common | {"batch": 64, "teacher_dtype": "bfloat16"}),
         ("reference_b64", common | {"batch": 64, "ref": True}),
-        ("ours_compile_b64", common | {"batch": 64, "compile": True}),
+        ("ours_compile_b64", common | {"batch": 64, "teacher_dtype": "bfloat16", "compile": True}),  # vs the recipe
     ]
 
 
