@@ -408,6 +408,62 @@ def prepare(
     ``videos``: the folder of another dataset's download that holds the videos (Cholec80-CVS: the Cholec80 root).
     Nothing is ever written into ``raw`` or ``videos``.
     """
+    adapter = _open_adapter(dataset, raw, out, extract, on_bad_video, split, videos)
+    fps_frac = _resolve_fps(adapter.default_fps if fps == "default" else fps)
+    out = Path(out)
+    _check_previous(out, dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = _discover(adapter, dataset, out, seed)
+    opts = Options(
+        fps=None if fps_frac is None else f"{fps_frac.numerator}/{fps_frac.denominator}",
+        extract=extract,
+        size=tuple(size) if size else None,
+        keep_aspect=keep_aspect,
+        jpeg_quality=jpeg_quality,
+        crop_black=crop_black,
+    )
+    jobs = [_job(s, out, opts) for s in sources]
+    results = _process(jobs, adapter, dataset, min_frames, on_bad_video, workers, progress)
+    entries, skipped, checksums, hours = _collect(dataset, sources, results, fps_frac, out, opts, adapter.splits)
+    common = _manifest_meta(dataset, adapter, fps_frac, extract, raw)
+    if common.get("val_is_test") and "test" in entries:
+        entries["val"] = list(entries["test"])
+    counts = {sp: label_counts(es) for sp, es in entries.items() if es}
+    check_annotated(dataset, counts, sources)
+    written = _write_manifests(out, entries, sources, common, adapter.splits)
+    _write_checksums(out / "checksums.sha256", checksums, Path(raw))
+    stats = {
+        "dataset": dataset,
+        "out": str(out),
+        "variant": adapter.variant,
+        "extracted": extract,
+        "fps": common["fps"],
+        "splits": _split_stats(entries, counts, hours),
+        "skipped": skipped + [{"video_id": None, "reason": r} for r in getattr(adapter, "skipped", [])],
+        "manifests": {sp: str(p) for sp, p in written.items()},
+    }
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
+    if progress:
+        print_table(stats)
+    return stats
+
+
+def _manifest_meta(dataset: str, adapter, fps_frac: Fraction | None, extract: bool, raw) -> dict:
+    """Every manifest's ``_meta``: dataset, labels, sampling, variant, the raw folder and the adapter's extras."""
+    return {
+        "version": 1,
+        "dataset": dataset,
+        "label_names": adapter.label_names,
+        "fps": None if fps_frac is None else float(fps_frac),
+        "extracted": extract,
+        "variant": adapter.variant,
+        "raw": str(Path(raw).resolve()),
+        **adapter.meta(),
+    }
+
+
+def _open_adapter(dataset: str, raw, out, extract: bool, on_bad_video: str, split: str | None, videos):
+    """The dataset's adapter over ``raw``, after checking the output folder and the options."""
     check_output_folder(out, raw=raw, videos=videos)
     if dataset not in REGISTRY:
         raise PrepareError(f"unknown dataset {dataset!r}; expected one of {sorted(REGISTRY)}")
@@ -419,14 +475,19 @@ def prepare(
             f"{dataset}: --no-extract is not possible (its frames or clips are not addressable in the "
             "original files); run with frame extraction"
         )
-    if fps == "default":
-        fps = adapter.default_fps
+    return adapter
+
+
+def _resolve_fps(fps: float | str | None) -> Fraction | None:
+    """The sampling rate as an exact fraction (``None``: every native frame)."""
     fps_frac = as_fraction(fps) if fps is not None else None
     if fps_frac is not None and fps_frac <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    out = Path(out)
-    _check_previous(out, dataset)
-    out.mkdir(parents=True, exist_ok=True)
+    return fps_frac
+
+
+def _discover(adapter, dataset: str, out: Path, seed: int) -> list[Source]:
+    """The adapter's videos, with unique ids and, for datasets without an official split, a stored random one."""
     sources = adapter.discover()
     if not sources:
         raise PrepareError(
@@ -441,86 +502,65 @@ def prepare(
         member = {v: split for split, vs in splits.items() for v in vs}
         for s in sources:
             s.splits = (member[s.video_id],)
+    return sources
 
-    opts = Options(
-        fps=None if fps_frac is None else f"{fps_frac.numerator}/{fps_frac.denominator}",
-        extract=extract,
-        size=tuple(size) if size else None,
-        keep_aspect=keep_aspect,
-        jpeg_quality=jpeg_quality,
-        crop_black=crop_black,
-    )
-    by_id = {s.video_id: s for s in sources}
-    jobs = [_job(s, out, opts) for s in sources]
+
+def _process(
+    jobs: list[dict], adapter, dataset: str, min_frames: int, on_bad_video: str, workers: int, progress: bool
+) -> dict[str, dict]:
+    """Validate and process every job; ``video_id`` → result, with ``error`` for the videos left out."""
     bad, dropped = validate_sources(jobs, min_frames, adapter.min_seconds, progress, dataset)
     _bad_videos(dataset, bad, on_bad_video)
-    results = _run([j for j in jobs if j["video_id"] not in bad and j["video_id"] not in dropped], workers, progress,
-                   dataset)
+    todo = [j for j in jobs if j["video_id"] not in bad and j["video_id"] not in dropped]
+    results = _run(todo, workers, progress, dataset)
     for res in results.values():  # a header that promised more frames than the stream holds
         if "error" not in res and len(res["native"]) < min_frames:
             res["error"] = f"{res['video_id']}: {len(res['native'])} decodable frame(s), fewer than {min_frames}"
     _bad_videos(dataset, {v: r["error"] for v, r in results.items() if "error" in r}, on_bad_video)
+    for video_id in {**dropped, **bad}:
+        results[video_id] = {"error": bad.get(video_id) or dropped[video_id], "dropped": video_id in dropped}
+    return results
 
-    entries: dict[str, list[VideoEntry]] = {sp: [] for sp in adapter.splits}
+
+def _collect(
+    dataset: str,
+    sources: list[Source],
+    results: dict[str, dict],
+    fps_frac: Fraction | None,
+    out: Path,
+    opts: Options,
+    splits: tuple[str, ...],
+) -> tuple[dict[str, list[VideoEntry]], list[dict], dict, Counter]:
+    """Manifest entries per split (every split of ``splits`` present), the videos skipped, file checksums and hours
+    per split."""
+    entries: dict[str, list[VideoEntry]] = {sp: [] for sp in splits}
     skipped, checksums, hours = [], {}, Counter()
-    for job in jobs:
-        src = by_id[job["video_id"]]
-        res = results.get(src.video_id) or {"error": bad.get(src.video_id) or dropped[src.video_id]}
+    for src in sources:
+        res = results[src.video_id]
         if "error" in res:
-            (log.info if src.video_id in dropped else log.warning)("skipping %s: %s", src.video_id, res["error"])
+            (log.info if res.get("dropped") else log.warning)("skipping %s: %s", src.video_id, res["error"])
             skipped.append({"video_id": src.video_id, "reason": res["error"]})
             continue
         tl = Timeline(Fraction(res["native_fps"]), res["native_count"], fps_frac, res["native"])
         entry = _entry(dataset, src, res, tl, out, opts)
         for sp in src.splits:
             entries.setdefault(sp, []).append(entry)
-        checksums.update(res["checksums"])
-        for sp in src.splits:
             hours[sp] += float(len(tl.native) / tl.fps if tl.fps and src.clip else tl.duration) / 3600
+        checksums.update(res["checksums"])
     for s in sources:
         for f in s.annotation_files:
             checksums.setdefault(str(f), None)
-    meta_extra = adapter.meta()
-    if meta_extra.get("val_is_test") and "test" in entries:
-        entries["val"] = list(entries["test"])
+    return entries, skipped, checksums, hours
 
-    counts = {sp: label_counts(es) for sp, es in entries.items() if es}
-    check_annotated(dataset, counts, sources)
-    common = {
-        "version": 1,
-        "dataset": dataset,
-        "label_names": adapter.label_names,
-        "fps": None if fps_frac is None else float(fps_frac),
-        "extracted": extract,
-        "variant": adapter.variant,
-        "raw": str(Path(raw).resolve()),
-        **meta_extra,
-    }
-    written = _write_manifests(out, entries, sources, common, adapter.splits)
-    _write_checksums(out / "checksums.sha256", checksums, Path(raw))
-    stats = {
-        "dataset": dataset,
-        "out": str(out),
-        "variant": adapter.variant,
-        "extracted": extract,
-        "fps": None if fps_frac is None else float(fps_frac),
-        "splits": {
-            sp: {
-                "videos": len(es),
-                "frames": sum(e.num_frames for e in es),
-                "hours": round(hours[sp], 6),
-                "labels": counts[sp],
-            }
-            for sp, es in entries.items()
-            if es
-        },
-        "skipped": skipped + [{"video_id": None, "reason": r} for r in getattr(adapter, "skipped", [])],
-        "manifests": {sp: str(p) for sp, p in written.items()},
-    }
-    atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
-    if progress:
-        print_table(stats)
-    return stats
+
+def _split_stats(entries: dict[str, list[VideoEntry]], counts: dict, hours: Counter) -> dict:
+    """Per non-empty split: its videos, frames, hours and label counts (``stats.json``)."""
+    return {
+        sp: {"videos": len(es), "frames": sum(e.num_frames for e in es), "hours": round(hours[sp], 6),
+             "labels": counts[sp]}
+        for sp, es in entries.items()
+        if es
+    }  # fmt: skip
 
 
 def _write_manifests(
