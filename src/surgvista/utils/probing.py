@@ -117,7 +117,7 @@ def student_pooled(student: nn.Module, video: torch.Tensor) -> torch.Tensor:
     """Mean of a pre-training student's encoder tokens on unmasked clips ``(B, 3, T, H, W)`` → ``(B, D)``."""
     n = math.prod(student.token_grid)
     mask = torch.zeros(video.shape[0], n, dtype=torch.bool, device=video.device)
-    return student.forward_encoder(video, mask).float().mean(1)
+    return student.forward_encoder(video, mask, 0).float().mean(1)
 
 
 @contextmanager
