@@ -440,32 +440,57 @@ def export(
         raise ExportError(f"unknown format {format!r}; expected one of {FORMATS}")
     ckpt, out = Path(ckpt), Path(out)
     _check_targets(ckpt, format, out, overwrite)
-    state, info = canonical_state(ckpt)
-    cfg = run_config(ckpt)
-    info["run_config"] = cfg
-    info["run_dir"] = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    model_cfg = (cfg.get("model") or {}) if cfg else {}
-    student_cfg = model_cfg.get("student") or model_cfg.get("net") or {}  # pre-training | fine-tuning run
-    if not student_cfg and isinstance(info.get("card"), Mapping):
-        student_cfg = {**info["card"].get("architecture", {}), "pos_embed": info["card"].get("pos_embed")}
-    img_size = img_size or student_cfg.get("img_size")
-    num_frames = num_frames or student_cfg.get("num_frames")
+    state, info = _read_run_checkpoint(ckpt)
+    student_cfg = _student_config(info)
     arch = infer_architecture(
-        state, num_heads=num_heads, decoder_heads=decoder_heads, img_size=img_size, num_frames=num_frames
+        state,
+        num_heads=num_heads,
+        decoder_heads=decoder_heads,
+        img_size=img_size or student_cfg.get("img_size"),
+        num_frames=num_frames or student_cfg.get("num_frames"),
     )
     kind = pos_kind(state, arch, pos_embed or student_cfg.get("pos_embed"))
     card = model_card(state, info, arch, kind)
     if format == "original":
         return atomic_torch_save(to_original(state), out)
     if format == "safetensors":
-        from safetensors.torch import save_file
+        return _write_safetensors(state, card, out)
+    _check_hf_pos_kind(ckpt, kind)
+    hf_state, config, notes = to_hf(state, arch, hf_arch, ln_eps, info.get("class_names"))
+    return _write_hf(out, hf_state, config, card, notes)
 
-        tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
-        text = json.dumps(card, indent=2, sort_keys=True)
-        atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "surgvista_card": text}))
-        atomic_write_text(out.with_suffix(".json"), text + "\n")
-        return out
-    # Hugging Face
+
+def _read_run_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`canonical_state` of ``ckpt``, its ``info`` extended with the run's config and folder."""
+    state, info = canonical_state(ckpt)
+    info["run_config"] = run_config(ckpt)
+    info["run_dir"] = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return state, info
+
+
+def _student_config(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The encoder's config: the run's ``model.student``/``model.net``, else an exported checkpoint's card."""
+    cfg = info["run_config"]
+    model_cfg = (cfg.get("model") or {}) if cfg else {}
+    student_cfg = model_cfg.get("student") or model_cfg.get("net") or {}  # pre-training | fine-tuning run
+    if not student_cfg and isinstance(info.get("card"), Mapping):
+        student_cfg = {**info["card"].get("architecture", {}), "pos_embed": info["card"].get("pos_embed")}
+    return student_cfg
+
+
+def _write_safetensors(state: Mapping[str, torch.Tensor], card: Mapping[str, Any], out: Path) -> Path:
+    """``out`` (tensors, the card in its metadata) and the card as ``out.with_suffix('.json')``, each atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    text = json.dumps(card, indent=2, sort_keys=True)
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "surgvista_card": text}))
+    atomic_write_text(out.with_suffix(".json"), text + "\n")
+    return out
+
+
+def _check_hf_pos_kind(ckpt: Path, kind: str | None) -> None:
+    """Refuse an HF export unless the position table is known to be the 1-D sinusoid HF recomputes."""
     if kind is None:
         raise ExportError(
             f"{ckpt}: the checkpoint stores no pos_embed, so its position-table kind is unknown; pass "
@@ -477,9 +502,17 @@ def export(
             "recomputes a 1-D sinusoid table: the exported model would silently compute something else. Use "
             "format=original or format=safetensors (load_backbone reads both)."
         )
-    hf_state, config, notes = to_hf(state, arch, hf_arch, ln_eps, info.get("class_names"))
-    from safetensors.torch import save_file
 
+
+def _write_hf(
+    out: Path,
+    hf_state: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    card: Mapping[str, Any],
+    notes: list[str],
+) -> Path:
+    """The HF folder, atomically: weights, ``config.json``, our card (with notes), preprocessor config, README."""
+    from safetensors.torch import save_file
 
     def write(folder: Path) -> None:
         save_file({k: v.contiguous() for k, v in hf_state.items()}, str(folder / "model.safetensors"), {"format": "pt"})
