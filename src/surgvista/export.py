@@ -218,13 +218,14 @@ def _resolve_hf_arch(state: Mapping[str, torch.Tensor], hf_arch: str) -> str:
         return hf_arch
     if "head.weight" in state:
         return "classification"
-    if (
-        "decoder_vid.head.weight" in state
-        and "down_img.weight" not in state
-        and not torch.count_nonzero(state.get("down_vid.bias", torch.zeros(1)))
-    ):
+    if "decoder_vid.head.weight" in state and "down_img.weight" not in state and not _decoder_bias_nonzero(state):
         return "pretraining"
     return "model"
+
+
+def _decoder_bias_nonzero(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``down_vid.bias`` exists and is non-zero (HF's ``encoder_to_decoder`` has no bias)."""
+    return "down_vid.bias" in state and bool(torch.count_nonzero(state["down_vid.bias"]))
 
 
 def _check_hf_target(state: Mapping[str, torch.Tensor], arch: Mapping[str, Any], hf_arch: str) -> None:
@@ -232,7 +233,7 @@ def _check_hf_target(state: Mapping[str, torch.Tensor], arch: Mapping[str, Any],
     if hf_arch == "pretraining":
         if "decoder_vid.head.weight" not in state:
             raise ExportError("hf_arch=pretraining needs a pixel decoder (decoder_vid.*) in the checkpoint")
-        if "down_vid.bias" in state and torch.count_nonzero(state["down_vid.bias"]):
+        if _decoder_bias_nonzero(state):
             raise ExportError(
                 "down_vid.bias is non-zero but HF's encoder_to_decoder has no bias: use hf_arch=model (encoder only)"
             )
