@@ -188,27 +188,52 @@ def to_hf(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[str]]:
     """Our layout → ``(HF state dict, config.json dict, notes)`` for a 1-D-table model; ``class_names`` become
     ``id2label`` of a classifier (``LABEL_<i>`` without them)."""
+    _check_hf_request(state, hf_arch)
+    hf_arch = _resolve_hf_arch(state, hf_arch)
+    _check_hf_target(state, arch, hf_arch)
+    mean_pool = hf_arch == "classification" and "fc_norm.weight" in state
+    out, notes = _hf_state(state, hf_arch, mean_pool)
+    config = _hf_config(arch, hf_arch, ln_eps, mean_pool)
+    if hf_arch == "classification":
+        config.update(_hf_labels(state["head.weight"].shape[0], class_names))
+        notes.append("HF VideoMAE hard-codes eps 1e-5 on fc_norm (ours: ln_eps); logits may differ by ~1e-6")
+    if hf_arch == "pretraining":
+        notes.append("HF VideoMAE hard-codes eps 1e-5 on the decoder's final norm (ours: decoder_norm_eps)")
+    return out, config, notes
+
+
+def _check_hf_request(state: Mapping[str, torch.Tensor], hf_arch: str) -> None:
+    """Refuse an unknown ``hf_arch`` and what no HF VideoMAE class can hold (image decoder, fused qkv bias)."""
     if hf_arch not in HF_ARCHS:
         raise ExportError(f"unknown hf_arch {hf_arch!r}; expected one of {HF_ARCHS}")
     if any(k.startswith(("down_img", "decoder_img", "mask_token_img")) for k in state) and hf_arch == "pretraining":
         raise ExportError("the image-distillation decoder has no Hugging Face VideoMAE equivalent")
     if any(".attn.qkv.bias" in k for k in state):
         raise ExportError("fused qkv.bias (k bias) cannot be expressed by HF VideoMAE (q/v biases only)")
-    if hf_arch == "auto":
-        if "head.weight" in state:
-            hf_arch = "classification"
-        elif (
-            "decoder_vid.head.weight" in state
-            and "down_img.weight" not in state
-            and not torch.count_nonzero(state.get("down_vid.bias", torch.zeros(1)))
-        ):
-            hf_arch = "pretraining"
-        else:
-            hf_arch = "model"
+
+
+def _resolve_hf_arch(state: Mapping[str, torch.Tensor], hf_arch: str) -> str:
+    """``auto`` → classification with a head, pre-training with a bias-free pixel decoder only, else model."""
+    if hf_arch != "auto":
+        return hf_arch
+    if "head.weight" in state:
+        return "classification"
+    if "decoder_vid.head.weight" in state and "down_img.weight" not in state and not _decoder_bias_nonzero(state):
+        return "pretraining"
+    return "model"
+
+
+def _decoder_bias_nonzero(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``down_vid.bias`` exists and is non-zero (HF's ``encoder_to_decoder`` has no bias)."""
+    return "down_vid.bias" in state and bool(torch.count_nonzero(state["down_vid.bias"]))
+
+
+def _check_hf_target(state: Mapping[str, torch.Tensor], arch: Mapping[str, Any], hf_arch: str) -> None:
+    """Refuse a resolved ``hf_arch`` the checkpoint lacks the weights for, and an unknown geometry."""
     if hf_arch == "pretraining":
         if "decoder_vid.head.weight" not in state:
             raise ExportError("hf_arch=pretraining needs a pixel decoder (decoder_vid.*) in the checkpoint")
-        if "down_vid.bias" in state and torch.count_nonzero(state["down_vid.bias"]):
+        if _decoder_bias_nonzero(state):
             raise ExportError(
                 "down_vid.bias is non-zero but HF's encoder_to_decoder has no bias: use hf_arch=model (encoder only)"
             )
@@ -217,36 +242,68 @@ def to_hf(
     if arch["img_size"] is None or arch["num_frames"] is None:
         raise ExportError("image size / frame count unknown: pass img_size= and num_frames=")
 
+
+def _hf_state(
+    state: Mapping[str, torch.Tensor], hf_arch: str, mean_pool: bool
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Every tensor under its HF ``hf_arch`` name (cloned); a key with no place there becomes a note."""
     pre = "" if hf_arch == "model" else "videomae."
     out: dict[str, torch.Tensor] = {}
     notes: list[str] = []
-    mean_pool = hf_arch == "classification" and "fc_norm.weight" in state
     for key, value in state.items():
-        if key in ("pos_embed", "pos_embed_vid", "pos_embed_img"):
-            continue  # HF recomputes the 1-D sinusoid tables
-        if key.startswith("patch_embed.proj."):
-            out[f"{pre}embeddings.patch_embeddings.projection.{key.rsplit('.', 1)[1]}"] = value.clone()
-        elif m := re.match(r"blocks\.(\d+)\.(.*)$", key):
-            _layer_to_hf(m[2], value, f"{pre}encoder.layer.{m[1]}.", out)
-        elif key.startswith("norm."):
-            if not mean_pool:
-                out[f"{pre}layernorm.{key[5:]}"] = value.clone()
-        elif hf_arch == "classification" and key.startswith(("fc_norm.", "head.")):
-            out[key.replace("head.", "classifier.")] = value.clone()
-        elif hf_arch == "pretraining" and key == "down_vid.weight":
-            out["encoder_to_decoder.weight"] = value.clone()
-        elif hf_arch == "pretraining" and key == "mask_token_vid":
-            out["mask_token"] = value.clone()
-        elif hf_arch == "pretraining" and (m := re.match(r"decoder_vid\.blocks\.(\d+)\.(.*)$", key)):
-            _layer_to_hf(m[2], value, f"decoder.decoder_layers.{m[1]}.", out)
-        elif hf_arch == "pretraining" and key.startswith(("decoder_vid.norm.", "decoder_vid.head.")):
-            out[key.replace("decoder_vid.", "decoder.")] = value.clone()
-        elif key in ("down_vid.bias",) and hf_arch == "pretraining":
-            continue  # checked to be zero above
-        else:
+        placed = (
+            _encoder_key_to_hf(key, value, pre, mean_pool, out)
+            or (hf_arch == "classification" and _head_key_to_hf(key, value, out))
+            or (hf_arch == "pretraining" and _decoder_key_to_hf(key, value, out))
+        )
+        if not placed:
             notes.append(f"not exported (no place in HF {hf_arch}): {key}")
-    dec = arch.get("decoder") or {"dim": 384, "depth": 4, "num_heads": 6, "mlp_dim": 1536}
-    config = {
+    return out, notes
+
+
+def _encoder_key_to_hf(key: str, value: torch.Tensor, pre: str, mean_pool: bool, out: dict[str, torch.Tensor]) -> bool:
+    """Place one encoder tensor in ``out``; ``False`` if ``key`` is not an encoder key."""
+    if key in ("pos_embed", "pos_embed_vid", "pos_embed_img"):
+        return True  # HF recomputes the 1-D sinusoid tables
+    if key.startswith("patch_embed.proj."):
+        out[f"{pre}embeddings.patch_embeddings.projection.{key.rsplit('.', 1)[1]}"] = value.clone()
+    elif m := re.match(r"blocks\.(\d+)\.(.*)$", key):
+        _layer_to_hf(m[2], value, f"{pre}encoder.layer.{m[1]}.", out)
+    elif key.startswith("norm."):
+        if not mean_pool:
+            out[f"{pre}layernorm.{key[5:]}"] = value.clone()
+    else:
+        return False
+    return True
+
+
+def _head_key_to_hf(key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) -> bool:
+    """Place one classifier tensor (``fc_norm``, ``head`` → ``classifier``); ``False`` if it is neither."""
+    if not key.startswith(("fc_norm.", "head.")):
+        return False
+    out[key.replace("head.", "classifier.")] = value.clone()
+    return True
+
+
+def _decoder_key_to_hf(key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) -> bool:
+    """Place one pixel-decoder tensor of ``VideoMAEForPreTraining``; ``False`` if ``key`` is not one."""
+    if key == "down_vid.weight":
+        out["encoder_to_decoder.weight"] = value.clone()
+    elif key == "mask_token_vid":
+        out["mask_token"] = value.clone()
+    elif m := re.match(r"decoder_vid\.blocks\.(\d+)\.(.*)$", key):
+        _layer_to_hf(m[2], value, f"decoder.decoder_layers.{m[1]}.", out)
+    elif key.startswith(("decoder_vid.norm.", "decoder_vid.head.")):
+        out[key.replace("decoder_vid.", "decoder.")] = value.clone()
+    elif key != "down_vid.bias":  # down_vid.bias: checked to be zero by _check_hf_target
+        return False
+    return True
+
+
+def _hf_config(arch: Mapping[str, Any], hf_arch: str, ln_eps: float, mean_pool: bool) -> dict[str, Any]:
+    """``config.json`` of a ``VideoMAEConfig`` for ``arch`` (labels are added by the caller)."""
+    dec = arch.get("decoder") or {"dim": 384, "depth": 4, "num_heads": 6, "mlp_dim": 1536}  # VideoMAEConfig defaults
+    return {
         "model_type": "videomae",
         "architectures": [
             {"model": "VideoMAEModel", "pretraining": "VideoMAEForPreTraining"}.get(
@@ -275,17 +332,17 @@ def to_hf(
         "decoder_intermediate_size": dec["mlp_dim"],
         "norm_pix_loss": True,
     }
-    if hf_arch == "classification":
-        n = state["head.weight"].shape[0]
-        if class_names is not None and len(class_names) != n:
-            raise ExportError(f"{len(class_names)} class names for a {n}-class head")
-        labels = list(class_names) if class_names is not None else [f"LABEL_{i}" for i in range(n)]
-        config["id2label"] = {str(i): name for i, name in enumerate(labels)}
-        config["label2id"] = {name: i for i, name in enumerate(labels)}
-        notes.append("HF VideoMAE hard-codes eps 1e-5 on fc_norm (ours: ln_eps); logits may differ by ~1e-6")
-    if hf_arch == "pretraining":
-        notes.append("HF VideoMAE hard-codes eps 1e-5 on the decoder's final norm (ours: decoder_norm_eps)")
-    return out, config, notes
+
+
+def _hf_labels(num_classes: int, class_names: list[str] | None) -> dict[str, dict]:
+    """``id2label``/``label2id`` of a ``num_classes`` head: ``class_names`` if given, else ``LABEL_<i>``."""
+    if class_names is not None and len(class_names) != num_classes:
+        raise ExportError(f"{len(class_names)} class names for a {num_classes}-class head")
+    labels = list(class_names) if class_names is not None else [f"LABEL_{i}" for i in range(num_classes)]
+    return {
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
 
 
 # ----------------------------------------------------------------------------------------------- card
@@ -384,32 +441,57 @@ def export(
         raise ExportError(f"unknown format {format!r}; expected one of {FORMATS}")
     ckpt, out = Path(ckpt), Path(out)
     _check_targets(ckpt, format, out, overwrite)
-    state, info = canonical_state(ckpt)
-    cfg = run_config(ckpt)
-    info["run_config"] = cfg
-    info["run_dir"] = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    model_cfg = (cfg.get("model") or {}) if cfg else {}
-    student_cfg = model_cfg.get("student") or model_cfg.get("net") or {}  # pre-training | fine-tuning run
-    if not student_cfg and isinstance(info.get("card"), Mapping):
-        student_cfg = {**info["card"].get("architecture", {}), "pos_embed": info["card"].get("pos_embed")}
-    img_size = img_size or student_cfg.get("img_size")
-    num_frames = num_frames or student_cfg.get("num_frames")
+    state, info = _read_run_checkpoint(ckpt)
+    student_cfg = _student_config(info)
     arch = infer_architecture(
-        state, num_heads=num_heads, decoder_heads=decoder_heads, img_size=img_size, num_frames=num_frames
+        state,
+        num_heads=num_heads,
+        decoder_heads=decoder_heads,
+        img_size=img_size or student_cfg.get("img_size"),
+        num_frames=num_frames or student_cfg.get("num_frames"),
     )
     kind = pos_kind(state, arch, pos_embed or student_cfg.get("pos_embed"))
     card = model_card(state, info, arch, kind)
     if format == "original":
         return atomic_torch_save(to_original(state), out)
     if format == "safetensors":
-        from safetensors.torch import save_file
+        return _write_safetensors(state, card, out)
+    _check_hf_pos_kind(ckpt, kind)
+    hf_state, config, notes = to_hf(state, arch, hf_arch, ln_eps, info.get("class_names"))
+    return _write_hf(out, hf_state, config, card, notes)
 
-        tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
-        text = json.dumps(card, indent=2, sort_keys=True)
-        atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "surgvista_card": text}))
-        atomic_write_text(out.with_suffix(".json"), text + "\n")
-        return out
-    # Hugging Face
+
+def _read_run_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`canonical_state` of ``ckpt``, its ``info`` extended with the run's config and folder."""
+    state, info = canonical_state(ckpt)
+    info["run_config"] = run_config(ckpt)
+    info["run_dir"] = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return state, info
+
+
+def _student_config(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The encoder's config: the run's ``model.student``/``model.net``, else an exported checkpoint's card."""
+    cfg = info["run_config"]
+    model_cfg = (cfg.get("model") or {}) if cfg else {}
+    student_cfg = model_cfg.get("student") or model_cfg.get("net") or {}  # pre-training | fine-tuning run
+    if not student_cfg and isinstance(info.get("card"), Mapping):
+        student_cfg = {**info["card"].get("architecture", {}), "pos_embed": info["card"].get("pos_embed")}
+    return student_cfg
+
+
+def _write_safetensors(state: Mapping[str, torch.Tensor], card: Mapping[str, Any], out: Path) -> Path:
+    """``out`` (tensors, the card in its metadata) and the card as ``out.with_suffix('.json')``, each atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    text = json.dumps(card, indent=2, sort_keys=True)
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "surgvista_card": text}))
+    atomic_write_text(out.with_suffix(".json"), text + "\n")
+    return out
+
+
+def _check_hf_pos_kind(ckpt: Path, kind: str | None) -> None:
+    """Refuse an HF export unless the position table is known to be the 1-D sinusoid HF recomputes."""
     if kind is None:
         raise ExportError(
             f"{ckpt}: the checkpoint stores no pos_embed, so its position-table kind is unknown; pass "
@@ -421,9 +503,17 @@ def export(
             "recomputes a 1-D sinusoid table: the exported model would silently compute something else. Use "
             "format=original or format=safetensors (load_backbone reads both)."
         )
-    hf_state, config, notes = to_hf(state, arch, hf_arch, ln_eps, info.get("class_names"))
-    from safetensors.torch import save_file
 
+
+def _write_hf(
+    out: Path,
+    hf_state: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    card: Mapping[str, Any],
+    notes: list[str],
+) -> Path:
+    """The HF folder, atomically: weights, ``config.json``, our card (with notes), preprocessor config, README."""
+    from safetensors.torch import save_file
 
     def write(folder: Path) -> None:
         save_file({k: v.contiguous() for k, v in hf_state.items()}, str(folder / "model.safetensors"), {"format": "pt"})
