@@ -491,6 +491,28 @@ def load_backbone(
         load_head: load ``fc_norm``/``head`` from a fine-tuned source (default: when present and shapes match).
         source_grid: the checkpoint's token grid, to interpolate a learned table (default: guessed).
     """
+    report, canon, style = _canonical_source(source, layout)
+    target = model.state_dict()
+    grid = _model_grid(model)
+    kind = getattr(model, "pos_embed_kind", "sincos3d")
+    src_kind = _source_pos_kind(canon, style, pos_embed_kind, source_grid, grid, report)
+    _check_pos_kind(report, src_kind, kind, strict)
+    new = _position_tables(canon, target, kind, src_kind, grid, source_grid, report)
+    new.update(_head_and_pooling_norm(canon, target, load_head, report))
+    # q/k/v bias conventions (divided q_bias/v_bias vs fused qkv.bias).
+    _convert_qkv_bias(canon, target, report)
+    shape_errors = _match_remaining(canon, target, new, report)
+    _zero_decoder_bias(new, target, style, report)
+    _finish_report(report, canon, target, new, shape_errors, strict)
+    state_to_load = {**target, **{k: v.to(target[k].dtype) for k, v in new.items()}}
+    model.load_state_dict(state_to_load, strict=True)
+    return report
+
+
+def _read_source(
+    source: str | Path | Mapping[str, Any],
+) -> tuple[str, dict[str, torch.Tensor], str, dict[str, Any], dict[str, Any]]:
+    """Read a path (or take a mapping) and unwrap its finite state dict: ``(name, state, container, extra, meta)``."""
     if isinstance(source, (str, Path)):
         name = str(source)
         obj, meta = read_checkpoint(source)
@@ -498,6 +520,14 @@ def load_backbone(
         name, obj, meta = "<mapping>", source, {}
     state, container, extra = unwrap(obj, name)
     check_finite(state, name)
+    return name, state, container, extra, meta
+
+
+def _canonical_source(
+    source: str | Path | Mapping[str, Any], layout: str | None
+) -> tuple[LoadReport, dict[str, tuple[str, torch.Tensor]], str]:
+    """Read ``source``, settle its key style and map it to canonical keys: ``(report, canon, style)``."""
+    name, state, container, extra, meta = _read_source(source)
     style = layout or ("hf" if "hf_config" in meta else detect_style(list(state)))
     if style not in ("surgvista", "videomae", "hf"):
         raise ValueError(f"unknown layout {style!r}; expected surgvista, videomae or hf")
@@ -511,14 +541,19 @@ def load_backbone(
     report.notes += [
         f"Lightning key outside the student, not loaded: {k}" for k in extra.get("lightning_other_keys", [])
     ]
+    return report, canon, style
 
-    target = model.state_dict()
-    grid = _model_grid(model)
-    kind = getattr(model, "pos_embed_kind", "sincos3d")
-    new: dict[str, torch.Tensor] = {}
 
-    # Position tables: detect the source kind, check it agrees, recompute fixed tables / interpolate learned ones.
-    src_kind = pos_embed_kind
+def _source_pos_kind(
+    canon: Mapping[str, tuple[str, torch.Tensor]],
+    style: str,
+    declared: str | None,
+    source_grid: tuple[int, int, int] | None,
+    grid: tuple[int, int, int],
+    report: LoadReport,
+) -> str | None:
+    """The checkpoint's position-table kind: declared, read off its ``pos_embed``, or implied by its layout."""
+    src_kind = declared
     if "pos_embed" in canon:
         _, table = canon["pos_embed"]
         seen, found = classify_table_grid(table, source_grid or guess_grid(table.shape[-2], grid))
@@ -534,7 +569,20 @@ def load_backbone(
         src_kind = "sincos3d"
     if src_kind is not None and src_kind not in POS_KINDS:
         raise ValueError(f"unknown pos_embed_kind {src_kind!r}; expected one of {POS_KINDS}")
-    _check_pos_kind(report, src_kind, kind, strict)
+    return src_kind
+
+
+def _position_tables(
+    canon: dict[str, tuple[str, torch.Tensor]],
+    target: Mapping[str, torch.Tensor],
+    kind: str,
+    src_kind: str | None,
+    grid: tuple[int, int, int],
+    source_grid: tuple[int, int, int] | None,
+    report: LoadReport,
+) -> dict[str, torch.Tensor]:
+    """Recompute fixed tables / interpolate a learned one; pops them from ``canon``, returns the model's tables."""
+    new: dict[str, torch.Tensor] = {}
     for tkey in FIXED_TABLES:
         if tkey not in canon and tkey not in target:
             continue
@@ -556,13 +604,23 @@ def load_backbone(
         report.pos_embed = report.pos_embed or "learned table"
     else:
         report.pos_embed = f"fixed {kind} table for grid {grid}" + (f" (checkpoint: {src_kind})" if src_kind else "")
+    return new
 
-    # Head and pooling norm of a classifier: loaded together, only when the head fits (or load_head=True).
+
+def _head_and_pooling_norm(
+    canon: dict[str, tuple[str, torch.Tensor]],
+    target: Mapping[str, torch.Tensor],
+    load_head: bool | None,
+    report: LoadReport,
+) -> dict[str, torch.Tensor]:
+    """Head and pooling norm of a classifier: loaded together, only when the head fits (or ``load_head=True``)."""
+    names = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
     has_head = "head.weight" in target
-    head_keys = [k for k in ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias") if k in target]
-    items = {k: canon.pop(k) for k in ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias") if k in canon}
+    head_keys = [k for k in names if k in target]
+    items = {k: canon.pop(k) for k in names if k in canon}
     fits = all(k in items and tuple(items[k][1].shape) == tuple(target[k].shape) for k in head_keys)
     take = bool(head_keys) and all(k in items for k in head_keys) and (load_head or (load_head is None and fits))
+    new: dict[str, torch.Tensor] = {}
     for key, (src, value) in items.items():
         if key not in target or not take:
             shape = "" if key not in target else f" (checkpoint {tuple(value.shape)}; left fresh)"
@@ -578,11 +636,16 @@ def load_backbone(
         for k in ("norm.weight", "norm.bias"):
             if k in canon:
                 report.ignored.append(canon.pop(k)[0])
+    return new
 
-    # q/k/v bias conventions (divided q_bias/v_bias vs fused qkv.bias).
-    _convert_qkv_bias(canon, target, report)
 
-    # Everything else must match one to one.
+def _match_remaining(
+    canon: Mapping[str, tuple[str, torch.Tensor]],
+    target: Mapping[str, torch.Tensor],
+    new: dict[str, torch.Tensor],
+    report: LoadReport,
+) -> list[str]:
+    """Everything else must match one to one: fills ``new``, returns the wrong-shape entries."""
     shape_errors: list[str] = []
     for key, (src, value) in canon.items():
         if key in target:
@@ -595,27 +658,40 @@ def load_backbone(
             report.ignored.append(src)
         else:
             report.unexpected.append(src)
-    # HF / VideoMAE encoder_to_decoder has no bias: ours is zero then.
+    return shape_errors
+
+
+def _zero_decoder_bias(
+    new: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor], style: str, report: LoadReport
+) -> None:
+    """HF / VideoMAE encoder_to_decoder has no bias: ours is zero then."""
     if "down_vid.bias" in target and "down_vid.weight" in new and "down_vid.bias" not in new and style != "surgvista":
         new["down_vid.bias"] = torch.zeros_like(target["down_vid.bias"])
         report.expected_missing.append("down_vid.bias (VideoMAE/HF encoder_to_decoder has no bias: set to 0)")
+
+
+def _finish_report(
+    report: LoadReport,
+    canon: Mapping[str, tuple[str, torch.Tensor]],
+    target: Mapping[str, torch.Tensor],
+    new: Mapping[str, torch.Tensor],
+    shape_errors: list[str],
+    strict: bool,
+) -> None:
+    """List what stays missing, refuse another architecture or a failed strict load, else log the diff."""
     report.mismatched += shape_errors
     for key in target:
         if key not in new and not any(e.split(" ")[0] == key for e in report.expected_missing):
             report.missing.append(key)
-
     c_depth, m_depth = _depth(canon), _depth(target)
     if shape_errors or (c_depth and m_depth and c_depth != m_depth):
-        _raise_architecture(report, canon, target, name)
+        _raise_architecture(report, canon, target, report.source)
     if strict and not report.ok:
         raise CheckpointError(f"strict load failed (pass strict=False to load what matches):\n{report}")
     if not strict and not report.ok:
         log.warning("%s", report)
     else:
         log.info("%s", report)
-    state_to_load = {**target, **{k: v.to(target[k].dtype) for k, v in new.items()}}
-    model.load_state_dict(state_to_load, strict=True)
-    return report
 
 
 def _check_pos_kind(report: LoadReport, src_kind: str | None, kind: str, strict: bool) -> None:
