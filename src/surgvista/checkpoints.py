@@ -683,7 +683,7 @@ def _finish_report(
     for key in target:
         if key not in new and not any(e.split(" ")[0] == key for e in report.expected_missing):
             report.missing.append(key)
-    c_depth, m_depth = _depth(canon), _depth(target)
+    c_depth, m_depth = block_depth(canon), block_depth(target)
     if shape_errors or (c_depth and m_depth and c_depth != m_depth):
         _raise_architecture(report, canon, target, report.source)
     if strict and not report.ok:
@@ -756,7 +756,8 @@ def _convert_qkv_bias(canon: dict, target: Mapping[str, torch.Tensor], report: L
             report.notes.append(f"{src}: fused qkv bias split into q_bias/v_bias (k bias is zero)")
 
 
-def _depth(keys, prefix: str = "blocks.") -> int:
+def block_depth(keys, prefix: str = "blocks.") -> int:
+    """Number of ``<prefix><i>.`` blocks among ``keys`` (the largest index + 1; 0 without any)."""
     idx = [int(m[1]) for k in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))]
     return max(idx) + 1 if idx else 0
 
@@ -769,7 +770,7 @@ def _raise_architecture(report: LoadReport, canon: dict, target: Mapping, name: 
             f"  width: checkpoint {cw[0]}, model {mw[0]}; patch kernel checkpoint {tuple(cw[2:])}, "
             f"model {tuple(mw[2:])}"
         )
-    lines.append(f"  depth: checkpoint {_depth(canon)}, model {_depth(target)} blocks")
+    lines.append(f"  depth: checkpoint {block_depth(canon)}, model {block_depth(target)} blocks")
     lines += [f"  unexpected: {k}" for k in _compress(report.unexpected, 10)]
     lines += [f"  wrong shape: {e}" for e in report.mismatched[:30]]
     if len(report.mismatched) > 30:

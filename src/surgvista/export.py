@@ -33,6 +33,7 @@ import torch
 
 from surgvista.checkpoints import (
     CheckpointError,
+    block_depth,
     classify_table,
     classify_table_grid,
     detect_style,
@@ -88,11 +89,6 @@ def run_config(ckpt: Path) -> dict[str, Any]:
     return {}
 
 
-def _depth(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    idx = {int(m[1]) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
-    return max(idx) + 1 if idx else 0
-
-
 def _heads(dim: int, depth: int, column: int, given: int | None) -> int:
     if given:
         return int(given)
@@ -109,7 +105,7 @@ def infer_architecture(state: Mapping[str, torch.Tensor], **given: Any) -> dict[
     if "patch_embed.proj.weight" not in state:
         raise ExportError("no patch_embed.proj.weight in the checkpoint: not a ViT video encoder")
     w = state["patch_embed.proj.weight"]
-    dim, depth = w.shape[0], _depth(state, "blocks.")
+    dim, depth = w.shape[0], block_depth(state, "blocks.")
     tubelet = w.shape[2] if w.ndim == 5 else 1
     patch = w.shape[-1]
     arch: dict[str, Any] = {"embed_dim": dim, "depth": depth, "patch_size": patch, "tubelet_size": tubelet}
@@ -128,7 +124,7 @@ def infer_architecture(state: Mapping[str, torch.Tensor], **given: Any) -> dict[
         arch["img_size"] = arch["num_frames"] = None
     if "down_vid.weight" in state:
         d = state["down_vid.weight"].shape[0]
-        dd = _depth(state, "decoder_vid.blocks.")
+        dd = block_depth(state, "decoder_vid.blocks.")
         arch["decoder"] = {
             "dim": d,
             "depth": dd,
