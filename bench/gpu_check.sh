@@ -33,7 +33,7 @@ part() {  # part NAME SECONDS CMD...: run one part under a time limit, keep goin
 part env 60 $PY bench/gpu_check.py env $DRY
 part tests "${GPU_CHECK_TEST_S:-200}" bash -c "set -o pipefail; $PY -m pytest -m gpu tests/test_gpu.py tests/test_host_sync.py tests/test_torchcodec.py -q -p no:cacheprovider -o addopts='' -rA 2>&1 | tee '$OUT/pytest.txt'"
 part step "${GPU_CHECK_STEP_S:-170}" $PY bench/gpu_check.py step $DRY
-part e2e "${GPU_CHECK_E2E_S:-170}" $PY bench/gpu_check.py e2e $DRY
+part e2e "${GPU_CHECK_E2E_S:-220}" $PY bench/gpu_check.py e2e $DRY
 part summary 60 $PY bench/gpu_check.py summary $DRY
 if [ ${#failed[@]} -gt 0 ]; then echo "gpu-check: FAILED parts: ${failed[*]}"; exit 1; fi
 echo "gpu-check: all parts passed"
