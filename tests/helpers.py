@@ -14,16 +14,35 @@ DATA = Path(__file__).resolve().parent / "data"  # reference state-dict layouts 
 SMALL_DEMO = {"num_videos": 3, "num_val_videos": 1, "frames_per_video": (60, 80), "size": (96, 80), "seed": 0}
 
 
-def small_demo_data(root: Path) -> list[str]:
-    """Hydra overrides that point the demo data module at the small demo set (``SMALL_DEMO``) at 64 px."""
+def small_demo_set(root: Path) -> list[str]:
+    """Hydra overrides that point a demo data module (pre-training, phase, probe) at the small demo set."""
     return [
         f"data.root={root}",
         f"data.num_videos={SMALL_DEMO['num_videos']}",
         f"data.num_val_videos={SMALL_DEMO['num_val_videos']}",
         "data.video_frames=[60,80]",
         "data.video_size=[96,80]",
-        "data.input_size=64",
     ]
+
+
+def small_demo_data(root: Path) -> list[str]:
+    """:func:`small_demo_set` at 64 px."""
+    return [*small_demo_set(root), "data.input_size=64"]
+
+
+def compose(
+    experiment: str, *overrides: str, config: str = "train", out: Path | None = None, workers: int = 0
+):  # fmt: skip
+    """A composed config on CPU with CSV logs and ``workers`` loader workers, outputs under ``out``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+    base = ["trainer=cpu", "trainer.devices=1", "logger=csv", "print_config=false", f"data.num_workers={workers}"]
+    if out is not None:
+        base += [f"paths.output_dir={out}", f"paths.work_dir={out}"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config, overrides=[f"experiment={experiment}", *base, *overrides])
 
 
 def small_demo_overrides(root: Path) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import dataset_fixtures as F
 import pytest
 import torch
-from helpers import ROOT, SMALL_DEMO, small_demo_data
+from helpers import ROOT, SMALL_DEMO, compose, small_demo_data
 
 from surgvista.checkpoints import load_backbone
 from surgvista.data.leakage import check_leakage
@@ -129,18 +129,6 @@ def lightning_file(path: Path, state: dict, target: str | None = None, nan: bool
 
 
 # ------------------------------------------------------------------------------------ composed configs
-def compose(experiment: str, *overrides: str, config: str = "train", out: Path | None = None):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    base = ["trainer=cpu", "trainer.devices=1", "logger=csv", "print_config=false", "data.num_workers=0"]
-    if out is not None:
-        base += [f"paths.output_dir={out}", f"paths.work_dir={out}"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config, overrides=[f"experiment={experiment}", *base, *overrides])
-
-
 def demo_overrides(root: Path) -> list[str]:
     return [
         *small_demo_data(root),

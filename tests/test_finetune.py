@@ -211,16 +211,12 @@ def test_recipe_layer_decay_and_lr_scaling():
 
 
 def test_demo_phase_train_then_eval_writes_predictions_and_table(demo_root, tmp_path, capsys):
-    from helpers import SMALL_DEMO
+    from helpers import small_demo_set
 
     from surgvista.utils.run import evaluate, train
 
     demo = [
-        f"data.root={demo_root}",
-        f"data.num_videos={SMALL_DEMO['num_videos']}",
-        f"data.num_val_videos={SMALL_DEMO['num_val_videos']}",
-        "data.video_frames=[60,80]",
-        "data.video_size=[96,80]",
+        *small_demo_set(demo_root),
         "data.val_target_stride=1",
     ]
     cfg = _compose(

@@ -69,18 +69,14 @@ def test_videomae_hf_pretraining_checkpoint_exports_to_videomae_for_pretraining(
 @pytest.fixture(scope="module")
 def finetuned_run(tmp_path_factory, demo_root):
     """A 2-step demo_phase fine-tuning with the HF-compatible classifier settings (1-D table, fc_norm eps 1e-5)."""
-    from helpers import SMALL_DEMO
+    from helpers import small_demo_set
     from test_finetune import _compose
 
     from surgvista.utils.run import train
 
     out = tmp_path_factory.mktemp("ft")
     demo = [
-        f"data.root={demo_root}",
-        f"data.num_videos={SMALL_DEMO['num_videos']}",
-        f"data.num_val_videos={SMALL_DEMO['num_val_videos']}",
-        "data.video_frames=[60,80]",
-        "data.video_size=[96,80]",
+        *small_demo_set(demo_root),
     ]
     hf = ["model.net.pos_embed=sinusoid1d", "model.net.fc_norm_eps=1e-5", "model.net.fc_drop_rate=0"]
     train(_compose("demo_phase", *demo, *hf, "trainer.max_epochs=1", "+trainer.limit_train_batches=2",

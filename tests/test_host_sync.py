@@ -6,12 +6,10 @@ operations that would sync (``HostSyncCounter``); the CUDA test uses ``torch.cud
 
 from __future__ import annotations
 
-import os
-
 import lightning as L
 import pytest
 import torch
-from helpers import ROOT, SMALL_DEMO, small_demo_data, tiny_pretrain_module
+from helpers import compose, small_demo_data, small_demo_set, tiny_pretrain_module
 
 from surgvista.models.masking import MaskGenerator, take, token_order
 from surgvista.utils.host_sync import HostSyncCounter, device_constant
@@ -57,13 +55,8 @@ class SyncTag(L.Callback):
 
 
 def _compose(experiment: str, out, *overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    base = ["trainer=cpu", "trainer.devices=1", "logger=csv", "print_config=false", "data.num_workers=1"]
-    base += [f"paths.output_dir={out}", f"paths.work_dir={out}", f"trainer.log_every_n_steps={LOG_EVERY}"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"experiment={experiment}", *base, *overrides])
+    """One loader worker: the data is read outside the counted (main) thread."""
+    return compose(experiment, f"trainer.log_every_n_steps={LOG_EVERY}", *overrides, out=out, workers=1)
 
 
 def _fit_counting(cfg, steps: int, monkeypatch) -> HostSyncCounter:
@@ -111,9 +104,8 @@ def test_pretraining_steps_have_no_host_sync_between_logging_steps(demo_root, tm
 def test_finetuning_steps_have_no_host_sync_between_logging_steps(demo_root, tmp_path, monkeypatch):
     steps = 12
     cfg = _compose(
-        "demo_phase", tmp_path, f"data.root={demo_root}", f"data.num_videos={SMALL_DEMO['num_videos']}",
-        f"data.num_val_videos={SMALL_DEMO['num_val_videos']}", "data.video_frames=[60,80]", "data.video_size=[96,80]",
-        "model.net.preset=tiny", "data.input_size=32", "data.num_frames=4", "data.batch_size=2", "test=false",
+        "demo_phase", tmp_path, *small_demo_set(demo_root), "model.net.preset=tiny", "data.input_size=32",
+        "data.num_frames=4", "data.batch_size=2", "test=false",
         "trainer.max_epochs=1", f"+trainer.limit_train_batches={steps}", "trainer.limit_val_batches=0",
     )  # fmt: skip
     _assert_quiet(_fit_counting(cfg, steps, monkeypatch), steps)

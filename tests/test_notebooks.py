@@ -8,7 +8,7 @@ import os
 import nbclient  # the `notebooks` extra (make install: .[dev,notebooks])
 import nbformat
 import pytest
-from helpers import ROOT, SMALL_DEMO, small_demo_overrides
+from helpers import ROOT, small_demo_overrides, small_demo_set
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
@@ -27,11 +27,7 @@ def demo_run(tmp_path_factory, demo_root):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         train(compose("train", overrides=["experiment=demo", *pre]))
     demo = [
-        f"data.root={demo_root}",
-        f"data.num_videos={SMALL_DEMO['num_videos']}",
-        f"data.num_val_videos={SMALL_DEMO['num_val_videos']}",
-        "data.video_frames=[60,80]",
-        "data.video_size=[96,80]",
+        *small_demo_set(demo_root),
         "model.net.preset=tiny",
     ]
     pretrained = run / "pretrain" / "checkpoints" / "last.ckpt"

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import ROOT, SMALL_DEMO, run_script, small_demo_overrides
+from helpers import ROOT, SMALL_DEMO, run_script, small_demo_overrides, small_demo_set
 from hydra.utils import instantiate
 
 from surgvista import leaderboard, pretrain_probe
@@ -137,12 +137,8 @@ def test_grid_writes_one_leaderboard_row_per_backbone_and_protocol(demo_root, tm
         "experiment=probe_demo",
         "model/backbone=demo_student,demo_timm_vit",
         "probe=linear,attentive,knn",
-        f"data.root={demo_root}",
+        *small_demo_set(demo_root),
         f"data.cache_root={tmp_path / 'cache'}",
-        "data.num_videos=3",
-        "data.num_val_videos=1",
-        "data.video_frames=[60,80]",
-        "data.video_size=[96,80]",
         "data.input_size=32",
         "data.num_frames=4",
         "data.num_workers=0",

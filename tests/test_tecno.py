@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ROOT, SMALL_DEMO, run_script
+from helpers import ROOT, SMALL_DEMO, run_script, small_demo_set
 
 import surgvista.features as features
 from surgvista.data.features import FeatureDataModule, FeatureDataset
@@ -245,12 +245,8 @@ def test_tecno_module_learns_the_demo_phases(cache, demo_root, tmp_path, one_thr
 
 def test_extract_cli_then_demo_tecno_fast_dev_run(demo_root, tmp_path, monkeypatch, capsys):
     overrides = [
-        f"data.root={demo_root}",
+        *small_demo_set(demo_root),
         f"data.cache_root={tmp_path / 'cache'}",
-        "data.num_videos=3",
-        "data.num_val_videos=1",
-        "data.video_frames=[60,80]",
-        "data.video_size=[96,80]",
         "data.extractor.input_size=32",
         "data.extractor.backbone.img_size=32",
         "+data.extractor.backbone.depth=1",
