@@ -80,7 +80,7 @@ def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True, ti
 
 def tiny_pretrain_module(**kw):
     """A tiny ``PretrainModule`` (32 px, 4 frames, tiny random teacher, tube 0.5, no drop-path) for unit tests."""
-    from surgvista.models.masking import MaskGenerator
+    from surgvista.layers.masking import MaskGenerator
     from surgvista.models.student import SurgVISTAStudent
     from surgvista.models.teacher import ImageTeacher
     from surgvista.modules.objective import SurgVISTALoss

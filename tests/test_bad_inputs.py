@@ -22,11 +22,11 @@ import pytest
 import torch
 from helpers import ROOT, SMALL_DEMO, compose, small_demo_data
 
-from surgvista.checkpoints import load_backbone
+from surgvista.checkpoints.export import main as export_main
+from surgvista.checkpoints.load import load_backbone
 from surgvista.data.leakage import check_leakage
 from surgvista.data.manifest import VideoEntry, read_manifest, write_manifest
 from surgvista.data.prepare import main as prepare_main
-from surgvista.export import main as export_main
 from surgvista.models.classifier import VideoClassifier
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
@@ -144,7 +144,7 @@ def demo_overrides(root: Path) -> list[str]:
 
 def train_with(*overrides: str, experiment: str = "demo", demo: Path | None = None):
     def act(ctx):
-        from surgvista.utils.run import train
+        from surgvista.run import train
 
         extra = demo_overrides(demo or ctx["inp"] / "demo")
         cfg = compose(experiment, *extra, *[o.format(**ctx) for o in overrides], out=ctx["out"])
@@ -155,7 +155,7 @@ def train_with(*overrides: str, experiment: str = "demo", demo: Path | None = No
 
 def eval_with(*overrides: str, experiment: str = "demo_phase"):
     def act(ctx):
-        from surgvista.utils.run import evaluate
+        from surgvista.run import evaluate
 
         extra = demo_overrides(ctx["inp"] / "demo")[:-4]
         cfg = compose(experiment, *extra, *[o.format(**ctx) for o in overrides], config="eval", out=ctx["out"])
@@ -507,7 +507,7 @@ def mixture_check(ctx) -> None:
 
 def no_teacher(ctx):
     """experiment=pretrain_surgvista with no data: must fail on the data before any teacher is built."""
-    from surgvista.utils.run import train
+    from surgvista.run import train
 
     original = ImageTeacher.__init__
 
@@ -997,15 +997,15 @@ def test_missing_extra_at_instantiation_names_the_extra(monkeypatch, capsys):
 
 
 def test_optimized_metric_that_was_not_logged():
-    from surgvista.utils.run import metric_value
+    from surgvista.run import metric_value
 
     with pytest.raises(ValueError, match=r"optimized_metric='val/acc' was not logged; available: \['val/loss'\]"):
         metric_value({"val/loss": 1.0}, "val/acc")
 
 
 def test_batch_larger_than_the_dataset(demo_root, tmp_path):
+    from surgvista.run import train
     from surgvista.utils.config_check import ConfigError
-    from surgvista.utils.run import train
 
     cfg = compose("demo", *demo_overrides(demo_root), "data.batch_size=64", out=tmp_path)
     with pytest.raises(ConfigError, match=r"no optimiser step .*lower data\.batch_size"):

@@ -10,9 +10,9 @@ import timm
 import torch
 from torch import nn
 
-from surgvista.checkpoints import CheckpointError, interpolate_pos_embed, load_backbone
+from surgvista.checkpoints.load import CheckpointError, interpolate_pos_embed, load_backbone
+from surgvista.layers.position import sincos_3d, sinusoid_table
 from surgvista.models import ImageTeacher, SurgVISTAStudent, VideoClassifier
-from surgvista.models.position import sincos_3d, sinusoid_table
 from surgvista.models.teacher import endossl_to_timm
 
 GEOM = {"img_size": 32, "num_frames": 4, "patch_size": 8}

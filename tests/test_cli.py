@@ -138,7 +138,7 @@ def test_pretrain_surgvista_config_only_misses_data_dir_and_teacher(tmp_path):
     assert cfg["trainer"]["max_epochs"] == 201 and cfg["trainer"]["precision"] == "bf16-mixed"
     assert cfg["data"]["batch_size"] == 64 and cfg["data"]["sampling_rate"] == 4
     assert cfg["model"]["warmup_epochs"] == 40 and cfg["model"]["masking"] == {
-        "_target_": "surgvista.models.masking.MaskGenerator",
+        "_target_": "surgvista.layers.masking.MaskGenerator",
         "kind": "tube",
         "ratio": 0.85,
     }

@@ -35,7 +35,7 @@ def test_extras_enforce_tags_and_ignore_warnings():
 
     from omegaconf import OmegaConf
 
-    from surgvista.utils.run import apply_extras
+    from surgvista.run import apply_extras
 
     with pytest.raises(ValueError, match="tags is empty but extras.enforce_tags"):
         apply_extras(OmegaConf.create({"tags": [], "extras": {"enforce_tags": True}}))
@@ -48,7 +48,7 @@ def test_extras_enforce_tags_and_ignore_warnings():
 
 
 def test_dotenv_files_fill_but_never_override_the_environment(tmp_path, monkeypatch):
-    from surgvista.config import load_env_files
+    from surgvista.utils.config_dirs import load_env_files
 
     (tmp_path / ".env").write_text("SURGVISTA_TEST_A=from_file\nSURGVISTA_TEST_B=from_file\n")
     monkeypatch.setenv("SURGVISTA_TEST_A", "from_env")
@@ -63,7 +63,7 @@ def test_dotenv_files_fill_but_never_override_the_environment(tmp_path, monkeypa
 def test_progress_bar_shows_learning_rates_in_scientific_notation(monkeypatch):
     from lightning.pytorch.callbacks import RichProgressBar
 
-    from surgvista.utils.progress import ProgressBar
+    from surgvista.callbacks.progress import ProgressBar
 
     monkeypatch.setattr(
         RichProgressBar, "get_metrics", lambda self, t, m: {"lr": 0.0025, "lr-AdamW": 1e-5, "loss": 0.5}
@@ -79,7 +79,7 @@ def test_pretraining_run_logs_config_once_labels_panels_and_drops_tips(demo_root
     from helpers import small_demo_overrides
     from PIL import Image
 
-    from surgvista.utils.run import train
+    from surgvista.run import train
 
     overrides = ["experiment=demo", *small_demo_overrides(demo_root), f"paths.output_dir={tmp_path}",
                  f"paths.work_dir={tmp_path}", "callbacks.rich_progress_bar=null"]  # fmt: skip
@@ -104,7 +104,7 @@ def test_eval_figures_are_saved_and_sent_to_the_active_loggers(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from surgvista.utils.plots import save_figure
+    from surgvista.evaluation.plots import save_figure
 
     class WandbLogger:  # log_image dispatches on the logger class's name
         def __init__(self):

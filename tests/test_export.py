@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_checkpoints import ARCH, GEOM, classifier, randomize, student
 
-from surgvista.checkpoints import load_backbone, read_checkpoint
-from surgvista.export import ExportError, export, main
+from surgvista.checkpoints.export import ExportError, export, main
+from surgvista.checkpoints.load import load_backbone, read_checkpoint
 
 
 def lightning_ckpt(tmp_path, model, name: str = "last.ckpt", **extra) -> str:

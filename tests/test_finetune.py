@@ -12,11 +12,11 @@ from helpers import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from surgvista.checkpoints import CheckpointError
+from surgvista.checkpoints.load import CheckpointError
 from surgvista.data.manifest import ManifestError, read_manifest, write_manifest
+from surgvista.evaluation.predictions import read_prediction_file
 from surgvista.models.classifier import VideoClassifier
 from surgvista.models.student import SurgVISTAStudent
-from surgvista.utils.predictions import read_prediction_file
 
 EXPERIMENTS = {
     "phase_cholec80": 7,
@@ -140,7 +140,7 @@ def _tiny_student_ckpt(path: Path, preset: str = "tiny") -> Path:
 
 @pytest.mark.parametrize("experiment", ["phase_cholec80", "triplet_cholect50", "cvs_cholec80cvs", "cvs_endoscapes"])
 def test_fast_dev_run_from_experiment_config(experiment, downstream_root, tmp_path):
-    from surgvista.utils.run import train
+    from surgvista.run import train
 
     extra = []
     if experiment == "phase_cholec80":  # also loads a (tiny) pre-training checkpoint
@@ -162,7 +162,7 @@ def test_fast_dev_run_from_experiment_config(experiment, downstream_root, tmp_pa
 
 
 def test_class_count_mismatch_is_a_clear_error(downstream_root, tmp_path):
-    from surgvista.utils.run import train
+    from surgvista.run import train
 
     cfg = _compose(
         "phase_cholec80", "+trainer.fast_dev_run=1", "model.net.num_classes=5", data_dir=downstream_root, out=tmp_path
@@ -213,7 +213,7 @@ def test_recipe_layer_decay_and_lr_scaling():
 def test_demo_phase_train_then_eval_writes_predictions_and_table(demo_root, tmp_path, capsys):
     from helpers import small_demo_set
 
-    from surgvista.utils.run import evaluate, train
+    from surgvista.run import evaluate, train
 
     demo = [
         *small_demo_set(demo_root),

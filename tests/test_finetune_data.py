@@ -11,7 +11,7 @@ import torch
 from surgvista.data.clip_augment import ClipRandAugment, EvalClipTransform, TrainClipTransform, make_mixup, mix_clips
 from surgvista.data.downstream import DownstreamDataset, uniform_clip_indices
 from surgvista.data.manifest import ManifestError, read_manifest, write_manifest
-from surgvista.utils.predictions import (
+from surgvista.evaluation.predictions import (
     PredictionCollector,
     PredictionFileError,
     read_prediction_file,

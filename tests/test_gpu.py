@@ -65,7 +65,7 @@ def test_checkpoint_written_on_gpu_loads_on_cpu(gpu_run):
 def test_sdpa_runs_fused_kernel_in_bf16_and_equals_eager(kernel):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from surgvista.models.vit import attention
+    from surgvista.layers.vit import attention
 
     g = torch.Generator("cuda").manual_seed(0)
     q, k, v = (torch.randn(4, 12, 197, 64, device="cuda", generator=g) for _ in range(3))
@@ -81,7 +81,7 @@ def test_sdpa_runs_fused_kernel_in_bf16_and_equals_eager(kernel):
 def test_default_sdpa_dispatch_in_bf16_uses_a_fused_kernel():
     from torch.profiler import ProfilerActivity, profile
 
-    from surgvista.models.vit import attention
+    from surgvista.layers.vit import attention
 
     q = torch.randn(8, 12, 197, 64, device="cuda", dtype=torch.bfloat16)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -93,7 +93,7 @@ def test_default_sdpa_dispatch_in_bf16_uses_a_fused_kernel():
 
 def test_compiled_student_on_cuda_equals_eager_in_bf16():
     from surgvista.bench.pretrain import seeded_student
-    from surgvista.models.masking import MaskGenerator
+    from surgvista.layers.masking import MaskGenerator
 
     s = seeded_student("tiny", "tiny", "sdpa").cuda().eval()
     clip = torch.randn(2, 3, s.num_frames, s.img_size, s.img_size, device="cuda")
@@ -155,7 +155,7 @@ def test_teacher_in_pure_bf16_is_as_close_to_fp32_as_autocast():
 
 
 def test_linear_tubelet_embedding_on_cuda_equals_the_conv3d():
-    from surgvista.models.vit import TubeletEmbed
+    from surgvista.layers.vit import TubeletEmbed
 
     embed = TubeletEmbed(224, 16, 2, 16, 768).cuda()
     video = torch.randn(2, 3, 16, 224, 224, device="cuda")

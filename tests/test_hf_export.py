@@ -13,8 +13,8 @@ from helpers import ROOT, small_demo_overrides
 
 transformers = pytest.importorskip("transformers")  # dev dependency
 
+from surgvista.checkpoints.export import export, main  # noqa: E402
 from surgvista.data.annotations import CHOLEC80_PHASES  # noqa: E402
-from surgvista.export import export, main  # noqa: E402
 
 ATOL = 1e-5
 
@@ -43,7 +43,7 @@ def test_videomae_hf_pretraining_checkpoint_exports_to_videomae_for_pretraining(
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from surgvista.utils.run import train
+    from surgvista.run import train
 
     run = tmp_path / "run"
     train(_pretrain_cfg(demo_root, run))
@@ -72,7 +72,7 @@ def finetuned_run(tmp_path_factory, demo_root):
     from helpers import small_demo_set
     from test_finetune import _compose
 
-    from surgvista.utils.run import train
+    from surgvista.run import train
 
     out = tmp_path_factory.mktemp("ft")
     demo = [

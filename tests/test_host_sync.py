@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import compose, small_demo_data, small_demo_set, tiny_pretrain_module
 
-from surgvista.models.masking import MaskGenerator, take, token_order
+from surgvista.layers.masking import MaskGenerator, take, token_order
 from surgvista.utils.host_sync import HostSyncCounter, device_constant
 
 LOG_EVERY = 5
@@ -61,7 +61,7 @@ def _compose(experiment: str, out, *overrides: str):
 
 def _fit_counting(cfg, steps: int, monkeypatch) -> HostSyncCounter:
     """``train(cfg)`` with every configured callback (rich bar, checkpoints, exact resume, ...), counting syncs."""
-    import surgvista.utils.run as run
+    import surgvista.run as run
 
     counter, instantiate_group = HostSyncCounter(), run.instantiate_group
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from surgvista.models.masking import MaskGenerator
+from surgvista.layers.masking import MaskGenerator
 
 
 def test_tube_085_on_8x14x14():
@@ -62,7 +62,7 @@ def test_mask_count_is_fixed_per_sample(kind, ratio, batch, t, h, w):
 # ------------------------------------------------------------------ token selection without boolean indexing
 @pytest.mark.parametrize("kind", ["tube", "random"])
 def test_token_order_and_take_equal_boolean_indexing_values_and_gradients(kind):
-    from surgvista.models.masking import take, token_order
+    from surgvista.layers.masking import take, token_order
 
     gen = MaskGenerator(kind, 0.75)
     grid = (2, 4, 4)
@@ -81,7 +81,7 @@ def test_token_order_and_take_equal_boolean_indexing_values_and_gradients(kind):
 
 
 def test_token_order_refuses_rows_with_different_counts():
-    from surgvista.models.masking import token_order
+    from surgvista.layers.masking import token_order
 
     with pytest.raises(ValueError, match=r"same number of tokens, got \[1, 2\]"):
         token_order(torch.tensor([[True, False, False], [True, True, False]]))

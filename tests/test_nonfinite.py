@@ -10,7 +10,7 @@ from helpers import tiny_pretrain_module
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from surgvista.checkpoint_io import SafeCheckpointIO, nonfinite_entries
+from surgvista.checkpoints.io import SafeCheckpointIO, nonfinite_entries
 from surgvista.models.classifier import VideoClassifier
 from surgvista.modules.finetune import PhaseModule
 

@@ -18,7 +18,7 @@ def demo_run(tmp_path_factory, demo_root):
     from hydra import compose, initialize_config_dir
     from test_finetune import _compose
 
-    from surgvista.utils.run import evaluate, train
+    from surgvista.run import evaluate, train
 
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     run = tmp_path_factory.mktemp("demo_pipeline") / "2026-01-01_00-00-00"

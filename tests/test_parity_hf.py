@@ -15,8 +15,8 @@ transformers = pytest.importorskip("transformers")  # dev dependency: always ins
 
 from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification  # noqa: E402
 
-from surgvista.checkpoints import load_backbone  # noqa: E402
-from surgvista.export import export  # noqa: E402
+from surgvista.checkpoints.export import export  # noqa: E402
+from surgvista.checkpoints.load import load_backbone  # noqa: E402
 from surgvista.models import SurgVISTAStudent, VideoClassifier  # noqa: E402
 from surgvista.modules.objective import SurgVISTALoss, pixel_targets  # noqa: E402
 

@@ -152,8 +152,8 @@ def test_on_device_normalisation_equals_cpu_normalisation(mix_root):
 def test_tiny_fit_logs_data_wait_and_scales_lr_by_clips_per_sample(demo_root, tmp_path):
     from test_train import make_module
 
+    from surgvista.callbacks.data_monitor import DataMonitor
     from surgvista.data.datamodule import DemoDataModule
-    from surgvista.utils.data_monitor import DataMonitor
 
     data = DemoDataModule(str(demo_root), num_videos=3, num_val_videos=1, video_frames=(60, 80), video_size=(96, 80),
                           batch_size=2, num_workers=0, num_frames=4, sampling_rate=2, input_size=64,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import ROOT, small_demo_overrides
 
-from surgvista.utils.preemption import PreemptionCallback
+from surgvista.callbacks.preemption import PreemptionCallback
 
 FAKE_SCONTROL = '#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n'
 

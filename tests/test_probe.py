@@ -13,11 +13,11 @@ import torch
 from helpers import ROOT, SMALL_DEMO, run_script, small_demo_overrides, small_demo_set
 from hydra.utils import instantiate
 
-from surgvista import leaderboard, pretrain_probe
-from surgvista.clip_features import ClipFeatureCache
-from surgvista.data.probe import ProbeDataModule
+from surgvista.callbacks.probing import ProbeMonitor, probe_accuracy
+from surgvista.evaluation import leaderboard, pretrain_probe
+from surgvista.features.clip_data import ProbeDataModule
+from surgvista.features.clips import ClipFeatureCache
 from surgvista.models.probes import AttentiveProbe, KNNProbe, LinearProbe
-from surgvista.utils.probing import ProbeMonitor, probe_accuracy
 
 BACKBONE = {
     "_target_": "surgvista.models.zoo.StudentBackbone",
@@ -179,7 +179,7 @@ def test_probe_experiments_compose_for_every_benchmark_dataset(monkeypatch):
             ft = compose("train", overrides=[f"experiment={task}", "paths.data_dir=/d"])
             for probe in ("linear", "attentive", "knn"):
                 cfg = compose("train", overrides=[f"experiment=probe_{name}", "paths.data_dir=/d", f"probe={probe}"])
-                assert cfg.data._target_ == "surgvista.data.probe.ProbeDataModule"
+                assert cfg.data._target_ == "surgvista.features.clip_data.ProbeDataModule"
                 assert cfg.model._target_ == ft.model._target_  # the task's loss, metrics and outputs
                 assert cfg.model.net.num_classes == ft.model.net.num_classes == cfg.data.num_classes
                 for key in ("label", "sampler", "num_frames", "sampling_rate", "train_manifest", "test_manifest"):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import ROOT
 
-from surgvista.score import main
+from surgvista.evaluation.scoring import main
 
 
 def _score(capsys, *args: str) -> tuple[int, str, str]:
@@ -27,7 +27,7 @@ def eval_run(tmp_path_factory):
     from test_finetune import _compose
 
     from surgvista.data.demo import generate_demo_dataset
-    from surgvista.utils.run import evaluate, train
+    from surgvista.run import evaluate, train
 
     tmp = tmp_path_factory.mktemp("score")
     root = tmp / "demo"
@@ -200,8 +200,8 @@ def test_eval_saves_ribbons_confusion_matrix_and_per_phase_tables(eval_run):
 
 
 def test_ribbon_marks_relaxed_correct_frames():
+    from surgvista.evaluation.plots import OUTCOME_COLORS, phase_ribbon
     from surgvista.metrics import relaxation_rules, relaxed_correct
-    from surgvista.utils.plots import OUTCOME_COLORS, phase_ribbon
 
     target = np.array([0] * 20 + [1] * 20)
     pred = np.array([0] * 23 + [1] * 17)  # three frames late: wrong, forgiven by the Cholec80 late rule
@@ -219,7 +219,7 @@ def test_ribbon_marks_relaxed_correct_frames():
 def test_ribbon_rows_are_ground_truth_over_prediction_over_outcome():
     from matplotlib import colormaps
 
-    from surgvista.utils.plots import OUTCOME_COLORS, phase_ribbon
+    from surgvista.evaluation.plots import OUTCOME_COLORS, phase_ribbon
 
     image = phase_ribbon(np.zeros(30, int), np.ones(30, int), [f"p{k}" for k in range(7)]).astype(int)
     column = image[:, image.shape[1] // 3]  # a vertical line through the ribbon
@@ -238,7 +238,7 @@ def test_ribbon_rows_are_ground_truth_over_prediction_over_outcome():
 def test_prediction_files_keep_float32_probabilities_exactly(tmp_path):
     import csv
 
-    from surgvista.utils.predictions import write_prediction_files
+    from surgvista.evaluation.predictions import write_prediction_files
 
     rng = np.random.default_rng(0)
     probs = (1 / 7 + rng.normal(0, 1e-7, (50, 7))).astype(np.float32)  # near-ties, as an untrained model gives

@@ -9,12 +9,12 @@ import torch
 from helpers import ROOT, tiny_pretrain_module
 from torch.utils.data import DataLoader
 
-import surgvista.models.vit as vit
+import surgvista.layers.vit as vit
+from surgvista.layers.masking import MaskGenerator
+from surgvista.layers.vit import Attention, Block, attention, set_attn_backend
 from surgvista.models.classifier import VideoClassifier
-from surgvista.models.masking import MaskGenerator
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
-from surgvista.models.vit import Attention, Block, attention, set_attn_backend
 from surgvista.modules.objective import pixel_targets
 from surgvista.modules.pretrain import PretrainModule
 
@@ -212,7 +212,7 @@ def test_trainer_configs_build_fsdp_strategies_with_block_wrapping_and_a_replica
     from lightning.pytorch.strategies import FSDPStrategy
     from timm.models.vision_transformer import Block as TimmBlock
 
-    from surgvista.utils.distributed import FSDP2Strategy, TeacherReplicatedFSDPStrategy
+    from surgvista.strategies import FSDP2Strategy, TeacherReplicatedFSDPStrategy
 
     conf = str(ROOT / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
@@ -317,7 +317,7 @@ def test_bench_flops_splits_teacher_and_student(capsys):
 def test_a_smaller_teacher_preset_sets_the_image_decoder_width():
     from hydra import compose, initialize_config_dir
 
-    import surgvista.utils.resolvers  # noqa: F401
+    import surgvista.models.resolvers  # noqa: F401
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for preset, width in (("large", 1024), ("base", 768), ("small", 384)):
@@ -351,7 +351,7 @@ def test_speed_knobs_wire_through_the_config():
 
 
 def test_linear_tubelet_embedding_equals_the_conv3d():
-    from surgvista.models.vit import TubeletEmbed
+    from surgvista.layers.vit import TubeletEmbed
 
     torch.manual_seed(0)
     embed = TubeletEmbed(32, 8, 2, 4, 24)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import DATA
 
-from surgvista.models.position import sincos_3d
+from surgvista.layers.position import sincos_3d
+from surgvista.layers.vit import Attention
 from surgvista.models.student import SurgVISTAStudent
-from surgvista.models.vit import Attention
 from surgvista.modules.pretrain import param_groups
 
 

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from helpers import ROOT, SMALL_DEMO, run_script, small_demo_set
 
-import surgvista.features as features
-from surgvista.data.features import FeatureDataModule, FeatureDataset
+import surgvista.features.frames as features
 from surgvista.data.manifest import read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.sampling import causal_clip_indices
 from surgvista.data.transforms import to_normalized_clip
+from surgvista.features.frame_data import FeatureDataModule, FeatureDataset
 from surgvista.models.mstcn import MSTCN
 from surgvista.modules.tecno import TeCNOModule, median_frequency_weights
 

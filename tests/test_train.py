@@ -9,7 +9,7 @@ from helpers import SMALL_DEMO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from surgvista.data.datamodule import DemoDataModule
-from surgvista.models.masking import MaskGenerator
+from surgvista.layers.masking import MaskGenerator
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
 from surgvista.modules.objective import SurgVISTALoss

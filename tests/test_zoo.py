@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from test_parity_hf import TINY, hf_config, randomize
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from surgvista.checkpoints import load_backbone
+from surgvista.checkpoints.load import load_backbone
 from surgvista.models.zoo import HFVideoBackbone, StudentBackbone, TimmFrameBackbone, ZooBackbone, ZooClassifier
 
 HF_TINY = {k: v for k, v in TINY.items() if not k.startswith("decoder")}

@@ -1,4 +1,5 @@
-"""Hydra search-path plugin: user config folders before surgvista's own configs (see :mod:`surgvista.config`).
+"""Hydra search-path plugin: user config folders before surgvista's own configs
+(see :mod:`surgvista.utils.config_dirs`).
 
 Acts only on surgvista's applications (the ``main`` search-path entry is surgvista's config folder).
 """
@@ -9,7 +10,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 class SurgvistaSearchPathPlugin(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        from surgvista.config import primary_config_path, user_config_dirs
+        from surgvista.utils.config_dirs import primary_config_path, user_config_dirs
 
         primary = primary_config_path()
         if not any(e.provider == "main" and e.path == primary for e in search_path.get_path()):

@@ -8,7 +8,7 @@ import logging
 import torch
 
 from surgvista.bench import pretrain
-from surgvista.models.vit import ATTN_BACKENDS
+from surgvista.layers.vit import ATTN_BACKENDS
 
 
 def parser() -> argparse.ArgumentParser:

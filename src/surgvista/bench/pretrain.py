@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from surgvista.models.masking import MaskGenerator
+from surgvista.layers.masking import MaskGenerator
+from surgvista.layers.vit import set_attn_backend
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import TEACHER_PRESETS, ImageTeacher
-from surgvista.models.vit import set_attn_backend
 from surgvista.modules.nonfinite import mark_nonfinite_step, total_grad_norm
 from surgvista.modules.objective import SurgVISTALoss
 from surgvista.modules.pretrain import PretrainModule, param_groups

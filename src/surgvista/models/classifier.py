@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from surgvista.models.position import sincos_3d, sinusoid_table
+from surgvista.layers.position import sincos_3d, sinusoid_table
+from surgvista.layers.vit import Block, FrameEmbed, TubeletEmbed, run_blocks
 from surgvista.models.student import STUDENT_PRESETS
-from surgvista.models.vit import Block, FrameEmbed, TubeletEmbed, run_blocks
 
 POS_EMBED_KINDS = ("sincos3d", "sinusoid1d", "learned")
 PATCH_EMBED_KINDS = ("video", "image")

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from surgvista.models.masking import take, token_order
-from surgvista.models.position import sincos_3d, sinusoid_table
-from surgvista.models.vit import Block, TubeletEmbed, init_weights, run_blocks
+from surgvista.layers.masking import take, token_order
+from surgvista.layers.position import sincos_3d, sinusoid_table
+from surgvista.layers.vit import Block, TubeletEmbed, init_weights, run_blocks
 
 # name: (embed_dim, depth, heads, pixel-decoder dim, pixel-decoder heads, image-decoder dim, image-decoder heads)
 STUDENT_PRESETS: dict[str, tuple[int, int, int, int, int, int, int]] = {

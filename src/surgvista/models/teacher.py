@@ -12,7 +12,7 @@ from timm.models.vision_transformer import Attention as TimmAttention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from surgvista.models.vit import attention, check_attn_backend
+from surgvista.layers.vit import attention, check_attn_backend
 from surgvista.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def unwrap_teacher_checkpoint(obj: object, source: str) -> dict[str, torch.Tenso
 
 
 class _BackendAttention(TimmAttention):
-    """timm attention routed through :func:`surgvista.models.vit.attention` (used for ``flash_attn`` only)."""
+    """timm attention routed through :func:`surgvista.layers.vit.attention` (used for ``flash_attn`` only)."""
 
     attn_backend = "flash_attn"
 
@@ -200,7 +200,7 @@ class ImageTeacher(nn.Module):
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Load a teacher ``.pth`` (EndoSSL/SurgVISTA layout) with ``weights_only=True``."""
-        from surgvista.checkpoints import check_finite, torch_load
+        from surgvista.checkpoints.load import check_finite, torch_load
 
         path = Path(path)
         if not path.is_file():

@@ -7,7 +7,7 @@ normalisation (``mean``/``std``) and returns ``(tokens (B, N, D), pooled (B, D))
 Families (one adapter class each; ``conf/model/backbone/*.yaml`` picks one):
 
 * :class:`StudentBackbone`: our SurgVISTA/VideoMAE ViT (:class:`~surgvista.models.VideoClassifier`) from any
-  checkpoint :func:`surgvista.checkpoints.load_backbone` reads; tokens = encoder output, pooled = their mean.
+  checkpoint :func:`surgvista.checkpoints.load.load_backbone` reads; tokens = encoder output, pooled = their mean.
 * :class:`HFVideoBackbone`: a ``transformers`` VideoMAE or V-JEPA 2 model from a local folder (never the hub), or
   a random one from a config mapping (tests, demo); tokens = ``last_hidden_state``, pooled = their mean.
 * :class:`TimmFrameBackbone`: any ``timm.create_model`` image model applied per frame (ViT/DINOv2, ConvNeXt, ...;
@@ -83,7 +83,7 @@ class StudentBackbone(ZooBackbone):
             self.net = VideoClassifier(num_classes=1, **kwargs)
         self.embed_dim = self.net.embed_dim
         if ckpt:
-            from surgvista.checkpoints import load_backbone
+            from surgvista.checkpoints.load import load_backbone
 
             report = load_backbone(ckpt, self.net, strict=strict, load_head=False)
             log.info("zoo student: %s", report)

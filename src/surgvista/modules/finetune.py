@@ -28,11 +28,9 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from surgvista.callbacks.progress import show_on_bar
 from surgvista.data.clip_augment import make_mixup, mix_clips
-from surgvista.models.classifier import VideoClassifier
-from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
-from surgvista.modules.schedule import adamw_warmup_cosine
-from surgvista.utils.predictions import (
+from surgvista.evaluation.predictions import (
     PredictionCollector,
     log_table,
     per_video_labels,
@@ -42,7 +40,9 @@ from surgvista.utils.predictions import (
     write_prediction_files,
     write_table,
 )
-from surgvista.utils.progress import show_on_bar
+from surgvista.models.classifier import VideoClassifier
+from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
+from surgvista.modules.schedule import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class FinetuneModule(NonFiniteGuardMixin):
 
     def load_backbone(self, source: str):
         """Load pre-trained encoder weights into ``net`` (prints the key diff, refuses partial loads)."""
-        from surgvista.checkpoints import load_backbone
+        from surgvista.checkpoints.load import load_backbone
 
         report = load_backbone(source, self.net, strict=self.hparams.ckpt_strict)
         self._backbone_loaded = True
@@ -245,7 +245,7 @@ class FinetuneModule(NonFiniteGuardMixin):
         """Figures and extra tables of an evaluation under ``out/plots`` (none for this task)."""
 
     def _save_figure(self, out: Path, key: str, image) -> None:
-        from surgvista.utils.plots import save_figure
+        from surgvista.evaluation.plots import save_figure
 
         path = save_figure(self.trainer.loggers, key, image, out / "plots" / f"{safe_name(key.split('/', 1)[1])}.png")
         log.info("%s: %s", key, path)
@@ -282,8 +282,8 @@ class PhaseModule(FinetuneModule):
     def write_figures(self, out: Path, split: str, preds: dict) -> None:
         """Per-video phase ribbons (relaxed-correct frames marked), the normalised confusion matrix and the
         per-phase J/P/R/F1 table (``per_phase.{md,json}``, relaxed rows too when relaxation is on)."""
+        from surgvista.evaluation.plots import confusion_matrix, phase_ribbon
         from surgvista.metrics.phase import phase_table, relax_window, relaxation_rules, relaxed_correct
-        from surgvista.utils.plots import confusion_matrix, phase_ribbon
 
         hp, names = self.hparams, self.class_names or [str(k) for k in range(self.num_classes)]
         videos = per_video_labels(preds, self.trainer.datamodule.video_ids(split))
@@ -344,8 +344,8 @@ class ClipModule(FinetuneModule):
 
     def write_figures(self, out: Path, split: str, preds: dict) -> None:
         """Per-class AP bars and the normalised confusion matrix."""
+        from surgvista.evaluation.plots import ap_bars, confusion_matrix
         from surgvista.metrics import per_class_ap
-        from surgvista.utils.plots import ap_bars, confusion_matrix
 
         names = self.class_names or [str(k) for k in range(self.num_classes)]
         title = f"{self.hparams.dataset} {split}"

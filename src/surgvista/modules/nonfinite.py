@@ -5,7 +5,7 @@ to the fused AdamW kernel as ``optimizer.found_inf`` (the mechanism ``torch.amp.
 the kernel leaves parameters, moments and the step count untouched. Nothing is read on the host per step; the
 counters (``train/skipped_steps``, consecutive bad steps) stay on the device and are read every ``check_every``
 optimiser steps. After ``max_consecutive`` bad steps in a row the weights of the last checkpoint on disk (all
-checkpoints are verified finite before they are written, see :mod:`surgvista.checkpoint_io`) are loaded back
+checkpoints are verified finite before they are written, see :mod:`surgvista.checkpoints.io`) are loaded back
 into memory and training stops with a :class:`FloatingPointError`.
 """
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from surgvista.models.masking import take, token_order
+from surgvista.layers.masking import take, token_order
 from surgvista.utils.host_sync import device_constant
 
 DISTILL_LOSSES = {"smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss, "l2": F.mse_loss}

@@ -10,14 +10,14 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
-from surgvista.models.masking import MaskGenerator
+from surgvista.callbacks.progress import show_on_bar
+from surgvista.evaluation.reconstruction import labelled_panel, log_image, reconstruction_panel
+from surgvista.layers.masking import MaskGenerator
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
 from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
 from surgvista.modules.objective import SurgVISTALoss
 from surgvista.modules.schedule import adamw_warmup_cosine
-from surgvista.utils.progress import show_on_bar
-from surgvista.utils.reconstruction import labelled_panel, log_image, reconstruction_panel
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class PretrainModule(NonFiniteGuardMixin):
         super().__init__()
         if teacher_every_k < 1:
             raise ValueError(f"model.teacher_every_k must be >= 1, got {teacher_every_k}")
-        # logger=False: the run logs the whole config once (surgvista.utils.run.log_hyperparameters)
+        # logger=False: the run logs the whole config once (surgvista.run.log_hyperparameters)
         self.save_hyperparameters(ignore=["student", "teacher", "loss", "masking"], logger=False)
         self.student, self.teacher, self.loss, self.masking = student, teacher, loss, masking
         if grad_checkpointing is not None:
@@ -231,7 +231,7 @@ class PretrainModule(NonFiniteGuardMixin):
         return out["loss"]
 
     def rng_states(self) -> dict[str, torch.Tensor]:
-        """This rank's mask-generator state, for exact resume (:mod:`surgvista.utils.resume`)."""
+        """This rank's mask-generator state, for exact resume (:mod:`surgvista.callbacks.resume`)."""
         return {"mask": self._mask_rng.get_state()} if self._mask_rng is not None else {}
 
     def load_rng_states(self, states: dict[str, torch.Tensor]) -> None:

@@ -1,4 +1,4 @@
-"""Whole-video per-frame features from the feature cache (``surgvista.features``) for temporal models."""
+"""Whole-video per-frame features from the feature cache (``surgvista.features.frames``) for temporal models."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from surgvista.checkpoints import torch_load
+from surgvista.checkpoints.load import torch_load
 from surgvista.data.datamodule import demo_dataset_args
 from surgvista.data.manifest import VideoEntry, read_manifest
-from surgvista.features import (
+from surgvista.features.frames import (
     FeatureCacheError,
     cache_dir,
     extract_features,
@@ -79,7 +79,7 @@ class FeatureDataset(Dataset):
 class FeatureDataModule(L.LightningDataModule):
     """Train/val/test video lists over cached features; one whole video per batch (spec downstream §8).
 
-    ``extractor`` holds the :mod:`surgvista.features` settings (backbone config, checkpoint, clip geometry);
+    ``extractor`` holds the :mod:`surgvista.features.frames` settings (backbone config, checkpoint, clip geometry);
     with ``extract_missing`` the cache is filled in ``prepare_data`` (only what is missing is extracted).
     """
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surgvista.models.position import sincos_3d, sinusoid_table
+from surgvista.layers.position import sincos_3d, sinusoid_table
 from surgvista.utils.errors import UserError
 
 log = logging.getLogger(__name__)

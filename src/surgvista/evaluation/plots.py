@@ -136,6 +136,6 @@ def ap_bars(ap: Mapping[str, float], title: str = "") -> np.ndarray:
 
 def save_figure(loggers, key: str, image: np.ndarray, path: Path, step: int = 0) -> Path:
     """Write ``image`` to ``path`` (PNG) and send it to the active W&B / TensorBoard loggers under ``key``."""
-    from surgvista.utils.reconstruction import log_image
+    from surgvista.evaluation.reconstruction import log_image
 
     return log_image(loggers, key, image, step, path.parent, filename=path.name)

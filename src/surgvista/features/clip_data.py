@@ -1,4 +1,4 @@
-"""Cached frozen-backbone features of a downstream task's clips, served to a probe head (``surgvista.clip_features``).
+"""Cached frozen-backbone features of a downstream task's clips, served to a probe head (``surgvista.features.clips``).
 
 :class:`ProbeDataModule` wraps a downstream data module (``source``: its class; the other keyword arguments are
 its own, so a ``<task>_<dataset>`` experiment's data config works unchanged) and a :mod:`surgvista.models.zoo`
@@ -19,7 +19,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from surgvista.clip_features import ClipFeatureCache
+from surgvista.features.clips import ClipFeatureCache
 from surgvista.utils.errors import ConfigError
 
 INPUTS = ("pooled", "tokens", "video")  # video: no cache, the source's own clips (full fine-tuning)

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 class ProbeCallback(L.Callback):
     """Builds the probe head for the cached feature width (and fills the k-NN bank) in ``setup``; after the test,
-    writes ``<run>/probe.json`` for :mod:`surgvista.leaderboard`: backbone, parameters, protocol, dataset, the
+    writes ``<run>/probe.json`` for :mod:`surgvista.evaluation.leaderboard`: backbone, parameters, protocol, dataset,
+    the
     test metrics and the extraction throughput of the cache."""
 
     def __init__(self, backbone: str, protocol: str, dataset: str) -> None:

@@ -20,9 +20,9 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from timm.models.vision_transformer import Block as TimmBlock
 from torch import nn
 
-from surgvista.checkpoint_io import nonfinite_entries
+from surgvista.checkpoints.io import nonfinite_entries
+from surgvista.layers.vit import Block
 from surgvista.models.teacher import ImageTeacher
-from surgvista.models.vit import Block
 from surgvista.utils.io import replace_folder, temp_dir_next_to
 
 

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from surgvista.checkpoints import torch_load
+from surgvista.checkpoints.load import torch_load
 from surgvista.data.manifest import VideoEntry, read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.sampling import causal_clip_indices
@@ -176,12 +176,12 @@ def frame_labels(entry: VideoEntry, label: str, frames: Sequence[int], where: st
 def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | None = None, strict: bool = True) -> None:
     """Load a checkpoint into ``module``; with ``prefix`` only the keys starting with it (stripped).
 
-    ``VideoClassifier``/``SurgVISTAStudent`` go through :func:`surgvista.checkpoints.load_backbone` (every
+    ``VideoClassifier``/``SurgVISTAStudent`` go through :func:`surgvista.checkpoints.load.load_backbone` (every
     supported layout: our Lightning checkpoints, official/exported ``.pth``, VideoMAE, HF; strict key diff).
     Other modules (e.g. timm models) load the unwrapped state dict directly: ``strict=False`` tolerates
     missing/unexpected keys (logged), never a shape mismatch or a checkpoint with no matching key.
     """
-    from surgvista.checkpoints import check_finite, load_backbone, read_checkpoint, unwrap
+    from surgvista.checkpoints.load import check_finite, load_backbone, read_checkpoint, unwrap
     from surgvista.models import SurgVISTAStudent, VideoClassifier
 
     ours = isinstance(module, (VideoClassifier, SurgVISTAStudent))
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     from hydra import compose, initialize_config_dir, initialize_config_module
 
-    from surgvista.config import primary_config_path, set_project_root
+    from surgvista.utils.config_dirs import primary_config_path, set_project_root
 
     set_project_root()
     primary = primary_config_path()  # the clone's conf/ or the installed package's configs (+ user folders)

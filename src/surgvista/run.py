@@ -18,12 +18,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
-import surgvista.utils.resolvers  # noqa: F401  (registers ${surgvista.teacher_dim:...})
-from surgvista.checkpoints import check_run_checkpoint
+import surgvista.models.resolvers  # noqa: F401  (registers ${surgvista.teacher_dim:...})
+from surgvista.callbacks.preemption import Preempted
+from surgvista.checkpoints.load import check_run_checkpoint
 from surgvista.utils.config_check import check_config
 from surgvista.utils.errors import ConfigError, find_user_error
 from surgvista.utils.io import clean_orphaned_temp_files
-from surgvista.utils.preemption import Preempted
 
 log = logging.getLogger(__name__)
 PREEMPTED = "preempted"  # train()'s result when the run stopped on the preemption signal (saved, requeued)

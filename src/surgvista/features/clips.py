@@ -6,7 +6,7 @@ train included: no augmentation) and run once through a :mod:`surgvista.models.z
 ``pooled (D,)`` float32, ``tokens (K, D)`` (``token_dtype``; the ``N`` tokens average-pooled along the sequence
 to at most ``max_tokens``), ``target`` (class id or multi-hot), ``video_index``, ``frame_index``, ``index``.
 
-Layout (next to the per-frame cache of :mod:`surgvista.features`): ``<cache_root>/clips/<key>/<split>/
+Layout (next to the per-frame cache of :mod:`surgvista.features.frames`): ``<cache_root>/clips/<key>/<split>/
 shard_<i>.pt`` of ``shard_size`` samples each, written atomically, plus ``meta.json`` (backbone, parameters,
 extraction throughput, video ids, class names). ``<key>`` digests the backbone config (checkpoint files and HF
 folders by content), the manifests (by content) and their videos' fingerprints (file size, frame count, sha256
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from surgvista.data.manifest import read_manifest
-from surgvista.features import FeatureCacheError, _ckpt_digest, file_digest, media_fingerprint
+from surgvista.features.frames import FeatureCacheError, _ckpt_digest, file_digest, media_fingerprint
 from surgvista.utils.io import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def _content(value: object) -> object:
 
 def clip_cache_key(backbone: Mapping, source, storage: Mapping) -> str:
     """Digest (16 hex) of the backbone config, the split manifests and their videos (size, frames, sha256 as
-    :func:`surgvista.features.media_fingerprint`), the clip geometry and ``storage``."""
+    :func:`surgvista.features.frames.media_fingerprint`), the clip geometry and ``storage``."""
     splits = {s: m for s, m in source.manifests().items() if m}
     manifests = {s: file_digest(m) for s, m in splits.items()}
     media = {s: [media_fingerprint(e) for e in read_manifest(m).entries] for s, m in splits.items()}

@@ -1,0 +1,1 @@
+"""Lightning callbacks (``conf/callbacks``)."""

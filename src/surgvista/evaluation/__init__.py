@@ -1,0 +1,2 @@
+"""Evaluation outputs: prediction files, figures, reconstruction panels, scoring of prediction files,
+the leaderboard."""

@@ -1,0 +1,108 @@
+"""Leaderboard of a frozen-probe grid: ``python -m surgvista.leaderboard <multirun dir> [--out DIR]``.
+
+Reads every ``probe.json`` under the folder (one per job, written by :class:`surgvista.callbacks.probing.ProbeCallback`)
+and writes ``leaderboard.csv`` and ``leaderboard.md`` (into ``--out``, default the folder): one row per (dataset,
+backbone, protocol) with the backbone's parameter count, the task's test metrics (phase: accuracy, mean video
+accuracy, Jaccard/F1/precision/recall, and their ``relaxed_`` versions where the dataset has relaxed boundaries;
+triplets: mAP_ivt and its components; CVS/action: top-1/top-k, balanced accuracy, mAP) and the feature extraction
+throughput. The last printed line is
+``leaderboard: <path to leaderboard.csv>``. Also run at the end of a ``-m`` grid (:class:`LeaderboardCallback`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+# Headline metrics, in column order, when a run logged them (test/<name>); the rest stay in the per-run files.
+HEADLINE = (
+    "top1", "accuracy", "video_accuracy_mean", "video_accuracy_std", "jaccard", "f1", "precision", "recall",
+    "relaxed_accuracy", "relaxed_video_accuracy_mean", "relaxed_jaccard", "relaxed_f1", "relaxed_precision",
+    "relaxed_recall", "accuracy_top3", "accuracy_top5", "balanced_accuracy", "mAP",
+    "mAP_ivt", "mAP_i", "mAP_v", "mAP_t", "mAP_iv", "mAP_it",
+)  # fmt: skip
+FIXED = ("dataset", "backbone", "params_M", "protocol")
+
+
+def collect(root: str | Path) -> list[dict]:
+    """One row per ``probe.json`` under ``root`` (sorted by dataset, backbone, protocol)."""
+    rows = []
+    for path in sorted(Path(root).rglob("probe.json")):
+        rec = json.loads(path.read_text())
+        metrics = {k.removeprefix("test/"): v for k, v in rec["metrics"].items()}
+        rows.append(
+            {
+                "dataset": rec["dataset"],
+                "backbone": rec["backbone"],
+                "params_M": round(rec["params"] / 1e6, 3) if rec.get("params") else None,
+                "protocol": rec["protocol"],
+                **metrics,
+                "clips_per_s": round(rec["clips_per_s"], 2) if rec.get("clips_per_s") else None,
+                "run": str(path.parent),
+            }
+        )
+    return sorted(rows, key=lambda r: (r["dataset"], r["backbone"], r["protocol"]))
+
+
+def columns(rows: list[dict]) -> list[str]:
+    present = {k for r in rows for k in r}
+    return [*FIXED, *(m for m in HEADLINE if m in present), "clips_per_s", "run"]
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if math.isfinite(value) else str(value)
+    return "" if value is None else str(value)
+
+
+def write(rows: list[dict], out: str | Path) -> Path:
+    """``leaderboard.csv`` and ``leaderboard.md`` in ``out``; returns the CSV path."""
+    if not rows:
+        raise FileNotFoundError(f"no probe.json under {out}: did the probe runs finish their test?")
+    out = Path(out)
+    cols = columns(rows)
+    with (out / "leaderboard.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    shown = [c for c in cols if c != "run"]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in shown) + " |" for r in rows]
+    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+    return out / "leaderboard.csv"
+
+
+def leaderboard(root: str | Path, out: str | Path | None = None) -> Path:
+    """Collect ``root``, write the two files, print the Markdown table and ``leaderboard: <csv>``."""
+    csv_path = write(collect(root), out or root)
+    print(csv_path.with_suffix(".md").read_text(), end="")
+    print(f"leaderboard: {csv_path}")
+    return csv_path
+
+
+class LeaderboardCallback(Callback):
+    """Hydra callback: the leaderboard of the sweep folder at the end of a multirun."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        leaderboard(config.hydra.sweep.dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m surgvista.leaderboard", description=__doc__.split("\n")[0])
+    parser.add_argument("root", help="a multirun folder (or any folder holding probe runs)")
+    parser.add_argument("--out", default=None, help="where to write leaderboard.{csv,md} (default: root)")
+    args = parser.parse_args(argv)
+    if not Path(args.root).is_dir():
+        sys.exit(f"leaderboard: {args.root} is not a folder")
+    leaderboard(args.root, args.out)
+
+
+if __name__ == "__main__":
+    main()

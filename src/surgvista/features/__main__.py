@@ -1,0 +1,5 @@
+"""`python -m surgvista.features extract ...`."""
+
+from surgvista.features.frames import main
+
+raise SystemExit(main())

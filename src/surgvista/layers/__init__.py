@@ -1,0 +1,1 @@
+"""Transformer building blocks below every model: ViT blocks, masking, position tables, patchify."""
