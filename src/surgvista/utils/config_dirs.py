@@ -15,7 +15,7 @@ CONFIG_DIR_ENV = "SURGVISTA_CONFIG_DIR"
 
 def checkout_root() -> Path | None:
     """The repository root when ``surgvista`` is imported from a source checkout (``src/`` layout), else None."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]  # src/surgvista/utils/config_dirs.py
     if (root / "conf" / "train.yaml").is_file() and (root / "pyproject.toml").is_file():
         return root
     return None
