@@ -1,5 +1,5 @@
 """Non-finite safety: a poisoned step is skipped on the device, K bad steps in a row stop the run with the last
-checkpoint's weights restored, and no checkpoint with NaN/inf is ever written."""
+checkpoint's weights restored, no checkpoint with NaN/inf is ever written, and a resumed run keeps the counters."""
 
 from __future__ import annotations
 
@@ -77,6 +77,36 @@ def test_poisoned_step_is_skipped_on_device_and_training_continues(tmp_path, mak
     assert poison.adam_steps == [0, 1, 2, 2, 3, 4, 5]  # AdamW's step count did not advance on the bad step
     assert float(t.callback_metrics["train/skipped_steps"]) == 1.0
     assert all(torch.isfinite(p).all() for p in poison.params)
+
+
+class PoisonSteps(Callback):
+    """NaN video on the given global steps (the same optimiser steps in a run and in its resumed continuation)."""
+
+    def __init__(self, steps: set[int]) -> None:
+        self.steps = steps
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step in self.steps:
+            batch["video"].fill_(float("nan"))
+
+
+def test_resumed_finetuning_run_keeps_the_guard_counters(tmp_path):
+    """Bad steps 1, 4, 5 of 6: a fine-tuning run stopped after step 4 and resumed from last.ckpt ends with the
+    uninterrupted run's counters (3 skipped, 2 in a row), in its metrics and in its last.ckpt."""
+    bad = {1, 4, 5}
+    counters = {}
+    for name, stops in (("full", [6]), ("resumed", [5, 6])):
+        torch.manual_seed(0)
+        module, last = tiny_phase(), tmp_path / name / "ckpt" / "last.ckpt"
+        for steps in stops:
+            t = trainer(tmp_path / name, PoisonSteps(bad), steps=steps)
+            t.fit(module, clips(6), ckpt_path=last if last.exists() else None)
+            module = tiny_phase()  # the continuation starts from the checkpoint alone
+        saved = torch.load(last, map_location="cpu", weights_only=True)
+        assert saved["global_step"] == 6
+        counters[name] = (float(t.callback_metrics["train/skipped_steps"]), saved.get("nonfinite_guard"))
+    assert counters["resumed"] == counters["full"]
+    assert counters["full"] == (3.0, {"skipped_steps": 3, "consecutive": 2})
 
 
 def test_k_consecutive_bad_steps_stop_with_the_last_checkpoint_weights_restored(tmp_path):

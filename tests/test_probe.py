@@ -18,6 +18,7 @@ from surgvista.evaluation import leaderboard, pretrain_probe
 from surgvista.features.clip_data import ProbeDataModule
 from surgvista.features.clips import ClipFeatureCache
 from surgvista.models.probes import AttentiveProbe, KNNProbe, LinearProbe
+from surgvista.utils.errors import ConfigError
 
 BACKBONE = {
     "_target_": "surgvista.models.zoo.StudentBackbone",
@@ -31,7 +32,7 @@ CLIP_GEOMETRY = {"num_frames": 4, "sampling_rate": 2, "input_size": 32}
 
 def probe_dm(demo_root, cache, inputs: str = "pooled", seed: int = 0) -> ProbeDataModule:
     return ProbeDataModule(
-        source="surgvista.data.downstream.DemoDownstreamDataModule",
+        source={"_target_": "surgvista.data.downstream.DemoDownstreamDataModule"},
         backbone={**BACKBONE, "seed": seed},
         cache_root=str(cache),
         inputs=inputs,
@@ -61,6 +62,14 @@ def test_linear_and_attentive_heads_build_lazily():
         with pytest.raises(ValueError, match="built for 24-d"):
             head.build(32)
     assert AttentiveProbe(2, input_dim=24, num_heads=5).attn.num_heads == 4  # nearest divisor of 24
+
+
+def test_source_and_backbone_must_be_configs_with_a_target(tmp_path):
+    source = {"_target_": "surgvista.data.downstream.DemoDownstreamDataModule"}
+    with pytest.raises(ConfigError, match=r"data.source='surgvista.data.downstream.DemoDownstreamDataModule'"):
+        ProbeDataModule(source=source["_target_"], backbone=BACKBONE, cache_root=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"data.backbone='student'"):
+        ProbeDataModule(source=source, backbone="student", cache_root=str(tmp_path))
 
 
 def test_knn_votes_follow_the_weighted_rule():
@@ -180,6 +189,7 @@ def test_probe_experiments_compose_for_every_benchmark_dataset(monkeypatch):
             for probe in ("linear", "attentive", "knn"):
                 cfg = compose("train", overrides=[f"experiment=probe_{name}", "paths.data_dir=/d", f"probe={probe}"])
                 assert cfg.data._target_ == "surgvista.features.clip_data.ProbeDataModule"
+                assert cfg.data.source == {"_target_": ft.data._target_}  # the task's data module, by _target_
                 assert cfg.model._target_ == ft.model._target_  # the task's loss, metrics and outputs
                 assert cfg.model.net.num_classes == ft.model.net.num_classes == cfg.data.num_classes
                 for key in ("label", "sampler", "num_frames", "sampling_rate", "train_manifest", "test_manifest"):

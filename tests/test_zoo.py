@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from test_parity_hf import TINY, hf_config, randomize
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -144,8 +145,14 @@ def test_every_backbone_config_composes_and_the_demo_ones_run():
     assert {"demo_student", "demo_videomae", "demo_timm_vit", "demo_convnext"} <= set(names)
     with initialize_config_dir(str(conf), version_base="1.3"):
         for name in names:
-            cfg = compose("train", overrides=["experiment=probe_demo", f"model/backbone={name}"])
-            assert cfg.backbone_name == name and cfg.backbone._target_.startswith("surgvista.models.zoo.")
+            overrides = ["experiment=probe_demo", f"model/backbone={name}"]
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)  # as in a run: the leaderboard label is the model/backbone choice
+            try:
+                assert cfg.backbone_name == name and cfg.callbacks.probe.backbone == name
+            finally:
+                HydraConfig.instance().cfg = None
+            assert cfg.backbone._target_.startswith("surgvista.models.zoo.")
             assert cfg.data.backbone._target_ == cfg.backbone._target_
             if name.startswith("demo_"):
                 b = instantiate(cfg.backbone)

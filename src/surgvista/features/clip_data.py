@@ -1,11 +1,11 @@
 """Cached frozen-backbone features of a downstream task's clips, served to a probe head (``surgvista.features.clips``).
 
-:class:`ProbeDataModule` wraps a downstream data module (``source``: its class; the other keyword arguments are
-its own, so a ``<task>_<dataset>`` experiment's data config works unchanged) and a :mod:`surgvista.models.zoo`
-backbone config. ``prepare_data`` fills the cache (only what is missing), ``setup`` loads it into memory, and the
-loaders yield the fine-tuning batch layout with ``video`` = the cached features: ``pooled (B, D)`` or
-``tokens (B, K, D)`` (``inputs``), so the task modules (metrics, prediction files) run unchanged. With
-``inputs=video`` nothing is cached: the source's own (augmented) clips are served, for full fine-tuning.
+:class:`ProbeDataModule` wraps a downstream data module (``source``: a config whose ``_target_`` names its class;
+the other keyword arguments are its own, so a ``<task>_<dataset>`` experiment's data config works unchanged) and a
+:mod:`surgvista.models.zoo` backbone config. ``prepare_data`` fills the cache (only what is missing), ``setup``
+loads it into memory, and the loaders yield the fine-tuning batch layout with ``video`` = the cached features:
+``pooled (B, D)`` or ``tokens (B, K, D)`` (``inputs``), so the task modules (metrics, prediction files) run
+unchanged. With ``inputs=video`` nothing is cached: the source's own (augmented) clips are served, for full fine-tuning.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import get_class
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
@@ -49,14 +49,16 @@ class CachedClipDataset(Dataset):
 class ProbeDataModule(L.LightningDataModule):
     """Probe batches from the clip-feature cache of ``backbone`` on the ``source`` downstream data.
 
-    ``batch_size`` (a source argument) is the probe's training batch; extraction uses the source's
-    ``eval_batch_size`` and ``num_workers``. ``max_tokens``/``token_dtype``/``shard_size`` set what is stored,
-    ``device``/``autocast`` where and how the backbone runs.
+    ``source`` and ``backbone`` are configs with a ``_target_``: the source is built here, called with the other
+    keyword arguments; the backbone only when something must be extracted. ``batch_size`` (a source argument) is
+    the probe's training batch; extraction uses the source's ``eval_batch_size`` and ``num_workers``.
+    ``max_tokens``/``token_dtype``/``shard_size`` set what is stored, ``device``/``autocast`` where and how the
+    backbone runs.
     """
 
     def __init__(
         self,
-        source: str,
+        source: Mapping,
         backbone: Mapping,
         cache_root: str,
         inputs: str = "pooled",
@@ -77,8 +79,10 @@ class ProbeDataModule(L.LightningDataModule):
             backbone = OmegaConf.to_container(backbone, resolve=True)
         if not isinstance(backbone, Mapping) or "_target_" not in backbone:
             raise ConfigError(f"data.backbone={backbone!r}: expected a config with a _target_ (model/backbone=<name>)")
+        if not isinstance(source, Mapping) or "_target_" not in source:
+            raise ConfigError(f"data.source={source!r}: expected a config with a _target_ (a downstream data module)")
         self.inputs, self.extract_missing = inputs, extract_missing
-        self.source = get_class(source)(**source_kwargs)
+        self.source = instantiate(source, _partial_=True)(**source_kwargs)
         storage = {
             "max_tokens": max_tokens,
             "token_dtype": token_dtype,

@@ -113,7 +113,9 @@ class FinetuneModule(NonFiniteGuardMixin):
                     self.metrics[f"{split}_top1"] = MulticlassAccuracy(self.num_classes, average="micro")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The data's class names travel with the weights (``surgvista-export`` writes them as ``id2label``)."""
+        """The guard's counters, and the data's class names with the weights (``surgvista-export`` writes them as
+        ``id2label``)."""
+        super().on_save_checkpoint(checkpoint)
         if self.class_names is not None:
             checkpoint["class_names"] = list(self.class_names)
 
