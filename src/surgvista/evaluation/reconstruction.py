@@ -8,14 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from surgvista.layers.patchify import unpatchify
 from surgvista.modules.objective import pixel_targets
-
-
-def _tokens_to_video(tokens: torch.Tensor, grid, tubelet: int, patch: int) -> torch.Tensor:
-    """Inverse of the ``(p0 p1 p2 c)`` token layout: ``(N, p0·p·p·3)`` → ``(3, T, H, W)``."""
-    t, h, w = grid
-    x = tokens.reshape(t, h, w, tubelet, patch, patch, 3)
-    return x.permute(6, 0, 3, 1, 4, 2, 5).reshape(3, t * tubelet, h * patch, w * patch)
 
 
 @torch.no_grad()
@@ -44,7 +38,7 @@ def reconstruction_panel(
     recon[mask] = pred
     hidden = raw.clone()
     hidden[mask] = 0.5
-    rows = [_tokens_to_video(x.flatten(1), grid, tubelet, patch) for x in (raw, hidden, recon)]
+    rows = unpatchify(torch.stack((raw, hidden, recon)).flatten(2), grid, tubelet, patch)  # (3, 3, T, H, W)
     frames = np.linspace(0, rows[0].shape[1] - 1, num_frames).round().astype(int)
     panel = torch.cat([torch.cat([r[:, f] for f in frames], dim=2) for r in rows], dim=1)
     return (panel.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)

@@ -1,9 +1,35 @@
-"""Fixed sin-cos position tables (spec pretrain §1.3)."""
+"""Position tables: the fixed 3-D sin-cos and 1-D sinusoid tables, and the one choice between the kinds."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+POS_EMBED_KINDS = ("sincos3d", "sinusoid1d", "learned")
+"""``sincos3d``: SurgVISTA/MVD 3-D table; ``sinusoid1d``: VideoMAE/UMT/HF 1-D table; ``learned``: a parameter."""
+
+
+def check_pos_embed(kind: str, learned: bool = True) -> str:
+    """Validate a ``pos_embed`` kind (``learned=False``: the fixed kinds only); return it."""
+    kinds = POS_EMBED_KINDS if learned else tuple(k for k in POS_EMBED_KINDS if k != "learned")
+    if kind not in kinds:
+        raise ValueError(f"unknown pos_embed {kind!r}; expected one of {kinds}")
+    return kind
+
+
+def position_table(kind: str, dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    """The ``(1, T·H·W, dim)`` table of ``kind`` for the token ``grid`` ``(T, H, W)``.
+
+    ``sincos3d`` is :func:`sincos_3d`, ``sinusoid1d`` is :func:`sinusoid_table` over the flat token index and
+    ``learned`` is zeros (its model initialises it).
+    """
+    check_pos_embed(kind)
+    if kind == "sincos3d":
+        return sincos_3d(dim, grid)
+    num_positions = grid[0] * grid[1] * grid[2]
+    if kind == "sinusoid1d":
+        return sinusoid_table(num_positions, dim)
+    return torch.zeros(1, num_positions, dim)
 
 
 def sincos_1d(positions: np.ndarray, dim: int) -> np.ndarray:

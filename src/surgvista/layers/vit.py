@@ -8,6 +8,8 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from surgvista.layers.patchify import patchify
+
 QKV_BIAS_KINDS = ("divided", "fused", "none")
 ATTN_BACKENDS = ("sdpa", "flash_attn", "eager")
 
@@ -165,9 +167,7 @@ class TubeletEmbed(nn.Module):
     def patchify_linear(self, video: torch.Tensor) -> torch.Tensor:
         """The same embedding as one matmul over non-overlapping tubelets (used on CUDA, where cuDNN runs the
         strided bf16 Conv3d as a slow implicit GEMM: ~5 ms a call for 32 clips of 16×224² on an H200)."""
-        b, c, t, h, w = video.shape
-        (gt, gh, gw), (p, q), k = self.grid, self.patch_size, self.tubelet_size
-        x = video.reshape(b, c, gt, k, gh, p, gw, q).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, gt * gh * gw, -1)
+        x = patchify(video, self.tubelet_size, self.patch_size[0], channels_first=True)
         return F.linear(x, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 

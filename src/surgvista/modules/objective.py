@@ -18,6 +18,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from surgvista.layers.masking import take, token_order
+from surgvista.layers.patchify import patchify
 from surgvista.utils.host_sync import device_constant
 
 DISTILL_LOSSES = {"smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss, "l2": F.mse_loss}
@@ -42,10 +43,7 @@ def pixel_targets(
         shape = (1, 3, 1, 1, 1)
         x = video.float() * device_constant(std, video.device, shape)
         x = x + device_constant(mean, video.device, shape)
-        b, c, t, h, w = x.shape
-        p0, p = tubelet_size, patch_size
-        x = x.reshape(b, c, t // p0, p0, h // p, p, w // p, p)
-        x = x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, -1, p0 * p * p, c)
+        x = patchify(x, tubelet_size, patch_size).unflatten(2, (-1, x.shape[1]))  # (B, N, pixels, C)
         if normalize and shift:
             # Shift by the patch's first pixel first: the statistics are unchanged, a constant patch gives
             # exactly 0 and there is less cancellation in fp32.
