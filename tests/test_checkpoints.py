@@ -12,8 +12,9 @@ from torch import nn
 
 from surgvista.checkpoints.load import CheckpointError, interpolate_pos_embed, load_backbone
 from surgvista.layers.position import sincos_3d, sinusoid_table
-from surgvista.models import ImageTeacher, SurgVISTAStudent, VideoClassifier
-from surgvista.models.teacher import endossl_to_timm
+from surgvista.models.classifier import VideoClassifier
+from surgvista.models.student import SurgVISTAStudent
+from surgvista.models.teacher import ImageTeacher, endossl_to_timm
 
 GEOM = {"img_size": 32, "num_frames": 4, "patch_size": 8}
 ARCH = {"embed_dim": 64, "depth": 2, "num_heads": 4}

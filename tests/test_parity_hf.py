@@ -17,7 +17,8 @@ from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVide
 
 from surgvista.checkpoints.export import export  # noqa: E402
 from surgvista.checkpoints.load import load_backbone  # noqa: E402
-from surgvista.models import SurgVISTAStudent, VideoClassifier  # noqa: E402
+from surgvista.models.classifier import VideoClassifier  # noqa: E402
+from surgvista.models.student import SurgVISTAStudent  # noqa: E402
 from surgvista.modules.objective import SurgVISTALoss, pixel_targets  # noqa: E402
 
 ATOL = 1e-5

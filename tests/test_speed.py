@@ -317,8 +317,6 @@ def test_bench_flops_splits_teacher_and_student(capsys):
 def test_a_smaller_teacher_preset_sets_the_image_decoder_width():
     from hydra import compose, initialize_config_dir
 
-    import surgvista.models.resolvers  # noqa: F401
-
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for preset, width in (("large", 1024), ("base", 768), ("small", 384)):
             cfg = compose("train", overrides=["model=surgvista", f"model.teacher.preset={preset}"])

@@ -18,7 +18,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
-import surgvista.models.resolvers  # noqa: F401  (registers ${surgvista.teacher_dim:...})
 from surgvista.callbacks.preemption import Preempted
 from surgvista.checkpoints.load import check_run_checkpoint
 from surgvista.utils.config_check import check_config

@@ -26,11 +26,13 @@ import torch
 
 from surgvista.layers.masking import MaskGenerator
 from surgvista.layers.vit import set_attn_backend
+from surgvista.models.presets import TEACHER_PRESETS
 from surgvista.models.student import SurgVISTAStudent
-from surgvista.models.teacher import TEACHER_PRESETS, ImageTeacher
+from surgvista.models.teacher import ImageTeacher
 from surgvista.modules.nonfinite import mark_nonfinite_step, total_grad_norm
 from surgvista.modules.objective import SurgVISTALoss
 from surgvista.modules.pretrain import PretrainModule, param_groups
+from surgvista.utils.seeding import seeded
 
 # name: student preset, teacher preset, frames, image size, default batch, image/pixel decoder depths
 PRESETS: dict[str, dict] = {
@@ -148,17 +150,17 @@ def seeded_student(
 ) -> SurgVISTAStudent:
     """The preset's student (seed 0), its image decoder sized for ``teacher_preset``."""
     p = PRESETS[preset]
-    torch.manual_seed(0)
-    return SurgVISTAStudent(
-        p["student"],
-        img_size=p["img_size"],
-        num_frames=p["frames"],
-        teacher_dim=TEACHER_PRESETS[teacher_preset][0],
-        image_decoder_depth=p["dec_img"],
-        pixel_decoder_depth=p["dec_vid"],
-        attn_backend=attn_backend,
-        grad_checkpointing=grad_checkpointing,
-    )
+    with seeded(0):
+        return SurgVISTAStudent(
+            p["student"],
+            img_size=p["img_size"],
+            num_frames=p["frames"],
+            teacher_dim=TEACHER_PRESETS[teacher_preset].embed_dim,
+            image_decoder_depth=p["dec_img"],
+            pixel_decoder_depth=p["dec_vid"],
+            attn_backend=attn_backend,
+            grad_checkpointing=grad_checkpointing,
+        )
 
 
 def build(cfg: BenchConfig, device: torch.device):
@@ -485,7 +487,7 @@ def flop_split(preset: str, teacher: str | None = None, mask_ratio: float = 0.85
     mask = MaskGenerator("tube", mask_ratio)(1, s.token_grid, clip.device, torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False) as counter:
         image_pred, pixel_pred = s(clip, mask)
-        feats = torch.zeros(1, mask.shape[1], TEACHER_PRESETS[teacher_preset][0])
+        feats = torch.zeros(1, mask.shape[1], TEACHER_PRESETS[teacher_preset].embed_dim)
         SurgVISTALoss()(clip, mask, pixel_pred, image_pred, feats, s.tubelet_size, s.patch_size)["loss"].backward()
     student_flops = counter.get_total_flops()
     total = teacher_flops + student_flops

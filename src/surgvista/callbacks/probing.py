@@ -21,6 +21,7 @@ from surgvista.data.manifest import read_manifest
 from surgvista.models.probes import KNNProbe, LinearProbe, ProbeHead
 from surgvista.models.zoo import ZooClassifier
 from surgvista.utils.errors import ConfigError
+from surgvista.utils.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,7 @@ def probe_accuracy(
     knn.fit(train_x, train_y)
     with torch.no_grad():
         knn_top1 = (knn(val_x).argmax(1) == val_y).float().mean().item() * 100
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         linear = LinearProbe(num_classes, input_dim=train_x.shape[1]).to(train_x.device)
     opt = torch.optim.AdamW(linear.parameters(), lr=linear_lr, weight_decay=1e-4)
     with torch.enable_grad():

@@ -42,7 +42,7 @@ from surgvista.checkpoints.load import (
     to_canonical,
     unwrap,
 )
-from surgvista.models.student import STUDENT_PRESETS
+from surgvista.models.presets import STUDENT_PRESETS
 from surgvista.utils.errors import UserError, user_errors
 from surgvista.utils.io import (
     atomic_torch_save,
@@ -89,14 +89,16 @@ def run_config(ckpt: Path) -> dict[str, Any]:
     return {}
 
 
-def _heads(dim: int, depth: int, column: int, given: int | None) -> int:
+def _heads(dim: int, depth: int, part: str, given: int | None) -> int:
+    """``given``, else the heads of the first student preset whose ``part`` (``"encoder"``: width and depth,
+    ``"pixel_decoder"``: width) matches, else ``dim // 64``."""
     if given:
         return int(given)
     for preset in STUDENT_PRESETS.values():
-        if column == 0 and preset[0] == dim and preset[1] == depth:
-            return preset[2]
-        if column in (3, 5) and preset[column] == dim:
-            return preset[column + 1]
+        if part == "encoder" and (preset.embed_dim, preset.depth) == (dim, depth):
+            return preset.num_heads
+        if part == "pixel_decoder" and preset.pixel_decoder_dim == dim:
+            return preset.pixel_decoder_heads
     return max(1, dim // 64)
 
 
@@ -109,7 +111,7 @@ def infer_architecture(state: Mapping[str, torch.Tensor], **given: Any) -> dict[
     tubelet = w.shape[2] if w.ndim == 5 else 1
     patch = w.shape[-1]
     arch: dict[str, Any] = {"embed_dim": dim, "depth": depth, "patch_size": patch, "tubelet_size": tubelet}
-    arch["num_heads"] = _heads(dim, depth, 0, given.get("num_heads"))
+    arch["num_heads"] = _heads(dim, depth, "encoder", given.get("num_heads"))
     arch["mlp_dim"] = state["blocks.0.mlp.fc1.weight"].shape[0]
     img, frames = given.get("img_size"), given.get("num_frames")
     if (img is None or frames is None) and "pos_embed" in state:
@@ -128,7 +130,7 @@ def infer_architecture(state: Mapping[str, torch.Tensor], **given: Any) -> dict[
         arch["decoder"] = {
             "dim": d,
             "depth": dd,
-            "num_heads": _heads(d, dd, 3, given.get("decoder_heads")),
+            "num_heads": _heads(d, dd, "pixel_decoder", given.get("decoder_heads")),
             "mlp_dim": state["decoder_vid.blocks.0.mlp.fc1.weight"].shape[0] if dd else 4 * d,
         }
     return arch

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from surgvista.callbacks.probing import ProbeMonitor
 from surgvista.utils.errors import ConfigError
+from surgvista.utils.seeding import seeded
 
 
 def _load_student(cfg, ckpt: Path) -> torch.nn.Module:
@@ -33,8 +34,7 @@ def _load_student(cfg, ckpt: Path) -> torch.nn.Module:
 
 
 def _random_student(cfg, seed: int) -> torch.nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return instantiate(cfg.model.student, _convert_="all").eval()
 
 

@@ -40,6 +40,7 @@ from surgvista.data.transforms import to_normalized_clip
 from surgvista.utils.config_check import check_config
 from surgvista.utils.errors import UserError, user_errors
 from surgvista.utils.io import atomic_torch_save
+from surgvista.utils.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,8 @@ def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | Non
     missing/unexpected keys (logged), never a shape mismatch or a checkpoint with no matching key.
     """
     from surgvista.checkpoints.load import check_finite, load_backbone, read_checkpoint, unwrap
-    from surgvista.models import SurgVISTAStudent, VideoClassifier
+    from surgvista.models.classifier import VideoClassifier
+    from surgvista.models.student import SurgVISTAStudent
 
     ours = isinstance(module, (VideoClassifier, SurgVISTAStudent))
     if ours and not prefix:
@@ -251,8 +253,7 @@ class FrameFeatureExtractor(nn.Module):
 def build_extractor(settings: Mapping) -> FrameFeatureExtractor:
     """Instantiate the (seeded) backbone of ``settings``, load its checkpoint, wrap it."""
     s = resolve_settings(settings)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(s["seed"]))
+    with seeded(int(s["seed"])):
         backbone = instantiate(s["backbone"], _convert_="all")
     if s["ckpt"]:
         load_backbone_weights(backbone, s["ckpt"], s["ckpt_prefix"], bool(s["ckpt_strict"]))

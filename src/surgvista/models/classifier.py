@@ -6,11 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from surgvista.layers.position import sincos_3d, sinusoid_table
+from surgvista.layers.position import check_pos_embed, position_table
 from surgvista.layers.vit import Block, FrameEmbed, TubeletEmbed, run_blocks
-from surgvista.models.student import STUDENT_PRESETS
+from surgvista.models.presets import STUDENT_PRESETS, lookup
 
-POS_EMBED_KINDS = ("sincos3d", "sinusoid1d", "learned")
 PATCH_EMBED_KINDS = ("video", "image")
 
 
@@ -53,14 +52,11 @@ class VideoClassifier(nn.Module):
         fc_norm_eps: float | None = None,
     ) -> None:
         super().__init__()
-        if preset not in STUDENT_PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(STUDENT_PRESETS)}")
-        if pos_embed not in POS_EMBED_KINDS:
-            raise ValueError(f"unknown pos_embed {pos_embed!r}; expected one of {POS_EMBED_KINDS}")
+        size = lookup(STUDENT_PRESETS, preset, "preset")
+        check_pos_embed(pos_embed)
         if patch_embed not in PATCH_EMBED_KINDS:
             raise ValueError(f"unknown patch_embed {patch_embed!r}; expected one of {PATCH_EMBED_KINDS}")
-        p_dim, p_depth, p_heads, *_ = STUDENT_PRESETS[preset]
-        dim, depth, num_heads = embed_dim or p_dim, depth or p_depth, num_heads or p_heads
+        dim, depth, num_heads = embed_dim or size.embed_dim, depth or size.depth, num_heads or size.num_heads
         self.num_classes, self.embed_dim, self.num_frames, self.img_size = num_classes, dim, num_frames, img_size
         self.pos_embed_kind, self.grad_checkpointing = pos_embed, grad_checkpointing
 
@@ -68,9 +64,9 @@ class VideoClassifier(nn.Module):
             self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, num_frames, dim)
         else:
             self.patch_embed = FrameEmbed(img_size, patch_size, num_frames, dim)
-        table = self._position_table()
+        table = position_table(pos_embed, dim, self.token_grid)
         if pos_embed == "learned":
-            self.pos_embed = nn.Parameter(torch.zeros_like(table))
+            self.pos_embed = nn.Parameter(table)
         else:
             self.register_buffer("pos_embed", table, persistent=False)
 
@@ -89,12 +85,6 @@ class VideoClassifier(nn.Module):
     def token_grid(self) -> tuple[int, int, int]:
         """``(T', H', W')`` token grid."""
         return self.patch_embed.grid
-
-    def _position_table(self) -> torch.Tensor:
-        grid = self.token_grid
-        if self.pos_embed_kind == "sincos3d":
-            return sincos_3d(self.embed_dim, grid)
-        return sinusoid_table(grid[0] * grid[1] * grid[2], self.embed_dim)
 
     def reset_parameters(self, head_init_scale: float = 0.0) -> None:
         """Reference init: trunc-normal(0.02) Linears, zero biases, unit LN; head scaled by ``head_init_scale``."""

@@ -7,18 +7,9 @@ import torch
 from torch import nn
 
 from surgvista.layers.masking import take, token_order
-from surgvista.layers.position import sincos_3d, sinusoid_table
+from surgvista.layers.position import check_pos_embed, position_table
 from surgvista.layers.vit import Block, TubeletEmbed, init_weights, run_blocks
-
-# name: (embed_dim, depth, heads, pixel-decoder dim, pixel-decoder heads, image-decoder dim, image-decoder heads)
-STUDENT_PRESETS: dict[str, tuple[int, int, int, int, int, int, int]] = {
-    "tiny": (192, 4, 3, 96, 3, 96, 3),
-    "small": (384, 12, 6, 384, 6, 384, 6),
-    "base": (768, 12, 12, 384, 6, 384, 6),
-    "large": (1024, 24, 16, 512, 8, 384, 6),
-    "huge": (1280, 32, 16, 640, 8, 384, 6),
-}
-STUDENT_POS_EMBED_KINDS = ("sincos3d", "sinusoid1d")
+from surgvista.models.presets import STUDENT_PRESETS, StudentPreset, lookup
 
 
 class Decoder(nn.Module):
@@ -45,6 +36,32 @@ class Decoder(nn.Module):
     def forward(self, x: torch.Tensor, return_token_num: int) -> torch.Tensor:
         x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.head(self.norm(x[:, -return_token_num:]))
+
+
+def _student_preset(preset: str, pos_embed: str, image_decoder: bool, pixel_decoder: bool) -> StudentPreset:
+    """The named preset, after checking the student's choices."""
+    size = lookup(STUDENT_PRESETS, preset, "student preset")
+    check_pos_embed(pos_embed, learned=False)
+    if not (image_decoder or pixel_decoder):
+        raise ValueError("at least one of image_decoder / pixel_decoder must be enabled")
+    return size
+
+
+def _decoder(
+    encoder_dim: int,
+    dim: int,
+    depth: int,
+    num_heads: int,
+    out_dim: int,
+    down_bias: bool,
+    drop_path: float,
+    ln_eps: float,
+    norm_eps: float | None,
+    attn_backend: str,
+) -> tuple[nn.Linear, Decoder]:
+    """The projection from the encoder width down to ``dim``, then a :class:`Decoder` predicting ``out_dim``."""
+    down = nn.Linear(encoder_dim, dim, bias=down_bias)
+    return down, Decoder(dim, depth, num_heads, out_dim, drop_path, ln_eps, norm_eps, attn_backend)
 
 
 class SurgVISTAStudent(nn.Module):
@@ -91,70 +108,60 @@ class SurgVISTAStudent(nn.Module):
         decoder_bias: bool = True,
     ) -> None:
         super().__init__()
-        if preset not in STUDENT_PRESETS:
-            raise ValueError(f"unknown student preset {preset!r}; expected one of {sorted(STUDENT_PRESETS)}")
-        if pos_embed not in STUDENT_POS_EMBED_KINDS:
-            raise ValueError(f"unknown pos_embed {pos_embed!r}; expected one of {STUDENT_POS_EMBED_KINDS}")
-        if not (image_decoder or pixel_decoder):
-            raise ValueError("at least one of image_decoder / pixel_decoder must be enabled")
-        p_dim, p_depth, p_heads, pix_dim, pix_heads, img_dim, img_heads = STUDENT_PRESETS[preset]
-        dim = embed_dim or p_dim
-        depth = depth or p_depth
+        size = _student_preset(preset, pos_embed, image_decoder, pixel_decoder)
+        dim = embed_dim or size.embed_dim
         self.embed_dim, self.num_frames, self.img_size = dim, num_frames, img_size
         self.tubelet_size, self.patch_size = tubelet_size, patch_size
         self.grad_checkpointing, self.pos_embed_kind = grad_checkpointing, pos_embed
-
-        grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
-
-        def table(width: int) -> torch.Tensor:
-            if pos_embed == "sincos3d":
-                return sincos_3d(width, grid)
-            return sinusoid_table(grid[0] * grid[1] * grid[2], width)
-
-        self.pos_embed = nn.Parameter(table(dim), requires_grad=False)
         self.pixel_dim = tubelet_size * patch_size * patch_size * 3
-        if image_decoder:
-            img_dim = image_decoder_dim or img_dim
-            self.mask_token_img = nn.Parameter(torch.zeros(1, 1, img_dim))
-            self.pos_embed_img = nn.Parameter(table(img_dim), requires_grad=False)
-        if pixel_decoder:
-            pix_dim = pixel_decoder_dim or pix_dim
-            self.mask_token_vid = nn.Parameter(torch.zeros(1, 1, pix_dim))
-            self.pos_embed_vid = nn.Parameter(table(pix_dim), requires_grad=False)
-
-        self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, num_frames, dim)
-        rates = np.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList(
-            Block(dim, num_heads or p_heads, mlp_ratio, r, ln_eps, attn_backend=attn_backend) for r in rates
-        )
-        self.norm = nn.LayerNorm(dim, eps=ln_eps)
+        img_dim = (image_decoder_dim or size.image_decoder_dim) if image_decoder else None
+        pix_dim = (pixel_decoder_dim or size.pixel_decoder_dim) if pixel_decoder else None
+        self._add_position_tables(dim, img_dim, pix_dim)
+        heads = num_heads or size.num_heads
+        self._add_encoder(depth or size.depth, heads, mlp_ratio, drop_path_rate, ln_eps, attn_backend)
+        common = (drop_path_rate, ln_eps, decoder_norm_eps, attn_backend)
         self.decoder_img = self.decoder_vid = None
-        if image_decoder:
-            self.down_img = nn.Linear(dim, img_dim)
-            self.decoder_img = Decoder(
-                img_dim,
-                image_decoder_depth,
-                image_decoder_heads or img_heads,
-                teacher_dim,
-                drop_path_rate,
-                ln_eps,
-                decoder_norm_eps,
-                attn_backend,
+        if img_dim is not None:
+            heads = image_decoder_heads or size.image_decoder_heads
+            self.down_img, self.decoder_img = _decoder(
+                dim, img_dim, image_decoder_depth, heads, teacher_dim, True, *common
             )
-        if pixel_decoder:
-            self.down_vid = nn.Linear(dim, pix_dim, bias=decoder_bias)
-            self.decoder_vid = Decoder(
-                pix_dim,
-                pixel_decoder_depth,
-                pixel_decoder_heads or pix_heads,
-                self.pixel_dim,
-                drop_path_rate,
-                ln_eps,
-                decoder_norm_eps,
-                attn_backend,
+        if pix_dim is not None:
+            heads = pixel_decoder_heads or size.pixel_decoder_heads
+            self.down_vid, self.decoder_vid = _decoder(
+                dim, pix_dim, pixel_decoder_depth, heads, self.pixel_dim, decoder_bias, *common
             )
         self.reset_parameters()
         self.set_grad_checkpointing(grad_checkpointing)
+
+    def _add_position_tables(self, dim: int, img_dim: int | None, pix_dim: int | None) -> None:
+        """The encoder's fixed position table, then each enabled decoder's mask token and fixed table."""
+        grid = (
+            self.num_frames // self.tubelet_size,
+            self.img_size // self.patch_size,
+            self.img_size // self.patch_size,
+        )
+
+        def table(width: int) -> nn.Parameter:
+            return nn.Parameter(position_table(self.pos_embed_kind, width, grid), requires_grad=False)
+
+        self.pos_embed = table(dim)
+        if img_dim is not None:
+            self.mask_token_img = nn.Parameter(torch.zeros(1, 1, img_dim))
+            self.pos_embed_img = table(img_dim)
+        if pix_dim is not None:
+            self.mask_token_vid = nn.Parameter(torch.zeros(1, 1, pix_dim))
+            self.pos_embed_vid = table(pix_dim)
+
+    def _add_encoder(
+        self, depth: int, heads: int, mlp_ratio: float, drop_path_rate: float, ln_eps: float, attn_backend: str
+    ) -> None:
+        """Tubelet embedding, ``depth`` blocks (drop-path rising linearly to ``drop_path_rate``), final norm."""
+        dim = self.embed_dim
+        self.patch_embed = TubeletEmbed(self.img_size, self.patch_size, self.tubelet_size, self.num_frames, dim)
+        rates = np.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, r, ln_eps, attn_backend=attn_backend) for r in rates)
+        self.norm = nn.LayerNorm(dim, eps=ln_eps)
 
     @property
     def token_grid(self) -> tuple[int, int, int]:

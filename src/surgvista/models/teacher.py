@@ -13,17 +13,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from surgvista.layers.vit import attention, check_attn_backend
+from surgvista.models.presets import TEACHER_PRESETS, lookup
 from surgvista.utils.errors import UserError
+from surgvista.utils.seeding import seeded
 
 log = logging.getLogger(__name__)
-
-# name: (embed_dim, depth, heads)
-TEACHER_PRESETS: dict[str, tuple[int, int, int]] = {
-    "tiny": (192, 2, 3),
-    "small": (384, 12, 6),
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-}
 
 
 class TeacherCheckpointError(UserError, ValueError):
@@ -130,20 +124,18 @@ class ImageTeacher(nn.Module):
         if dtype is not None and shard:
             raise ValueError("model.teacher.dtype needs a replicated teacher (model.teacher.shard=false)")
         self.compute_dtype = dtype
-        if preset not in TEACHER_PRESETS:
-            raise ValueError(f"unknown teacher preset {preset!r}; expected one of {sorted(TEACHER_PRESETS)}")
-        dim, depth, heads = TEACHER_PRESETS[preset]
-        self.depth, self.embed_dim, self.frame_stride, self.norm_targets = depth, dim, frame_stride, norm_targets
+        size = lookup(TEACHER_PRESETS, preset, "teacher preset")
+        self.depth, self.embed_dim = size.depth, size.embed_dim
+        self.frame_stride, self.norm_targets = frame_stride, norm_targets
         self.shard = shard
         self.tokens_per_frame = (img_size // patch_size) ** 2
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.vit = VisionTransformer(
                 img_size=img_size,
                 patch_size=patch_size,
-                embed_dim=dim,
-                depth=depth,
-                num_heads=heads,
+                embed_dim=size.embed_dim,
+                depth=size.depth,
+                num_heads=size.num_heads,
                 mlp_ratio=4.0,
                 qkv_bias=True,
                 class_token=True,

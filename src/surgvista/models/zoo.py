@@ -6,7 +6,7 @@ normalisation (``mean``/``std``) and returns ``(tokens (B, N, D), pooled (B, D))
 
 Families (one adapter class each; ``conf/model/backbone/*.yaml`` picks one):
 
-* :class:`StudentBackbone`: our SurgVISTA/VideoMAE ViT (:class:`~surgvista.models.VideoClassifier`) from any
+* :class:`StudentBackbone`: our SurgVISTA/VideoMAE ViT (:class:`~surgvista.models.classifier.VideoClassifier`) from any
   checkpoint :func:`surgvista.checkpoints.load.load_backbone` reads; tokens = encoder output, pooled = their mean.
 * :class:`HFVideoBackbone`: a ``transformers`` VideoMAE or V-JEPA 2 model from a local folder (never the hub), or
   a random one from a config mapping (tests, demo); tokens = ``last_hidden_state``, pooled = their mean.
@@ -27,6 +27,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from surgvista.utils.errors import ConfigError
+from surgvista.utils.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,7 @@ class StudentBackbone(ZooBackbone):
         from surgvista.models.classifier import VideoClassifier
 
         kwargs = {"drop_path_rate": 0.0, "fc_drop_rate": 0.0, **classifier_kwargs}
-        with torch.random.fork_rng(devices=[]):  # a random-init backbone is a function of its config
-            torch.manual_seed(seed)
+        with seeded(seed):  # a random-init backbone is a function of its config
             self.net = VideoClassifier(num_classes=1, **kwargs)
         self.embed_dim = self.net.embed_dim
         if ckpt:
@@ -135,8 +135,7 @@ class HFVideoBackbone(ZooBackbone):
             raise ConfigError(f"HF backbone config needs model_type in {HF_KINDS}, got {cfg.get('model_type')!r}")
         hf_cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
         hf_cfg._attn_implementation = attn
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return AutoModel.from_config(hf_cfg)
 
     def _features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,8 +178,7 @@ class TimmFrameBackbone(ZooBackbone):
             if not Path(pretrained_file).is_file():
                 raise FileNotFoundError(f"timm backbone {name}: pretrained_file not found: {pretrained_file}")
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained_file)})
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.model = timm.create_model(name, num_classes=0, **kwargs)
         self.embed_dim = int(self.model.num_features)
         cfg = self.model.pretrained_cfg or {}
