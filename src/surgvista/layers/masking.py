@@ -1,4 +1,4 @@
-"""Tube and random token masks, drawn per batch on the model's device (spec pretrain §3)."""
+"""Tube and random token masks, drawn per batch on the model's device."""
 
 from __future__ import annotations
 

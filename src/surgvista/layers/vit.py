@@ -1,4 +1,4 @@
-"""Transformer pieces shared by the student encoder and decoders (spec pretrain §1.2, §1.4)."""
+"""Transformer pieces shared by the student encoder and decoders: attention, blocks, tubelet/frame embeddings, init."""
 
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ class TubeletEmbed(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """Xavier-uniform Linear weights, zero biases, unit LayerNorms (spec pretrain §1.7)."""
+    """Xavier-uniform Linear weights, zero biases, unit LayerNorms (the reference student's init)."""
     if isinstance(module, nn.Linear):
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:

@@ -1,4 +1,4 @@
-"""Fine-tuning backbone: the student encoder with mean pooling and a linear head (spec downstream §0, §5.1)."""
+"""Fine-tuning backbone: the student encoder with mean pooling and a linear head (video classification)."""
 
 from __future__ import annotations
 

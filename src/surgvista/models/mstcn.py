@@ -1,4 +1,4 @@
-"""Causal multi-stage temporal convolutional network (MS-TCN) of TeCNO (spec downstream §8).
+"""Causal multi-stage temporal convolutional network (MS-TCN) of TeCNO (phase recognition over frame features).
 
 Every stage is a 1×1 input projection, ``num_layers`` dilated residual layers (kernel 3, dilation ``2**i``)
 and a 1×1 classifier. In causal mode each dilated convolution is padded on the left only, so the output at

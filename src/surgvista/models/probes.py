@@ -3,7 +3,7 @@
 Each head maps cached backbone features to logits ``(B, num_classes)`` and is the ``net`` of a fine-tuning task
 module (:mod:`surgvista.modules.finetune`), so the probes share its losses, metrics and prediction files. The
 input width is only known once the features are extracted: ``build(dim)`` creates the layers (called by
-:class:`surgvista.utils.probe.ProbeCallback` in ``setup``; pass ``input_dim`` to build at once).
+:class:`surgvista.callbacks.probing.ProbeCallback` in ``setup``; pass ``input_dim`` to build at once).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SurgVISTA video student: masked ViT encoder plus image-distillation and pixel decoders (spec pretrain §1)."""
+"""SurgVISTA video student: masked ViT encoder plus image-distillation and pixel decoders."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frozen image-level surgical expert (EndoSSL ViT-L/16) built on timm (spec pretrain §2)."""
+"""Frozen image-level surgical expert (EndoSSL ViT-L/16) built on timm: the distillation targets."""
 
 from __future__ import annotations
 
