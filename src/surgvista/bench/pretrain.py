@@ -228,7 +228,10 @@ class Runner:
         self.amp_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "16-mixed" else None
         self.gen = torch.Generator(device).manual_seed(0)
-        self.video = torch.randn(self.batch, 3, p["frames"], p["img_size"], p["img_size"], device=device)
+        clip_gen = torch.Generator(device).manual_seed(1)  # the same synthetic clip in every run
+        self.video = torch.randn(
+            self.batch, 3, p["frames"], p["img_size"], p["img_size"], device=device, generator=clip_gen
+        )
         eager = getattr(torch.compiler, "set_stance", None)  # count FLOPs without compiling for batch 1
         with eager("force_eager") if eager and cfg.compile else contextlib.nullcontext():
             self.flops = count_model_flops(self.module, self.video, self.gen) * self.batch
@@ -483,7 +486,7 @@ def flop_split(preset: str, teacher: str | None = None, mask_ratio: float = 0.85
             t(clip)
     teacher_flops = counter.get_total_flops()
     s = seeded_student(preset, teacher_preset, "eager")
-    clip = torch.randn(1, 3, p["frames"], p["img_size"], p["img_size"])
+    clip = torch.randn(1, 3, p["frames"], p["img_size"], p["img_size"], generator=torch.Generator().manual_seed(1))
     mask = MaskGenerator("tube", mask_ratio)(1, s.token_grid, clip.device, torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False) as counter:
         image_pred, pixel_pred = s(clip, mask)
