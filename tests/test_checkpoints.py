@@ -10,7 +10,9 @@ import timm
 import torch
 from torch import nn
 
-from surgvista.checkpoints.load import CheckpointError, interpolate_pos_embed, load_backbone
+from surgvista.checkpoints.errors import CheckpointError
+from surgvista.checkpoints.grids import interpolate_pos_embed
+from surgvista.checkpoints.load import load_backbone
 from surgvista.layers.position import sincos_3d, sinusoid_table
 from surgvista.models.classifier import VideoClassifier
 from surgvista.models.student import SurgVISTAStudent

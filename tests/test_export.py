@@ -8,8 +8,10 @@ import pytest
 import torch
 from test_checkpoints import ARCH, GEOM, classifier, randomize, student
 
-from surgvista.checkpoints.export import ExportError, export, main
-from surgvista.checkpoints.load import load_backbone, read_checkpoint
+from surgvista.checkpoints.errors import ExportError
+from surgvista.checkpoints.export import export, main
+from surgvista.checkpoints.load import load_backbone
+from surgvista.checkpoints.read import read_checkpoint
 
 
 def lightning_ckpt(tmp_path, model, name: str = "last.ckpt", **extra) -> str:

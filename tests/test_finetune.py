@@ -12,7 +12,7 @@ from helpers import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from surgvista.checkpoints.load import CheckpointError
+from surgvista.checkpoints.errors import CheckpointError
 from surgvista.data.manifest import ManifestError, read_manifest, write_manifest
 from surgvista.evaluation.predictions import read_prediction_file
 from surgvista.models.classifier import VideoClassifier

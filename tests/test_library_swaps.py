@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from surgvista.checkpoints.load import interpolate_pos_embed
+from surgvista.checkpoints.grids import interpolate_pos_embed
 from surgvista.modules.pretrain import total_grad_norm
 
 

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 from surgvista.callbacks.preemption import Preempted
-from surgvista.checkpoints.load import check_run_checkpoint
+from surgvista.checkpoints.run_folder import check_run_checkpoint
 from surgvista.utils.config_check import check_config
 from surgvista.utils.errors import ConfigError, find_user_error
 from surgvista.utils.io import clean_orphaned_temp_files

@@ -23,7 +23,6 @@ import hashlib
 import inspect
 import json
 import math
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,62 +30,42 @@ from typing import Any
 
 import torch
 
-from surgvista.checkpoints.load import (
-    CheckpointError,
-    block_depth,
-    classify_table,
-    classify_table_grid,
-    detect_style,
-    guess_grid,
-    read_checkpoint,
-    to_canonical,
-    unwrap,
-)
+from surgvista.checkpoints.errors import CheckpointError, ExportError
+from surgvista.checkpoints.grids import classify_table, classify_table_grid, guess_grid
+from surgvista.checkpoints.hf import check_hf_pos_kind, to_hf, write_hf
+from surgvista.checkpoints.keys import block_depth, detect_style, to_canonical
+from surgvista.checkpoints.read import read_state
+from surgvista.checkpoints.run_folder import run_config, run_dir
 from surgvista.models.presets import STUDENT_PRESETS
-from surgvista.utils.errors import UserError, user_errors
+from surgvista.utils.errors import user_errors
 from surgvista.utils.io import (
     atomic_torch_save,
     atomic_write,
-    atomic_write_dir,
     atomic_write_text,
     refuse_existing,
     same_or_nested,
 )
 
 FORMATS = ("original", "safetensors", "hf")
-HF_ARCHS = ("auto", "model", "pretraining", "classification")
-
-
-class ExportError(UserError, ValueError):
-    """A checkpoint that cannot be written in the requested format (the message says why)."""
 
 
 # --------------------------------------------------------------------------------------------- reading
 
 
 def canonical_state(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Any accepted checkpoint → ``(state in our original layout, info)``; ``info`` has layout and metadata."""
-    name = str(source) if isinstance(source, (str, Path)) else "<mapping>"
-    obj, meta = read_checkpoint(source) if isinstance(source, (str, Path)) else (source, {})
-    state, container, extra = unwrap(obj, name)
-    style = "hf" if "hf_config" in meta else detect_style(list(state))
-    canon, unmapped = to_canonical(state, style)
+    """Any accepted checkpoint → ``(state in our original layout, info)``; ``info`` has layout and metadata.
+
+    Read by :func:`surgvista.checkpoints.read.read_state`, as the loader does: a checkpoint with non-finite
+    weights is refused (:class:`CheckpointError` naming the file and the first bad tensors)."""
+    src = read_state(source)
+    style = "hf" if "hf_config" in src.meta else detect_style(list(src.state))
+    canon, unmapped = to_canonical(src.state, style)
     if unmapped:
-        raise CheckpointError(f"{name}: keys with no place in our layout: {unmapped[:20]}")
-    info = {"source": name, "layout": f"{container}/{style}", **extra, **meta}
-    if isinstance(obj, Mapping) and isinstance(obj.get("callbacks"), Mapping):
-        info["callbacks"] = obj["callbacks"]
+        raise CheckpointError(f"{src.name}: keys with no place in our layout: {unmapped[:20]}")
+    info = {"source": src.name, "layout": f"{src.container}/{style}", **src.extra, **src.meta}
+    if isinstance(src.raw, Mapping) and isinstance(src.raw.get("callbacks"), Mapping):
+        info["callbacks"] = src.raw["callbacks"]
     return {k: v for k, (_, v) in canon.items()}, info
-
-
-def run_config(ckpt: Path) -> dict[str, Any]:
-    """The resolved ``config.yaml`` that ``train.py`` saved next to ``checkpoints/`` (empty dict if none)."""
-    from omegaconf import OmegaConf
-
-    for cand in (ckpt.parent / "config.yaml", ckpt.parent.parent / "config.yaml"):
-        if cand.is_file():
-            return OmegaConf.to_container(OmegaConf.load(cand), resolve=False)
-    return {}
 
 
 def _heads(dim: int, depth: int, part: str, given: int | None) -> int:
@@ -153,194 +132,6 @@ def pos_kind(state: Mapping[str, torch.Tensor], arch: Mapping[str, Any], declare
 def to_original(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """``{'model': state}``: the official SurgVISTA layout (our state dict already uses its keys)."""
     return {"model": {k: v.detach().clone() for k, v in state.items()}}
-
-
-_HF_LAYER = {
-    "norm1": "layernorm_before",
-    "norm2": "layernorm_after",
-    "attn.proj": "attention.output.dense",
-    "mlp.fc1": "intermediate.dense",
-    "mlp.fc2": "output.dense",
-}
-
-
-def _layer_to_hf(rest: str, value: torch.Tensor, dst: str, out: dict[str, torch.Tensor]) -> None:
-    if rest == "attn.qkv.weight":
-        for name, part in zip(("query", "key", "value"), value.chunk(3)):
-            out[f"{dst}attention.attention.{name}.weight"] = part.clone()
-    elif rest in ("attn.q_bias", "attn.v_bias"):
-        out[f"{dst}attention.attention.{'query' if rest[5] == 'q' else 'value'}.bias"] = value.clone()
-    else:
-        mod, kind = rest.rsplit(".", 1)
-        if mod not in _HF_LAYER:
-            raise ExportError(f"no Hugging Face VideoMAE equivalent for block key {rest!r}")
-        out[f"{dst}{_HF_LAYER[mod]}.{kind}"] = value.clone()
-
-
-def to_hf(
-    state: Mapping[str, torch.Tensor],
-    arch: Mapping[str, Any],
-    hf_arch: str = "auto",
-    ln_eps: float = 1e-6,
-    class_names: list[str] | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[str]]:
-    """Our layout → ``(HF state dict, config.json dict, notes)`` for a 1-D-table model; ``class_names`` become
-    ``id2label`` of a classifier (``LABEL_<i>`` without them)."""
-    _check_hf_request(state, hf_arch)
-    hf_arch = _resolve_hf_arch(state, hf_arch)
-    _check_hf_target(state, arch, hf_arch)
-    mean_pool = hf_arch == "classification" and "fc_norm.weight" in state
-    out, notes = _hf_state(state, hf_arch, mean_pool)
-    config = _hf_config(arch, hf_arch, ln_eps, mean_pool)
-    if hf_arch == "classification":
-        config.update(_hf_labels(state["head.weight"].shape[0], class_names))
-        notes.append("HF VideoMAE hard-codes eps 1e-5 on fc_norm (ours: ln_eps); logits may differ by ~1e-6")
-    if hf_arch == "pretraining":
-        notes.append("HF VideoMAE hard-codes eps 1e-5 on the decoder's final norm (ours: decoder_norm_eps)")
-    return out, config, notes
-
-
-def _check_hf_request(state: Mapping[str, torch.Tensor], hf_arch: str) -> None:
-    """Refuse an unknown ``hf_arch`` and what no HF VideoMAE class can hold (image decoder, fused qkv bias)."""
-    if hf_arch not in HF_ARCHS:
-        raise ExportError(f"unknown hf_arch {hf_arch!r}; expected one of {HF_ARCHS}")
-    if any(k.startswith(("down_img", "decoder_img", "mask_token_img")) for k in state) and hf_arch == "pretraining":
-        raise ExportError("the image-distillation decoder has no Hugging Face VideoMAE equivalent")
-    if any(".attn.qkv.bias" in k for k in state):
-        raise ExportError("fused qkv.bias (k bias) cannot be expressed by HF VideoMAE (q/v biases only)")
-
-
-def _resolve_hf_arch(state: Mapping[str, torch.Tensor], hf_arch: str) -> str:
-    """``auto`` → classification with a head, pre-training with a bias-free pixel decoder only, else model."""
-    if hf_arch != "auto":
-        return hf_arch
-    if "head.weight" in state:
-        return "classification"
-    if "decoder_vid.head.weight" in state and "down_img.weight" not in state and not _decoder_bias_nonzero(state):
-        return "pretraining"
-    return "model"
-
-
-def _decoder_bias_nonzero(state: Mapping[str, torch.Tensor]) -> bool:
-    """Whether ``down_vid.bias`` exists and is non-zero (HF's ``encoder_to_decoder`` has no bias)."""
-    return "down_vid.bias" in state and bool(torch.count_nonzero(state["down_vid.bias"]))
-
-
-def _check_hf_target(state: Mapping[str, torch.Tensor], arch: Mapping[str, Any], hf_arch: str) -> None:
-    """Refuse a resolved ``hf_arch`` the checkpoint lacks the weights for, and an unknown geometry."""
-    if hf_arch == "pretraining":
-        if "decoder_vid.head.weight" not in state:
-            raise ExportError("hf_arch=pretraining needs a pixel decoder (decoder_vid.*) in the checkpoint")
-        if _decoder_bias_nonzero(state):
-            raise ExportError(
-                "down_vid.bias is non-zero but HF's encoder_to_decoder has no bias: use hf_arch=model (encoder only)"
-            )
-    if hf_arch == "classification" and "head.weight" not in state:
-        raise ExportError("hf_arch=classification needs fc_norm/head in the checkpoint (a fine-tuned model)")
-    if arch["img_size"] is None or arch["num_frames"] is None:
-        raise ExportError("image size / frame count unknown: pass img_size= and num_frames=")
-
-
-def _hf_state(
-    state: Mapping[str, torch.Tensor], hf_arch: str, mean_pool: bool
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Every tensor under its HF ``hf_arch`` name (cloned); a key with no place there becomes a note."""
-    pre = "" if hf_arch == "model" else "videomae."
-    out: dict[str, torch.Tensor] = {}
-    notes: list[str] = []
-    for key, value in state.items():
-        placed = (
-            _encoder_key_to_hf(key, value, pre, mean_pool, out)
-            or (hf_arch == "classification" and _head_key_to_hf(key, value, out))
-            or (hf_arch == "pretraining" and _decoder_key_to_hf(key, value, out))
-        )
-        if not placed:
-            notes.append(f"not exported (no place in HF {hf_arch}): {key}")
-    return out, notes
-
-
-def _encoder_key_to_hf(key: str, value: torch.Tensor, pre: str, mean_pool: bool, out: dict[str, torch.Tensor]) -> bool:
-    """Place one encoder tensor in ``out``; ``False`` if ``key`` is not an encoder key."""
-    if key in ("pos_embed", "pos_embed_vid", "pos_embed_img"):
-        return True  # HF recomputes the 1-D sinusoid tables
-    if key.startswith("patch_embed.proj."):
-        out[f"{pre}embeddings.patch_embeddings.projection.{key.rsplit('.', 1)[1]}"] = value.clone()
-    elif m := re.match(r"blocks\.(\d+)\.(.*)$", key):
-        _layer_to_hf(m[2], value, f"{pre}encoder.layer.{m[1]}.", out)
-    elif key.startswith("norm."):
-        if not mean_pool:
-            out[f"{pre}layernorm.{key[5:]}"] = value.clone()
-    else:
-        return False
-    return True
-
-
-def _head_key_to_hf(key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) -> bool:
-    """Place one classifier tensor (``fc_norm``, ``head`` → ``classifier``); ``False`` if it is neither."""
-    if not key.startswith(("fc_norm.", "head.")):
-        return False
-    out[key.replace("head.", "classifier.")] = value.clone()
-    return True
-
-
-def _decoder_key_to_hf(key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) -> bool:
-    """Place one pixel-decoder tensor of ``VideoMAEForPreTraining``; ``False`` if ``key`` is not one."""
-    if key == "down_vid.weight":
-        out["encoder_to_decoder.weight"] = value.clone()
-    elif key == "mask_token_vid":
-        out["mask_token"] = value.clone()
-    elif m := re.match(r"decoder_vid\.blocks\.(\d+)\.(.*)$", key):
-        _layer_to_hf(m[2], value, f"decoder.decoder_layers.{m[1]}.", out)
-    elif key.startswith(("decoder_vid.norm.", "decoder_vid.head.")):
-        out[key.replace("decoder_vid.", "decoder.")] = value.clone()
-    elif key != "down_vid.bias":  # down_vid.bias: checked to be zero by _check_hf_target
-        return False
-    return True
-
-
-def _hf_config(arch: Mapping[str, Any], hf_arch: str, ln_eps: float, mean_pool: bool) -> dict[str, Any]:
-    """``config.json`` of a ``VideoMAEConfig`` for ``arch`` (labels are added by the caller)."""
-    dec = arch.get("decoder") or {"dim": 384, "depth": 4, "num_heads": 6, "mlp_dim": 1536}  # VideoMAEConfig defaults
-    return {
-        "model_type": "videomae",
-        "architectures": [
-            {"model": "VideoMAEModel", "pretraining": "VideoMAEForPreTraining"}.get(
-                hf_arch, "VideoMAEForVideoClassification"
-            )
-        ],
-        "image_size": arch["img_size"],
-        "patch_size": arch["patch_size"],
-        "num_channels": 3,
-        "num_frames": arch["num_frames"],
-        "tubelet_size": arch["tubelet_size"],
-        "hidden_size": arch["embed_dim"],
-        "num_hidden_layers": arch["depth"],
-        "num_attention_heads": arch["num_heads"],
-        "intermediate_size": arch["mlp_dim"],
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-        "initializer_range": 0.02,
-        "layer_norm_eps": ln_eps,
-        "qv_bias": True,
-        "use_mean_pooling": mean_pool,
-        "decoder_num_attention_heads": dec["num_heads"],
-        "decoder_hidden_size": dec["dim"],
-        "decoder_num_hidden_layers": dec["depth"],
-        "decoder_intermediate_size": dec["mlp_dim"],
-        "norm_pix_loss": True,
-    }
-
-
-def _hf_labels(num_classes: int, class_names: list[str] | None) -> dict[str, dict]:
-    """``id2label``/``label2id`` of a ``num_classes`` head: ``class_names`` if given, else ``LABEL_<i>``."""
-    if class_names is not None and len(class_names) != num_classes:
-        raise ExportError(f"{len(class_names)} class names for a {num_classes}-class head")
-    labels = list(class_names) if class_names is not None else [f"LABEL_{i}" for i in range(num_classes)]
-    return {
-        "id2label": {str(i): name for i, name in enumerate(labels)},
-        "label2id": {name: i for i, name in enumerate(labels)},
-    }
 
 
 # ----------------------------------------------------------------------------------------------- card
@@ -454,16 +245,16 @@ def export(
         return atomic_torch_save(to_original(state), out)
     if format == "safetensors":
         return _write_safetensors(state, card, out)
-    _check_hf_pos_kind(ckpt, kind)
+    check_hf_pos_kind(ckpt, kind)
     hf_state, config, notes = to_hf(state, arch, hf_arch, ln_eps, info.get("class_names"))
-    return _write_hf(out, hf_state, config, card, notes)
+    return write_hf(out, hf_state, config, card, notes)
 
 
 def _read_run_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """:func:`canonical_state` of ``ckpt``, its ``info`` extended with the run's config and folder."""
     state, info = canonical_state(ckpt)
     info["run_config"] = run_config(ckpt)
-    info["run_dir"] = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    info["run_dir"] = run_dir(ckpt)
     return state, info
 
 
@@ -488,40 +279,6 @@ def _write_safetensors(state: Mapping[str, torch.Tensor], card: Mapping[str, Any
     return out
 
 
-def _check_hf_pos_kind(ckpt: Path, kind: str | None) -> None:
-    """Refuse an HF export unless the position table is known to be the 1-D sinusoid HF recomputes."""
-    if kind is None:
-        raise ExportError(
-            f"{ckpt}: the checkpoint stores no pos_embed, so its position-table kind is unknown; pass "
-            "pos_embed=sinusoid1d if (and only if) it was trained with the VideoMAE 1-D table"
-        )
-    if kind != "sinusoid1d":
-        raise ExportError(
-            f"{ckpt}: refusing to export a {kind} position embedding to Hugging Face VideoMAE, which always "
-            "recomputes a 1-D sinusoid table: the exported model would silently compute something else. Use "
-            "format=original or format=safetensors (load_backbone reads both)."
-        )
-
-
-def _write_hf(
-    out: Path,
-    hf_state: Mapping[str, torch.Tensor],
-    config: Mapping[str, Any],
-    card: Mapping[str, Any],
-    notes: list[str],
-) -> Path:
-    """The HF folder, atomically: weights, ``config.json``, our card (with notes), preprocessor config, README."""
-    from safetensors.torch import save_file
-
-    def write(folder: Path) -> None:
-        save_file({k: v.contiguous() for k, v in hf_state.items()}, str(folder / "model.safetensors"), {"format": "pt"})
-        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (folder / "surgvista_card.json").write_text(json.dumps({**card, "notes": notes}, indent=2) + "\n")
-        write_hf_extras(folder, config, card)
-
-    return atomic_write_dir(out, write)
-
-
 def _check_targets(ckpt: Path, format: str, out: Path, overwrite: bool) -> None:
     """Refuse an export onto its own input, and onto existing files unless ``overwrite`` (before reading)."""
     targets = [out, out.with_suffix(".json")] if format == "safetensors" else [out]
@@ -531,60 +288,6 @@ def _check_targets(ckpt: Path, format: str, out: Path, overwrite: bool) -> None:
         refuse_existing(target, overwrite)
     if format != "hf" and out.is_dir():
         raise ExportError(f"out={out} is a folder; format={format} writes one file (give a file name)")
-
-
-def hf_preprocessor_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``VideoMAEImageProcessor`` settings matching our evaluation transform (resize, centre crop, ImageNet norm)."""
-    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    size = config["image_size"]
-    return {
-        "image_processor_type": "VideoMAEImageProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": size},
-        "resample": 2,  # bilinear
-        "do_center_crop": True,
-        "crop_size": {"height": size, "width": size},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(IMAGENET_DEFAULT_MEAN),
-        "image_std": list(IMAGENET_DEFAULT_STD),
-    }
-
-
-def hf_model_card(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
-    """``README.md`` of an HF folder: what the model is, its training data and recipe, metrics when known, licence."""
-    arch = config["architectures"][0]
-    hp = card.get("hyper_parameters") or {}
-    recipe = {k: hp[k] for k in ("base_lr", "min_lr", "batch_size", "warmup_epochs", "weight_decay", "layer_decay",
-                                 "mixup", "cutmix", "label_smoothing", "dataset", "fps") if k in hp}
-    data = [f"- `{m['path']}` ({m['split']}, sha256 `{m['sha256']}`)" for m in card.get("data_manifests") or []]
-    metrics = [f"| {k} | {v} |" for k, v in (card.get("metrics") or {}).items()]
-    labels = config.get("id2label")
-    lines = [
-        "---", "license: apache-2.0", "library_name: transformers",
-        f"pipeline_tag: {'video-classification' if arch == 'VideoMAEForVideoClassification' else 'feature-extraction'}",
-        "tags: [surgvista, surgical-video, videomae]", "---", "",
-        f"# {arch} exported by surgvista", "",
-        f"A {config['num_hidden_layers']}-layer, {config['hidden_size']}-wide ViT video encoder "
-        f"({config['num_frames']} frames at {config['image_size']} px, tubelet {config['tubelet_size']}, patch "
-        f"{config['patch_size']}) trained with surgvista and converted by `surgvista-export format=hf` from "
-        f"`{card.get('source')}` (epoch {card.get('epoch', '?')}, step {card.get('global_step', '?')}).",
-        "", "## Training data", "", *(data or ["Not recorded in the checkpoint."]), "",
-        "## Recipe", "", *(f"- {k}: {v}" for k, v in recipe.items()), *([] if recipe else ["Not recorded."]), "",
-    ]
-    if labels:
-        lines += ["## Labels", "", *(f"- {i}: {n}" for i, n in labels.items()), ""]
-    lines += ["## Metrics", "", *(["| metric | value |", "|---|---|", *metrics] if metrics else ["Not known."]), ""]
-    lines += ["## Licence", "", "Apache-2.0 (the code); the weights follow the licences of their training data.", ""]
-    return "\n".join(lines)
-
-
-def write_hf_extras(out: Path, config: Mapping[str, Any], card: Mapping[str, Any]) -> None:
-    """``preprocessor_config.json`` and the ``README.md`` model card next to ``config.json``."""
-    (out / "preprocessor_config.json").write_text(json.dumps(hf_preprocessor_config(config), indent=2) + "\n")
-    (out / "README.md").write_text(hf_model_card(config, card))
 
 
 def _parse(argv: list[str]) -> dict[str, Any]:

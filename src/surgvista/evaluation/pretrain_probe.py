@@ -2,11 +2,13 @@
 
 ``python -m surgvista.pretrain_probe <pre-training run dir> [--seeds 3] [--max-train N] [--max-val N]``
 
-Reads ``<run>/config.yaml`` (the student architecture and the run's ``callbacks.probe_monitor`` labelled
-manifests) and ``<run>/checkpoints/last.ckpt``. The pre-trained student and ``--seeds`` randomly initialised
-students of the same architecture (init seeds 0..n-1) are run once over the same evenly spaced labelled clips;
-each gets a k-NN and a linear probe (linear-probe seed = the init seed; the pre-trained student's k-NN is
-deterministic). Prints val top-1 mean ± sample std over the seeds and writes ``<run>/probe_vs_random.json``.
+Reads ``<run>/checkpoints/last.ckpt`` and the run's ``config.yaml`` (the student architecture and the run's
+``callbacks.probe_monitor`` labelled manifests), found as for every run checkpoint by
+:func:`surgvista.checkpoints.run_folder.run_config_file` (``<run>/config.yaml``). The pre-trained student and
+``--seeds`` randomly initialised students of the same architecture (init seeds 0..n-1) are run once over the same
+evenly spaced labelled clips; each gets a k-NN and a linear probe (linear-probe seed = the init seed; the
+pre-trained student's k-NN is deterministic). Prints val top-1 mean ± sample std over the seeds and writes
+``<run>/probe_vs_random.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from surgvista.callbacks.probing import ProbeMonitor
+from surgvista.checkpoints.run_folder import run_config_file
 from surgvista.utils.errors import ConfigError
 from surgvista.utils.seeding import seeded
 
@@ -44,14 +47,17 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 def compare(run_dir: str | Path, seeds: int = 3, max_train: int | None = None, max_val: int | None = None) -> dict:
     """``{"pretrained": {...}, "random_init": {...}}``: per-seed top-1 lists and their mean/std, per probe."""
-    run = Path(run_dir)
-    cfg = OmegaConf.load(run / "config.yaml")
+    ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
+    cfg_path = run_config_file(ckpt)
+    if cfg_path is None:
+        raise FileNotFoundError(f"{Path(run_dir) / 'config.yaml'} not found: {run_dir} is not a training run folder")
+    cfg = OmegaConf.load(cfg_path)
     monitor_cfg = OmegaConf.select(cfg, "callbacks.probe_monitor")
     if monitor_cfg is None or not monitor_cfg.get("train_manifest"):
-        raise ConfigError(f"{run / 'config.yaml'}: no callbacks.probe_monitor.train_manifest (a labelled manifest)")
+        raise ConfigError(f"{cfg_path}: no callbacks.probe_monitor.train_manifest (a labelled manifest)")
     limits = {k: v for k, v in (("max_train", max_train), ("max_val", max_val)) if v is not None}
     monitor: ProbeMonitor = instantiate(monitor_cfg, **limits)
-    students = [_load_student(cfg, run / "checkpoints" / "last.ckpt")]
+    students = [_load_student(cfg, ckpt)]
     students += [_random_student(cfg, s) for s in range(seeds)]
     device = torch.device("cpu")
     train_x, train_y = monitor.features(students, "train", device)

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from surgvista.checkpoints.load import torch_load
+from surgvista.checkpoints.read import torch_load
 from surgvista.data.datamodule import demo_dataset_args
 from surgvista.data.manifest import VideoEntry, read_manifest
 from surgvista.features.frames import (

@@ -32,7 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from surgvista.checkpoints.load import torch_load
+from surgvista.checkpoints.load import LoadReport, load_backbone, load_matching
+from surgvista.checkpoints.read import read_state, torch_load
 from surgvista.data.manifest import VideoEntry, read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.sampling import causal_clip_indices
@@ -174,54 +175,34 @@ def frame_labels(entry: VideoEntry, label: str, frames: Sequence[int], where: st
     return torch.tensor([-1 if values[i] is None else int(values[i]) for i in frames], dtype=torch.long)
 
 
-def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | None = None, strict: bool = True) -> None:
+def load_backbone_weights(
+    module: nn.Module, path: str | Path, prefix: str | None = None, strict: bool = True
+) -> LoadReport:
     """Load a checkpoint into ``module``; with ``prefix`` only the keys starting with it (stripped).
 
+    Read by :func:`surgvista.checkpoints.read.read_state` (safe reader, state dict unwrapped, finite weights).
     ``VideoClassifier``/``SurgVISTAStudent`` go through :func:`surgvista.checkpoints.load.load_backbone` (every
     supported layout: our Lightning checkpoints, official/exported ``.pth``, VideoMAE, HF; strict key diff).
-    Other modules (e.g. timm models) load the unwrapped state dict directly: ``strict=False`` tolerates
-    missing/unexpected keys (logged), never a shape mismatch or a checkpoint with no matching key.
+    Other modules (e.g. timm models) take the state dict under their own key names
+    (:func:`surgvista.checkpoints.load.load_matching`): ``strict=False`` tolerates missing/unexpected keys (logged),
+    never a shape mismatch or a checkpoint with no matching key.
     """
-    from surgvista.checkpoints.load import check_finite, load_backbone, read_checkpoint, unwrap
     from surgvista.models.classifier import VideoClassifier
     from surgvista.models.student import SurgVISTAStudent
 
     ours = isinstance(module, (VideoClassifier, SurgVISTAStudent))
     if ours and not prefix:
-        load_backbone(path, module, strict=strict)
-        return
-    state, _, _ = unwrap(read_checkpoint(path)[0], str(path))
-    check_finite(state, path)
+        return load_backbone(path, module, strict=strict)
+    source = read_state(path)
+    state = source.state
     if prefix:
         state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise FeatureCacheError(f"backbone checkpoint {path}: no key starts with ckpt_prefix {prefix!r}")
     if ours:
-        load_backbone(state, module, strict=strict)
-        return
-    own = module.state_dict()
-    wrong = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if wrong or (strict and (missing or unexpected)) or not set(own) & set(state):
-        raise FeatureCacheError(
-            f"backbone checkpoint {path} (prefix {prefix!r}) does not fit {type(module).__name__}: "
-            f"shape mismatches {wrong[:5]}, missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    if missing or unexpected:
-        log.warning(
-            "backbone checkpoint %s: %d missing key(s) %s, %d unexpected key(s) %s",
-            path,
-            len(missing),
-            missing[:5],
-            len(unexpected),
-            unexpected[:5],
-        )
-    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    log.info("loaded backbone weights from %s", path)
+        return load_backbone(state, module, strict=strict)
+    name = f"{source.name} (ckpt_prefix {prefix!r})" if prefix else source.name
+    return load_matching(state, module, source=name, strict=strict)
 
 
 class FrameFeatureExtractor(nn.Module):

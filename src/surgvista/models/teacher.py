@@ -192,7 +192,7 @@ class ImageTeacher(nn.Module):
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Load a teacher ``.pth`` (EndoSSL/SurgVISTA layout) with ``weights_only=True``."""
-        from surgvista.checkpoints.load import check_finite, torch_load
+        from surgvista.checkpoints.read import check_finite, torch_load
 
         path = Path(path)
         if not path.is_file():

@@ -1,0 +1,14 @@
+"""The two refusals of the checkpoints package; both are :class:`~surgvista.utils.errors.UserError` (one
+``error: …`` line naming the file, exit status 1)."""
+
+from __future__ import annotations
+
+from surgvista.utils.errors import UserError
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be read or loaded into the requested model (the message lists the keys)."""
+
+
+class ExportError(UserError, ValueError):
+    """A checkpoint that cannot be written in the requested format (the message says why)."""

@@ -1,0 +1,242 @@
+"""Key styles of video-ViT checkpoints and the one table between Hugging Face VideoMAE names and ours.
+
+Styles (:func:`detect_style`): ``surgvista`` (our keys, which are also the official SurgVISTA ones), ``videomae``
+(VideoMAE / MVD / UMT originals: ``encoder.``/``decoder.``/``encoder_to_decoder`` keys) and ``hf``
+(``transformers`` VideoMAE: ``videomae.`` prefix, split query/key/value). :func:`to_canonical` maps any style to
+our *canonical* keys (the :class:`~surgvista.models.SurgVISTAStudent` names plus the classifier's
+``fc_norm``/``head``); :func:`to_hf_state` maps ours to HF. Both directions read the same tables below.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from surgvista.checkpoints.errors import ExportError
+
+# One transformer block (encoder and decoder alike), our module -> HF VideoMAE module. Not in the table: our fused
+# ``attn.qkv.weight`` is HF's ``attention.attention.{query,key,value}.weight`` (in that order) and our
+# ``attn.q_bias``/``attn.v_bias`` are its ``query.bias``/``value.bias`` (HF has no key bias).
+HF_BLOCK = {
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
+HF_QKV = ("query", "key", "value")
+HF_ATTENTION = "attention.attention."
+# Block stacks, our prefix -> HF prefix (the encoder's under ``videomae.`` in HF's pre-training/classification).
+HF_ENCODER_BLOCKS = ("blocks.", "encoder.layer.")
+HF_DECODER_BLOCKS = ("decoder_vid.blocks.", "decoder.decoder_layers.")
+# Modules and parameters outside the blocks, ours -> HF, by the part of the HF model that holds them.
+HF_ENCODER = {"patch_embed.proj": "embeddings.patch_embeddings.projection", "norm": "layernorm"}
+HF_HEAD = {"fc_norm": "fc_norm", "head": "classifier"}
+HF_DECODER = {
+    "down_vid": "encoder_to_decoder",  # HF has no bias: ours must be zero to export, is set to zero on load
+    "mask_token_vid": "mask_token",
+    "decoder_vid.norm": "decoder.norm",
+    "decoder_vid.head": "decoder.head",
+}
+HF_PREFIX = "videomae."
+# Fixed position tables: never stored by HF (recomputed there), recomputed by our loader.
+POSITION_TABLES = ("pos_embed", "pos_embed_vid", "pos_embed_img")
+
+_FROM_HF = {hf: ours for table in (HF_ENCODER, HF_HEAD, HF_DECODER) for ours, hf in table.items()}
+_FROM_HF_BLOCK = {hf: ours for ours, hf in HF_BLOCK.items()}
+
+
+def _rename(key: str, table: Mapping[str, str]) -> str | None:
+    """``key`` renamed by ``table`` (a ``<module>.weight``/``.bias`` by its module, a bare parameter by itself)."""
+    module, _, param = key.rpartition(".")
+    if module:
+        return f"{table[module]}.{param}" if module in table and param in ("weight", "bias") else None
+    return table.get(key)
+
+
+def _block(key: str, stack: str) -> tuple[str, str] | None:
+    """``(index, rest)`` of a key in the block stack ``stack`` (``blocks.3.mlp.fc1.weight`` -> ``('3', ...)``)."""
+    m = re.match(re.escape(stack) + r"(\d+)\.(.*)$", key)
+    return (m[1], m[2]) if m else None
+
+
+def block_depth(keys, prefix: str = "blocks.") -> int:
+    """Number of ``<prefix><i>.`` blocks among ``keys`` (the largest index + 1; 0 without any)."""
+    idx = [int(m[1]) for k in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))]
+    return max(idx) + 1 if idx else 0
+
+
+# ------------------------------------------------------------------------------------------ any -> ours
+
+
+def strip_wrappers(key: str) -> str:
+    """``key`` without the ``module.``/``model.``/``backbone.``/``student.`` prefixes of training wrappers."""
+    changed = True
+    while changed:
+        changed = False
+        for pre in ("module.", "model.", "backbone.", "student."):
+            if key.startswith(pre):
+                key, changed = key[len(pre) :], True
+    return key
+
+
+def detect_style(keys: list[str]) -> str:
+    """``hf`` (transformers VideoMAE), ``videomae`` (original encoder./decoder. layout) or ``surgvista``."""
+    keys = [strip_wrappers(k) for k in keys]
+    if any(k.startswith((HF_PREFIX, "embeddings.patch_embeddings.")) or f".{HF_ATTENTION}" in k for k in keys):
+        return "hf"
+    if any(k.startswith(("encoder.", "encoder_to_decoder", "decoder.")) for k in keys):
+        return "videomae"
+    return "surgvista"
+
+
+def _hf_block_key(rest: str, dst: str, out: dict, qkv: dict, src_key: str, value: torch.Tensor) -> bool:
+    """Place one HF block tensor (``rest`` after ``encoder.layer.<i>.``) under ``dst``; split q/k/v wait in ``qkv``."""
+    m = re.match(re.escape(HF_ATTENTION) + r"(query|key|value)\.(weight|bias)$", rest)
+    if m:
+        qkv.setdefault(dst, {})[f"{m[1]}.{m[2]}"] = (src_key, value)
+        return True
+    for hf, ours in _FROM_HF_BLOCK.items():
+        if rest.startswith(hf + "."):
+            out[dst + ours + rest[len(hf) :]] = (src_key, value)
+            return True
+    return False
+
+
+def _join_qkv(qkv: dict, out: dict, unexpected: list[str]) -> None:
+    """HF's query/key/value weights -> our fused ``attn.qkv.weight``; their q/v biases -> ``attn.q_bias``/``v_bias``."""
+    names = tuple(f"{n}.weight" for n in HF_QKV)
+    for dst, parts in qkv.items():
+        if not all(n in parts for n in names):
+            unexpected += [src for src, _ in parts.values()]
+            continue
+        src = parts[names[0]][0].rsplit(names[0], 1)[0] + "{query,key,value}.weight"
+        out[dst + "attn.qkv.weight"] = (src, torch.cat([parts[n][1] for n in names]))
+        if "key.bias" in parts:
+            unexpected.append(parts["key.bias"][0])
+        if "query.bias" in parts:
+            out[dst + "attn.q_bias"] = parts["query.bias"]
+        if "value.bias" in parts:
+            out[dst + "attn.v_bias"] = parts["value.bias"]
+
+
+def _hf_key(key: str, src: str, value: torch.Tensor, out: dict, qkv: dict) -> bool:
+    """Place one HF tensor (``videomae.`` removed) under its canonical key; ``False`` if it has no place."""
+    for ours_stack, hf_stack in (HF_ENCODER_BLOCKS, HF_DECODER_BLOCKS):
+        found = _block(key, hf_stack)
+        if found and _hf_block_key(found[1], f"{ours_stack}{found[0]}.", out, qkv, src, value):
+            return True
+    name = _rename(key, _FROM_HF)
+    if name is None:
+        return False
+    out[name] = (src, value)
+    return True
+
+
+def _videomae_key(key: str) -> str:
+    """The canonical key of a VideoMAE/MVD/UMT original's key (wrappers removed)."""
+    if key.startswith("encoder_to_decoder."):
+        return "down_vid." + key.removeprefix("encoder_to_decoder.")
+    if key == "mask_token":
+        return "mask_token_vid"
+    if key.startswith("decoder."):
+        return "decoder_vid." + key.removeprefix("decoder.")
+    if key == "decoder_pos_embed":
+        return "pos_embed_vid"
+    return key.removeprefix("encoder.")
+
+
+def to_canonical(
+    state: Mapping[str, torch.Tensor], style: str
+) -> tuple[dict[str, tuple[str, torch.Tensor]], list[str]]:
+    """Map a state dict of ``style`` to canonical keys: ``({canonical: (source_key, tensor)}, unmapped_keys)``."""
+    out: dict[str, tuple[str, torch.Tensor]] = {}
+    unmapped: list[str] = []
+    qkv: dict[str, dict] = {}
+    for src, value in state.items():
+        key = strip_wrappers(src)
+        if style == "hf":
+            if not _hf_key(key.removeprefix(HF_PREFIX), src, value, out, qkv):
+                unmapped.append(src)
+        elif style == "videomae":
+            out[_videomae_key(key)] = (src, value)
+        else:
+            out[key.removeprefix("encoder.")] = (src, value)
+    _join_qkv(qkv, out, unmapped)
+    return out, unmapped
+
+
+# ------------------------------------------------------------------------------------------- ours -> HF
+
+
+def _block_to_hf(rest: str, value: torch.Tensor, dst: str, out: dict[str, torch.Tensor]) -> None:
+    """One of our block tensors (``rest`` after ``blocks.<i>.``) under its HF name(s) below ``dst``."""
+    if rest == "attn.qkv.weight":
+        for name, part in zip(HF_QKV, value.chunk(3)):
+            out[f"{dst}{HF_ATTENTION}{name}.weight"] = part.clone()
+    elif rest in ("attn.q_bias", "attn.v_bias"):
+        out[f"{dst}{HF_ATTENTION}{'query' if rest[5] == 'q' else 'value'}.bias"] = value.clone()
+    else:
+        name = _rename(rest, HF_BLOCK)
+        if name is None:
+            raise ExportError(f"no Hugging Face VideoMAE equivalent for block key {rest!r}")
+        out[dst + name] = value.clone()
+
+
+def _encoder_to_hf(key: str, value: torch.Tensor, pre: str, mean_pool: bool, out: dict[str, torch.Tensor]) -> bool:
+    """Place one encoder tensor in ``out``; ``False`` if ``key`` is not an encoder key."""
+    if key in POSITION_TABLES or (mean_pool and key.startswith("norm.")):
+        return True  # HF recomputes the 1-D sinusoid tables; a mean-pooling classifier has fc_norm, no final norm
+    found = _block(key, HF_ENCODER_BLOCKS[0])
+    if found:
+        _block_to_hf(found[1], value, f"{pre}{HF_ENCODER_BLOCKS[1]}{found[0]}.", out)
+        return True
+    name = _rename(key, HF_ENCODER)
+    if name is None:
+        return False
+    out[pre + name] = value.clone()
+    return True
+
+
+def _head_to_hf(key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) -> bool:
+    """Place one classifier tensor (``fc_norm``, ``head`` -> ``classifier``); ``False`` if it is neither."""
+    name = _rename(key, HF_HEAD)
+    if name is None:
+        return False
+    out[name] = value.clone()
+    return True
+
+
+def _decoder_to_hf(key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) -> bool:
+    """Place one pixel-decoder tensor of ``VideoMAEForPreTraining``; ``False`` if ``key`` is not one."""
+    if key == "down_vid.bias":
+        return True  # checked to be zero before export: HF's encoder_to_decoder has no bias
+    found = _block(key, HF_DECODER_BLOCKS[0])
+    if found:
+        _block_to_hf(found[1], value, f"{HF_DECODER_BLOCKS[1]}{found[0]}.", out)
+        return True
+    name = _rename(key, HF_DECODER)
+    if name is None:
+        return False
+    out[name] = value.clone()
+    return True
+
+
+def to_hf_state(
+    state: Mapping[str, torch.Tensor], hf_arch: str, mean_pool: bool
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Every tensor under its HF ``hf_arch`` name (cloned); a key with no place there becomes a note."""
+    pre = "" if hf_arch == "model" else HF_PREFIX
+    out: dict[str, torch.Tensor] = {}
+    notes: list[str] = []
+    for key, value in state.items():
+        placed = (
+            _encoder_to_hf(key, value, pre, mean_pool, out)
+            or (hf_arch == "classification" and _head_to_hf(key, value, out))
+            or (hf_arch == "pretraining" and _decoder_to_hf(key, value, out))
+        )
+        if not placed:
+            notes.append(f"not exported (no place in HF {hf_arch}): {key}")
+    return out, notes
