@@ -13,6 +13,7 @@ from torch import nn
 from surgvista.checkpoints.errors import CheckpointError
 from surgvista.checkpoints.grids import interpolate_pos_embed
 from surgvista.checkpoints.load import load_backbone
+from surgvista.checkpoints.run_folder import run_config, run_config_file
 from surgvista.layers.position import sincos_3d, sinusoid_table
 from surgvista.models.classifier import VideoClassifier
 from surgvista.models.student import SurgVISTAStudent
@@ -289,6 +290,18 @@ def test_fine_tuned_head_loads_when_it_fits_and_stays_fresh_otherwise():
     other = classifier(num_classes=7)
     report = load_backbone({"module": src.state_dict()}, other)
     assert "head.weight" in report.expected_missing and torch.count_nonzero(other.head.weight) == 0
+
+
+def test_run_config_is_found_next_to_the_checkpoint_nearest_folder_first(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("a: 1\n")
+    assert run_config_file(run / "checkpoints" / "last.ckpt") == run / "config.yaml"
+    assert run_config_file(run / "last.ckpt") == run / "config.yaml"
+    assert run_config(run / "checkpoints" / "last.ckpt") == {"a": 1}
+    (run / "checkpoints" / "config.yaml").write_text("a: 2\n")
+    assert run_config(run / "checkpoints" / "last.ckpt") == {"a": 2}
+    assert run_config_file(tmp_path / "elsewhere" / "x.ckpt") is None and run_config(tmp_path / "x.ckpt") == {}
 
 
 # ------------------------------------------------------------------------ position tables at new geometry

@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_checkpoints import ARCH, GEOM, classifier, randomize, student
 
-from surgvista.checkpoints.errors import ExportError
-from surgvista.checkpoints.export import export, main
+from surgvista.checkpoints.errors import CheckpointError, ExportError
+from surgvista.checkpoints.export import canonical_state, export, main
 from surgvista.checkpoints.load import load_backbone
 from surgvista.checkpoints.read import read_checkpoint
 
@@ -121,6 +121,33 @@ def test_hf_export_refuses_a_3d_sincos_model(tmp_path):
     torch.save({"model": classifier().state_dict()}, tmp_path / "ft.pth")  # no table stored: kind unknown
     with pytest.raises(ExportError, match="position-table kind is unknown"):
         export(tmp_path / "ft.pth", "hf", tmp_path / "hf", img_size=32, num_frames=4, num_heads=4)
+
+
+def test_export_refuses_non_finite_weights_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """The same finite-checked reader as load_backbone: one error naming the file and the bad tensors."""
+    ours = student("sinusoid1d", image_decoder=False)
+    with torch.no_grad():
+        ours.down_vid.bias.zero_()
+        ours.blocks[1].mlp.fc1.weight[0, 0] = float("nan")
+        ours.blocks[1].mlp.fc2.weight[0, :2] = float("inf")
+    ckpt = lightning_ckpt(tmp_path, ours)
+    bad = r"last\.ckpt: tensor 'blocks\.1\.mlp\.fc1\.weight' holds 1 non-finite .*'blocks\.1\.mlp\.fc2\.weight'"
+    with pytest.raises(CheckpointError, match=bad):
+        canonical_state(ckpt)
+    for fmt, name in (("original", "e.pth"), ("safetensors", "e.safetensors"), ("hf", "hf")):
+        out = tmp_path / "exports" / name
+        with pytest.raises(CheckpointError, match=bad):
+            export(ckpt, fmt, out, img_size=32, num_frames=4, num_heads=4, decoder_heads=2)
+        assert not out.exists() and not out.with_suffix(".json").exists()
+    assert not (tmp_path / "exports").exists()
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    out = tmp_path / "cli" / "e.pth"
+    with pytest.raises(SystemExit) as exit_:
+        main([f"ckpt={ckpt}", "format=original", f"out={out}"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "fc1.weight" in err and "last.ckpt" in err
+    assert not (tmp_path / "cli").exists()
 
 
 def test_fine_tuning_init_from_export_equals_init_from_lightning(tmp_path):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from helpers import ROOT, SMALL_DEMO, run_script, small_demo_set
 
 import surgvista.features.frames as features
+from surgvista.checkpoints.errors import CheckpointError
 from surgvista.data.manifest import read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.sampling import causal_clip_indices
@@ -193,6 +194,27 @@ def test_image_backbone_submodule():
     assert out.shape == (3, 192)
     with pytest.raises(ValueError, match="input=image needs clip_len=1"):
         features.cache_key({**settings, "clip_len": 4})
+
+
+def test_plain_backbone_checkpoint_loads_with_a_key_diff(tmp_path):
+    """A non-surgvista backbone (e.g. timm) takes the state dict under its own keys: strict key diff, finite check."""
+    source = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    ckpt = tmp_path / "plain.pt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in source.state_dict().items()}, "epoch": 0}, ckpt)
+    target = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    report = features.load_backbone_weights(target, ckpt)
+    assert report.ok and len(report.loaded) == 4 and torch.equal(target[0].weight, source[0].weight)
+    wider = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 2))
+    with pytest.raises(CheckpointError, match=r"(?s)plain\.pt: checkpoint does not fit Sequential:.*2\.weight"):
+        features.load_backbone_weights(wider, ckpt)
+    assert features.load_backbone_weights(wider, ckpt, strict=False).missing == ["2.weight", "2.bias"]
+    with pytest.raises(CheckpointError, match=r"0\.weight: checkpoint \(3, 4\), model \(5, 4\)"):
+        features.load_backbone_weights(torch.nn.Sequential(torch.nn.Linear(4, 5)), ckpt, strict=False)
+    with torch.no_grad():
+        source[0].weight[1, 1] = float("nan")
+    torch.save(source.state_dict(), ckpt)
+    with pytest.raises(CheckpointError, match=r"plain\.pt: tensor '0\.weight' holds 1 non-finite"):
+        features.load_backbone_weights(target, ckpt)
 
 
 def test_dataset_errors_name_the_missing_video(demo_root, tmp_path):
