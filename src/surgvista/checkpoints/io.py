@@ -11,35 +11,21 @@ stays in place.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
-import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from surgvista.checkpoints.read import nonfinite_tensors
 from surgvista.utils.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
-
-
-def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj.to_local() if hasattr(obj, "to_local") else obj  # a DTensor: this rank's shard
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, f"{prefix}.{i}")
 
 
 def nonfinite_entries(checkpoint: dict) -> list[str]:
     """Names of the floating-point tensors in the weights and optimiser states that hold NaN or inf (of a sharded
     checkpoint: in this rank's shards)."""
     parts = {"state_dict": checkpoint.get("state_dict", {}), "optimizer_states": checkpoint.get("optimizer_states", [])}
-    return [
-        name for name, t in _tensors(parts) if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
-    ]
+    return nonfinite_tensors(parts)
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -14,7 +14,7 @@ import json
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -122,14 +122,29 @@ def _first_line(exc: BaseException) -> str:
     return text.split(". This")[0].split(" Re-running")[0][:200]
 
 
+def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in nested dicts/lists/tuples with its dotted name (a DTensor: this rank's shard)."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj.to_local() if hasattr(obj, "to_local") else obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}.{i}")
+
+
+def nonfinite_tensors(obj: Any) -> list[str]:
+    """Names of the floating-point tensors in ``obj`` (a state dict, or nested containers) holding NaN or inf."""
+    return [
+        name for name, t in _tensors(obj) if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
+    ]
+
+
 def check_finite(state: Mapping[str, Any], source: str | Path) -> None:
     """Raise :class:`CheckpointError` naming ``source`` and the first floating tensors of ``state`` with NaN or inf
     values (the first with its count of bad values, up to :data:`NAMED_BAD_TENSORS` in all)."""
-    bad = [
-        key
-        for key, value in state.items()
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
-    ]
+    bad = nonfinite_tensors({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})  # top level only
     if not bad:
         return
     count = int((~torch.isfinite(state[bad[0]])).sum())
