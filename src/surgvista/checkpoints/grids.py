@@ -2,7 +2,8 @@
 
 A table is ``(1, T'·H'·W', D)`` over the token grid ``(T', H', W')`` (frames / tubelet, height and width / patch).
 A fixed table (``sincos3d``: 3-D sin-cos of SurgVISTA/MVD; ``sinusoid1d``: the 1-D table of VideoMAE and HF) is
-recognised by value and recomputed for the model's grid; a ``learned`` one is interpolated.
+recognised by value and recomputed for the model's grid (:func:`surgvista.layers.position.position_table`); a
+``learned`` one is interpolated.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import torch.nn.functional as F
 
 from surgvista.checkpoints.errors import CheckpointError
 from surgvista.layers.position import sincos_3d, sinusoid_table
-
-POS_KINDS = ("sincos3d", "sinusoid1d", "learned")
 
 
 def candidate_grids(num_tokens: int) -> list[tuple[int, int, int]]:
@@ -83,9 +82,3 @@ def interpolate_pos_embed(table: torch.Tensor, src_grid: tuple[int, int, int], d
         x = F.interpolate(x, size=t1, mode="linear", align_corners=False)
     return x.reshape(dim, h1, w1, t1).permute(3, 1, 2, 0).reshape(1, t1 * h1 * w1, dim).to(table.dtype)
 
-
-def fixed_table(kind: str, dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
-    """The fixed table of ``kind`` for ``grid``."""
-    if kind == "sincos3d":
-        return sincos_3d(dim, grid)
-    return sinusoid_table(grid[0] * grid[1] * grid[2], dim)

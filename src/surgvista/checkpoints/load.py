@@ -31,9 +31,10 @@ import torch
 from torch import nn
 
 from surgvista.checkpoints.errors import CheckpointError
-from surgvista.checkpoints.grids import POS_KINDS, classify_table_grid, fixed_table, guess_grid, interpolate_pos_embed
+from surgvista.checkpoints.grids import classify_table_grid, guess_grid, interpolate_pos_embed
 from surgvista.checkpoints.keys import block_depth, detect_style, to_canonical
 from surgvista.checkpoints.read import read_state
+from surgvista.layers.position import POS_EMBED_KINDS, position_table
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +209,8 @@ def _source_pos_kind(
         src_kind = "sinusoid1d"  # HF and VideoMAE/UMT originals never store their (1-D) table
     elif src_kind is None and ("down_img.weight" in canon or "pos_embed_img" in canon):
         src_kind = "sincos3d"
-    if src_kind is not None and src_kind not in POS_KINDS:
-        raise ValueError(f"unknown pos_embed_kind {src_kind!r}; expected one of {POS_KINDS}")
+    if src_kind is not None and src_kind not in POS_EMBED_KINDS:
+        raise ValueError(f"unknown pos_embed_kind {src_kind!r}; expected one of {POS_EMBED_KINDS}")
     return src_kind
 
 
@@ -362,7 +363,7 @@ def _learned_table(item, src_kind, current, grid, source_grid, report) -> torch.
         if src_kind in ("sincos3d", "sinusoid1d"):
             report.pos_embed = f"learned table initialised from the checkpoint's {src_kind} table for grid {grid}"
             report.expected_missing.append("pos_embed")
-            return fixed_table(src_kind, dim, grid)
+            return position_table(src_kind, dim, grid)
         report.missing.append("pos_embed")
         return current
     src, table = item
