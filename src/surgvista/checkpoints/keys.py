@@ -3,7 +3,7 @@
 Styles (:func:`detect_style`): ``surgvista`` (our keys, which are also the official SurgVISTA ones), ``videomae``
 (VideoMAE / MVD / UMT originals: ``encoder.``/``decoder.``/``encoder_to_decoder`` keys) and ``hf``
 (``transformers`` VideoMAE: ``videomae.`` prefix, split query/key/value). :func:`to_canonical` maps any style to
-our *canonical* keys (the :class:`~surgvista.models.SurgVISTAStudent` names plus the classifier's
+our *canonical* keys (the :class:`~surgvista.models.student.SurgVISTAStudent` names plus the classifier's
 ``fc_norm``/``head``); :func:`to_hf_state` maps ours to HF. Both directions read the same tables below.
 """
 

@@ -12,7 +12,7 @@
   or ``save_pretrained`` directories (split query/key/value, ``videomae.`` prefix).
 
 Every source is read by :func:`surgvista.checkpoints.read.read_state` (safe reader, finite check), mapped to the
-*canonical* key set of :class:`~surgvista.models.SurgVISTAStudent` (``patch_embed``, ``blocks``, ``norm``,
+*canonical* key set of :class:`~surgvista.models.student.SurgVISTAStudent` (``patch_embed``, ``blocks``, ``norm``,
 ``down_vid``/``decoder_vid``/``mask_token_vid``, ...) plus the classifier's ``fc_norm``/``head`` by
 :func:`surgvista.checkpoints.keys.to_canonical`, then matched against the target model. :func:`load_matching`
 loads a state dict whose keys already are the model's (any ``nn.Module``) with the same report.
@@ -54,7 +54,7 @@ FIXED_TABLES = ("pos_embed", "pos_embed_img", "pos_embed_vid")
 
 @dataclass
 class LoadReport:
-    """What :func:`load_backbone` did: detected layout, and the key diff against the model."""
+    """What :func:`load_backbone` (or :func:`load_matching`) did: the detected layout and the key diff."""
 
     source: str
     layout: str
@@ -137,7 +137,8 @@ def load_backbone(
 
     Args:
         source: a path (``.pth``/``.ckpt``/``.bin``/``.safetensors``/HF directory) or an already-loaded mapping.
-        model: a :class:`~surgvista.models.SurgVISTAStudent` or :class:`~surgvista.models.VideoClassifier`.
+        model: a :class:`~surgvista.models.student.SurgVISTAStudent` or
+            :class:`~surgvista.models.classifier.VideoClassifier`.
         strict: raise :class:`CheckpointError` on any missing, unexpected or wrong-shape key and on a position
             embedding kind that disagrees with the model's; ``False`` loads what matches and logs the diff.
             A checkpoint of another architecture (width, depth, patch size) is an error either way.
