@@ -233,7 +233,7 @@ def pmlr50(root: Path) -> Path:
 
 
 def cholect50_json(vid: int, n: int) -> dict:
-    from surgvista.data.adapters.triplet import CHOLECT50_TRIPLETS
+    from surgvista.data.vocab import CHOLECT50_TRIPLETS
 
     triplet = {str(i): name for i, name in enumerate(CHOLECT50_TRIPLETS)}
     ann = {}

@@ -17,6 +17,7 @@ import sklearn.metrics as sklearn_metrics
 import torch
 from ivtmetrics import recognition as ivt_recognition
 
+from surgvista.data.vocab import CHOLECT50_TRIPLETS
 from surgvista.metrics import CHOLECT50, COMPONENTS, TripletMetrics, average_precision, triplet_scores, video_ap
 
 
@@ -64,6 +65,7 @@ def test_component_map_equals_ivtmetrics():
     assert [len(CHOLECT50.classes(c)) for c in COMPONENTS] == [6, 10, 15, 26, 59, 100]
     assert CHOLECT50.class_names("ivt")[94] == "grasper,null_verb,null_target"
     assert CHOLECT50.class_names("iv")[0] == "grasper,grasp"
+    assert CHOLECT50.class_names("ivt") == list(CHOLECT50_TRIPLETS)  # the metric and the adapter share one vocabulary
 
 
 @pytest.mark.parametrize("seed", range(20))

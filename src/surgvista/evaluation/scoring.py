@@ -233,12 +233,12 @@ def per_video_rows(videos: dict[str, tuple], num_classes: int) -> list[dict[str,
 def read_triplet_file(path: Path, num_classes: int, column: str) -> Labels:
     """CholecT50 labels JSON (``{"annotations": {frame: [[triplet, ...], ...]}}``) or our multi-label CSV."""
     if path.suffix.lower() == ".json":
-        from surgvista.data.adapters.triplet import _frame_triplets, _load_json
+        from surgvista.data.adapters.triplet import read_json_object, triplets_per_frame
 
-        data = _load_json(path)
+        data = read_json_object(path)
         if not isinstance(data, dict) or not isinstance(data.get("annotations"), dict):
             raise ScoreError(f"{path}: expected a CholecT50 labels JSON with an 'annotations' mapping")
-        per_frame = _frame_triplets(data["annotations"], path, num_classes)
+        per_frame = triplets_per_frame(data["annotations"], path, num_classes)
         frames = np.asarray(sorted(per_frame), np.int64)
         labels = [per_frame[int(f)] for f in frames]
         return Labels(frames, labels)

@@ -17,7 +17,7 @@ from surgvista.data.adapters.base import (
     register,
 )
 from surgvista.data.annotations import AnnotationError, read_json
-from surgvista.metrics.triplet import CHOLECT50_INSTRUMENTS, CHOLECT50_IVT, CHOLECT50_TARGETS, CHOLECT50_VERBS
+from surgvista.data.vocab import CHOLECT50_TRIPLETS
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ CHOLECT50_SPLITS = {
     "camma": {"val": (8, 12, 29, 50, 78), "test": (6, 51, 10, 73, 14, 74, 32, 80, 42, 111)},
     **{f"crossval{k}": _crossval(k) for k in range(1, 6)},
 }
-# The fixed official vocabulary: triplet id -> "instrument,verb,target" (ids 0-99).
-CHOLECT50_TRIPLETS = tuple(
-    f"{CHOLECT50_INSTRUMENTS[i]},{CHOLECT50_VERBS[v]},{CHOLECT50_TARGETS[t]}" for i, v, t in CHOLECT50_IVT
-)
 
 
 def check_triplet_categories(categories: object, path: Path) -> None:
@@ -71,14 +67,15 @@ def check_triplet_categories(categories: object, path: Path) -> None:
             )
 
 
-def _load_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path`` (any other JSON value is an :class:`AnnotationError` naming the file)."""
     data = read_json(path)
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
-def _frame_triplets(annotations: dict, path: Path, n_classes: int, base: int = 0) -> dict[int, list[int]]:
+def triplets_per_frame(annotations: dict, path: Path, n_classes: int, base: int = 0) -> dict[int, list[int]]:
     """``{frame number: sorted triplet ids}`` from ``{"<frame>": [[triplet, …], …]}`` (−1 = no triplet)."""
     out = {}
     for key, instances in annotations.items():
@@ -133,7 +130,7 @@ class CholecT50(Adapter):
             ann = labels / f"{folder.name}.json"
             if not ann.is_file():
                 raise PrepareError(f"cholect50: no label file {ann} for {folder}")
-            data = _load_json(ann)
+            data = read_json_object(ann)
             if "annotations" not in data:
                 raise AnnotationError(f"{ann}: no 'annotations' key (expected the CholecT50 JSON format)")
             cats = data.get("categories") or {}
@@ -141,7 +138,7 @@ class CholecT50(Adapter):
             phase = cats.get("phase") or {}
             if phase and "phase" not in self.label_names:
                 self.label_names["phase"] = [phase[k] for k in sorted(phase, key=int)]
-            triplets = _frame_triplets(data["annotations"], ann, len(self.label_names["triplet"]))
+            triplets = triplets_per_frame(data["annotations"], ann, len(self.label_names["triplet"]))
             phases = {}
             for key, instances in data["annotations"].items():
                 ph = [int(inst[14]) for inst in instances if len(inst) > 14 and int(inst[14]) != -1]
@@ -188,7 +185,7 @@ class Prostate21(Adapter):
                 ann = annos_root / split / f"{folder.name}.json"
                 if not ann.is_file():
                     raise PrepareError(f"prostate21: no annotation file {ann} for {folder}")
-                data = _load_json(ann)
+                data = read_json_object(ann)
                 annotations = data.get("annotations", data)
                 if not isinstance(annotations, dict):
                     raise AnnotationError(f"{ann}: expected a mapping 'frame id' -> instances")
@@ -205,7 +202,7 @@ class Prostate21(Adapter):
         self.id_base = base
         sources = []
         for split, folder, ann, annotations in found:
-            triplets = _frame_triplets(annotations, ann, self.n_triplets, base)
+            triplets = triplets_per_frame(annotations, ann, self.n_triplets, base)
             files = image_files(folder)
             lab = (lambda f, t, a: lambda tl: {"triplet": _sample_frames(f, t, a, tl)})(files, triplets, ann)
             sources.append(Source(folder.name, (split,), folder, frames=files, labels=lab, annotation_files=(ann,)))
