@@ -18,8 +18,9 @@ from PIL import Image
 from surgvista.data.adapters import DOWNSTREAM_DATASETS, PRETRAIN_DATASETS, REGISTRY
 from surgvista.data.adapters.base import native_indices
 from surgvista.data.manifest import read_manifest
-from surgvista.data.prepare import crop_black_margin, main, sha256_file
+from surgvista.data.prepare import crop_black_margin, main
 from surgvista.data.readers import EntryReader
+from surgvista.utils.io import sha256_file
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ from surgvista.utils.io import (
     atomic_write_text,
     refuse_existing,
     same_or_nested,
+    sha256_file,
 )
 
 FORMATS = ("original", "safetensors", "hf")
@@ -137,14 +138,6 @@ def to_original(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.
 # ----------------------------------------------------------------------------------------------- card
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _plain(obj: Any) -> Any:
     """JSON-safe copy (tensors → lists/numbers, unknown objects → str)."""
     if isinstance(obj, Mapping):
@@ -182,7 +175,7 @@ def model_card(state: Mapping[str, torch.Tensor], info: Mapping[str, Any], arch:
     for key in ("train_manifests", "val_manifests"):
         for p in dm.get(key) or []:
             path = Path(str(p))
-            manifests.append({"split": key, "path": str(p), "sha256": _sha256(path) if path.is_file() else None})
+            manifests.append({"split": key, "path": str(p), "sha256": sha256_file(path) if path.is_file() else None})
     if manifests:
         card["data_manifests"] = manifests
         joined = "".join(f"{m['path']}:{m['sha256']}" for m in manifests)

@@ -35,7 +35,7 @@ from surgvista.data.adapters import REGISTRY, PrepareError, Source, Timeline
 from surgvista.data.adapters.base import as_fraction, native_indices
 from surgvista.data.manifest import ManifestError, VideoEntry, frame_files, write_manifest
 from surgvista.utils.errors import UserError
-from surgvista.utils.io import atomic_write_text, same_or_nested
+from surgvista.utils.io import atomic_write_text, same_or_nested, sha256_file
 
 log = logging.getLogger("surgvista.prepare")
 MARKER_VERSION = 1
@@ -93,14 +93,6 @@ def process_image(img: Image.Image, opts: Options) -> Image.Image:
 
 
 # --- per-video worker -------------------------------------------------------------------------------------
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _probe(path: Path) -> tuple[Fraction, int]:
     import av
 

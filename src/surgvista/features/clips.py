@@ -18,13 +18,11 @@ An interrupted extraction resumes at the first missing shard.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import math
 import time
 from collections.abc import Mapping
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -34,8 +32,10 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from surgvista.data.manifest import read_manifest
-from surgvista.features.frames import FeatureCacheError, _ckpt_digest, file_digest, media_fingerprint
-from surgvista.utils.io import atomic_torch_save, atomic_write_text
+from surgvista.features.digest import content_digest, media_fingerprint, payload_key
+from surgvista.features.frames import FeatureCacheError
+from surgvista.features.runtime import autocast, torch_device
+from surgvista.utils.io import atomic_torch_save, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -57,31 +57,22 @@ GEOMETRY_FIELDS = (
 )
 
 
-def _content(value: object) -> object:
-    """``value`` with every string naming an existing file or folder replaced by its content digest."""
-    if isinstance(value, Mapping):
-        return {str(k): _content(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_content(v) for v in value]
-    return _ckpt_digest(value)
-
-
 def clip_cache_key(backbone: Mapping, source, storage: Mapping) -> str:
     """Digest (16 hex) of the backbone config, the split manifests and their videos (size, frames, sha256 as
-    :func:`surgvista.features.frames.media_fingerprint`), the clip geometry and ``storage``."""
+    :func:`surgvista.features.digest.media_fingerprint`), the clip geometry and ``storage``."""
     splits = {s: m for s, m in source.manifests().items() if m}
-    manifests = {s: file_digest(m) for s, m in splits.items()}
+    manifests = {s: sha256_file(m) for s, m in splits.items()}
     media = {s: [media_fingerprint(e) for e in read_manifest(m).entries] for s, m in splits.items()}
     geometry = {k: source.hparams.get(k) for k in GEOMETRY_FIELDS}
     payload = {
         "version": CLIP_FEATURE_VERSION,
-        "backbone": _content(backbone),
+        "backbone": content_digest(backbone),
         "manifests": manifests,
         "media": media,
         "geometry": geometry,
         "storage": dict(storage),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return payload_key(payload)
 
 
 def pool_tokens(tokens: torch.Tensor, max_tokens: int) -> torch.Tensor:
@@ -89,10 +80,6 @@ def pool_tokens(tokens: torch.Tensor, max_tokens: int) -> torch.Tensor:
     if tokens.shape[1] <= max_tokens:
         return tokens
     return F.adaptive_avg_pool1d(tokens.transpose(1, 2), max_tokens).transpose(1, 2)
-
-
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
 
 
 class ClipFeatureCache:
@@ -156,7 +143,7 @@ class ClipFeatureCache:
             log.info("clip-feature cache %s: complete (%s)", self.directory, self.meta()["splits"])
             return self.directory
         old = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
-        backbone, device = None, _device(str(self.storage.get("device", "auto")))
+        backbone, device = None, torch_device(str(self.storage.get("device", "auto")))
         clips, seconds = 0, 0.0
         for split, ds in datasets.items():
             for path in todo[split]:
@@ -197,8 +184,7 @@ class ClipFeatureCache:
             batch_size=int(hp.get("eval_batch_size") or hp["batch_size"]),
             num_workers=int(hp.get("num_workers", 0)),
         )
-        amp = self.storage.get("autocast")
-        amp = torch.autocast(device.type, dtype=getattr(torch, amp)) if amp else nullcontext()
+        amp = autocast(device, self.storage.get("autocast"))
         parts: dict[str, list[torch.Tensor]] = {
             k: [] for k in ("pooled", "tokens", "target", "video_index", "frame_index", "index")
         }

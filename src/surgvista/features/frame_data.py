@@ -13,14 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 from surgvista.checkpoints.read import torch_load
 from surgvista.data.datamodule import demo_dataset_args
 from surgvista.data.manifest import VideoEntry, read_manifest
-from surgvista.features.frames import (
-    FeatureCacheError,
-    cache_dir,
-    extract_features,
-    media_fingerprint,
-    resolve_settings,
-    video_cache_path,
-)
+from surgvista.features.digest import media_fingerprint
+from surgvista.features.frames import FeatureCacheError, cache_dir, extract_features, resolve_settings, video_cache_path
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")

@@ -18,12 +18,10 @@ CLI (Hydra overrides of ``conf/train.yaml``; runs the extraction that ``data=fea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -38,6 +36,8 @@ from surgvista.data.manifest import VideoEntry, read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.sampling import causal_clip_indices
 from surgvista.data.transforms import to_normalized_clip
+from surgvista.features.digest import content_digest, media_fingerprint, payload_key
+from surgvista.features.runtime import autocast, torch_device
 from surgvista.utils.config_check import check_config
 from surgvista.utils.errors import UserError, user_errors
 from surgvista.utils.io import atomic_torch_save
@@ -90,34 +90,6 @@ class FeatureCacheError(UserError, RuntimeError):
     """A cache file that does not hold what the manifest and the extractor settings say it should."""
 
 
-def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file's contents."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _with_file_digests(value: object) -> object:
-    """``value`` with every string that names an existing file replaced by its path-free content digest."""
-    if isinstance(value, Mapping):
-        return {str(k): _with_file_digests(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_with_file_digests(v) for v in value]
-    if isinstance(value, str) and value and Path(value).is_file():
-        return {"file_sha256": file_digest(value)}
-    return value
-
-
-def _ckpt_digest(value: object) -> object:
-    """A checkpoint file or (HF) directory by content; anything else as :func:`_with_file_digests`."""
-    if isinstance(value, str) and value and Path(value).is_dir():
-        files = sorted(p for p in Path(value).rglob("*") if p.is_file())
-        return {"dir_sha256": {str(p.relative_to(value)): file_digest(p) for p in files}}
-    return _with_file_digests(value)
-
-
 def resolve_settings(settings: Mapping) -> dict:
     """Extractor settings with defaults filled in; unknown keys and bad values are errors naming them."""
     unknown = sorted(set(settings) - set(DEFAULTS))
@@ -145,24 +117,9 @@ def resolve_settings(settings: Mapping) -> dict:
 def cache_key(settings: Mapping) -> str:
     """Digest (16 hex) of everything that determines the features; checkpoint files enter by content."""
     s = resolve_settings(settings)
-    payload = {"version": FEATURE_VERSION, **{k: _with_file_digests(s[k]) for k in KEY_FIELDS}}
-    payload["ckpt"] = _ckpt_digest(s["ckpt"])
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def media_fingerprint(entry: VideoEntry) -> dict:
-    """What identifies a video's frames independently of where the dataset lies on disk."""
-    size = entry.source.stat().st_size if entry.source.is_file() else None
-    return {
-        "dataset": entry.dataset,
-        "video_id": entry.video_id,
-        "format": entry.format,
-        "source": entry.source.name,
-        "num_frames": entry.num_frames,
-        "fps": entry.fps,
-        "size": size,
-        "sha256": entry.sha256,
-    }
+    payload = {"version": FEATURE_VERSION, **{k: content_digest(s[k], folders=False) for k in KEY_FIELDS}}
+    payload["ckpt"] = content_digest(s["ckpt"])  # a checkpoint file, or an HF folder by its files
+    return payload_key(payload)
 
 
 def frame_labels(entry: VideoEntry, label: str, frames: Sequence[int], where: str) -> torch.Tensor:
@@ -243,10 +200,6 @@ def build_extractor(settings: Mapping) -> FrameFeatureExtractor:
     return FrameFeatureExtractor(backbone, s["input"], s["pool"])
 
 
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
-
-
 def extract_video(
     extractor: FrameFeatureExtractor, reader: EntryReader, entry: VideoEntry, settings: Mapping, device: torch.device
 ) -> tuple[torch.Tensor, list[int]]:
@@ -259,7 +212,7 @@ def extract_video(
     span = (clip_len - 1) * stride
     anchors = list(range(0, entry.num_frames, int(s["frame_stride"])))
     batch = int(s["batch_size"])
-    amp = torch.autocast(device.type, dtype=getattr(torch, s["autocast"])) if s["autocast"] else nullcontext()
+    amp = autocast(device, s["autocast"])
     buffer: dict[int, torch.Tensor] = {}
     out = []
     for start in range(0, len(anchors), batch):
@@ -318,39 +271,53 @@ def extract_features(
     s = resolve_settings(settings)
     directory = cache_dir(cache_root, s)
     entries = _unique_entries(manifests)
-    todo = []
-    for entry, where in entries:
-        path, media = video_cache_path(directory, entry), media_fingerprint(entry)
-        if not path.is_file():
-            todo.append((entry, where))
-            continue
-        cached = torch_load(path)
-        if cached.get("media") != media:
-            log.warning(
-                "feature cache %s was made from different media (%s, now %s): re-extracting",
-                path,
-                cached.get("media"),
-                media,
-            )
-            todo.append((entry, where))
-            continue
-        labels = frame_labels(entry, label, cached["frames"].tolist(), where)
-        if not torch.equal(labels, cached["labels"]):
-            log.info("feature cache %s: labels changed in the manifest, updating them", path)
-            atomic_torch_save({**cached, "labels": labels}, path)
+    todo = [(entry, where) for entry, where in entries if not _cached(directory, entry, label, where)]
     directory.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "version": FEATURE_VERSION,
-        "key": directory.name,
-        "settings": {k: s[k] for k in KEY_FIELDS},
-        "checkpoints": _ckpt_digest(s["ckpt"]),
-    }
-    (directory / "extractor.json").write_text(json.dumps(meta, indent=1, default=str))
+    _write_extractor_meta(directory, s)
     if not todo:
         log.info("feature cache %s: all %d videos present", directory, len(entries))
         return directory
     log.info("feature cache %s: extracting %d of %d videos", directory, len(todo), len(entries))
-    device = _device(str(s["device"]))
+    _extract_into(directory, todo, s, label, progress)
+    return directory
+
+
+def _cached(directory: Path, entry: VideoEntry, label: str, where: str) -> bool:
+    """True when ``entry``'s cache file holds features of the same media (labels changed in the manifest are
+    updated in place); False when it is missing or was made from other media."""
+    path, media = video_cache_path(directory, entry), media_fingerprint(entry)
+    if not path.is_file():
+        return False
+    cached = torch_load(path)
+    if cached.get("media") != media:
+        log.warning(
+            "feature cache %s was made from different media (%s, now %s): re-extracting",
+            path,
+            cached.get("media"),
+            media,
+        )
+        return False
+    labels = frame_labels(entry, label, cached["frames"].tolist(), where)
+    if not torch.equal(labels, cached["labels"]):
+        log.info("feature cache %s: labels changed in the manifest, updating them", path)
+        atomic_torch_save({**cached, "labels": labels}, path)
+    return True
+
+
+def _write_extractor_meta(directory: Path, s: dict) -> None:
+    """``<directory>/extractor.json``: the key, the settings that determine the features, the checkpoint digests."""
+    meta = {
+        "version": FEATURE_VERSION,
+        "key": directory.name,
+        "settings": {k: s[k] for k in KEY_FIELDS},
+        "checkpoints": content_digest(s["ckpt"]),
+    }
+    (directory / "extractor.json").write_text(json.dumps(meta, indent=1, default=str))
+
+
+def _extract_into(directory: Path, todo: list[tuple[VideoEntry, str]], s: dict, label: str, progress: bool) -> None:
+    """Build the extractor once and write the cache file of every video of ``todo`` (atomically)."""
+    device = torch_device(str(s["device"]))
     extractor = build_extractor(s).to(device)
     reader = EntryReader(s["backend"])
     bar = tqdm(todo, desc="features", unit="video", disable=not progress)
@@ -371,7 +338,6 @@ def extract_features(
             },
             path,
         )
-    return directory
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,12 @@
 """Safe writes: every checkpoint, manifest and export goes to a temporary file in the target's folder (never
 ``$TMPDIR``, which may be another filesystem), is fsynced, then renamed over the target, so a crash never leaves a
 half-written file where a good one was expected. What a killed write leaves behind (``.<name>.<random>.tmp``, or a
-replaced folder moved aside as ``...tmp.old``) is undone by :func:`clean_orphaned_temp_files`."""
+replaced folder moved aside as ``...tmp.old``) is undone by :func:`clean_orphaned_temp_files`. Also the one file
+digest (:func:`sha256_file`) every checksum, export card and cache key uses."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -145,3 +147,12 @@ def same_or_nested(a: str | Path, b: str | Path) -> bool:
     """True when ``a`` and ``b`` are the same path or one lies inside the other (after resolving links)."""
     ra, rb = Path(a).resolve(), Path(b).resolve()
     return ra == rb or ra.is_relative_to(rb) or rb.is_relative_to(ra)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 (hex) of a file's contents, read ``chunk`` bytes at a time."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
