@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from surgvista.data.clips import VideoClipDataset, collate_clips
+from surgvista.data.demo import DemoSet
 from surgvista.data.leakage import check_leakage
 from surgvista.data.manifest import read_manifest
 from surgvista.data.resumable import ResumableDataLoader, data_seed, eval_loader, resumable_loader
@@ -164,16 +165,6 @@ class PretrainDataModule(L.LightningDataModule):
         return eval_loader(self.val_set, **self._loader_kwargs()) if self.val_set is not None else []
 
 
-def demo_dataset_args(
-    root: Path, num_videos: int, num_val_videos: int, video_frames: Sequence[int], video_size: Sequence[int], seed: int
-) -> dict:
-    """``generate_demo_dataset`` keyword arguments from the demo data modules' config names."""
-    return {
-        "root": root, "num_videos": num_videos, "num_val_videos": num_val_videos,
-        "frames_per_video": tuple(video_frames), "size": tuple(video_size), "seed": seed,
-    }
-
-
 class DemoDataModule(PretrainDataModule):
     """The embedded synthetic-surgery dataset: written to ``root`` on first use, then read like any other."""
 
@@ -187,19 +178,15 @@ class DemoDataModule(PretrainDataModule):
         seed: int = 0,
         **kwargs,
     ) -> None:
-        root_path = Path(root)
-        super().__init__(
-            train_manifests=[str(root_path / "train.jsonl")], val_manifests=[str(root_path / "val.jsonl")], **kwargs
-        )
-        self.demo_args = demo_dataset_args(root_path, num_videos, num_val_videos, video_frames, video_size, seed)
+        demo = DemoSet(Path(root), num_videos, num_val_videos, video_frames, video_size, seed)
+        super().__init__(train_manifests=[demo.train_manifest], val_manifests=[demo.val_manifest], **kwargs)
+        self.demo = demo
 
     def check_inputs(self) -> None:
         """Nothing to check before ``prepare_data`` generates the demo set."""
 
     def prepare_data(self) -> None:
-        from surgvista.data.demo import generate_demo_dataset
-
-        generate_demo_dataset(**self.demo_args)
+        self.demo.generate()
 
 
 class MixtureDataModule(PretrainDataModule):

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -130,6 +131,8 @@ def _phase_lengths(rng: np.random.Generator, total: int) -> list[int]:
 def write_demo_video(path: Path, label_path: Path, seed: int, num_frames: int, size: tuple[int, int],
                      fps: int) -> list[int]:
     """Render one seeded video to ``path`` (h264 mp4, GOP 12) and its Cholec80-format labels."""
+    import av  # only when writing: the demo data modules import this module
+
     rng = np.random.default_rng(seed)
     width, height = size
     scene = _Scene(rng, height, width)
@@ -191,6 +194,37 @@ def generate_demo_dataset(
     write_manifest(val, entries[n_train:], meta)
     atomic_write_text(stamp, json.dumps(params))
     return train, val
+
+
+@dataclass(frozen=True)
+class DemoSet:
+    """The demo dataset of a demo data module (its config names): manifests under ``root``, written on first use."""
+
+    root: Path
+    num_videos: int = 8
+    num_val_videos: int = 2
+    video_frames: Sequence[int] = (300, 420)
+    video_size: Sequence[int] = (160, 128)
+    seed: int = 0
+
+    @property
+    def train_manifest(self) -> str:
+        return str(self.root / "train.jsonl")
+
+    @property
+    def val_manifest(self) -> str:
+        return str(self.root / "val.jsonl")
+
+    def generate(self) -> tuple[Path, Path]:
+        """Write the dataset unless it is there already (:func:`generate_demo_dataset`)."""
+        return generate_demo_dataset(
+            self.root,
+            self.num_videos,
+            self.num_val_videos,
+            frames_per_video=tuple(self.video_frames),
+            size=tuple(self.video_size),
+            seed=self.seed,
+        )
 
 
 def _readable(*manifests: Path) -> bool:

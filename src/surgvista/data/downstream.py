@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from surgvista.data.clip_augment import EvalClipTransform, TrainClipTransform
-from surgvista.data.datamodule import demo_dataset_args
+from surgvista.data.demo import DemoSet
 from surgvista.data.manifest import ManifestError, read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.resumable import data_seed, eval_loader, resumable_loader
@@ -278,17 +278,12 @@ class DemoDownstreamDataModule(DownstreamDataModule):
         seed: int = 0,
         **kwargs,
     ) -> None:
-        root_path = Path(root)
+        demo = DemoSet(Path(root), num_videos, num_val_videos, video_frames, video_size, seed)
         kwargs.setdefault("label", "phase")
         super().__init__(
-            train_manifest=str(root_path / "train.jsonl"),
-            val_manifest=str(root_path / "val.jsonl"),
-            test_manifest=None,
-            **kwargs,
+            train_manifest=demo.train_manifest, val_manifest=demo.val_manifest, test_manifest=None, **kwargs
         )
-        self.demo_args = demo_dataset_args(root_path, num_videos, num_val_videos, video_frames, video_size, seed)
+        self.demo = demo
 
     def prepare_data(self) -> None:
-        from surgvista.data.demo import generate_demo_dataset
-
-        generate_demo_dataset(**self.demo_args)
+        self.demo.generate()

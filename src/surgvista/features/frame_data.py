@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from surgvista.checkpoints.read import torch_load
-from surgvista.data.datamodule import demo_dataset_args
+from surgvista.data.demo import DemoSet
 from surgvista.data.manifest import VideoEntry, read_manifest
 from surgvista.features.digest import media_fingerprint
 from surgvista.features.frames import FeatureCacheError, cache_dir, extract_features, resolve_settings, video_cache_path
@@ -170,18 +170,16 @@ class DemoFeatureDataModule(FeatureDataModule):
         cache_root: str | None = None,
         **kwargs,
     ) -> None:
-        root_path = Path(root)
+        demo = DemoSet(Path(root), num_videos, num_val_videos, video_frames, video_size, seed)
         super().__init__(
-            cache_root=cache_root or str(root_path / "features"),
+            cache_root=cache_root or str(demo.root / "features"),
             extractor=extractor,
-            train_manifests=[str(root_path / "train.jsonl")],
-            val_manifests=[str(root_path / "val.jsonl")],
+            train_manifests=[demo.train_manifest],
+            val_manifests=[demo.val_manifest],
             **kwargs,
         )
-        self.demo_args = demo_dataset_args(root_path, num_videos, num_val_videos, video_frames, video_size, seed)
+        self.demo = demo
 
     def extract(self) -> Path:
-        from surgvista.data.demo import generate_demo_dataset
-
-        generate_demo_dataset(**self.demo_args)
+        self.demo.generate()
         return super().extract()
