@@ -12,9 +12,19 @@ from surgvista.layers.vit import ATTN_BACKENDS
 
 
 def parser() -> argparse.ArgumentParser:
+    """The ``pretrain`` and ``flops`` subcommands and their options."""
     ap = argparse.ArgumentParser(prog="python -m surgvista.bench", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pretrain", help="time N optimiser steps of SurgVISTA pre-training after warm-up")
+    _model_options(p)
+    _timing_options(p)
+    f = sub.add_parser("flops", help="model FLOPs per clip: teacher forward vs student forward+backward")
+    _flops_options(f)
+    return ap
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """``pretrain``: what is timed (preset, batch, precision, attention, teacher, masking)."""
     p.add_argument(
         "--preset",
         default="tiny",
@@ -39,6 +49,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--teacher-every-k", type=int, default=1, help="run the teacher every k-th step")
     p.add_argument("--mask-ratio", type=float, default=0.85)
+
+
+def _timing_options(p: argparse.ArgumentParser) -> None:
+    """``pretrain``: how it is timed (steps, device, threads, MFU peak, comparison, output)."""
     p.add_argument("--steps", type=int, default=10, help="timed steps (medians are reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -71,7 +85,10 @@ def parser() -> argparse.ArgumentParser:
         "where the machine may be shared; on CUDA they run one after the other, so peak memory is exact)",
     )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    f = sub.add_parser("flops", help="model FLOPs per clip: teacher forward vs student forward+backward")
+
+
+def _flops_options(f: argparse.ArgumentParser) -> None:
+    """``flops``: the preset and the teachers compared."""
     f.add_argument("--preset", default="base", choices=sorted(pretrain.PRESETS))
     f.add_argument(
         "--teacher",
@@ -81,7 +98,6 @@ def parser() -> argparse.ArgumentParser:
         help="teacher presets to compare (default: the preset's)",
     )
     f.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    return ap
 
 
 def main(argv: list[str] | None = None):

@@ -154,50 +154,15 @@ def process_video(job: dict) -> dict:
     """Probe/extract one source; returns its timeline, digests and frame count (or ``{"error": …}``)."""
     opts: Options = job["options"]
     marker = Path(job["marker"])
-    if marker.is_file():
-        cached = json.loads(marker.read_text())
-        done = not opts.extract or Path(job["frames_out"]).is_dir()
-        if done and cached.get("options") == opts.key() and cached.get("source") == job["source_key"]:
-            return {**cached, "resumed": True}
+    finished = _finished(job, marker, opts)
+    if finished is not None:
+        return finished
     fps = Fraction(opts.fps) if opts.fps is not None else None
     try:
-        checksums = {}
-        if job["frames"] is None:
-            path = Path(job["path"])
-            checksums[str(path)] = sha256 = sha256_file(path)
-            probed = job.get("probed")  # from check_source: no second probe
-            native_fps, count = (Fraction(probed[0]), probed[1]) if probed else _probe(path)
-        else:
-            files = [Path(f) for f in job["frames"]]
-            if not files:
-                raise BadVideoError(f"frame folder {job['path']} has no image files")
-            for f in files:
-                checksums[str(f)] = sha256_file(f)
-            sha256 = hashlib.sha256("".join(f"{checksums[str(f)]}  {f.name}\n" for f in files).encode()).hexdigest()
-            native_fps, count = Fraction(job["frame_rate"]), len(files)
+        checksums, sha256, native_fps, count = _digest_source(job)
         native = _clip_indices(job, native_fps, count, fps)
-        folder = Path(job["frames_out"])
         if opts.extract:
-            partial = folder.with_name(folder.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.rmtree(folder, ignore_errors=True)
-            partial.mkdir(parents=True)
-            if job["frames"] is None:
-                decoded = _extract_video(Path(job["path"]), native, partial, opts)
-                if native and decoded <= native[-1]:
-                    # the header promised more frames than the stream holds: keep what was decoded
-                    if job["clip"] is None:
-                        count = decoded
-                    native = [k for k in native if k < decoded]
-            else:
-                for i, k in enumerate(native):
-                    try:
-                        with Image.open(files[k]) as img:
-                            _save(img, partial, [i], opts)
-                    except OSError as e:
-                        raise BadVideoError(f"cannot read frame image {files[k]}: {e}") from e
-        if opts.extract:
-            partial.rename(folder)
+            native, count = _extract_frames(job, native, count, opts)
     except BadVideoError as e:
         shutil.rmtree(Path(job["frames_out"] + ".partial"), ignore_errors=True)
         return {"video_id": job["video_id"], "error": str(e)}
@@ -214,6 +179,63 @@ def process_video(job: dict) -> dict:
     marker.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker, json.dumps(result))
     return result
+
+
+def _finished(job: dict, marker: Path, opts: Options) -> dict | None:
+    """The result saved by an earlier run with the same options and source (marked ``resumed``), else ``None``."""
+    if not marker.is_file():
+        return None
+    cached = json.loads(marker.read_text())
+    done = not opts.extract or Path(job["frames_out"]).is_dir()
+    if done and cached.get("options") == opts.key() and cached.get("source") == job["source_key"]:
+        return {**cached, "resumed": True}
+    return None
+
+
+def _digest_source(job: dict) -> tuple[dict[str, str], str, Fraction, int]:
+    """``(checksums by file, source digest, native fps, native frame count)`` of a video file or a frame folder
+    (the folder's digest: of its files' digests and names)."""
+    checksums = {}
+    if job["frames"] is None:
+        path = Path(job["path"])
+        checksums[str(path)] = sha256 = sha256_file(path)
+        probed = job.get("probed")  # from check_source: no second probe
+        native_fps, count = (Fraction(probed[0]), probed[1]) if probed else _probe(path)
+        return checksums, sha256, native_fps, count
+    files = [Path(f) for f in job["frames"]]
+    if not files:
+        raise BadVideoError(f"frame folder {job['path']} has no image files")
+    for f in files:
+        checksums[str(f)] = sha256_file(f)
+    sha256 = hashlib.sha256("".join(f"{checksums[str(f)]}  {f.name}\n" for f in files).encode()).hexdigest()
+    return checksums, sha256, Fraction(job["frame_rate"]), len(files)
+
+
+def _extract_frames(job: dict, native: list[int], count: int, opts: Options) -> tuple[list[int], int]:
+    """Write native frames ``native`` as ``<frames_out>/<i>.jpg`` (through a ``.partial`` folder renamed when
+    complete); returns ``(native, count)``, cut to what was decodable when the header promised more frames."""
+    folder = Path(job["frames_out"])
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.mkdir(parents=True)
+    if job["frames"] is None:
+        decoded = _extract_video(Path(job["path"]), native, partial, opts)
+        if native and decoded <= native[-1]:
+            # the header promised more frames than the stream holds: keep what was decoded
+            if job["clip"] is None:
+                count = decoded
+            native = [k for k in native if k < decoded]
+    else:
+        files = [Path(f) for f in job["frames"]]
+        for i, k in enumerate(native):
+            try:
+                with Image.open(files[k]) as img:
+                    _save(img, partial, [i], opts)
+            except OSError as e:
+                raise BadVideoError(f"cannot read frame image {files[k]}: {e}") from e
+    partial.rename(folder)
+    return native, count
 
 
 def check_output_folder(out: str | Path, **raw_folders: str | Path | None) -> None:
@@ -406,14 +428,8 @@ def prepare(
     _check_previous(out, dataset)
     out.mkdir(parents=True, exist_ok=True)
     sources = _discover(adapter, dataset, out, seed)
-    opts = Options(
-        fps=None if fps_frac is None else f"{fps_frac.numerator}/{fps_frac.denominator}",
-        extract=extract,
-        size=tuple(size) if size else None,
-        keep_aspect=keep_aspect,
-        jpeg_quality=jpeg_quality,
-        crop_black=crop_black,
-    )
+    fps_text = None if fps_frac is None else f"{fps_frac.numerator}/{fps_frac.denominator}"
+    opts = Options(fps_text, extract, tuple(size) if size else None, keep_aspect, jpeg_quality, crop_black)
     jobs = [_job(s, out, opts) for s in sources]
     results = _process(jobs, adapter, dataset, min_frames, on_bad_video, workers, progress)
     entries, skipped, checksums, hours = _collect(dataset, sources, results, fps_frac, out, opts, adapter.splits)

@@ -111,8 +111,6 @@ def write_shards(
     storage_options: dict | None = None,
 ) -> int:
     """Write the clips of ``manifests`` as litdata shards under ``out``; returns the number of clips written."""
-    from litdata import optimize
-
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
     _check_out(str(out), overwrite, resume)
@@ -129,19 +127,30 @@ def write_shards(
     check_leakage(dataset.entries, list(exclude_from), data_dir, allow_leakage)
     n = len(dataset)
     log.info("writing %d clips (%d videos) to %s with %d worker(s)", n, len(dataset.entries), out, workers)
+    options = {"chunk_bytes": chunk_bytes, "num_workers": workers, "mode": "overwrite" if overwrite else None,
+               "storage_options": dict(storage_options or {})}  # fmt: skip
+    problems = _optimize(dataset, str(out), quality, options)
+    _check_written(str(out), n - len(problems))
+    write_videos(str(out), dataset.entries, storage_options)
+    _report_bad_clips(str(out), problems, on_bad_video)
+    return n - len(problems)
+
+
+def _optimize(dataset: VideoClipDataset, out: str, quality: int, options: dict) -> list[str]:
+    """Run litdata's ``optimize`` over every sample of ``dataset`` (``options``: its chunk, worker, mode and storage
+    arguments); returns the problems of the clips left out for bad media."""
+    from litdata import optimize
+
     start_method = multiprocessing.get_start_method(allow_none=True)
     with tempfile.TemporaryDirectory(prefix="surgvista-shards-") as errors:
         try:
             optimize(
                 fn=functools.partial(clip_item, dataset, quality, errors),
-                inputs=list(range(n)),
-                output_dir=str(out),
-                chunk_bytes=chunk_bytes,
-                num_workers=workers,
-                mode="overwrite" if overwrite else None,
+                inputs=list(range(len(dataset))),
+                output_dir=out,
                 use_checkpoint=True,  # always: an interrupted run can then be resumed
                 reorder_files=False,
-                storage_options=dict(storage_options or {}),
+                **options,
             )
         except RuntimeError as e:  # litdata's "We found the following error <worker traceback>"
             lines = [line for line in str(e).splitlines() if line[:1].isalpha() and ": " in line]
@@ -152,11 +161,13 @@ def write_shards(
         finally:  # optimize forces the "spawn" start method process-wide; DataLoaders started later would inherit it
             multiprocessing.set_start_method(start_method, force=True)
         bad = sorted(Path(errors).glob("*.txt"), key=lambda p: int(p.stem))
-        problems = [p.read_text() for p in bad]
-    _check_written(str(out), n - len(problems))
-    write_videos(str(out), dataset.entries, storage_options)
+        return [p.read_text() for p in bad]
+
+
+def _report_bad_clips(out: str, problems: list[str], on_bad_video: str) -> None:
+    """Clips left out for bad media: an error (the local index removed, unusable without them) or a warning."""
     if problems and on_bad_video == "error":
-        if "://" not in str(out):
+        if "://" not in out:
             Path(out, "index.json").unlink()  # unusable: the shards lack these clips
         raise ShardWriteError(
             f"{len(problems)} clip(s) could not be read, e.g. {problems[0]}; fix the media and write the shards "
@@ -164,7 +175,6 @@ def write_shards(
         )
     if problems:
         log.warning("on_bad_video=skip: left out %d clip(s) with bad media: %s", len(problems), "; ".join(problems[:5]))
-    return n - len(problems)
 
 
 def write_videos(out: str, entries: list[VideoEntry], storage_options: dict | None = None) -> None:
