@@ -111,11 +111,6 @@ class PretrainDataModule(L.LightningDataModule):
         check_leakage(entries, list(hp.exclude_from or ()), hp.data_dir, hp.allow_leakage)
         self._inputs_checked = True
 
-    @property
-    def clips_per_batch(self) -> int:
-        """Clips in one training batch: ``batch_size × num_clips_per_video``."""
-        return self.hparams.batch_size * self.hparams.num_clips_per_video
-
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         norm = not hp.normalize_on_device

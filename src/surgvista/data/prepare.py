@@ -32,7 +32,7 @@ from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from surgvista.data.adapters import REGISTRY, PrepareError, Source, Timeline
-from surgvista.data.adapters.base import as_fraction, native_indices
+from surgvista.data.adapters.base import as_fraction, native_indices, numeric_key
 from surgvista.data.manifest import ManifestError, VideoEntry, frame_files, write_manifest
 from surgvista.utils.errors import UserError
 from surgvista.utils.io import atomic_write_text, same_or_nested, sha256_file
@@ -306,7 +306,7 @@ def validate_sources(
 def _bad_videos(dataset: str, bad: dict[str, str], on_bad_video: str) -> None:
     """With ``on_bad_video=error``, one error listing every bad source."""
     if bad and on_bad_video == "error":
-        listing = "; ".join(bad[v] for v in sorted(bad, key=_order))
+        listing = "; ".join(bad[v] for v in sorted(bad, key=numeric_key))
         raise BadVideoError(f"{dataset}: {len(bad)} bad video(s): {listing} (use --on-bad-video skip to skip them)")
 
 
@@ -582,16 +582,10 @@ def _write_manifests(
             continue
         same = {e.video_id: same_video[e.video_id] for e in es if e.video_id in same_video}
         meta = {**common, "split": sp, **({"same_video_as": same} if same else {})}
-        written[sp] = write_manifest(out / f"{sp}.jsonl", sorted(es, key=lambda e: _order(e.video_id)), meta)
+        written[sp] = write_manifest(out / f"{sp}.jsonl", sorted(es, key=lambda e: numeric_key(e.video_id)), meta)
     for sp in set(splits) - set(written):
         (out / f"{sp}.jsonl").unlink(missing_ok=True)
     return written
-
-
-def _order(video_id: str) -> tuple:
-    from surgvista.data.adapters.base import numeric_key
-
-    return numeric_key(video_id)
 
 
 def _job(src: Source, out: Path, opts: Options) -> dict:

@@ -63,7 +63,6 @@ KEY_FIELDS = (
     "dtype",
     "module_attr",
 )
-RUNTIME_FIELDS = ("batch_size", "device", "autocast", "backend", "read_chunk")
 DEFAULTS = {
     "backbone": None,
     "ckpt": None,

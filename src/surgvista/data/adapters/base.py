@@ -113,6 +113,7 @@ class Adapter:
     random_split: dict[str, float] | None = None  # seeded random split of the video ids (fractions)
     supports_no_extract: bool = True
     accepts_videos: bool = False  # reads its videos from another dataset's download (--videos)
+    val_is_test: bool = False  # its manifests say so (val.jsonl is a copy of test.jsonl)
 
     def __init__(self, raw: Path, variant: str | None = None, videos: Path | None = None) -> None:
         self.raw = Path(raw)
@@ -132,7 +133,7 @@ class Adapter:
 
     def meta(self) -> dict:
         """Extra ``_meta`` fields of every manifest."""
-        return {}
+        return {"val_is_test": True} if self.val_is_test else {}
 
     # helpers ---------------------------------------------------------------------------------------------
     def find(self, *candidates: str, kind: str = "dir", required: bool = True) -> Path | None:

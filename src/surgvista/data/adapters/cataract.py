@@ -140,9 +140,7 @@ class Cataract21(Adapter):
     description = "Cataract-21: training/case_XX.mp4 + case_XX.csv, validation/… (German phase names per frame)"
     splits = ("train", "val", "test")
     label_names = {"phase": list(CATARACT21_PHASES)}
-
-    def meta(self) -> dict:
-        return {"val_is_test": True}
+    val_is_test = True
 
     def discover(self) -> list[Source]:
         names = list(CATARACT21_RAW)

@@ -138,9 +138,7 @@ class M2CAI16(Adapter):
     description = "M2CAI16-workflow: train_dataset/workflow_video_NN.mp4 (+ .txt), test_dataset/test_workflow_video_NN"
     splits = ("pretrain", "train", "val", "test")
     label_names = {"phase": list(M2CAI16_PHASES)}
-
-    def meta(self) -> dict:
-        return {"val_is_test": True}
+    val_is_test = True
 
     def discover(self) -> list[Source]:
         sources = []

@@ -119,9 +119,7 @@ class SurgicalActions160(Adapter):
     label_names = {"action": list(SA160_CLASSES)}
     default_fps = None  # clip-level: keep every frame
     random_split = {"train": 70, "test": 30}
-
-    def meta(self) -> dict:
-        return {"val_is_test": True}
+    val_is_test = True
 
     def discover(self) -> list[Source]:
         root = self.raw / "SurgicalActions160" if (self.raw / "SurgicalActions160").is_dir() else self.raw
