@@ -38,10 +38,6 @@ def _numpy_state() -> dict[str, Any]:
     }
 
 
-def _set_numpy_state(s: dict[str, Any]) -> None:
-    np.random.set_state((s["kind"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"]))
-
-
 def capture_rng(module: L.LightningModule | None = None) -> dict[str, Any]:
     """This process's global RNG states and ``module.rng_states()``."""
     state = {
@@ -57,7 +53,8 @@ def capture_rng(module: L.LightningModule | None = None) -> dict[str, Any]:
 def restore_rng(state: dict[str, Any], module: L.LightningModule | None = None) -> None:
     """Set the states captured by :func:`capture_rng` (the module's are handed to ``module.load_rng_states``)."""
     random.setstate(state["python"])
-    _set_numpy_state(state["numpy"])
+    s = state["numpy"]
+    np.random.set_state((s["kind"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

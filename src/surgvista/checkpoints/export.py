@@ -127,14 +127,6 @@ def pos_kind(state: Mapping[str, torch.Tensor], arch: Mapping[str, Any], declare
     return classify_table(state["pos_embed"], grid)
 
 
-# ------------------------------------------------------------------------------------------ conversions
-
-
-def to_original(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """``{'model': state}``: the official SurgVISTA layout (our state dict already uses its keys)."""
-    return {"model": {k: v.detach().clone() for k, v in state.items()}}
-
-
 # ----------------------------------------------------------------------------------------------- card
 
 
@@ -235,7 +227,8 @@ def export(
     kind = pos_kind(state, arch, pos_embed or student_cfg.get("pos_embed"))
     card = model_card(state, info, arch, kind)
     if format == "original":
-        return atomic_torch_save(to_original(state), out)
+        # the official SurgVISTA layout {'model': state}: our state dict already uses its keys
+        return atomic_torch_save({"model": {k: v.detach().clone() for k, v in state.items()}}, out)
     if format == "safetensors":
         return _write_safetensors(state, card, out)
     check_hf_pos_kind(ckpt, kind)

@@ -36,11 +36,6 @@ def _load_student(cfg, ckpt: Path) -> torch.nn.Module:
     return student.eval()
 
 
-def _random_student(cfg, seed: int) -> torch.nn.Module:
-    with seeded(seed):
-        return instantiate(cfg.model.student, _convert_="all").eval()
-
-
 def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
@@ -58,7 +53,9 @@ def compare(run_dir: str | Path, seeds: int = 3, max_train: int | None = None, m
     limits = {k: v for k, v in (("max_train", max_train), ("max_val", max_val)) if v is not None}
     monitor: ProbeMonitor = instantiate(monitor_cfg, **limits)
     students = [_load_student(cfg, ckpt)]
-    students += [_random_student(cfg, s) for s in range(seeds)]
+    for seed in range(seeds):  # the random-init baselines
+        with seeded(seed):
+            students.append(instantiate(cfg.model.student, _convert_="all").eval())
     device = torch.device("cpu")
     train_x, train_y = monitor.features(students, "train", device)
     val_x, val_y = monitor.features(students, "val", device)

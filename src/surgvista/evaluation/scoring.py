@@ -44,18 +44,13 @@ _SUFFIX = re.compile(r"[-_](phase|phases|pred|preds|prediction|predictions|gt|la
 _EXTS = (".txt", ".csv", ".json")
 
 
-def video_key(path: Path) -> str:
-    """``video41-phase.txt`` / ``video41_pred.txt`` / ``video41.csv`` → ``video41``."""
-    return _SUFFIX.sub("", path.stem)
-
-
 def video_files(folder: Path) -> dict[str, Path]:
     """``{video key: file}`` of a folder of per-video files; duplicates keys are an error."""
     if not folder.is_dir():
         raise ScoreError(f"{folder}: not a folder of per-video files")
     out: dict[str, Path] = {}
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in _EXTS and p.is_file()):
-        key = video_key(path)
+        key = _SUFFIX.sub("", path.stem)  # video41-phase.txt / video41_pred.txt / video41.csv → video41
         if key in out:
             raise ScoreError(f"{folder}: {out[key].name} and {path.name} are both video {key!r}")
         out[key] = path

@@ -79,11 +79,6 @@ def f1_from_counts(tp: int, fp: int, fn: int) -> float:
     return 2.0 * precision * recall / (precision + recall) * 100.0
 
 
-def overlap_key(overlap: float) -> str:
-    """Result name of an overlap threshold: 0.1 -> ``f1@10``."""
-    return f"f1@{round(overlap * 100):d}"
-
-
 def segment_scores(preds_per_video, targets_per_video, overlaps=DEFAULT_OVERLAPS) -> dict[str, float]:
     """``edit`` (mean over videos) and ``f1@k`` (TP/FP/FN pooled over videos) for lists of per-video labels."""
     preds, targets = list(preds_per_video), list(targets_per_video)
@@ -95,5 +90,5 @@ def segment_scores(preds_per_video, targets_per_video, overlaps=DEFAULT_OVERLAPS
     out = {"edit": mean([edit_score(p, t) for p, t in zip(preds, targets)]) if preds else math.nan}
     for overlap in overlaps:
         counts = np.array([overlap_counts(p, t, overlap) for p, t in zip(preds, targets)]).reshape(-1, 3)
-        out[overlap_key(overlap)] = f1_from_counts(*(int(c) for c in counts.sum(axis=0)))
+        out[f"f1@{round(overlap * 100):d}"] = f1_from_counts(*(int(c) for c in counts.sum(axis=0)))
     return out
