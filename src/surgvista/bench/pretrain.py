@@ -243,11 +243,6 @@ class Runner:
         self.skipped = torch.zeros((), device=device)
         self.consecutive = torch.zeros((), device=device)
 
-    def reset_memory(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -367,7 +362,9 @@ def run(cfg: BenchConfig) -> BenchResult:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     runner = Runner(cfg)
-    runner.reset_memory()
+    if runner.cuda:
+        torch.cuda.synchronize(runner.device)
+        torch.cuda.reset_peak_memory_stats(runner.device)
     for _ in range(cfg.warmup + cfg.steps):
         runner.step()
     return runner.result()

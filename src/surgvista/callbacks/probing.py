@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 class ProbeCallback(L.Callback):
     """Builds the probe head for the cached feature width (and fills the k-NN bank) in ``setup``; after the test,
     writes ``<run>/probe.json`` for :mod:`surgvista.evaluation.leaderboard`: backbone, parameters, protocol, dataset,
-    the
-    test metrics and the extraction throughput of the cache."""
+    the test metrics and the extraction throughput of the cache."""
 
     def __init__(self, backbone: str, protocol: str, dataset: str) -> None:
         self.backbone, self.protocol, self.dataset = backbone, protocol, dataset

@@ -193,20 +193,7 @@ def _encoder_to_hf(key: str, value: torch.Tensor, pre: str, mean_pool: bool, out
     if found:
         _block_to_hf(found[1], value, f"{pre}{HF_ENCODER_BLOCKS[1]}{found[0]}.", out)
         return True
-    name = _rename(key, HF_ENCODER)
-    if name is None:
-        return False
-    out[pre + name] = value.clone()
-    return True
-
-
-def _head_to_hf(key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) -> bool:
-    """Place one classifier tensor (``fc_norm``, ``head`` -> ``classifier``); ``False`` if it is neither."""
-    name = _rename(key, HF_HEAD)
-    if name is None:
-        return False
-    out[name] = value.clone()
-    return True
+    return _place(key, value, HF_ENCODER, out, pre)
 
 
 def _decoder_to_hf(key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) -> bool:
@@ -217,11 +204,15 @@ def _decoder_to_hf(key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) 
     if found:
         _block_to_hf(found[1], value, f"{HF_DECODER_BLOCKS[1]}{found[0]}.", out)
         return True
-    name = _rename(key, HF_DECODER)
-    if name is None:
-        return False
-    out[name] = value.clone()
-    return True
+    return _place(key, value, HF_DECODER, out)
+
+
+def _place(key: str, value: torch.Tensor, table: Mapping[str, str], out: dict, pre: str = "") -> bool:
+    """``out[pre + HF name] = value`` (cloned) when ``table`` renames ``key``; ``False`` if it has no entry there."""
+    name = _rename(key, table)
+    if name is not None:
+        out[pre + name] = value.clone()
+    return name is not None
 
 
 def to_hf_state(
@@ -234,7 +225,7 @@ def to_hf_state(
     for key, value in state.items():
         placed = (
             _encoder_to_hf(key, value, pre, mean_pool, out)
-            or (hf_arch == "classification" and _head_to_hf(key, value, out))
+            or (hf_arch == "classification" and _place(key, value, HF_HEAD, out))  # fc_norm, head -> classifier
             or (hf_arch == "pretraining" and _decoder_to_hf(key, value, out))
         )
         if not placed:

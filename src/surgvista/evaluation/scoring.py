@@ -73,11 +73,6 @@ def match_videos(gt: dict[str, Path], pred: dict[str, Path]) -> list[str]:
 # --------------------------------------------------------------------------------------------- reading
 
 
-def _is_our_csv(path: Path) -> bool:
-    with path.open(newline="") as f:
-        return next(csv.reader(f), [])[:3] == ["frame", "target", "prediction"]
-
-
 def read_our_csv(path: Path, column: str, multilabel: bool = False) -> Labels:
     """Our per-video prediction CSV; ``column`` = ``target`` or ``prediction``."""
     from surgvista.evaluation.predictions import PredictionFileError, read_prediction_file
@@ -119,7 +114,9 @@ def read_phase_text(path: Path, names: Sequence[str] | None) -> Labels:
 
 
 def read_phase_file(path: Path, column: str, names: Sequence[str] | None) -> Labels:
-    return read_our_csv(path, column) if _is_our_csv(path) else read_phase_text(path, names)
+    with path.open(newline="") as f:
+        ours = next(csv.reader(f), [])[:3] == ["frame", "target", "prediction"]
+    return read_our_csv(path, column) if ours else read_phase_text(path, names)
 
 
 def check_aligned(key: str, gt: Labels, pred: Labels, gt_path: Path, pred_path: Path) -> None:

@@ -105,7 +105,7 @@ class Adapter:
 
     name: str = ""
     description: str = ""
-    splits: tuple[str, ...] = ()  # split files it writes
+    splits: tuple[str, ...] = ("train", "val", "test")  # split files it writes
     label_names: dict[str, list[str]] = {}
     default_fps: float | None = 1.0
     variants: tuple[str, ...] = ()  # selectable official splits; first is the default

@@ -102,7 +102,6 @@ def _frame_labels(values, path: Path):
 class CATARACTS(Adapter):
     name = "cataracts"
     description = "CATARACTS 2020: videos/micro/{train,test}NN.mp4 + ground_truth/CATARACTS_2020/*_gt/<video>.csv"
-    splits = ("train", "val", "test")
     label_names = {"phase": list(CATARACTS_STEPS)}
 
     def discover(self) -> list[Source]:
@@ -138,7 +137,6 @@ class CATARACTS(Adapter):
 class Cataract21(Adapter):
     name = "cataract21"
     description = "Cataract-21: training/case_XX.mp4 + case_XX.csv, validation/… (German phase names per frame)"
-    splits = ("train", "val", "test")
     label_names = {"phase": list(CATARACT21_PHASES)}
     val_is_test = True
 
@@ -201,7 +199,6 @@ def cataract101_labels(rows: list[tuple[int, int]], path: Path, tl: Timeline) ->
 class Cataract101(Adapter):
     name = "cataract101"
     description = "Cataract-101: videos/case_<id>.mp4 + annotations.csv (phase start frames, ';'-separated)"
-    splits = ("train", "val", "test")
     label_names = {"phase": list(CATARACT101_PHASES)}
     random_split = {"train": 60, "val": 13, "test": 28}
 

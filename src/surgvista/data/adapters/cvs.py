@@ -59,7 +59,6 @@ class Cholec80CVS(Adapter):
         "(in --raw, or --videos <cholec80 root>)"
     )
     accepts_videos = True
-    splits = ("train", "val", "test")
     label_names = {"cvs": [f"total_{i}" for i in range(7)], "cvs_criteria": list(CRITERIA)}
     supports_no_extract = False  # clips are sub-ranges of the Cholec80 videos
 
@@ -152,7 +151,6 @@ class Endoscapes(Adapter):
         "Endoscapes2023: {train,val,test}/<vid>_<frame>.jpg (1 fps) + {split}/annotation_ds_coco.json "
         "(or annotation_coco_vid.json)"
     )
-    splits = ("train", "val", "test")
     label_names = {"cvs": ["0 criteria", "1 criterion", "2 criteria", "3 criteria"], "cvs_criteria": ["C1", "C2", "C3"]}
     threshold = 0.5
     supports_no_extract = False  # frames are named <vid>_<frame>.jpg, not 0..N-1

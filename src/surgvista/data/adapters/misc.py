@@ -87,7 +87,6 @@ class _FramePhaseSet(Adapter):
 class ESD57(_FramePhaseSet):
     name = "esd57"
     description = "ESD57: frames/<id>/<n>.png + phases/<id>.txt (1 fps; 8 phases, names unpublished)"
-    splits = ("train", "val", "test")
     labels_dir = "phases"
     n_classes = 8
     label_names = {"phase": [f"phase_{i}" for i in range(8)]}
@@ -98,7 +97,6 @@ class ESD57(_FramePhaseSet):
 class PmLR50(_FramePhaseSet):
     name = "pmlr50"
     description = "PmLR50: frames/NN/00000000.jpg + phase_annotations/NN.txt (1 fps; 5 phases, names unpublished)"
-    splits = ("train", "val", "test")
     labels_dir = "phase_annotations"
     n_classes = 5
     label_names = {"phase": [f"phase_{i}" for i in range(5)]}
@@ -115,7 +113,6 @@ class PmLR50(_FramePhaseSet):
 class SurgicalActions160(Adapter):
     name = "surgicalactions160"
     description = "SurgicalActions160: NN_<class>/NN_MM.mp4 (16 classes x 10 clips)"
-    splits = ("train", "val", "test")
     label_names = {"action": list(SA160_CLASSES)}
     default_fps = None  # clip-level: keep every frame
     random_split = {"train": 70, "test": 30}

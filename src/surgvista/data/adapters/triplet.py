@@ -108,7 +108,6 @@ def _sample_frames(files: list[Path], per_frame: dict[int, object], path: Path, 
 class CholecT50(Adapter):
     name = "cholect50"
     description = "CholecT50: videos/VIDxx/000000.png (1 fps) + labels/VIDxx.json"
-    splits = ("train", "val", "test")
     variants = tuple(CHOLECT50_SPLITS)
 
     def __init__(self, raw: Path, variant: str | None = None, videos: Path | None = None) -> None:
@@ -167,7 +166,6 @@ class CholecT50(Adapter):
 class Prostate21(Adapter):
     name = "prostate21"
     description = "Prostate21 (ProstaTD): frames/<split>/<video>/<n>.jpg + annos/<split>/<video>.json (1 fps)"
-    splits = ("train", "val", "test")
     n_triplets = 89
 
     def __init__(self, raw: Path, variant: str | None = None, videos: Path | None = None) -> None:
