@@ -136,12 +136,9 @@ def load_backbone_weights(
 ) -> LoadReport:
     """Load a checkpoint into ``module``; with ``prefix`` only the keys starting with it (stripped).
 
-    Read by :func:`surgvista.checkpoints.read.read_state` (safe reader, state dict unwrapped, finite weights).
     ``VideoClassifier``/``SurgVISTAStudent`` go through :func:`surgvista.checkpoints.load.load_backbone` (every
-    supported layout: our Lightning checkpoints, official/exported ``.pth``, VideoMAE, HF; strict key diff).
-    Other modules (e.g. timm models) take the state dict under their own key names
-    (:func:`surgvista.checkpoints.load.load_matching`): ``strict=False`` tolerates missing/unexpected keys (logged),
-    never a shape mismatch or a checkpoint with no matching key.
+    supported layout); other modules (e.g. timm models) take the state dict under their own key names
+    (:func:`surgvista.checkpoints.load.load_matching`).
     """
     from surgvista.models.classifier import VideoClassifier
     from surgvista.models.student import SurgVISTAStudent

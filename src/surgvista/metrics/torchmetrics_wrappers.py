@@ -94,10 +94,7 @@ class PhaseMetrics(_KeyedMetric):
 
     ``update(probs [B, C], target [B], video [B], frame [B])``: softmax probabilities, phase ids, integer video
     index and frame index (temporal order within a video). Rows whose target equals ``ignore_index`` are dropped.
-    ``compute()`` -> flat dict: ``accuracy`` (frame-pooled), ``accuracy_top5`` (C > 5), ``video_accuracy_mean/_std``,
-    ``precision``, ``recall``, ``jaccard``, ``f1`` (+ ``_std``), ``relaxed_*`` when relaxation is on,
-    ``macro_precision/_recall/_f1`` (+ ``_std``), ``edit``,
-    ``f1@10/25/50``.
+    ``compute()`` -> the flat dict of ``phase_scores`` plus ``accuracy_top5`` (C > 5).
 
     ``relaxed``: True / False / ``"auto"`` (on iff ``dataset`` has relaxed-boundary rules: cholec80, autolaparo,
     m2cai16); ``matlab_compatible``: reproduce ``Evaluate.m``'s early-transition indexing (default, comparable

@@ -6,6 +6,7 @@ digest (:func:`sha256_file`) every checksum, export card and cache key uses."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -27,16 +28,12 @@ TEMP_SUFFIX, OLD_SUFFIX = ".tmp", ".tmp.old"
 
 def _fsync(path: Path) -> None:
     """Flush ``path`` (a file, or a folder's entries) to disk; filesystems that refuse it are left alone."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def temp_dir_next_to(path: str | Path) -> Path:
