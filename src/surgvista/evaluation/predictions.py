@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from surgvista.metrics.torchmetrics_wrappers import nan_to_none
 from surgvista.utils.errors import UserError
 
 
@@ -188,10 +189,7 @@ def write_metrics(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    js.write_text(
-        json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}, indent=2)
-        + "\n"
-    )
+    js.write_text(json.dumps(nan_to_none(metrics), indent=2) + "\n")
     md.write_text(table.rstrip() + "\n")
     return js, md
 

@@ -128,13 +128,10 @@ class NonFiniteGuardMixin(L.LightningModule):
         log.error("non-finite training: restored the weights of %s in memory", path)
         return f"The weights in memory were restored from the last finite checkpoint {path}."
 
-    def _guard_counts(self) -> tuple[int, int]:
-        if self._skipped is None:
-            return self._loaded_counts
-        return int(self._skipped.item()), int(self._consecutive.item())
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        skipped, consecutive = self._guard_counts()
+        skipped, consecutive = self._loaded_counts
+        if self._skipped is not None:
+            skipped, consecutive = int(self._skipped.item()), int(self._consecutive.item())
         checkpoint["nonfinite_guard"] = {"skipped_steps": skipped, "consecutive": consecutive}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
