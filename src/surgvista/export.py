@@ -1,6 +1,6 @@
-"""`python -m surgvista.export`: launches `surgvista.checkpoints.export`."""
+"""`python -m surgvista.export`: launches `surgvista.cli.export`."""
 
-from surgvista.checkpoints.export import main
+from surgvista.cli.export import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

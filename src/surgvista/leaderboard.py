@@ -1,6 +1,6 @@
-"""`python -m surgvista.leaderboard`: launches `surgvista.evaluation.leaderboard`."""
+"""`python -m surgvista.leaderboard`: launches `surgvista.cli.leaderboard`."""
 
-from surgvista.evaluation.leaderboard import main
+from surgvista.cli.leaderboard import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""`python -m surgvista.prepare`: launches `surgvista.data.prepare`."""
+"""`python -m surgvista.prepare`: launches `surgvista.cli.prepare`."""
 
-from surgvista.data.prepare import main
+from surgvista.cli.prepare import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""`python -m surgvista.pretrain_probe`: launches `surgvista.evaluation.pretrain_probe`."""
+"""`python -m surgvista.pretrain_probe`: launches `surgvista.cli.pretrain_probe`."""
 
-from surgvista.evaluation.pretrain_probe import main
+from surgvista.cli.pretrain_probe import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""`python -m surgvista.score`: launches `surgvista.evaluation.scoring`."""
+"""`python -m surgvista.score`: launches `surgvista.cli.score`."""
 
-from surgvista.evaluation.scoring import main
+from surgvista.cli.score import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import inspect
 import json
 import math
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,6 @@ from surgvista.checkpoints.keys import block_depth, detect_style, to_canonical
 from surgvista.checkpoints.read import read_state
 from surgvista.checkpoints.run_folder import run_config, run_dir
 from surgvista.models.presets import STUDENT_PRESETS
-from surgvista.utils.errors import user_errors
 from surgvista.utils.io import (
     atomic_torch_save,
     atomic_write,
@@ -274,37 +271,3 @@ def _check_targets(ckpt: Path, format: str, out: Path, overwrite: bool) -> None:
         refuse_existing(target, overwrite)
     if format != "hf" and out.is_dir():
         raise ExportError(f"out={out} is a folder; format={format} writes one file (give a file name)")
-
-
-def _parse(argv: list[str]) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise SystemExit(f"arguments must be key=value, got {bad}\n{__doc__}")
-    return OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``surgvista-export`` / ``python -m surgvista.export``: a bad input (or a refused export) is one ``error: ...``
-    line and exit status 1 (``HYDRA_FULL_ERROR=1``: traceback)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    args = _parse(argv)
-    missing = [k for k in ("ckpt", "format", "out") if k not in args]
-    if missing:
-        raise SystemExit(f"missing argument(s) {missing}\n{__doc__}")
-    known = set(inspect.signature(export).parameters)
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise SystemExit(f"error: unknown argument(s) {unknown}; expected key=value with keys {sorted(known)}")
-    with user_errors():
-        path = export(args.pop("ckpt"), args.pop("format"), args.pop("out"), **args)
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

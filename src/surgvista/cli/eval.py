@@ -5,6 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from surgvista.cli.common import hydra_entry_point, user_errors
 from surgvista.utils.config_dirs import primary_config_path, set_project_root
 
 set_project_root()
@@ -15,7 +16,6 @@ def run(cfg: DictConfig) -> None:
     """Evaluate ``ckpt_path`` and print its metrics (fine-tuned models print their Markdown table themselves; a bad
     input: one line, exit 1)."""
     from surgvista.run import evaluate
-    from surgvista.utils.errors import user_errors
 
     with user_errors():
         metrics = evaluate(cfg)
@@ -26,8 +26,6 @@ def run(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console-script entry point (Hydra reads the command line)."""
-    from surgvista.utils.errors import hydra_entry_point
-
     hydra_entry_point(run)
 
 

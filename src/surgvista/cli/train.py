@@ -5,6 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from surgvista.cli.common import hydra_entry_point, user_errors
 from surgvista.utils.config_dirs import primary_config_path, set_project_root
 
 set_project_root()
@@ -14,7 +15,6 @@ set_project_root()
 def run(cfg: DictConfig) -> float | None:
     """Run one training job and return ``optimized_metric`` for Hydra sweepers (a bad input: one line, exit 1)."""
     from surgvista.run import metric_value, train
-    from surgvista.utils.errors import user_errors
 
     with user_errors():
         return metric_value(train(cfg), cfg.get("optimized_metric"))
@@ -22,8 +22,6 @@ def run(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console-script entry point (Hydra reads the command line)."""
-    from surgvista.utils.errors import hydra_entry_point
-
     hydra_entry_point(run)
 
 

@@ -5,12 +5,11 @@ hook, clipper, bag, irrigator), their motion, the camera drift and the appearanc
 gallbladder, clips, blood, smoke). Labels are written in the official Cholec80 ``Frame<TAB>Phase`` format at
 the native frame rate, and the train/val manifests sample them at ``manifest_fps``.
 
-CLI: ``python -m surgvista.data.demo --out data/demo``.
+Command: ``surgvista-demo-data --out data/demo`` (``python -m surgvista.demo_data``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -235,18 +234,3 @@ def _readable(*manifests: Path) -> bool:
     except (OSError, ManifestError):
         return False
     return True
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--videos", type=int, default=8)
-    parser.add_argument("--val-videos", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    train, val = generate_demo_dataset(args.out, args.videos, args.val_videos, seed=args.seed)
-    print(f"wrote {train} and {val}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Prepare a surgical video dataset: official download → manifests (+ extracted frames, checksums, stats).
 
-    python -m surgvista.data.prepare cholec80 --raw /data/raw/cholec80 --out /data/surgvista/cholec80
+    python -m surgvista.prepare cholec80 --raw /data/raw/cholec80 --out /data/surgvista/cholec80
 
 Output (``<out>`` = ``${paths.data_dir}/<dataset>``): ``<split>.jsonl`` per split (``pretrain.jsonl`` lists the
 videos used for pre-training), ``frames/<video_id>/<n>.jpg`` numbered 0..N-1 (unless ``--no-extract``: the
@@ -13,7 +13,6 @@ See ``docs/datasets.md`` for every dataset's expected layout.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -34,7 +33,6 @@ from tqdm import tqdm
 from surgvista.data.adapters import REGISTRY, PrepareError, Source, Timeline
 from surgvista.data.adapters.base import as_fraction, native_indices, numeric_key
 from surgvista.data.manifest import ManifestError, VideoEntry, frame_files, write_manifest
-from surgvista.utils.errors import UserError
 from surgvista.utils.io import atomic_write_text, same_or_nested, sha256_file
 
 log = logging.getLogger("surgvista.prepare")
@@ -397,43 +395,50 @@ def print_table(stats: dict) -> None:
         print(f"  skipped {len(stats['skipped'])}: " + "; ".join(s["reason"] for s in stats["skipped"][:5]))
 
 
-# --- main -------------------------------------------------------------------------------------------------
-def prepare(
-    dataset: str,
-    raw: str | Path,
-    out: str | Path,
-    *,
-    fps: float | str | None = "default",
-    extract: bool = True,
-    size: tuple[int, int] | None = None,
-    keep_aspect: bool = False,
-    jpeg_quality: int = 90,
-    crop_black: bool = False,
-    workers: int = 1,
-    on_bad_video: str = "error",
-    split: str | None = None,
-    seed: int = 0,
-    min_frames: int = 1,
-    progress: bool = True,
-    videos: str | Path | None = None,
-) -> dict:
+# --- prepare ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How :func:`prepare` samples, extracts and checks a dataset (the options of ``surgvista-prepare``)."""
+
+    fps: float | str | None = "default"  # manifest rate; "default": the dataset's; None: every native frame
+    extract: bool = True  # False: the manifests point into the original videos
+    size: tuple[int, int] | None = None  # (W, H) of extracted frames
+    keep_aspect: bool = False
+    jpeg_quality: int = 90
+    crop_black: bool = False
+    workers: int = 1
+    on_bad_video: str = "error"  # or "skip"
+    split: str | None = None  # official split variant
+    seed: int = 0  # of random splits
+    min_frames: int = 1
+    progress: bool = True  # progress bars and the stats table
+    videos: str | Path | None = None  # another download that holds the videos (Cholec80-CVS: the Cholec80 root)
+
+    def frame_options(self, fps_frac: Fraction | None) -> Options:
+        """The frame extraction options (the resume key) at the resolved rate ``fps_frac``."""
+        fps_text = None if fps_frac is None else f"{fps_frac.numerator}/{fps_frac.denominator}"
+        size = tuple(self.size) if self.size else None
+        return Options(fps_text, self.extract, size, self.keep_aspect, self.jpeg_quality, self.crop_black)
+
+
+def prepare(dataset: str, raw: str | Path, out: str | Path, options: PrepareOptions | None = None) -> dict:
     """Prepare ``dataset`` from its official download ``raw`` into ``out``; returns the stats dict.
 
-    ``videos``: the folder of another dataset's download that holds the videos (Cholec80-CVS: the Cholec80 root).
-    Nothing is ever written into ``raw`` or ``videos``.
+    ``options``: :class:`PrepareOptions` (default: its defaults). Nothing is ever written into ``raw`` or
+    ``options.videos``.
     """
-    adapter = _open_adapter(dataset, raw, out, extract, on_bad_video, split, videos)
-    fps_frac = _resolve_fps(adapter.default_fps if fps == "default" else fps)
+    options = options or PrepareOptions()
+    adapter = _open_adapter(dataset, raw, out, options)
+    fps_frac = _resolve_fps(adapter.default_fps if options.fps == "default" else options.fps)
     out = Path(out)
     _check_previous(out, dataset)
     out.mkdir(parents=True, exist_ok=True)
-    sources = _discover(adapter, dataset, out, seed)
-    fps_text = None if fps_frac is None else f"{fps_frac.numerator}/{fps_frac.denominator}"
-    opts = Options(fps_text, extract, tuple(size) if size else None, keep_aspect, jpeg_quality, crop_black)
+    sources = _discover(adapter, dataset, out, options.seed)
+    opts = options.frame_options(fps_frac)
     jobs = [_job(s, out, opts) for s in sources]
-    results = _process(jobs, adapter, dataset, min_frames, on_bad_video, workers, progress)
+    results = _process(jobs, adapter, dataset, options)
     entries, skipped, checksums, hours = _collect(dataset, sources, results, fps_frac, out, opts, adapter.splits)
-    common = _manifest_meta(dataset, adapter, fps_frac, extract, raw)
+    common = _manifest_meta(dataset, adapter, fps_frac, options.extract, raw)
     if common.get("val_is_test") and "test" in entries:
         entries["val"] = list(entries["test"])
     counts = {sp: label_counts(es) for sp, es in entries.items() if es}
@@ -444,14 +449,14 @@ def prepare(
         "dataset": dataset,
         "out": str(out),
         "variant": adapter.variant,
-        "extracted": extract,
+        "extracted": options.extract,
         "fps": common["fps"],
         "splits": _split_stats(entries, counts, hours),
         "skipped": skipped + [{"video_id": None, "reason": r} for r in getattr(adapter, "skipped", [])],
         "manifests": {sp: str(p) for sp, p in written.items()},
     }
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
-    if progress:
+    if options.progress:
         print_table(stats)
     return stats
 
@@ -470,15 +475,16 @@ def _manifest_meta(dataset: str, adapter, fps_frac: Fraction | None, extract: bo
     }
 
 
-def _open_adapter(dataset: str, raw, out, extract: bool, on_bad_video: str, split: str | None, videos):
+def _open_adapter(dataset: str, raw, out, options: PrepareOptions):
     """The dataset's adapter over ``raw``, after checking the output folder and the options."""
+    videos = options.videos
     check_output_folder(out, raw=raw, videos=videos)
     if dataset not in REGISTRY:
         raise PrepareError(f"unknown dataset {dataset!r}; expected one of {sorted(REGISTRY)}")
-    if on_bad_video not in ("error", "skip"):
-        raise ValueError(f"on_bad_video must be 'error' or 'skip', got {on_bad_video!r}")
-    adapter = REGISTRY[dataset](Path(raw), split, Path(videos) if videos else None)
-    if not extract and not adapter.supports_no_extract:
+    if options.on_bad_video not in ("error", "skip"):
+        raise ValueError(f"on_bad_video must be 'error' or 'skip', got {options.on_bad_video!r}")
+    adapter = REGISTRY[dataset](Path(raw), options.split, Path(videos) if videos else None)
+    if not options.extract and not adapter.supports_no_extract:
         raise PrepareError(
             f"{dataset}: --no-extract is not possible (its frames or clips are not addressable in the "
             "original files); run with frame extraction"
@@ -513,14 +519,13 @@ def _discover(adapter, dataset: str, out: Path, seed: int) -> list[Source]:
     return sources
 
 
-def _process(
-    jobs: list[dict], adapter, dataset: str, min_frames: int, on_bad_video: str, workers: int, progress: bool
-) -> dict[str, dict]:
+def _process(jobs: list[dict], adapter, dataset: str, options: PrepareOptions) -> dict[str, dict]:
     """Validate and process every job; ``video_id`` → result, with ``error`` for the videos left out."""
+    min_frames, on_bad_video, progress = options.min_frames, options.on_bad_video, options.progress
     bad, dropped = validate_sources(jobs, min_frames, adapter.min_seconds, progress, dataset)
     _bad_videos(dataset, bad, on_bad_video)
     todo = [j for j in jobs if j["video_id"] not in bad and j["video_id"] not in dropped]
-    results = _run(todo, workers, progress, dataset)
+    results = _run(todo, options.workers, progress, dataset)
     for res in results.values():  # a header that promised more frames than the stream holds
         if "error" not in res and len(res["native"]) < min_frames:
             res["error"] = f"{res['video_id']}: {len(res['native'])} decodable frame(s), fewer than {min_frames}"
@@ -677,96 +682,3 @@ def _write_checksums(path: Path, checksums: dict[str, str | None], raw: Path) ->
         rel = p.relative_to(raw) if p.is_relative_to(raw) else p
         lines.append(f"{digest}  {rel}")
     atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WxH, e.g. 512x320, got {text!r}") from None
-    return w, h
-
-
-def _fps(text: str) -> float | str | None:
-    if text.lower() in ("native", "all", "none"):
-        return None
-    return text if text == "default" else float(Fraction(text)) if "/" in text else float(text)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m surgvista.data.prepare",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="datasets:\n" + "\n".join(f"  {k:20s} {REGISTRY[k].description}" for k in sorted(REGISTRY)),
-    )
-    p.add_argument("dataset", choices=sorted(REGISTRY))
-    p.add_argument("--raw", required=True, help="the official download (unpacked); never written to")
-    p.add_argument(
-        "--videos",
-        default=None,
-        help="cholec80_cvs: the Cholec80 root (videos/, phase_annotations/) when not inside --raw",
-    )
-    p.add_argument("--out", required=True, help="output folder, normally ${paths.data_dir}/<dataset>")
-    p.add_argument(
-        "--fps",
-        type=_fps,
-        default="default",
-        help="manifest frame rate (default: 1, or every frame for clip datasets); 'native' = every frame",
-    )
-    p.add_argument(
-        "--no-extract",
-        dest="extract",
-        action="store_false",
-        help="no frame extraction: manifests point into the original videos (read by decord)",
-    )
-    p.add_argument("--size", type=_size, default=None, help="resize extracted frames to WxH (reference: 512x320)")
-    p.add_argument("--keep-aspect", action="store_true", help="with --size: fit inside WxH keeping the aspect ratio")
-    p.add_argument("--jpeg-quality", type=int, default=90)
-    p.add_argument("--crop-black", action="store_true", help="crop black margins (Cholec80 cut-margin)")
-    p.add_argument("--workers", type=int, default=1, help="videos processed in parallel")
-    p.add_argument(
-        "--on-bad-video",
-        choices=("error", "skip"),
-        default="error",
-        help="a corrupt or too-short video: stop with an error, or log, count and skip it",
-    )
-    p.add_argument("--min-frames", type=int, default=1, help="videos with fewer manifest frames are bad (one clip)")
-    p.add_argument(
-        "--split", default=None, help="official split variant (cholec80: 40-40|40-8-32; cholect50: challenge|camma)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of random splits (saved to splits.json)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        prepare(
-            args.dataset,
-            args.raw,
-            args.out,
-            fps=args.fps,
-            extract=args.extract,
-            size=args.size,
-            keep_aspect=args.keep_aspect,
-            jpeg_quality=args.jpeg_quality,
-            crop_black=args.crop_black,
-            workers=args.workers,
-            on_bad_video=args.on_bad_video,
-            split=args.split,
-            seed=args.seed,
-            min_frames=args.min_frames,
-            progress=not args.quiet,
-            videos=args.videos,
-        )
-    except (UserError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Clip-ready streaming shards (litdata) from any manifest, for object storage and many nodes.
 
-    python -m surgvista.data.shards data/cholec80/pretrain.jsonl data/heichole/pretrain.jsonl --out /data/shards/pre
+    python -m surgvista.shards data/cholec80/pretrain.jsonl data/heichole/pretrain.jsonl --out /data/shards/pre
 
 One shard item per sample of :class:`~surgvista.data.clips.VideoClipDataset` over the same manifests (same
 ``num_frames``, ``sampling_rate``, ``anchor_stride``; same sample ``index``): the clip's distinct frames as encoded
@@ -15,12 +15,10 @@ distinct frames per sample at 1 fps.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 import logging
 import multiprocessing
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -30,9 +28,8 @@ import numpy as np
 from PIL import Image
 
 from surgvista.data.clips import BAD_MEDIA_ERRORS, VideoClipDataset
-from surgvista.data.leakage import LeakageError, check_leakage
-from surgvista.data.manifest import ManifestError, VideoEntry, frame_files, write_manifest
-from surgvista.data.readers import VideoDecodeError
+from surgvista.data.leakage import check_leakage
+from surgvista.data.manifest import VideoEntry, frame_files, write_manifest
 
 log = logging.getLogger("surgvista.shards")
 SHARD_VERSION = 1
@@ -206,65 +203,3 @@ def _check_written(out: str, expected: int) -> None:
             f"{out} holds {count} clips, expected {expected}; fix the error reported above and run "
             "the same command with --resume"
         )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m surgvista.data.shards", description=__doc__.split("\n\n")[0])
-    p.add_argument("manifests", nargs="+", help="manifests (JSON Lines, docs/data.md) whose clips are written")
-    p.add_argument("--out", required=True, help="output folder or URI (s3://bucket/prefix)")
-    p.add_argument("--num-frames", type=int, default=16)
-    p.add_argument("--sampling-rate", type=int, default=4)
-    p.add_argument("--anchor-stride", type=int, default=1, help="one clip per k-th manifest frame")
-    p.add_argument("--backend", default="pyav", help="video reader for `video` rows (decord|pyav|torchcodec)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality of frames decoded from videos")
-    p.add_argument("--chunk-bytes", default="64MB", help="target size of one chunk file")
-    p.add_argument("--workers", type=int, default=1, help="processes writing chunks in parallel")
-    p.add_argument("--on-bad-video", choices=("error", "skip"), default="error")
-    p.add_argument("--min-video-frames", type=int, default=1)
-    p.add_argument("--overwrite", action="store_true", help="replace existing shards under --out")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run (litdata checkpoints)")
-    p.add_argument("--exclude-from", nargs="*", default=[], help="leakage guard: <dataset>_<split> names or manifests")
-    p.add_argument("--data-dir", default=None, help="where <dataset>/<split>.jsonl of --exclude-from names live")
-    p.add_argument("--allow-leakage", action="store_true", help="write clips of --exclude-from videos anyway")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        n = write_shards(
-            args.manifests,
-            args.out,
-            num_frames=args.num_frames,
-            sampling_rate=args.sampling_rate,
-            anchor_stride=args.anchor_stride,
-            backend=args.backend,
-            quality=args.quality,
-            chunk_bytes=args.chunk_bytes,
-            workers=args.workers,
-            on_bad_video=args.on_bad_video,
-            min_video_frames=args.min_video_frames,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            exclude_from=args.exclude_from,
-            data_dir=args.data_dir,
-            allow_leakage=args.allow_leakage,
-        )
-    except (
-        ManifestError,
-        VideoDecodeError,
-        LeakageError,
-        ShardWriteError,
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-    ) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {n} clips to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

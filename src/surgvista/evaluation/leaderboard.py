@@ -11,11 +11,9 @@ throughput. The last printed line is
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -92,17 +90,3 @@ class LeaderboardCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         leaderboard(config.hydra.sweep.dir)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m surgvista.leaderboard", description=__doc__.split("\n")[0])
-    parser.add_argument("root", help="a multirun folder (or any folder holding probe runs)")
-    parser.add_argument("--out", default=None, help="where to write leaderboard.{csv,md} (default: root)")
-    args = parser.parse_args(argv)
-    if not Path(args.root).is_dir():
-        sys.exit(f"leaderboard: {args.root} is not a folder")
-    leaderboard(args.root, args.out)
-
-
-if __name__ == "__main__":
-    main()

@@ -13,7 +13,6 @@ pre-trained student's k-NN is deterministic). Prints val top-1 mean ± sample st
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -90,18 +89,10 @@ def resolve_run_dir(path: str) -> Path:
     return Path(OmegaConf.create({"paths": paths, "run": path}).run)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m surgvista.pretrain_probe", description=__doc__.split("\n")[0])
-    parser.add_argument("run", help="a pre-training run folder (config.yaml, checkpoints/last.ckpt)")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--max-train", type=int, default=None, help="labelled train clips (default: the monitor's)")
-    parser.add_argument("--max-val", type=int, default=None)
-    args = parser.parse_args(argv)
-    run = resolve_run_dir(args.run)
-    result = compare(run, args.seeds, args.max_train, args.max_val)
-    (run / "probe_vs_random.json").write_text(json.dumps(result, indent=1))
-    print(table(result))
-
-
-if __name__ == "__main__":
-    main()
+def probe_vs_random(run: str | Path, seeds: int = 3, max_train: int | None = None, max_val: int | None = None) -> dict:
+    """:func:`compare` on the run folder ``run`` (``${paths.log_dir}`` allowed), written to
+    ``<run>/probe_vs_random.json``."""
+    run_dir = resolve_run_dir(str(run))
+    result = compare(run_dir, seeds, max_train, max_val)
+    (run_dir / "probe_vs_random.json").write_text(json.dumps(result, indent=1))
+    return result

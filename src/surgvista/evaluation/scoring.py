@@ -1,24 +1,16 @@
-"""``surgvista-score``: score the prediction files of any model with surgvista's metrics, no code needed.
-
-    surgvista-score phase GT_DIR PRED_DIR --dataset cholec80 [--relaxed auto|true|false] [--no-matlab-quirk]
-                    [--fps 1] [--json OUT] [--csv OUT]
-    surgvista-score triplet GT PRED [--json OUT]       (CholecT50 labels JSON or our CSVs vs our prediction CSVs)
-    surgvista-score clip GT PRED [--top-k 1,5] [--json OUT]
+"""Scoring of prediction files with surgvista's metrics (the library behind ``surgvista-score``).
 
 Phase files: one per video, matched by file stem (``-phase``/``_pred`` style suffixes ignored), either
-``Frame<TAB>Phase`` text (integer ids or phase names of ``--dataset``; header optional; the MATLAB evaluation
-format) or the ``frame,target,prediction,prob_...`` CSVs that ``surgvista-eval`` writes (GT_DIR may be the same
-folder: targets come from the ``target`` column). ``--json`` writes the keys of ``surgvista-eval``'s
+``Frame<TAB>Phase`` text (integer ids or phase names of the dataset; header optional; the MATLAB evaluation
+format) or the ``frame,target,prediction,prob_...`` CSVs that ``surgvista-eval`` writes. Triplets: CholecT50
+labels JSON or our CSVs vs our prediction CSVs; clips: one CSV each. The scores use the keys of ``surgvista-eval``'s
 ``metrics.json``. See ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +154,8 @@ def load_phase_videos(gt_dir: Path, pred_dir: Path, names: Sequence[str] | None)
     return videos
 
 
-def _num_classes(videos: dict[str, tuple], names: Sequence[str] | None, given: int | None) -> int:
+def phase_num_classes(videos: dict[str, tuple], names: Sequence[str] | None, given: int | None) -> int:
+    """The number of phases: from the prediction CSVs' probability columns, else ``given``, else ``names``."""
     for _, pred in videos.values():
         if pred.classes:
             return len(pred.classes)
@@ -299,98 +292,3 @@ def score_clip(gt_path: Path, pred_path: Path, top_k: Sequence[int]) -> dict[str
     out = clip_scores(probs, target, top_k=k, class_names=[c[5:] for c in cols])
     out["top1"] = _torchmetrics_top1(probs.argmax(1), target, len(cols))
     return out
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-
-def _relaxed(text: str) -> bool | str:
-    value = {"auto": "auto", "true": True, "false": False}.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"--relaxed must be auto, true or false, got {text!r}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="surgvista-score",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
-    sub = p.add_subparsers(dest="task", required=True)
-    ph = sub.add_parser("phase", help="per-frame phase recognition (Evaluate.m/Main.m convention)")
-    ph.add_argument("gt_dir", type=Path)
-    ph.add_argument("pred_dir", type=Path)
-    ph.add_argument("--dataset", required=True, help="relaxation rules and phase names (cholec80, autolaparo, ...)")
-    ph.add_argument("--relaxed", type=_relaxed, default="auto", help="auto (default) | true | false")
-    ph.add_argument(
-        "--no-matlab-quirk",
-        dest="matlab",
-        action="store_false",
-        help="the corrected early-transition rule instead of Evaluate.m's indexing",
-    )
-    ph.add_argument("--fps", type=float, default=1.0, help="frame rate of the files (window = 10 s)")
-    ph.add_argument("--num-classes", type=int, default=None, help="for integer ids of an unknown --dataset")
-    ph.add_argument("--csv", type=Path, default=None, help="per-video scores")
-    tr = sub.add_parser("triplet", help="action triplets: video-wise mAP (ivtmetrics protocol)")
-    tr.add_argument("gt_dir", type=Path)
-    tr.add_argument("pred_dir", type=Path)
-    tr.add_argument("--num-classes", type=int, default=100)
-    cl = sub.add_parser("clip", help="clip-level classification (CVS, actions): one CSV each")
-    cl.add_argument("gt", type=Path)
-    cl.add_argument("pred", type=Path)
-    cl.add_argument("--top-k", default="1,5", help="comma-separated k of the top-k accuracies")
-    for s in (ph, tr, cl):
-        s.add_argument("--json", type=Path, default=None, help="write the metrics (metrics.json keys)")
-    return p
-
-
-def run(args: argparse.Namespace) -> tuple[dict[str, float], str]:
-    """Scores and the Markdown table of the parsed command line."""
-    from surgvista.metrics import metrics_table
-
-    if args.task == "phase":
-        names = dataset_phase_names(args.dataset)
-        videos = load_phase_videos(args.gt_dir, args.pred_dir, names)
-        num_classes = _num_classes(videos, names, args.num_classes)
-        scores = score_phase(
-            videos, num_classes, dataset=args.dataset, fps=args.fps, relaxed=args.relaxed, matlab=args.matlab
-        )
-        if args.csv is not None:
-            write_csv(args.csv, per_video_rows(videos, num_classes))
-        title = f"{args.dataset}: {len(videos)} videos"
-    elif args.task == "triplet":
-        scores, title = score_triplet(args.gt_dir, args.pred_dir, args.num_classes), "triplets"
-    else:
-        top_k = [int(k) for k in args.top_k.split(",")]
-        scores, title = score_clip(args.gt, args.pred, top_k), "clips"
-    return scores, metrics_table(scores, title=title)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        scores, table = run(args)
-    except (ValueError, FileNotFoundError) as e:  # ScoreError, AnnotationError, PredictionFileError
-        print(f"surgvista-score: error: {e}", file=sys.stderr)
-        return 2
-    print(table, end="")
-    if args.json is not None:
-        from surgvista.metrics import nan_to_none
-
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(nan_to_none(scores), indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,6 @@
-"""`python -m surgvista.features extract ...`."""
+"""`python -m surgvista.features extract ...`: launches `surgvista.cli.features`."""
 
-from surgvista.features.frames import main
+from surgvista.cli.features import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -38,8 +37,7 @@ from surgvista.data.sampling import causal_clip_indices
 from surgvista.data.transforms import to_normalized_clip
 from surgvista.features.digest import content_digest, media_fingerprint, payload_key
 from surgvista.features.runtime import autocast, torch_device
-from surgvista.utils.config_check import check_config
-from surgvista.utils.errors import UserError, user_errors
+from surgvista.utils.errors import UserError
 from surgvista.utils.io import atomic_torch_save
 from surgvista.utils.seeding import seeded
 
@@ -334,36 +332,3 @@ def _extract_into(directory: Path, todo: list[tuple[VideoEntry, str]], s: dict, 
             },
             path,
         )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m surgvista.features extract [hydra overrides]``: fill the cache of the composed ``data``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "extract":
-        raise SystemExit(
-            "usage: python -m surgvista.features extract experiment=<a features experiment> [key=value ...]"
-        )
-    from hydra import compose, initialize_config_dir, initialize_config_module
-
-    from surgvista.utils.config_dirs import primary_config_path, set_project_root
-
-    set_project_root()
-    primary = primary_config_path()  # the clone's conf/ or the installed package's configs (+ user folders)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    init = (
-        initialize_config_module("surgvista.conf", version_base="1.3")
-        if primary.startswith("pkg://")
-        else initialize_config_dir(primary, version_base="1.3")
-    )
-    with init:
-        cfg = compose("train", overrides=argv[1:])
-    with user_errors():  # a bad input: one line (HYDRA_FULL_ERROR=1: traceback)
-        check_config(cfg)
-        data = instantiate(cfg.data, _convert_="all")
-        if not callable(getattr(data, "extract", None)):
-            raise SystemExit(f"data={type(data).__name__} has no feature cache to fill; use a features data config")
-        print(f"features in {data.extract()}")
-
-
-if __name__ == "__main__":
-    main()

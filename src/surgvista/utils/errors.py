@@ -2,16 +2,14 @@
 traceback. ``HYDRA_FULL_ERROR=1`` re-raises them with the full traceback.
 
 Every error class whose message names the culprit (a file, key or value) derives from :class:`UserError`;
-:func:`user_errors` turns them (also when Hydra's ``instantiate`` wrapped them) into the one line and exit code 1.
+:func:`find_user_error` finds them (also when Hydra's ``instantiate`` wrapped them), and every command
+(``surgvista.cli``) turns them into the one line and exit code 1.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 
 class UserError(Exception):
@@ -88,38 +86,3 @@ def find_user_error(exc: BaseException) -> BaseException | None:
                 return missing_extra(name, "this config")
         exc = exc.__cause__ or exc.__context__
     return None
-
-
-def one_line(exc: BaseException) -> str:
-    """``error: <message>`` (the message of a :class:`FileNotFoundError` raised by the OS names its file)."""
-    text = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.filename}: {exc.strerror}"
-    return f"error: {text}"
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Print a user error as one line to stderr and exit with status 1; anything else propagates.
-
-    ``HYDRA_FULL_ERROR=1`` lets user errors propagate too (full traceback).
-    """
-    try:
-        yield
-    except Exception as e:
-        found = find_user_error(e)
-        if found is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(one_line(found), file=sys.stderr)
-        raise SystemExit(1) from None
-
-
-def hydra_entry_point(run: Callable[[], object]) -> None:
-    """Run a Hydra app from the command line; a missing optional plugin (``check_extras``) is one line."""
-    from hydra.core.plugins import Plugins
-
-    from hydra_plugins.surgvista_searchpath import SurgvistaSearchPathPlugin
-
-    # Hydra finds plugins by listing the hydra_plugins folders, which an editable install's import hook hides.
-    Plugins.instance().register(SurgvistaSearchPathPlugin)
-    with user_errors():
-        check_extras(sys.argv[1:])
-    run()
