@@ -76,10 +76,10 @@ gpu-check:  ## one GPU check (docs/performance.md): env, pytest -m gpu, step + e
 		PY=$(GPU_PY) bash bench/gpu_check.sh; else PY=$(GPU_PY) bash bench/gpu_check.sh --dry-run; fi
 
 demo-data: install
-	$(PY) -m surgvista.data.demo --out data/demo
+	$(PY) -m surgvista.demo_data --out data/demo
 
 prepare: install  ## make prepare DATASET=cholec80 RAW=/data/raw/cholec80 OUT=data/cholec80 [ARGS="--workers 8"]
-	$(PY) -m surgvista.data.prepare $(DATASET) --raw "$(RAW)" --out "$(OUT)" $(ARGS)
+	$(PY) -m surgvista.prepare $(DATASET) --raw "$(RAW)" --out "$(OUT)" $(ARGS)
 
 bench-data: install  ## clips/s per CPU core: the reference loader vs our JPEG frame-folder, mp4 (decord/PyAV/torchcodec) and litdata-shard paths (a few minutes)
 	$(PY) bench/data_throughput.py

@@ -19,7 +19,7 @@ machine hits every path alike; the wall rate is printed too. Peak RSS is measure
     ``torchcodec-gop12``: our ``TorchCodecReader`` on the same files (CPU, one FFmpeg thread; skipped with the reason
     when torchcodec cannot load); ``torchcodec-cuda`` (only where CUDA is present): NVDEC decoding, frames copied
     back to the host for the crop (its wall rate is the per-GPU figure);
-(d) ``shards``: litdata clip shards (``python -m surgvista.data.shards``) written from the JPEG frame folders of (b)
+(d) ``shards``: litdata clip shards (``python -m surgvista.shards``) written from the JPEG frame folders of (b)
     (same JPEG bytes), read by ``streaming_clip_dataset`` from a local folder, item by item in random order.
 Our paths produce uint8 clips, normalised after the transfer to the GPU (``data.normalize_on_device=true``, the
 default of ``data=pretrain_mix``); ``frames+norm`` adds the CPU normalisation for comparison.

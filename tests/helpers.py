@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +59,15 @@ def small_demo_overrides(root: Path) -> list[str]:
         "print_config=false",
         "model.recon_every_n_steps=2",
     ]
+
+
+def exit_status(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """The exit status of a command's ``main`` run in-process: 0, 1 (a bad input, one ``error:`` line) or 2 (bad
+    usage: the usage text)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
 
 
 def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True, timeout: int = 600):

@@ -22,15 +22,16 @@ import pytest
 import torch
 from helpers import ROOT, SMALL_DEMO, compose, small_demo_data
 
-from surgvista.checkpoints.export import main as export_main
 from surgvista.checkpoints.load import load_backbone
+from surgvista.cli.common import user_errors
+from surgvista.cli.export import main as export_main
+from surgvista.cli.prepare import main as prepare_main
 from surgvista.data.leakage import check_leakage
 from surgvista.data.manifest import VideoEntry, read_manifest, write_manifest
-from surgvista.data.prepare import main as prepare_main
 from surgvista.models.classifier import VideoClassifier
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
-from surgvista.utils.errors import check_extras, user_errors
+from surgvista.utils.errors import check_extras
 
 GEOM = {"img_size": 32, "num_frames": 4, "patch_size": 16, "tubelet_size": 2}
 
@@ -467,7 +468,7 @@ MANIFESTS = [
         "manifest-missing-says-how-to-create",
         lambda inp, out: {"manifest": inp / "cholec80" / "test.jsonl"},
         read,
-        r"manifest not found: .*cholec80/test\.jsonl; create it with `python -m surgvista\.data\.prepare cholec80",
+        r"manifest not found: .*cholec80/test\.jsonl; create it with `python -m surgvista\.prepare cholec80",
     ),
     Case("manifest-empty", bad_manifest(lambda inp: "\n"), read, r"manifest .*train\.jsonl has no video rows"),
 ]
@@ -646,7 +647,7 @@ TRAIN = [
         "train-pretrain-no-data-before-teacher",
         lambda i, o: {},
         no_teacher,
-        r"manifest not found: .*cholec80/pretrain\.jsonl; create it with `python -m surgvista\.data\.prepare cholec80",
+        r"manifest not found: .*cholec80/pretrain\.jsonl; create it with `python -m surgvista\.prepare cholec80",
     ),
     Case(
         "train-leakage-auto",

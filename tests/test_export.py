@@ -9,9 +9,10 @@ import torch
 from test_checkpoints import ARCH, GEOM, classifier, randomize, student
 
 from surgvista.checkpoints.errors import CheckpointError, ExportError
-from surgvista.checkpoints.export import canonical_state, export, main
+from surgvista.checkpoints.export import canonical_state, export
 from surgvista.checkpoints.load import load_backbone
 from surgvista.checkpoints.read import read_checkpoint
+from surgvista.cli.export import main
 
 
 def lightning_ckpt(tmp_path, model, name: str = "last.ckpt", **extra) -> str:
@@ -44,8 +45,10 @@ def test_cli_original_round_trip_is_bit_exact(tmp_path, capsys):
     out = tmp_path / "surgvista.pth"
     assert main([f"ckpt={ckpt}", "format=original", f"out={out}"]) == 0  # the CLI entry point, in-process
     assert f"wrote {out}" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="missing argument"):
+    with pytest.raises(SystemExit) as exit_:  # bad usage: the usage text, exit status 2
         main([f"ckpt={ckpt}", "format=original"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("usage: surgvista-export") and "missing argument(s) ['out']" in err
     obj = torch.load(out, weights_only=True)
     assert list(obj) == ["model"] and list(obj["model"]) == list(ours.state_dict())
     back = student(seed=11)

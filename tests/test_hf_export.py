@@ -13,7 +13,8 @@ from helpers import ROOT, small_demo_overrides
 
 transformers = pytest.importorskip("transformers")  # dev dependency
 
-from surgvista.checkpoints.export import export, main  # noqa: E402
+from surgvista.checkpoints.export import export  # noqa: E402
+from surgvista.cli.export import main  # noqa: E402
 from surgvista.data.annotations import CHOLEC80_PHASES  # noqa: E402
 
 ATOL = 1e-5

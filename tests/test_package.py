@@ -12,7 +12,18 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, small_demo_overrides
 
-SCRIPTS = ("surgvista-train", "surgvista-eval", "surgvista-prepare", "surgvista-export", "surgvista-score")
+SCRIPTS = (
+    "surgvista-train",
+    "surgvista-eval",
+    "surgvista-prepare",
+    "surgvista-export",
+    "surgvista-score",
+    "surgvista-features",
+    "surgvista-shards",
+    "surgvista-demo-data",
+    "surgvista-leaderboard",
+    "surgvista-pretrain-probe",
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +107,17 @@ def test_console_scripts_answer_help(installed, tmp_path, script):
     assert not (tmp_path / "outputs").exists() and not list(tmp_path.iterdir())  # --help writes nothing
 
 
+def test_console_scripts_follow_the_exit_convention(installed, tmp_path):
+    """A bad input: one ``error:`` line, exit status 1; bad usage: the usage text, exit status 2."""
+    plain = {"HYDRA_FULL_ERROR": "0"}
+    bad = run_installed(installed, tmp_path, "surgvista-score", "phase", "gt", "pred", "--dataset", "cholec80",
+                        check=False, env_extra=plain)  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == ["error: gt: not a folder of per-video files"]
+    usage = run_installed(installed, tmp_path, "surgvista-prepare", check=False, env_extra=plain)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: surgvista-prepare")
+    assert not list(tmp_path.iterdir())
+
+
 def test_train_from_an_empty_directory_writes_a_checkpoint_under_log_dir(installed, demo_root, tmp_path):
     cwd, logs, data = tmp_path / "empty", tmp_path / "logs", tmp_path / "data"
     cwd.mkdir()
@@ -160,7 +182,10 @@ def test_clone_entry_points_stay_thin_wrappers():
         assert len((ROOT / script).read_text().splitlines()) <= 10
 
 
-@pytest.mark.parametrize("name", ["train", "eval", "prepare", "export", "score"])
+@pytest.mark.parametrize(
+    "name",
+    ["train", "eval", "prepare", "export", "score", "features", "shards", "demo_data", "leaderboard", "pretrain_probe"],
+)
 def test_modules_run_with_python_dash_m(installed, tmp_path, name):
     proc = run_installed(installed, tmp_path, "-m", f"surgvista.{name}", "--help")
     assert proc.stdout.strip() and not list(tmp_path.iterdir())

@@ -12,13 +12,14 @@ from pathlib import Path
 import dataset_fixtures as F
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, exit_status
 from PIL import Image
 
+from surgvista.cli.prepare import main
 from surgvista.data.adapters import DOWNSTREAM_DATASETS, PRETRAIN_DATASETS, REGISTRY
 from surgvista.data.adapters.base import native_indices
 from surgvista.data.manifest import read_manifest
-from surgvista.data.prepare import crop_black_margin, main
+from surgvista.data.prepare import crop_black_margin
 from surgvista.data.readers import EntryReader
 from surgvista.utils.io import sha256_file
 
@@ -41,6 +42,10 @@ def run(name: str, raw_dir: Path, out: Path, *args: str) -> dict:
     rc = main([name, "--raw", str(raw_dir), "--out", str(out), "--quiet", *args])
     assert rc == 0
     return {p.stem: read_manifest(p) for p in sorted(out.glob("*.jsonl"))}
+
+
+def status(argv: list[str]) -> int:
+    return exit_status(main, argv)
 
 
 def ids(manifest) -> list[str]:
@@ -255,10 +260,10 @@ def test_cholec80_cvs(raw, tmp_path):
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert len(stats["skipped"]) == 1 and "final < initial" in stats["skipped"][0]["reason"]
     assert (
-        main(
+        status(
             ["cholec80_cvs", "--raw", str(raw("cholec80_cvs")), "--out", str(tmp_path / "x"), "--no-extract", "--quiet"]
         )
-        == 2
+        == 1
     )
 
 
@@ -309,7 +314,7 @@ def test_crop_black_margin():
 def test_subprocess_cli_prints_table(raw, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
-        [sys.executable, "-m", "surgvista.data.prepare", "pmlr50", "--raw", str(raw("pmlr50")), "--out", str(tmp_path)],
+        [sys.executable, "-m", "surgvista.prepare", "pmlr50", "--raw", str(raw("pmlr50")), "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,
@@ -331,7 +336,7 @@ def _cholec_copy(raw, tmp_path) -> Path:
 def test_label_file_length_mismatch_names_both_counts(raw, tmp_path, capsys):
     src = _cholec_copy(raw, tmp_path)
     F._phase_txt(src / "phase_annotations" / "video02-phase.txt", F.cholec_phases(30), F.CHOLEC80_PHASES)
-    assert main(["cholec80", "--raw", str(src), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert status(["cholec80", "--raw", str(src), "--out", str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "video02-phase.txt" in err and "30 frames" in err and "100 frames" in err
 
@@ -340,24 +345,24 @@ def test_unknown_phase_name(raw, tmp_path, capsys):
     src = _cholec_copy(raw, tmp_path)
     path = src / "phase_annotations" / "video01-phase.txt"
     path.write_text(path.read_text().replace("\t" + "ClippingCutting", "\tClipping", 1))
-    assert main(["cholec80", "--raw", str(src), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert status(["cholec80", "--raw", str(src), "--out", str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "video01-phase.txt:" in err and "'Clipping'" in err and "unknown phase" in err
 
 
 def test_empty_dataset_folder(tmp_path, capsys):
     (tmp_path / "raw").mkdir()
-    assert main(["cholec80", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert status(["cholec80", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--quiet"]) == 1
     assert "videos" in capsys.readouterr().err
     (tmp_path / "raw" / "videos").mkdir()
     (tmp_path / "raw" / "phase_annotations").mkdir()
-    assert main(["cholec80", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert status(["cholec80", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--quiet"]) == 1
     assert "no videos found" in capsys.readouterr().err
 
 
 def test_video_shorter_than_a_clip(raw, tmp_path, capsys):
     args = ["cholec80", "--raw", str(raw("cholec80")), "--quiet", "--min-frames", "8"]
-    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert status([*args, "--out", str(tmp_path / "a")]) == 1
     assert "video01.mp4" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "b"), "--on-bad-video", "skip"]) == 0
     stats = json.loads((tmp_path / "b" / "stats.json").read_text())
@@ -370,7 +375,7 @@ def test_corrupt_video_error_or_counted_skip(raw, tmp_path, capsys):
     src = tmp_path / "raw"
     shutil.copytree(raw("gensurgery"), src)
     (src / "videos" / "broken.Title.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
-    assert main(["gensurgery", "--raw", str(src), "--out", str(tmp_path / "a"), "--quiet"]) == 2
+    assert status(["gensurgery", "--raw", str(src), "--out", str(tmp_path / "a"), "--quiet"]) == 1
     assert "broken.Title.mp4" in capsys.readouterr().err
     m = run("gensurgery", src, tmp_path / "b", "--on-bad-video", "skip")
     assert ids(m["pretrain"]) == ["abc-DEF_123", "tlkluS81Vh4"]
@@ -383,8 +388,8 @@ def test_no_extract_frame_folders_in_place(raw, tmp_path):
     e = entry(m["train"], "01")
     assert e.format == "frames" and e.source == (raw("pmlr50") / "frames" / "01").resolve() and e.num_frames == 3
     assert (
-        main(["endoscapes", "--raw", str(raw("endoscapes")), "--out", str(tmp_path / "e"), "--no-extract", "--quiet"])
-        == 2
+        status(["endoscapes", "--raw", str(raw("endoscapes")), "--out", str(tmp_path / "e"), "--no-extract", "--quiet"])
+        == 1
     )  # <vid>_<frame>.jpg names cannot be read in place
 
 

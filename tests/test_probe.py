@@ -14,7 +14,8 @@ from helpers import ROOT, SMALL_DEMO, run_script, small_demo_overrides, small_de
 from hydra.utils import instantiate
 
 from surgvista.callbacks.probing import ProbeMonitor, probe_accuracy
-from surgvista.evaluation import leaderboard, pretrain_probe
+from surgvista.cli import leaderboard, pretrain_probe
+from surgvista.evaluation.pretrain_probe import resolve_run_dir
 from surgvista.features.clip_data import ProbeDataModule
 from surgvista.features.clips import ClipFeatureCache
 from surgvista.models.probes import AttentiveProbe, KNNProbe, LinearProbe
@@ -242,4 +243,4 @@ def test_probe_monitor_logs_during_experiment_demo(demo_root, tmp_path, capsys, 
     assert len(set(result["pretrained"]["knn_top1"]["per_seed"])) == 1  # k-NN of one set of weights: deterministic
     assert "random init" in capsys.readouterr().out
     monkeypatch.setenv("SURGVISTA_LOG_DIR", str(tmp_path))
-    assert pretrain_probe.resolve_run_dir("${paths.log_dir}/x") == tmp_path / "x"
+    assert resolve_run_dir("${paths.log_dir}/x") == tmp_path / "x"

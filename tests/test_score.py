@@ -10,13 +10,13 @@ import shlex
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, exit_status
 
-from surgvista.evaluation.scoring import main
+from surgvista.cli.score import main
 
 
 def _score(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
+    code = exit_status(main, list(args))
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -117,8 +117,8 @@ def _phase_dirs(tmp_path, gt_rows: dict[str, list[str]], pred_rows: dict[str, li
 def test_phase_input_errors_are_one_clear_line(tmp_path, capsys, gt, pred, message):
     gt_dir, pred_dir = _phase_dirs(tmp_path, gt, pred)
     code, stdout, err = _score(capsys, "phase", gt_dir, pred_dir, "--dataset", "cholec80")
-    assert code == 2 and not stdout
-    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert code == 1 and not stdout
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
 
 
 def _write_our_csv(path, target, probs, multilabel):

@@ -11,18 +11,22 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, exit_status
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
+from surgvista.cli.shards import main
 from surgvista.data.clips import VideoClipDataset
 from surgvista.data.manifest import VideoEntry, read_manifest, write_manifest
-from surgvista.data.shards import main as shards_main
 from surgvista.data.shards import write_shards
 from surgvista.data.stream import streaming_clip_dataset
 from surgvista.data.transforms import CenterCrop
 
 CLIP = {"num_frames": 4, "sampling_rate": 2}
+
+
+def shards_main(argv: list[str]) -> int:
+    return exit_status(main, argv)
 
 
 def frame_folder_manifest(root: Path, videos: int = 2, frames: int = 20) -> Path:
@@ -123,10 +127,10 @@ def test_clip_shape_mismatch_is_named(shards):
 
 def test_cli_refuses_a_non_empty_output_and_leaked_videos(shards, demo_root, tmp_path, capsys):
     out, _ = shards
-    assert shards_main([str(ROOT / "nothing.jsonl"), "--out", str(out)]) == 2
+    assert shards_main([str(ROOT / "nothing.jsonl"), "--out", str(out)]) == 1
     assert "is not empty; pass --overwrite" in capsys.readouterr().err
     manifest = str(demo_root / "train.jsonl")
-    assert shards_main([manifest, "--out", str(tmp_path / "new"), "--exclude-from", manifest]) == 2
+    assert shards_main([manifest, "--out", str(tmp_path / "new"), "--exclude-from", manifest]) == 1
     assert "2 pre-training video(s) are downstream evaluation videos" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
 
@@ -224,7 +228,7 @@ def test_bad_video_stops_the_writer_or_is_left_out(demo_root, tmp_path, capsys, 
     code = shards_main(args)
     good = VideoClipDataset([demo_root / "train.jsonl"], CenterCrop(32), **CLIP).entries[0].num_frames
     if policy == "error":
-        assert code == 2 and not (out / "index.json").exists()
+        assert code == 1 and not (out / "index.json").exists()
         assert f"{entries[1].num_frames} clip(s) could not be read, e.g. demo/video02" in capsys.readouterr().err
     else:
         assert code == 0 and f"wrote {good} clips" in capsys.readouterr().out

@@ -10,6 +10,7 @@ from helpers import ROOT, SMALL_DEMO, run_script, small_demo_set
 
 import surgvista.features.frames as features
 from surgvista.checkpoints.errors import CheckpointError
+from surgvista.cli.features import main as extract_main
 from surgvista.data.manifest import read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.sampling import causal_clip_indices
@@ -274,7 +275,7 @@ def test_extract_cli_then_demo_tecno_fast_dev_run(demo_root, tmp_path, monkeypat
         "+data.extractor.backbone.depth=1",
     ]
     monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
-    features.main(["extract", "experiment=demo_tecno", *overrides])
+    extract_main(["extract", "experiment=demo_tecno", *overrides])
     assert "features in" in capsys.readouterr().out
     cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")}
     assert len(cached) == 3

@@ -178,6 +178,6 @@ def prepare_hint(path: Path) -> str:
     if dataset not in REGISTRY:
         return ""
     return (
-        f"; create it with `python -m surgvista.data.prepare {dataset} --raw <{dataset} download> "
+        f"; create it with `python -m surgvista.prepare {dataset} --raw <{dataset} download> "
         f"--out {path.parent}` (docs/datasets.md)"
     )

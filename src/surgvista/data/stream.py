@@ -52,7 +52,7 @@ class ShardClip:
             raise ValueError(
                 f"{self.where} holds {len(item['order'])}-frame clips at stride {rate} (shard version {version}); "
                 f"data.num_frames={self.num_frames}, data.sampling_rate={self.sampling_rate} (version "
-                f"{SHARD_VERSION}) need shards written with those: python -m surgvista.data.shards --num-frames "
+                f"{SHARD_VERSION}) need shards written with those: python -m surgvista.shards --num-frames "
                 f"{self.num_frames} --sampling-rate {self.sampling_rate} ..."
             )
         frames = decode_clip(item, self.where)
@@ -131,7 +131,7 @@ class StreamDataModule(PretrainDataModule):
             if kwargs.get(key):
                 raise ValueError(
                     f"data.{key} does not apply to data=pretrain_stream: the shards were written from "
-                    "manifests by python -m surgvista.data.shards; name them in data.train_shards"
+                    "manifests by python -m surgvista.shards; name them in data.train_shards"
                 )
         super().__init__(
             train_manifests=[], exclude_from=exclude_from, data_dir=data_dir, allow_leakage=allow_leakage, **kwargs
