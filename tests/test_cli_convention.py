@@ -101,18 +101,3 @@ def test_full_error_shows_the_traceback(cli_env, monkeypatch):
     with pytest.raises(ScoreError, match="not a folder of per-video files"):
         main(["phase", str(cli_env / "gt"), str(cli_env / "pred"), "--dataset", "cholec80"])
 
-
-def test_every_main_guard_lives_in_cli():
-    """Library modules keep library functions; ``python -m surgvista.<name>`` launchers only import cli's main."""
-    src = ROOT / "src" / "surgvista"
-    guarded = {
-        p.relative_to(src).as_posix()
-        for p in src.rglob("*.py")
-        if '__name__ == "__main__"' in p.read_text() and p.parts[len(src.parts)] not in ("cli", "bench")
-    }
-    launchers = {f"{n}.py" for n in ("train", "eval", "prepare", "export", "score", "leaderboard", "pretrain_probe")}
-    launchers |= {"shards.py", "demo_data.py", "features/__main__.py"}
-    assert guarded == launchers
-    for name in launchers:
-        code = [line for line in (src / name).read_text().splitlines() if line.strip()]
-        assert len(code) == 4 and code[1].startswith("from surgvista.cli.") and code[1].endswith(" import main")
