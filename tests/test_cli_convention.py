@@ -40,7 +40,7 @@ COMMANDS = {
     "leaderboard": (["{tmp}/nowhere"], "{tmp}/nowhere is not a folder", ["{tmp}/nowhere", "--bogus"]),
     "pretrain_probe": (
         ["{tmp}/nowhere"],
-        "{tmp}/nowhere/config.yaml: No such file or directory",
+        "{tmp}/nowhere/config.yaml not found",
         ["{tmp}/nowhere", "--seeds", "three"],
     ),
     "features": (
