@@ -1,13 +1,7 @@
-"""The exit convention shared by every command.
-
-* success: exit status 0;
-* a bad input (a file, key or value that is wrong): exactly one line ``error: <culprit>: <what was expected>`` on
-  stderr and exit status 1 (``HYDRA_FULL_ERROR=1`` re-raises it with the full traceback instead);
-* bad usage (an unknown option, a missing argument): the usage text and exit status 2 (``argparse``'s behaviour;
-  commands that read ``key=value`` arguments report theirs with ``parser.error`` too).
-
-Errors that are neither (bugs) keep their traceback.
-"""
+"""The exit convention of every command: success exits 0; a bad input (a file, key or value that is wrong) is exactly
+one line ``error: <culprit>: <what was expected>`` on stderr and exit status 1 (``HYDRA_FULL_ERROR=1``: the
+traceback instead); bad usage (an unknown option, a missing argument) is the usage text and exit status 2
+(``argparse``'s ``parser.error``). Errors that are neither (bugs) keep their traceback."""
 
 from __future__ import annotations
 

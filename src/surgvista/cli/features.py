@@ -1,10 +1,5 @@
-"""Per-frame feature extraction for two-stage temporal models (TeCNO): fill the cache that ``data=features`` reads.
-
-    surgvista-features extract experiment=tecno_cholec80 paths.data_dir=/datasets   (= python -m surgvista.features)
-
-The arguments after ``extract`` are Hydra overrides of ``conf/train.yaml``; the extraction is the one the composed
-``data`` would run before training (``surgvista.features.frames``).
-"""
+"""``surgvista-features extract <Hydra overrides of conf/train.yaml>`` (= ``python -m surgvista.features``): runs the
+extraction that the composed ``data`` would run before training (``surgvista.features.frames``)."""
 
 from __future__ import annotations
 
@@ -21,9 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     """``surgvista-features extract [key=value ...]``."""
     parser = argparse.ArgumentParser(
         prog="surgvista-features",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
+        description="Per-frame feature extraction for two-stage temporal models (TeCNO): fills the cache that "
+        "data=features reads. The arguments after `extract` are Hydra overrides of conf/train.yaml, e.g. "
+        "experiment=tecno_cholec80 paths.data_dir=/datasets.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     extract = sub.add_parser("extract", help="extract the features of the composed data config")

@@ -1,32 +1,24 @@
-"""Leaderboard of a frozen-probe grid: ``surgvista-leaderboard <multirun dir> [--out DIR]``.
-
-Also ``python -m surgvista.leaderboard``. What the table holds: ``surgvista.evaluation.leaderboard``.
-"""
+"""``surgvista-leaderboard`` / ``python -m surgvista.leaderboard``: ``surgvista-leaderboard <multirun dir>``."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import surgvista.evaluation.leaderboard as board
 from surgvista.cli.common import user_errors
-from surgvista.evaluation.leaderboard import leaderboard
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The arguments of ``surgvista-leaderboard``."""
-    parser = argparse.ArgumentParser(prog="surgvista-leaderboard", description=__doc__.split("\n")[0])
-    parser.add_argument("root", help="a multirun folder (or any folder holding probe runs)")
-    parser.add_argument("--out", default=None, help="where to write leaderboard.{csv,md} (default: root)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """``surgvista-leaderboard``: 0 when written; a bad input: one ``error:`` line, exit 1; bad usage: exit 2."""
-    args = build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(prog="surgvista-leaderboard", description=board.__doc__.split("\n")[0])
+    parser.add_argument("root", help="a multirun folder (or any folder holding probe runs)")
+    parser.add_argument("--out", default=None, help="where to write leaderboard.{csv,md} (default: root)")
+    args = parser.parse_args(argv)
     with user_errors():
         if not Path(args.root).is_dir():
             raise FileNotFoundError(f"{args.root} is not a folder")
-        leaderboard(args.root, args.out)
+        board.leaderboard(args.root, args.out)
     return 0
 
 

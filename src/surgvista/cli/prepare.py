@@ -1,9 +1,4 @@
-"""Prepare a surgical video dataset: official download → manifests (+ extracted frames, checksums, stats).
-
-    surgvista-prepare cholec80 --raw /data/raw/cholec80 --out /data/surgvista/cholec80   (= python -m surgvista.prepare)
-
-See ``surgvista.data.prepare`` for the output and ``docs/datasets.md`` for every dataset's expected layout.
-"""
+"""``surgvista-prepare`` / ``python -m surgvista.prepare``: ``surgvista-prepare cholec80 --raw R --out O``."""
 
 from __future__ import annotations
 
@@ -12,9 +7,9 @@ import logging
 from dataclasses import fields
 from fractions import Fraction
 
+import surgvista.data.prepare as preparing
 from surgvista.cli.common import user_errors
 from surgvista.data.adapters import REGISTRY
-from surgvista.data.prepare import PrepareOptions, prepare
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -35,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The options of ``surgvista-prepare`` (their names are the fields of :class:`PrepareOptions`)."""
     p = argparse.ArgumentParser(
         prog="surgvista-prepare",
-        description=__doc__.split("\n\n")[0],
+        description=preparing.__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="datasets:\n" + "\n".join(f"  {k:20s} {REGISTRY[k].description}" for k in sorted(REGISTRY)),
     )
@@ -79,10 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def options_from(args: argparse.Namespace) -> PrepareOptions:
+def options_from(args: argparse.Namespace) -> preparing.PrepareOptions:
     """The :class:`PrepareOptions` of a parsed command line (``--quiet``: no progress)."""
-    given = {f.name: getattr(args, f.name) for f in fields(PrepareOptions) if f.name != "progress"}
-    return PrepareOptions(**given, progress=not args.quiet)
+    given = {f.name: getattr(args, f.name) for f in fields(preparing.PrepareOptions) if f.name != "progress"}
+    return preparing.PrepareOptions(**given, progress=not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     with user_errors(ValueError):
-        prepare(args.dataset, args.raw, args.out, options_from(args))
+        preparing.prepare(args.dataset, args.raw, args.out, options_from(args))
     return 0
 
 

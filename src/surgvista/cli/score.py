@@ -1,16 +1,4 @@
-"""``surgvista-score``: score the prediction files of any model with surgvista's metrics, no code needed.
-
-    surgvista-score phase GT_DIR PRED_DIR --dataset cholec80 [--relaxed auto|true|false] [--no-matlab-quirk]
-                    [--fps 1] [--json OUT] [--csv OUT]
-    surgvista-score triplet GT PRED [--json OUT]       (CholecT50 labels JSON or our CSVs vs our prediction CSVs)
-    surgvista-score clip GT PRED [--top-k 1,5] [--json OUT]
-
-Phase files: one per video, matched by file stem (``-phase``/``_pred`` style suffixes ignored), either
-``Frame<TAB>Phase`` text (integer ids or phase names of ``--dataset``; header optional; the MATLAB evaluation
-format) or the ``frame,target,prediction,prob_...`` CSVs that ``surgvista-eval`` writes (GT_DIR may be the same
-folder: targets come from the ``target`` column). ``--json`` writes the keys of ``surgvista-eval``'s
-``metrics.json``. See ``docs/metrics.md``.
-"""
+"""``surgvista-score`` / ``python -m surgvista.score``: the usage is ``surgvista.evaluation.scoring``'s docstring."""
 
 from __future__ import annotations
 
@@ -20,6 +8,7 @@ import json
 from pathlib import Path
 
 from surgvista.cli.common import user_errors
+from surgvista.evaluation import scoring
 from surgvista.evaluation.scoring import (
     dataset_phase_names,
     load_phase_videos,
@@ -42,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The sub-commands ``phase``, ``triplet`` and ``clip`` of ``surgvista-score``."""
     p = argparse.ArgumentParser(
         prog="surgvista-score",
-        description=__doc__.split("\n\n")[0],
+        description=scoring.__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
+        epilog=scoring.__doc__,
     )
     sub = p.add_subparsers(dest="task", required=True)
     ph = sub.add_parser("phase", help="per-frame phase recognition (Evaluate.m/Main.m convention)")

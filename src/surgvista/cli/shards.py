@@ -1,23 +1,17 @@
-"""Clip-ready streaming shards (litdata) from any manifest, for object storage and many nodes.
-
-    surgvista-shards data/cholec80/pretrain.jsonl data/heichole/pretrain.jsonl --out /data/shards/pre
-    (= python -m surgvista.shards ...)
-
-What the shards hold and how they are written: ``surgvista.data.shards``; ``data=pretrain_stream`` reads them.
-"""
+"""``surgvista-shards`` / ``python -m surgvista.shards``: ``surgvista-shards MANIFEST ... --out DIR``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
+import surgvista.data.shards as sharding
 from surgvista.cli.common import user_errors
-from surgvista.data.shards import ShardWriteError, write_shards
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``surgvista-shards`` (the keyword arguments of :func:`write_shards`)."""
-    p = argparse.ArgumentParser(prog="surgvista-shards", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="surgvista-shards", description=sharding.__doc__.split("\n\n")[0])
     p.add_argument("manifests", nargs="+", help="manifests (JSON Lines, docs/data.md) whose clips are written")
     p.add_argument("--out", required=True, help="output folder or URI (s3://bucket/prefix)")
     p.add_argument("--num-frames", type=int, default=16)
@@ -41,25 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     """``surgvista-shards``: 0 when written; a bad input: one ``error:`` line, exit 1; bad usage: exit 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    with user_errors(ValueError, ShardWriteError):
-        n = write_shards(
-            args.manifests,
-            args.out,
-            num_frames=args.num_frames,
-            sampling_rate=args.sampling_rate,
-            anchor_stride=args.anchor_stride,
-            backend=args.backend,
-            quality=args.quality,
-            chunk_bytes=args.chunk_bytes,
-            workers=args.workers,
-            on_bad_video=args.on_bad_video,
-            min_video_frames=args.min_video_frames,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            exclude_from=args.exclude_from,
-            data_dir=args.data_dir,
-            allow_leakage=args.allow_leakage,
-        )
+    with user_errors(ValueError, sharding.ShardWriteError):
+        n = sharding.write_shards(**vars(args))
     print(f"wrote {n} clips to {args.out}")
     return 0
 

@@ -90,8 +90,7 @@ def resolve_run_dir(path: str) -> Path:
 
 
 def probe_vs_random(run: str | Path, seeds: int = 3, max_train: int | None = None, max_val: int | None = None) -> dict:
-    """:func:`compare` on the run folder ``run`` (``${paths.log_dir}`` allowed), written to
-    ``<run>/probe_vs_random.json``."""
+    """:func:`compare` on ``run`` (``${paths.log_dir}`` allowed), also written to ``<run>/probe_vs_random.json``."""
     run_dir = resolve_run_dir(str(run))
     result = compare(run_dir, seeds, max_train, max_val)
     (run_dir / "probe_vs_random.json").write_text(json.dumps(result, indent=1))

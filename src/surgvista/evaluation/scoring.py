@@ -1,9 +1,14 @@
-"""Scoring of prediction files with surgvista's metrics (the library behind ``surgvista-score``).
+"""``surgvista-score``: score the prediction files of any model with surgvista's metrics, no code needed.
+
+    surgvista-score phase GT_DIR PRED_DIR --dataset cholec80 [--relaxed auto|true|false] [--no-matlab-quirk]
+                    [--fps 1] [--json OUT] [--csv OUT]
+    surgvista-score triplet GT PRED [--json OUT]       (CholecT50 labels JSON or our CSVs vs our prediction CSVs)
+    surgvista-score clip GT PRED [--top-k 1,5] [--json OUT]
 
 Phase files: one per video, matched by file stem (``-phase``/``_pred`` style suffixes ignored), either
-``Frame<TAB>Phase`` text (integer ids or phase names of the dataset; header optional; the MATLAB evaluation
-format) or the ``frame,target,prediction,prob_...`` CSVs that ``surgvista-eval`` writes. Triplets: CholecT50
-labels JSON or our CSVs vs our prediction CSVs; clips: one CSV each. The scores use the keys of ``surgvista-eval``'s
+``Frame<TAB>Phase`` text (integer ids or phase names of ``--dataset``; header optional; the MATLAB evaluation
+format) or the ``frame,target,prediction,prob_...`` CSVs that ``surgvista-eval`` writes (GT_DIR may be the same
+folder: targets come from the ``target`` column). ``--json`` writes the keys of ``surgvista-eval``'s
 ``metrics.json``. See ``docs/metrics.md``.
 """
 
