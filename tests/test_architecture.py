@@ -17,7 +17,15 @@ FORBIDDEN = {
     "data": {"models", "checkpoints", "features", "modules", "metrics", "callbacks", "evaluation", "cli"},
     "models": {"data", "modules", "features", "callbacks", "evaluation", "cli"},
     "layers": {"models", "data", "modules", "features", "callbacks", "evaluation", "cli", "checkpoints", "metrics"},
+    # the layers above, as docs/architecture.md draws them (cli is covered by its own rule below)
+    "checkpoints": {"data", "features", "modules", "metrics", "callbacks", "evaluation", "run", "strategies"},
+    "features": {"modules", "metrics", "callbacks", "evaluation", "run", "strategies"},
+    "callbacks": {"modules", "evaluation", "run", "features"},
+    "strategies": {"data", "features", "modules", "callbacks", "evaluation", "run"},
+    "evaluation": {"modules", "run", "features"},
+    "modules": {"run", "strategies"},
 }
+MODELS_FROM_CHECKPOINTS = "surgvista.models.presets"  # export reads the named presets (plain data, no torch)
 ONLY_ALLOWED = {"utils": {"utils"}, "metrics": {"metrics", "utils"}}  # part -> the only parts it may import
 
 
@@ -77,6 +85,8 @@ def import_violations(module: str, imports: list[tuple[str, list[str], int]], la
         where, dest = f"{module}:{line}", part_of(target)
         if dest == part or target == "surgvista":
             pass
+        elif part == "checkpoints" and dest == "models" and target != MODELS_FROM_CHECKPOINTS:
+            out.append(f"{where}: checkpoints/ may read only {MODELS_FROM_CHECKPOINTS} of models/, not {target}")
         elif dest in FORBIDDEN.get(part, ()) and not (part == "metrics" and target == VOCABULARY):
             out.append(f"{where}: {part}/ must not import {target}")
         elif part in ONLY_ALLOWED and dest not in ONLY_ALLOWED[part] and target != VOCABULARY:
@@ -130,6 +140,8 @@ WRONG = [  # (module, source, the violation it must produce)
     ("surgvista.models.student", "from surgvista.modules.objective import x\n", "models/ must not import"),
     ("surgvista.metrics.phase", "from surgvista.data.manifest import read_manifest\n", "metrics/ may import only"),
     ("surgvista.run", "from surgvista.cli.train import main\n", "only cli/"),
+    ("surgvista.evaluation.plots", "from surgvista.modules.finetune import PhaseModule\n", "evaluation/ must not"),
+    ("surgvista.checkpoints.load", "from surgvista.models.student import SurgVISTAStudent\n", "may read only"),
     ("surgvista.run", "from surgvista.data.demo import _private_helper\n", "imports the private _private_helper"),
     ("surgvista.data.shards", "def main():\n    pass\n\nif __name__ == '__main__':\n    main()\n", "outside cli/"),
     ("surgvista.data.demo", "def f():\n" + "    x = 1\n" * 60, "f has 61 lines"),

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from surgvista.layers.patchify import unpatchify
-from surgvista.modules.objective import pixel_targets
+from surgvista.layers.patchify import patchify, unpatchify
 
 
 @torch.no_grad()
@@ -29,7 +29,10 @@ def reconstruction_panel(
     normalised-target space are mapped back with the true patch mean/std, as VideoMAE visualises them.
     """
     video = video.float()
-    raw = pixel_targets(video[None], tubelet, patch, normalize=False)[0].view(mask.shape[0], -1, 3)
+    mean, std = (
+        torch.tensor(v, device=video.device).view(3, 1, 1, 1) for v in (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    )
+    raw = patchify((video * std + mean)[None], tubelet, patch)[0].view(mask.shape[0], -1, 3)  # pixels in [0, 1]
     pred = pixel_pred.float().view(-1, raw.shape[1], 3)
     if normalized_targets:
         masked_raw = raw[mask]
@@ -77,4 +80,3 @@ def log_image(
         elif name == "TensorBoardLogger":
             logger.experiment.add_image(key, image, step, dataformats="HWC")
     return path
-
