@@ -1,9 +1,7 @@
-"""Hugging Face VideoMAE export: the state dict and ``config.json`` of a ``VideoMAE*`` class, and the folder
-(``model.safetensors``, ``config.json``, ``preprocessor_config.json``, ``README.md`` model card, our card).
+"""Hugging Face VideoMAE export: the state dict, ``config.json`` and folder of a ``VideoMAE*`` class.
 
 HF VideoMAE always builds a 1-D sinusoid table in code, so only ``sinusoid1d`` models are exported here: a 3-D
-sin-cos (SurgVISTA/MVD) or learned table is refused rather than silently changed. Keys are renamed by
-:func:`surgvista.checkpoints.keys.to_hf_state` (the same table the loader reads HF checkpoints with).
+sin-cos (SurgVISTA/MVD) or learned table is refused rather than silently changed.
 """
 
 from __future__ import annotations

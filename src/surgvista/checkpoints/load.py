@@ -1,20 +1,8 @@
 """Load any supported checkpoint into our models, with layout detection and a key-diff report.
 
-``load_backbone(source, model)`` accepts:
-
-* our Lightning checkpoints (``state_dict`` with a ``student.`` prefix) and our exported files (original
-  ``{'model': ...}`` or ``.safetensors`` with a model card);
-* official SurgVISTA pre-training checkpoints (``{'model': ...}``, 255 keys), trimmed encoder-only files,
-  DeepSpeed ``{'module': ...}`` files and raw state dicts;
-* VideoMAE / MVD / UMT originals (fused ``qkv`` + ``q_bias``/``v_bias``; optional ``encoder.``/``backbone.``/
-  ``module.``/``model.`` prefixes; ``encoder_to_decoder``/``decoder.*`` pre-training keys);
-* Hugging Face ``VideoMAEModel`` / ``VideoMAEForPreTraining`` / ``VideoMAEForVideoClassification`` state dicts
-  or ``save_pretrained`` directories (split query/key/value, ``videomae.`` prefix).
-
-Every source is read by :func:`surgvista.checkpoints.read.read_state` (safe reader, finite check), mapped to the
-*canonical* key set of :class:`~surgvista.models.student.SurgVISTAStudent` (``patch_embed``, ``blocks``, ``norm``,
-``down_vid``/``decoder_vid``/``mask_token_vid``, ...) plus the classifier's ``fc_norm``/``head`` by
-:func:`surgvista.checkpoints.keys.to_canonical`, then matched against the target model. :func:`load_matching`
+``load_backbone`` reads the source with :func:`surgvista.checkpoints.read.read_state`, maps its key style (ours and
+the official SurgVISTA files, VideoMAE/MVD/UMT originals, Hugging Face VideoMAE; see
+:mod:`surgvista.checkpoints.keys`) to canonical keys and matches them against the model. :func:`load_matching`
 loads a state dict whose keys already are the model's (any ``nn.Module``) with the same report.
 """
 

@@ -1,10 +1,7 @@
 """Reading checkpoint files safely: the one reader every checkpoint, teacher file and feature cache goes through.
 
-Files are read with ``torch.load(weights_only=True)`` (``argparse.Namespace`` allow-listed for old checkpoints),
-as safetensors, or as a Hugging Face ``save_pretrained`` folder. An unreadable file is one
-:class:`~surgvista.checkpoints.errors.CheckpointError` naming it and saying why (empty, truncated, not written by
-``torch.save``, pickled objects that are not loaded for safety); the advice to load with ``weights_only=False`` is
-never passed on. :func:`read_state` reads, takes the state dict out of its container and checks that it is finite.
+An unreadable file is one :class:`~surgvista.checkpoints.errors.CheckpointError` naming it and saying why; the advice
+to load with ``weights_only=False`` is never passed on.
 """
 
 from __future__ import annotations
