@@ -19,28 +19,22 @@ from surgvista.layers.position import sincos_3d, sinusoid_table
 
 def candidate_grids(num_tokens: int) -> list[tuple[int, int, int]]:
     """Every ``(T', S, S)`` grid with square frames and ``T'·S·S = num_tokens``."""
-    out = []
-    for t in range(1, num_tokens + 1):
-        if num_tokens % t == 0:
-            s = math.isqrt(num_tokens // t)
-            if s * s * t == num_tokens:
-                out.append((t, s, s))
-    return out
+    roots = ((t, math.isqrt(num_tokens // t)) for t in range(1, num_tokens + 1) if num_tokens % t == 0)
+    return [(t, s, s) for t, s in roots if s * s * t == num_tokens]
 
 
 def guess_grid(num_tokens: int, like: tuple[int, int, int] | None = None) -> tuple[int, int, int] | None:
     """The token grid of a ``num_tokens`` table: ``like``'s frame size or T' if they fit, else the only candidate."""
-    if like:
-        if num_tokens % (like[1] * like[2]) == 0:
-            return (num_tokens // (like[1] * like[2]), like[1], like[2])
-        if num_tokens % like[0] == 0:
-            s = math.isqrt(num_tokens // like[0])
-            if s * s * like[0] == num_tokens:
-                return (like[0], s, s)
+    if like and num_tokens % (like[1] * like[2]) == 0:
+        return (num_tokens // (like[1] * like[2]), like[1], like[2])
     cands = candidate_grids(num_tokens)
-    if like and cands:  # neither axis kept: the grid with the closest T'/H' proportion
-        return min(cands, key=lambda g: abs(math.log(g[0] / g[1]) - math.log(like[0] / like[1])))
-    return cands[0] if len(cands) == 1 else None
+    if not like:
+        return cands[0] if len(cands) == 1 else None
+    same_t = [g for g in cands if g[0] == like[0]]
+    if same_t:
+        return same_t[0]
+    # neither axis kept: the grid with the closest T'/H' proportion
+    return min(cands, key=lambda g: abs(math.log(g[0] / g[1]) - math.log(like[0] / like[1])), default=None)
 
 
 def classify_table(table: torch.Tensor, grid: tuple[int, int, int] | None = None) -> str:

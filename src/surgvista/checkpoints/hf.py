@@ -187,27 +187,32 @@ def hf_model_card(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     """``README.md`` of an HF folder: what the model is, its training data and recipe, metrics when known, licence."""
     arch = config["architectures"][0]
     hp = card.get("hyper_parameters") or {}
-    recipe = {k: hp[k] for k in ("base_lr", "min_lr", "batch_size", "warmup_epochs", "weight_decay", "layer_decay",
-                                 "mixup", "cutmix", "label_smoothing", "dataset", "fps") if k in hp}
+    recipe_keys = (
+        "base_lr min_lr batch_size warmup_epochs weight_decay layer_decay mixup cutmix label_smoothing dataset fps"
+    )
+    recipe = [f"- {k}: {hp[k]}" for k in recipe_keys.split() if k in hp]
     data = [f"- `{m['path']}` ({m['split']}, sha256 `{m['sha256']}`)" for m in card.get("data_manifests") or []]
     metrics = [f"| {k} | {v} |" for k, v in (card.get("metrics") or {}).items()]
     labels = config.get("id2label")
+    pipeline = "video-classification" if arch == "VideoMAEForVideoClassification" else "feature-extraction"
     lines = [
-        "---", "license: apache-2.0", "library_name: transformers",
-        f"pipeline_tag: {'video-classification' if arch == 'VideoMAEForVideoClassification' else 'feature-extraction'}",
-        "tags: [surgvista, surgical-video, videomae]", "---", "",
-        f"# {arch} exported by surgvista", "",
+        f"---\nlicense: apache-2.0\nlibrary_name: transformers\npipeline_tag: {pipeline}",
+        "tags: [surgvista, surgical-video, videomae]\n---\n",
+        f"# {arch} exported by surgvista\n",
         f"A {config['num_hidden_layers']}-layer, {config['hidden_size']}-wide ViT video encoder "
         f"({config['num_frames']} frames at {config['image_size']} px, tubelet {config['tubelet_size']}, patch "
         f"{config['patch_size']}) trained with surgvista and converted by `surgvista-export format=hf` from "
         f"`{card.get('source')}` (epoch {card.get('epoch', '?')}, step {card.get('global_step', '?')}).",
-        "", "## Training data", "", *(data or ["Not recorded in the checkpoint."]), "",
-        "## Recipe", "", *(f"- {k}: {v}" for k, v in recipe.items()), *([] if recipe else ["Not recorded."]), "",
+        "\n## Training data\n",
+        *(data or ["Not recorded in the checkpoint."]),
+        "\n## Recipe\n",
+        *(recipe or ["Not recorded."]),
+        "",
     ]
     if labels:
-        lines += ["## Labels", "", *(f"- {i}: {n}" for i, n in labels.items()), ""]
-    lines += ["## Metrics", "", *(["| metric | value |", "|---|---|", *metrics] if metrics else ["Not known."]), ""]
-    lines += ["## Licence", "", "Apache-2.0 (the code); the weights follow the licences of their training data.", ""]
+        lines += ["## Labels\n", *(f"- {i}: {n}" for i, n in labels.items()), ""]
+    lines += ["## Metrics\n", *(["| metric | value |", "|---|---|", *metrics] if metrics else ["Not known."]), ""]
+    lines += ["## Licence\n", "Apache-2.0 (the code); the weights follow the licences of their training data.", ""]
     return "\n".join(lines)
 
 

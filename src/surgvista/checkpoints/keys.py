@@ -42,7 +42,7 @@ HF_DECODER = {
 }
 HF_PREFIX = "videomae."
 # Fixed position tables: never stored by HF (recomputed there), recomputed by our loader.
-POSITION_TABLES = ("pos_embed", "pos_embed_vid", "pos_embed_img")
+POSITION_TABLES = ("pos_embed", "pos_embed_img", "pos_embed_vid")
 
 _FROM_HF = {hf: ours for table in (HF_ENCODER, HF_HEAD, HF_DECODER) for ours, hf in table.items()}
 _FROM_HF_BLOCK = {hf: ours for ours, hf in HF_BLOCK.items()}
@@ -73,12 +73,8 @@ def block_depth(keys, prefix: str = "blocks.") -> int:
 
 def strip_wrappers(key: str) -> str:
     """``key`` without the ``module.``/``model.``/``backbone.``/``student.`` prefixes of training wrappers."""
-    changed = True
-    while changed:
-        changed = False
-        for pre in ("module.", "model.", "backbone.", "student."):
-            if key.startswith(pre):
-                key, changed = key[len(pre) :], True
+    while key.startswith(("module.", "model.", "backbone.", "student.")):
+        key = key.split(".", 1)[1]
     return key
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch import nn
 
 from surgvista.checkpoints.errors import CheckpointError
 from surgvista.checkpoints.grids import classify_table_grid, guess_grid, interpolate_pos_embed
-from surgvista.checkpoints.keys import block_depth, detect_style, to_canonical
+from surgvista.checkpoints.keys import POSITION_TABLES, block_depth, detect_style, to_canonical
 from surgvista.checkpoints.read import read_state
 from surgvista.layers.position import POS_EMBED_KINDS, position_table
 
@@ -37,7 +38,6 @@ FOREIGN_PRETRAIN_ONLY = re.compile(
     r"image_decoder|video_decoder|encoder_to_decoder_image|encoder_to_decoder_video|"
     r"mask_token_image|mask_token_video|teacher)(\.|_|$)"
 )
-FIXED_TABLES = ("pos_embed", "pos_embed_img", "pos_embed_vid")
 
 
 @dataclass
@@ -91,10 +91,7 @@ def _compress(keys: list[str], limit: int = 40) -> list[str]:
 
 def _by_module(keys: list[str]) -> list[str]:
     """Count keys per top-level module (``decoder_vid.* (×51)``)."""
-    groups: dict[str, int] = {}
-    for k in keys:
-        head = k.split(" ")[0].split(".")[0]
-        groups[head] = groups.get(head, 0) + 1
+    groups = Counter(k.split(" ")[0].split(".")[0] for k in keys)
     return [h if n == 1 else f"{h}.* (×{n})" for h, n in groups.items()]
 
 
@@ -214,7 +211,7 @@ def _position_tables(
 ) -> dict[str, torch.Tensor]:
     """Recompute fixed tables / interpolate a learned one; pops them from ``canon``, returns the model's tables."""
     new: dict[str, torch.Tensor] = {}
-    for tkey in FIXED_TABLES:
+    for tkey in POSITION_TABLES:
         if tkey not in canon and tkey not in target:
             continue
         item = canon.pop(tkey, None)
@@ -316,13 +313,10 @@ def _finish_report(
             report.missing.append(key)
     c_depth, m_depth = block_depth(canon), block_depth(target)
     if shape_errors or (c_depth and m_depth and c_depth != m_depth):
-        _raise_architecture(report, canon, target, report.source)
+        _raise_architecture(report, canon, target)
     if strict and not report.ok:
         raise CheckpointError(f"strict load failed (pass strict=False to load what matches):\n{report}")
-    if not strict and not report.ok:
-        log.warning("%s", report)
-    else:
-        log.info("%s", report)
+    log.log(logging.INFO if report.ok else logging.WARNING, "%s", report)
 
 
 def _check_pos_kind(report: LoadReport, src_kind: str | None, kind: str, strict: bool) -> None:
@@ -390,9 +384,9 @@ def _convert_qkv_bias(canon: dict, target: Mapping[str, torch.Tensor], report: L
             report.notes.append(f"{src}: fused qkv bias split into q_bias/v_bias (k bias is zero)")
 
 
-def _raise_architecture(report: LoadReport, canon: dict, target: Mapping, name: str) -> None:
+def _raise_architecture(report: LoadReport, canon: dict, target: Mapping) -> None:
     """One :class:`CheckpointError` comparing width, patch kernel and depth, with the keys that did not fit."""
-    lines = [f"{name}: checkpoint architecture does not match the model ({report.layout}):"]
+    lines = [f"{report.source}: checkpoint architecture does not match the model ({report.layout}):"]
     if "patch_embed.proj.weight" in canon and "patch_embed.proj.weight" in target:
         cw, mw = canon["patch_embed.proj.weight"][1].shape, target["patch_embed.proj.weight"].shape
         lines.append(

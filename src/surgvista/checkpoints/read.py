@@ -77,16 +77,14 @@ def torch_load(path: str | Path) -> Any:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        classes = _unsafe_globals(path, e)
+    except Exception as e:  # UnpicklingError, RuntimeError (zip reader), EOFError, KeyError/IndexError (other data)
+        classes = _unsafe_globals(path, e) if isinstance(e, pickle.UnpicklingError) else []
         if classes:
             raise CheckpointError(
                 f"{path}: contains pickled objects of type {', '.join(classes[:5])} that are not loaded for safety "
                 "(only tensors and plain Python containers are read); save the state dict alone with "
                 "torch.save(model.state_dict(), ...)"
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_why_unreadable(path, e)})") from None
-    except Exception as e:  # RuntimeError (zip reader), EOFError, KeyError/IndexError (text or other data)
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_why_unreadable(path, e)})") from None
 
 
