@@ -75,4 +75,3 @@ def interpolate_pos_embed(table: torch.Tensor, src_grid: tuple[int, int, int], d
     if t0 != t1:
         x = F.interpolate(x, size=t1, mode="linear", align_corners=False)
     return x.reshape(dim, h1, w1, t1).permute(3, 1, 2, 0).reshape(1, t1 * h1 * w1, dim).to(table.dtype)
-

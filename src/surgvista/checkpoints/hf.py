@@ -18,6 +18,20 @@ from surgvista.checkpoints.keys import to_hf_state
 from surgvista.utils.io import atomic_write_dir
 
 HF_ARCHS = ("auto", "model", "pretraining", "classification")
+# Hyper-parameters the model card lists under "Recipe".
+RECIPE_KEYS = (
+    "base_lr",
+    "min_lr",
+    "batch_size",
+    "warmup_epochs",
+    "weight_decay",
+    "layer_decay",
+    "mixup",
+    "cutmix",
+    "label_smoothing",
+    "dataset",
+    "fps",
+)
 
 
 def to_hf(
@@ -151,14 +165,15 @@ def write_hf(
     card: Mapping[str, Any],
     notes: list[str],
 ) -> Path:
-    """The HF folder, atomically: weights, ``config.json``, our card (with notes), preprocessor config, README."""
+    """The HF folder, atomically: weights, ``config.json``, our card (with notes), preprocessor config, README card."""
     from safetensors.torch import save_file
 
     def write(folder: Path) -> None:
         save_file({k: v.contiguous() for k, v in hf_state.items()}, str(folder / "model.safetensors"), {"format": "pt"})
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (folder / "surgvista_card.json").write_text(json.dumps({**card, "notes": notes}, indent=2) + "\n")
-        write_hf_extras(folder, config, card)
+        (folder / "preprocessor_config.json").write_text(json.dumps(hf_preprocessor_config(config), indent=2) + "\n")
+        (folder / "README.md").write_text(hf_model_card(config, card))
 
     return atomic_write_dir(out, write)
 
@@ -187,10 +202,7 @@ def hf_model_card(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     """``README.md`` of an HF folder: what the model is, its training data and recipe, metrics when known, licence."""
     arch = config["architectures"][0]
     hp = card.get("hyper_parameters") or {}
-    recipe_keys = (
-        "base_lr min_lr batch_size warmup_epochs weight_decay layer_decay mixup cutmix label_smoothing dataset fps"
-    )
-    recipe = [f"- {k}: {hp[k]}" for k in recipe_keys.split() if k in hp]
+    recipe = [f"- {k}: {hp[k]}" for k in RECIPE_KEYS if k in hp]
     data = [f"- `{m['path']}` ({m['split']}, sha256 `{m['sha256']}`)" for m in card.get("data_manifests") or []]
     metrics = [f"| {k} | {v} |" for k, v in (card.get("metrics") or {}).items()]
     labels = config.get("id2label")
@@ -214,9 +226,3 @@ def hf_model_card(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     lines += ["## Metrics\n", *(["| metric | value |", "|---|---|", *metrics] if metrics else ["Not known."]), ""]
     lines += ["## Licence\n", "Apache-2.0 (the code); the weights follow the licences of their training data.", ""]
     return "\n".join(lines)
-
-
-def write_hf_extras(out: Path, config: Mapping[str, Any], card: Mapping[str, Any]) -> None:
-    """``preprocessor_config.json`` and the ``README.md`` model card next to ``config.json``."""
-    (out / "preprocessor_config.json").write_text(json.dumps(hf_preprocessor_config(config), indent=2) + "\n")
-    (out / "README.md").write_text(hf_model_card(config, card))

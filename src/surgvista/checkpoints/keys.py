@@ -181,26 +181,15 @@ def _block_to_hf(rest: str, value: torch.Tensor, dst: str, out: dict[str, torch.
         out[dst + name] = value.clone()
 
 
-def _encoder_to_hf(key: str, value: torch.Tensor, pre: str, mean_pool: bool, out: dict[str, torch.Tensor]) -> bool:
-    """Place one encoder tensor in ``out``; ``False`` if ``key`` is not an encoder key."""
-    if key in POSITION_TABLES or (mean_pool and key.startswith("norm.")):
-        return True  # HF recomputes the 1-D sinusoid tables; a mean-pooling classifier has fc_norm, no final norm
-    found = _block(key, HF_ENCODER_BLOCKS[0])
+def _stack_to_hf(
+    key: str, value: torch.Tensor, stacks: tuple[str, str], table: Mapping[str, str], out: dict, pre=""
+) -> bool:
+    """Place one encoder or pixel-decoder tensor (a block of ``stacks``, else a ``table`` entry); ``False`` if none."""
+    found = _block(key, stacks[0])
     if found:
-        _block_to_hf(found[1], value, f"{pre}{HF_ENCODER_BLOCKS[1]}{found[0]}.", out)
+        _block_to_hf(found[1], value, f"{pre}{stacks[1]}{found[0]}.", out)
         return True
-    return _place(key, value, HF_ENCODER, out, pre)
-
-
-def _decoder_to_hf(key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) -> bool:
-    """Place one pixel-decoder tensor of ``VideoMAEForPreTraining``; ``False`` if ``key`` is not one."""
-    if key == "down_vid.bias":
-        return True  # checked to be zero before export: HF's encoder_to_decoder has no bias
-    found = _block(key, HF_DECODER_BLOCKS[0])
-    if found:
-        _block_to_hf(found[1], value, f"{HF_DECODER_BLOCKS[1]}{found[0]}.", out)
-        return True
-    return _place(key, value, HF_DECODER, out)
+    return _place(key, value, table, out, pre)
 
 
 def _place(key: str, value: torch.Tensor, table: Mapping[str, str], out: dict, pre: str = "") -> bool:
@@ -220,9 +209,14 @@ def to_hf_state(
     notes: list[str] = []
     for key, value in state.items():
         placed = (
-            _encoder_to_hf(key, value, pre, mean_pool, out)
+            # HF recomputes the 1-D sinusoid tables; a mean-pooling classifier has fc_norm, no final norm
+            key in POSITION_TABLES
+            or (mean_pool and key.startswith("norm."))
+            or _stack_to_hf(key, value, HF_ENCODER_BLOCKS, HF_ENCODER, out, pre)
             or (hf_arch == "classification" and _place(key, value, HF_HEAD, out))  # fc_norm, head -> classifier
-            or (hf_arch == "pretraining" and _decoder_to_hf(key, value, out))
+            # down_vid.bias is checked to be zero before export: HF's encoder_to_decoder has no bias
+            or (hf_arch == "pretraining" and key == "down_vid.bias")
+            or (hf_arch == "pretraining" and _stack_to_hf(key, value, HF_DECODER_BLOCKS, HF_DECODER, out))
         )
         if not placed:
             notes.append(f"not exported (no place in HF {hf_arch}): {key}")

@@ -99,12 +99,12 @@ RULES: dict[str, Rule] = {
 }
 
 
-def check_config(cfg: DictConfig, rules: dict[str, Rule] | None = None) -> None:
+def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first knob of ``cfg`` that is unset (``???``) or breaks its rule."""
     missing = sorted(_missing(OmegaConf.to_container(cfg, resolve=False)))
     if missing:
         raise ConfigError(f"{missing[0]} must be set: add the override {missing[0]}=<value> to the command line")
-    for key, rule in (rules or RULES).items():
+    for key, rule in RULES.items():
         try:
             value = OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=True)
         except OmegaConfBaseException as e:
@@ -112,9 +112,7 @@ def check_config(cfg: DictConfig, rules: dict[str, Rule] | None = None) -> None:
         if isinstance(value, str) and value == "__absent__":
             continue
         if not rule.accepts(value):
-            raise ConfigError(
-                f"{key}={value!r}: expected {rule.describe()} (e.g. override {key}={rule.example!s})"
-            )
+            raise ConfigError(f"{key}={value!r}: expected {rule.describe()} (e.g. override {key}={rule.example!s})")
 
 
 def _missing(node: Any, prefix: str = "") -> list[str]:
