@@ -16,8 +16,7 @@ log = logging.getLogger(__name__)
 
 def nonfinite_entries(checkpoint: dict) -> list[str]:
     """Names of the tensors in the weights and optimiser states (this rank's shards) that hold NaN or inf."""
-    parts = {"state_dict": checkpoint.get("state_dict", {}), "optimizer_states": checkpoint.get("optimizer_states", [])}
-    return nonfinite_tensors(parts)
+    return nonfinite_tensors({k: checkpoint.get(k, {}) for k in ("state_dict", "optimizer_states")})
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -98,16 +98,6 @@ def _by_module(keys: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def _model_grid(model: nn.Module) -> tuple[int, int, int]:
-    """The model's token grid ``(T', H', W')``."""
-    grid = getattr(model, "token_grid", None)
-    if grid is None:
-        raise CheckpointError(
-            f"{type(model).__name__} has no token_grid; expected a SurgVISTAStudent or VideoClassifier"
-        )
-    return tuple(grid)
-
-
 def load_backbone(
     source: str | Path | Mapping[str, Any],
     model: nn.Module,
@@ -135,16 +125,21 @@ def load_backbone(
     """
     report, canon, style = _canonical_source(source, layout)
     target = model.state_dict()
-    grid = _model_grid(model)
+    if getattr(model, "token_grid", None) is None:
+        raise CheckpointError(
+            f"{type(model).__name__} has no token_grid; expected a SurgVISTAStudent or VideoClassifier"
+        )
+    grid = tuple(model.token_grid)
     kind = getattr(model, "pos_embed_kind", "sincos3d")
     src_kind = _source_pos_kind(canon, style, pos_embed_kind, source_grid, grid, report)
     _check_pos_kind(report, src_kind, kind, strict)
     new = _position_tables(canon, target, kind, src_kind, grid, source_grid, report)
     new.update(_head_and_pooling_norm(canon, target, load_head, report))
-    # q/k/v bias conventions (divided q_bias/v_bias vs fused qkv.bias).
     _convert_qkv_bias(canon, target, report)
     shape_errors = _match_remaining(canon, target, new, report)
-    _zero_decoder_bias(new, target, style, report)
+    if "down_vid.bias" in target and "down_vid.weight" in new and "down_vid.bias" not in new and style != "surgvista":
+        new["down_vid.bias"] = torch.zeros_like(target["down_vid.bias"])
+        report.expected_missing.append("down_vid.bias (VideoMAE/HF encoder_to_decoder has no bias: set to 0)")
     _finish_report(report, canon, target, new, shape_errors, strict)
     state_to_load = {**target, **{k: v.to(target[k].dtype) for k, v in new.items()}}
     model.load_state_dict(state_to_load, strict=True)
@@ -243,7 +238,6 @@ def _head_and_pooling_norm(
 ) -> dict[str, torch.Tensor]:
     """Head and pooling norm of a classifier: loaded together, only when the head fits (or ``load_head=True``)."""
     names = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
-    has_head = "head.weight" in target
     head_keys = [k for k in names if k in target]
     items = {k: canon.pop(k) for k in names if k in canon}
     fits = all(k in items and tuple(items[k][1].shape) == tuple(target[k].shape) for k in head_keys)
@@ -260,7 +254,7 @@ def _head_and_pooling_norm(
             report.loaded.append(key)
     if not take:
         report.expected_missing += head_keys
-    if has_head and "norm.weight" in canon and "norm.weight" not in target:
+    if "head.weight" in target and "norm.weight" in canon and "norm.weight" not in target:
         for k in ("norm.weight", "norm.bias"):
             if k in canon:
                 report.ignored.append(canon.pop(k)[0])
@@ -287,15 +281,6 @@ def _match_remaining(
         else:
             report.unexpected.append(src)
     return shape_errors
-
-
-def _zero_decoder_bias(
-    new: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor], style: str, report: LoadReport
-) -> None:
-    """HF / VideoMAE encoder_to_decoder has no bias: ours is zero then."""
-    if "down_vid.bias" in target and "down_vid.weight" in new and "down_vid.bias" not in new and style != "surgvista":
-        new["down_vid.bias"] = torch.zeros_like(target["down_vid.bias"])
-        report.expected_missing.append("down_vid.bias (VideoMAE/HF encoder_to_decoder has no bias: set to 0)")
 
 
 def _finish_report(
