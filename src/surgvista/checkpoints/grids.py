@@ -16,14 +16,16 @@ import torch.nn.functional as F
 from surgvista.checkpoints.errors import CheckpointError
 from surgvista.layers.position import sincos_3d, sinusoid_table
 
+Grid = tuple[int, int, int]  # (T', H', W')
 
-def candidate_grids(num_tokens: int) -> list[tuple[int, int, int]]:
+
+def candidate_grids(num_tokens: int) -> list[Grid]:
     """Every ``(T', S, S)`` grid with square frames and ``T'·S·S = num_tokens``."""
     roots = ((t, math.isqrt(num_tokens // t)) for t in range(1, num_tokens + 1) if num_tokens % t == 0)
     return [(t, s, s) for t, s in roots if s * s * t == num_tokens]
 
 
-def guess_grid(num_tokens: int, like: tuple[int, int, int] | None = None) -> tuple[int, int, int] | None:
+def guess_grid(num_tokens: int, like: Grid | None = None) -> Grid | None:
     """The token grid of a ``num_tokens`` table: ``like``'s frame size or T' if they fit, else the only candidate."""
     if like and num_tokens % (like[1] * like[2]) == 0:
         return (num_tokens // (like[1] * like[2]), like[1], like[2])
@@ -37,7 +39,7 @@ def guess_grid(num_tokens: int, like: tuple[int, int, int] | None = None) -> tup
     return min(cands, key=lambda g: abs(math.log(g[0] / g[1]) - math.log(like[0] / like[1])), default=None)
 
 
-def classify_table(table: torch.Tensor, grid: tuple[int, int, int] | None = None) -> str:
+def classify_table(table: torch.Tensor, grid: Grid | None = None) -> str:
     """``sincos3d`` / ``sinusoid1d`` when ``table`` is that fixed table (to 1e-4), else ``learned``.
 
     ``grid`` is tried first for ``sincos3d``, then every square-frame grid of the table's length.
@@ -45,7 +47,7 @@ def classify_table(table: torch.Tensor, grid: tuple[int, int, int] | None = None
     return classify_table_grid(table, grid)[0]
 
 
-def classify_table_grid(table: torch.Tensor, grid=None) -> tuple[str, tuple[int, int, int] | None]:
+def classify_table_grid(table: torch.Tensor, grid: Grid | None = None) -> tuple[str, Grid | None]:
     """As :func:`classify_table`, also returning the grid a ``sincos3d`` table was matched on."""
     n, dim = table.shape[-2:]
     t = table.detach().float().reshape(n, dim).cpu()
@@ -58,7 +60,7 @@ def classify_table_grid(table: torch.Tensor, grid=None) -> tuple[str, tuple[int,
     return "learned", grid
 
 
-def interpolate_pos_embed(table: torch.Tensor, src_grid: tuple[int, int, int], dst_grid: tuple[int, int, int]):
+def interpolate_pos_embed(table: torch.Tensor, src_grid: Grid, dst_grid: Grid):
     """Resize a learned ``(1, T·H·W, D)`` table: bicubic over (H, W) per frame, then linear over T."""
     t0, h0, w0 = src_grid
     t1, h1, w1 = dst_grid

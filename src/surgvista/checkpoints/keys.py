@@ -44,6 +44,9 @@ HF_PREFIX = "videomae."
 # Fixed position tables: never stored by HF (recomputed there), recomputed by our loader.
 POSITION_TABLES = ("pos_embed", "pos_embed_img", "pos_embed_vid")
 
+# Canonical key -> (the checkpoint's key, tensor), as :func:`to_canonical` returns it.
+Canonical = dict[str, tuple[str, torch.Tensor]]
+
 _FROM_HF = {hf: ours for table in (HF_ENCODER, HF_HEAD, HF_DECODER) for ours, hf in table.items()}
 _FROM_HF_BLOCK = {hf: ours for ours, hf in HF_BLOCK.items()}
 
@@ -144,11 +147,9 @@ def _videomae_key(key: str) -> str:
     return key.removeprefix("encoder.")
 
 
-def to_canonical(
-    state: Mapping[str, torch.Tensor], style: str
-) -> tuple[dict[str, tuple[str, torch.Tensor]], list[str]]:
+def to_canonical(state: Mapping[str, torch.Tensor], style: str) -> tuple[Canonical, list[str]]:
     """Map a state dict of ``style`` to canonical keys: ``({canonical: (source_key, tensor)}, unmapped_keys)``."""
-    out: dict[str, tuple[str, torch.Tensor]] = {}
+    out: Canonical = {}
     unmapped: list[str] = []
     qkv: dict[str, dict] = {}
     for src, value in state.items():

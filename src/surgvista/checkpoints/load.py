@@ -20,12 +20,14 @@ import torch
 from torch import nn
 
 from surgvista.checkpoints.errors import CheckpointError
-from surgvista.checkpoints.grids import classify_table_grid, guess_grid, interpolate_pos_embed
-from surgvista.checkpoints.keys import POSITION_TABLES, block_depth, detect_style, to_canonical
+from surgvista.checkpoints.grids import Grid, classify_table_grid, guess_grid, interpolate_pos_embed
+from surgvista.checkpoints.keys import POSITION_TABLES, Canonical, block_depth, detect_style, to_canonical
 from surgvista.checkpoints.read import read_state
 from surgvista.layers.position import POS_EMBED_KINDS, position_table
 
 log = logging.getLogger(__name__)
+
+StateDict = Mapping[str, torch.Tensor]
 
 # Keys that only a pre-training model has: loaded into a student, ignored (by design) for a classifier.
 PRETRAIN_ONLY = re.compile(
@@ -106,7 +108,7 @@ def load_backbone(
     layout: str | None = None,
     pos_embed_kind: str | None = None,
     load_head: bool | None = None,
-    source_grid: tuple[int, int, int] | None = None,
+    source_grid: Grid | None = None,
 ) -> LoadReport:
     """Load the encoder (and whatever else the model has) of ``source`` into ``model``; return a :class:`LoadReport`.
 
@@ -146,9 +148,7 @@ def load_backbone(
     return report
 
 
-def _canonical_source(
-    source: str | Path | Mapping[str, Any], layout: str | None
-) -> tuple[LoadReport, dict[str, tuple[str, torch.Tensor]], str]:
+def _canonical_source(source: str | Path | Mapping[str, Any], layout: str | None) -> tuple[LoadReport, Canonical, str]:
     """Read ``source``, settle its key style and map it to canonical keys: ``(report, canon, style)``."""
     name, state, container, extra, meta, _ = read_state(source)
     style = layout or ("hf" if "hf_config" in meta else detect_style(list(state)))
@@ -168,12 +168,7 @@ def _canonical_source(
 
 
 def _source_pos_kind(
-    canon: Mapping[str, tuple[str, torch.Tensor]],
-    style: str,
-    declared: str | None,
-    source_grid: tuple[int, int, int] | None,
-    grid: tuple[int, int, int],
-    report: LoadReport,
+    canon: Canonical, style: str, declared: str | None, source_grid: Grid | None, grid: Grid, report: LoadReport
 ) -> str | None:
     """The checkpoint's position-table kind: declared, read off its ``pos_embed``, or implied by its layout."""
     src_kind = declared
@@ -196,12 +191,12 @@ def _source_pos_kind(
 
 
 def _position_tables(
-    canon: dict[str, tuple[str, torch.Tensor]],
-    target: Mapping[str, torch.Tensor],
+    canon: Canonical,
+    target: StateDict,
     kind: str,
     src_kind: str | None,
-    grid: tuple[int, int, int],
-    source_grid: tuple[int, int, int] | None,
+    grid: Grid,
+    source_grid: Grid | None,
     report: LoadReport,
 ) -> dict[str, torch.Tensor]:
     """Recompute fixed tables / interpolate a learned one; pops them from ``canon``, returns the model's tables."""
@@ -231,10 +226,7 @@ def _position_tables(
 
 
 def _head_and_pooling_norm(
-    canon: dict[str, tuple[str, torch.Tensor]],
-    target: Mapping[str, torch.Tensor],
-    load_head: bool | None,
-    report: LoadReport,
+    canon: Canonical, target: StateDict, load_head: bool | None, report: LoadReport
 ) -> dict[str, torch.Tensor]:
     """Head and pooling norm of a classifier: loaded together, only when the head fits (or ``load_head=True``)."""
     names = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
@@ -262,10 +254,7 @@ def _head_and_pooling_norm(
 
 
 def _match_remaining(
-    canon: Mapping[str, tuple[str, torch.Tensor]],
-    target: Mapping[str, torch.Tensor],
-    new: dict[str, torch.Tensor],
-    report: LoadReport,
+    canon: Canonical, target: StateDict, new: dict[str, torch.Tensor], report: LoadReport
 ) -> list[str]:
     """Everything else must match one to one: fills ``new``, returns the wrong-shape entries."""
     shape_errors: list[str] = []
@@ -284,12 +273,7 @@ def _match_remaining(
 
 
 def _finish_report(
-    report: LoadReport,
-    canon: Mapping[str, tuple[str, torch.Tensor]],
-    target: Mapping[str, torch.Tensor],
-    new: Mapping[str, torch.Tensor],
-    shape_errors: list[str],
-    strict: bool,
+    report: LoadReport, canon: Canonical, target: StateDict, new: StateDict, shape_errors: list[str], strict: bool
 ) -> None:
     """List what stays missing, refuse another architecture or a failed strict load, else log the diff."""
     report.mismatched += shape_errors
@@ -324,7 +308,14 @@ def _check_pos_kind(report: LoadReport, src_kind: str | None, kind: str, strict:
     report.notes.append("WARNING " + msg)
 
 
-def _learned_table(item, src_kind, current, grid, source_grid, report) -> torch.Tensor:
+def _learned_table(
+    item: tuple[str, torch.Tensor] | None,
+    src_kind: str | None,
+    current: torch.Tensor,
+    grid: Grid,
+    source_grid: Grid | None,
+    report: LoadReport,
+) -> torch.Tensor:
     """The model's learned table: loaded, interpolated to ``grid``, or the checkpoint's fixed table."""
     dim = current.shape[-1]
     if item is None:
@@ -350,7 +341,7 @@ def _learned_table(item, src_kind, current, grid, source_grid, report) -> torch.
     return interpolate_pos_embed(table, s_grid, grid)
 
 
-def _convert_qkv_bias(canon: dict, target: Mapping[str, torch.Tensor], report: LoadReport) -> None:
+def _convert_qkv_bias(canon: Canonical, target: StateDict, report: LoadReport) -> None:
     """Join ``q_bias``/``v_bias`` into a fused ``qkv.bias`` or split it, to the model's convention."""
     for key in [k for k in canon if k.endswith(".attn.q_bias")]:
         pre = key.removesuffix("q_bias")
@@ -369,7 +360,7 @@ def _convert_qkv_bias(canon: dict, target: Mapping[str, torch.Tensor], report: L
             report.notes.append(f"{src}: fused qkv bias split into q_bias/v_bias (k bias is zero)")
 
 
-def _raise_architecture(report: LoadReport, canon: dict, target: Mapping) -> None:
+def _raise_architecture(report: LoadReport, canon: Canonical, target: StateDict) -> None:
     """One :class:`CheckpointError` comparing width, patch kernel and depth, with the keys that did not fit."""
     lines = [f"{report.source}: checkpoint architecture does not match the model ({report.layout}):"]
     if "patch_embed.proj.weight" in canon and "patch_embed.proj.weight" in target:
@@ -386,9 +377,7 @@ def _raise_architecture(report: LoadReport, canon: dict, target: Mapping) -> Non
     raise CheckpointError("\n".join(lines))
 
 
-def load_matching(
-    state: Mapping[str, torch.Tensor], model: nn.Module, *, source: str, strict: bool = True
-) -> LoadReport:
+def load_matching(state: StateDict, model: nn.Module, *, source: str, strict: bool = True) -> LoadReport:
     """Load a state dict whose keys already are ``model``'s (any module, e.g. a timm model): a plain key diff.
 
     A wrong shape, or no key in common, is a :class:`CheckpointError` either way; ``strict`` also refuses missing
