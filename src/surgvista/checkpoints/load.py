@@ -308,14 +308,7 @@ def _check_pos_kind(report: LoadReport, src_kind: str | None, kind: str, strict:
     report.notes.append("WARNING " + msg)
 
 
-def _learned_table(
-    item: tuple[str, torch.Tensor] | None,
-    src_kind: str | None,
-    current: torch.Tensor,
-    grid: Grid,
-    source_grid: Grid | None,
-    report: LoadReport,
-) -> torch.Tensor:
+def _learned_table(item, src_kind, current, grid, source_grid, report) -> torch.Tensor:
     """The model's learned table: loaded, interpolated to ``grid``, or the checkpoint's fixed table."""
     dim = current.shape[-1]
     if item is None:
