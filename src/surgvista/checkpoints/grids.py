@@ -1,10 +1,5 @@
-"""Position tables found in checkpoints: their token grid, their kind, and resampling to another grid.
-
-A table is ``(1, T'·H'·W', D)`` over the token grid ``(T', H', W')`` (frames / tubelet, height and width / patch).
-A fixed table (``sincos3d``: 3-D sin-cos of SurgVISTA/MVD; ``sinusoid1d``: the 1-D table of VideoMAE and HF) is
-recognised by value and recomputed for the model's grid (:func:`surgvista.layers.position.position_table`); a
-``learned`` one is interpolated.
-"""
+"""Position tables ``(1, T'·H'·W', D)`` found in checkpoints: their token grid ``(T', H', W')`` (frames / tubelet,
+height and width / patch), their kind (a fixed table is recognised by value) and resampling of a learned one."""
 
 from __future__ import annotations
 
@@ -40,10 +35,8 @@ def guess_grid(num_tokens: int, like: Grid | None = None) -> Grid | None:
 
 
 def classify_table(table: torch.Tensor, grid: Grid | None = None) -> str:
-    """``sincos3d`` / ``sinusoid1d`` when ``table`` is that fixed table (to 1e-4), else ``learned``.
-
-    ``grid`` is tried first for ``sincos3d``, then every square-frame grid of the table's length.
-    """
+    """``sincos3d`` (``grid`` tried first, then every square-frame grid) / ``sinusoid1d`` when ``table`` is that
+    fixed table (to 1e-4), else ``learned``."""
     return classify_table_grid(table, grid)[0]
 
 

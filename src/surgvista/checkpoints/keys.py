@@ -136,15 +136,12 @@ def _hf_key(key: str, src: str, value: torch.Tensor, out: dict, qkv: dict) -> bo
 
 def _videomae_key(key: str) -> str:
     """The canonical key of a VideoMAE/MVD/UMT original's key (wrappers removed)."""
-    if key.startswith("encoder_to_decoder."):
-        return "down_vid." + key.removeprefix("encoder_to_decoder.")
-    if key == "mask_token":
-        return "mask_token_vid"
-    if key.startswith("decoder."):
-        return "decoder_vid." + key.removeprefix("decoder.")
-    if key == "decoder_pos_embed":
-        return "pos_embed_vid"
-    return key.removeprefix("encoder.")
+    if key in ("mask_token", "decoder_pos_embed"):
+        return {"mask_token": "mask_token_vid", "decoder_pos_embed": "pos_embed_vid"}[key]
+    for old, new in (("encoder_to_decoder.", "down_vid."), ("decoder.", "decoder_vid."), ("encoder.", "")):
+        if key.startswith(old):
+            return new + key.removeprefix(old)
+    return key
 
 
 def to_canonical(state: Mapping[str, torch.Tensor], style: str) -> tuple[Canonical, list[str]]:

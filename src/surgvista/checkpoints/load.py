@@ -372,10 +372,7 @@ def _raise_architecture(report: LoadReport, canon: Canonical, target: StateDict)
 
 def load_matching(state: StateDict, model: nn.Module, *, source: str, strict: bool = True) -> LoadReport:
     """Load a state dict whose keys already are ``model``'s (any module, e.g. a timm model): a plain key diff.
-
-    A wrong shape, or no key in common, is a :class:`CheckpointError` either way; ``strict`` also refuses missing
-    or unexpected keys, ``strict=False`` loads what matches and logs the diff. The error lists the report.
-    """
+    A wrong shape or no key in common is a :class:`CheckpointError`; ``strict`` also refuses missing/unexpected keys."""
     target = model.state_dict()
     report = LoadReport(source=source, layout="plain")
     for key, value in state.items():

@@ -1,9 +1,5 @@
-"""Types and ranges of the public config knobs, checked once on the composed config before anything is built.
-
-One table (:data:`RULES`) instead of checks scattered over the constructors: a wrong value is one
-:class:`~surgvista.utils.errors.ConfigError` naming the key, the value, what was expected and an override that
-fixes it. Keys absent from the composed config (another experiment's knobs) are not checked.
-"""
+"""Types and ranges of the public config knobs (:data:`RULES`), checked once on the composed config before anything
+is built; keys absent from it (another experiment's knobs) are not checked."""
 
 from __future__ import annotations
 
