@@ -115,10 +115,9 @@ def _join_qkv(qkv: dict, out: dict, unexpected: list[str]) -> None:
         out[dst + "attn.qkv.weight"] = (src, torch.cat([parts[n][1] for n in names]))
         if "key.bias" in parts:
             unexpected.append(parts["key.bias"][0])
-        if "query.bias" in parts:
-            out[dst + "attn.q_bias"] = parts["query.bias"]
-        if "value.bias" in parts:
-            out[dst + "attn.v_bias"] = parts["value.bias"]
+        for name in ("query", "value"):
+            if f"{name}.bias" in parts:
+                out[f"{dst}attn.{name[0]}_bias"] = parts[f"{name}.bias"]
 
 
 def _hf_key(key: str, src: str, value: torch.Tensor, out: dict, qkv: dict) -> bool:

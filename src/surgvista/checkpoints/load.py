@@ -202,21 +202,15 @@ def _position_tables(
     """Recompute fixed tables / interpolate a learned one; pops them from ``canon``, returns the model's tables."""
     new: dict[str, torch.Tensor] = {}
     for tkey in POSITION_TABLES:
-        if tkey not in canon and tkey not in target:
-            continue
         item = canon.pop(tkey, None)
-        if tkey not in target:  # classifier with a fixed (non-persistent) table
-            if item is not None:
-                report.ignored.append(item[0])
-            continue
-        if kind == "learned" and tkey == "pos_embed":
+        if tkey in target and kind == "learned" and tkey == "pos_embed":
             new[tkey] = _learned_table(item, src_kind, target[tkey], grid, source_grid, report)
             continue
-        # Fixed table in the state dict (student): the model's own table for its geometry.
-        new[tkey] = target[tkey].clone()
-        if item is not None:
+        if tkey in target:  # a fixed table in the state dict (student): the model's own table for its geometry
+            new[tkey] = target[tkey].clone()
+        if item is not None:  # the checkpoint's fixed table, or any table for a classifier's non-persistent one
             report.ignored.append(item[0])
-        else:
+        elif tkey in target:
             report.expected_missing.append(tkey)
     if kind == "learned":
         report.pos_embed = report.pos_embed or "learned table"
