@@ -1,5 +1,4 @@
-"""The two refusals of the checkpoints package; both are :class:`~surgvista.utils.errors.UserError` (one
-``error: …`` line naming the file, exit status 1)."""
+"""The two refusals of the checkpoints package, both :class:`~surgvista.utils.errors.UserError`."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Position tables found in checkpoints: their token grid, their kind, and resampling to another grid.
-
-A table is ``(1, T'·H'·W', D)`` over the token grid ``(T', H', W')`` (frames / tubelet, height and width / patch).
-A fixed table (``sincos3d``: 3-D sin-cos of SurgVISTA/MVD; ``sinusoid1d``: the 1-D table of VideoMAE and HF) is
-recognised by value and recomputed for the model's grid (:func:`surgvista.layers.position.position_table`); a
-``learned`` one is interpolated.
-"""
+"""Position tables ``(1, T'·H'·W', D)`` found in checkpoints: their token grid ``(T', H', W')`` (frames / tubelet,
+height and width / patch), their kind (a fixed table is recognised by value) and resampling of a learned one."""
 
 from __future__ import annotations
 
@@ -16,42 +11,36 @@ import torch.nn.functional as F
 from surgvista.checkpoints.errors import CheckpointError
 from surgvista.layers.position import sincos_3d, sinusoid_table
 
+Grid = tuple[int, int, int]  # (T', H', W')
 
-def candidate_grids(num_tokens: int) -> list[tuple[int, int, int]]:
+
+def candidate_grids(num_tokens: int) -> list[Grid]:
     """Every ``(T', S, S)`` grid with square frames and ``T'·S·S = num_tokens``."""
-    out = []
-    for t in range(1, num_tokens + 1):
-        if num_tokens % t == 0:
-            s = math.isqrt(num_tokens // t)
-            if s * s * t == num_tokens:
-                out.append((t, s, s))
-    return out
+    roots = ((t, math.isqrt(num_tokens // t)) for t in range(1, num_tokens + 1) if num_tokens % t == 0)
+    return [(t, s, s) for t, s in roots if s * s * t == num_tokens]
 
 
-def guess_grid(num_tokens: int, like: tuple[int, int, int] | None = None) -> tuple[int, int, int] | None:
+def guess_grid(num_tokens: int, like: Grid | None = None) -> Grid | None:
     """The token grid of a ``num_tokens`` table: ``like``'s frame size or T' if they fit, else the only candidate."""
-    if like:
-        if num_tokens % (like[1] * like[2]) == 0:
-            return (num_tokens // (like[1] * like[2]), like[1], like[2])
-        if num_tokens % like[0] == 0:
-            s = math.isqrt(num_tokens // like[0])
-            if s * s * like[0] == num_tokens:
-                return (like[0], s, s)
+    if like and num_tokens % (like[1] * like[2]) == 0:
+        return (num_tokens // (like[1] * like[2]), like[1], like[2])
     cands = candidate_grids(num_tokens)
-    if like and cands:  # neither axis kept: the grid with the closest T'/H' proportion
-        return min(cands, key=lambda g: abs(math.log(g[0] / g[1]) - math.log(like[0] / like[1])))
-    return cands[0] if len(cands) == 1 else None
+    if not like:
+        return cands[0] if len(cands) == 1 else None
+    same_t = [g for g in cands if g[0] == like[0]]
+    if same_t:
+        return same_t[0]
+    # neither axis kept: the grid with the closest T'/H' proportion
+    return min(cands, key=lambda g: abs(math.log(g[0] / g[1]) - math.log(like[0] / like[1])), default=None)
 
 
-def classify_table(table: torch.Tensor, grid: tuple[int, int, int] | None = None) -> str:
-    """``sincos3d`` / ``sinusoid1d`` when ``table`` is that fixed table (to 1e-4), else ``learned``.
-
-    ``grid`` is tried first for ``sincos3d``, then every square-frame grid of the table's length.
-    """
+def classify_table(table: torch.Tensor, grid: Grid | None = None) -> str:
+    """``sincos3d`` (``grid`` tried first, then every square-frame grid) / ``sinusoid1d`` when ``table`` is that
+    fixed table (to 1e-4), else ``learned``."""
     return classify_table_grid(table, grid)[0]
 
 
-def classify_table_grid(table: torch.Tensor, grid=None) -> tuple[str, tuple[int, int, int] | None]:
+def classify_table_grid(table: torch.Tensor, grid: Grid | None = None) -> tuple[str, Grid | None]:
     """As :func:`classify_table`, also returning the grid a ``sincos3d`` table was matched on."""
     n, dim = table.shape[-2:]
     t = table.detach().float().reshape(n, dim).cpu()
@@ -64,7 +53,7 @@ def classify_table_grid(table: torch.Tensor, grid=None) -> tuple[str, tuple[int,
     return "learned", grid
 
 
-def interpolate_pos_embed(table: torch.Tensor, src_grid: tuple[int, int, int], dst_grid: tuple[int, int, int]):
+def interpolate_pos_embed(table: torch.Tensor, src_grid: Grid, dst_grid: Grid):
     """Resize a learned ``(1, T·H·W, D)`` table: bicubic over (H, W) per frame, then linear over T."""
     t0, h0, w0 = src_grid
     t1, h1, w1 = dst_grid
@@ -81,4 +70,3 @@ def interpolate_pos_embed(table: torch.Tensor, src_grid: tuple[int, int, int], d
     if t0 != t1:
         x = F.interpolate(x, size=t1, mode="linear", align_corners=False)
     return x.reshape(dim, h1, w1, t1).permute(3, 1, 2, 0).reshape(1, t1 * h1 * w1, dim).to(table.dtype)
-

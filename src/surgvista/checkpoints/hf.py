@@ -1,9 +1,7 @@
-"""Hugging Face VideoMAE export: the state dict and ``config.json`` of a ``VideoMAE*`` class, and the folder
-(``model.safetensors``, ``config.json``, ``preprocessor_config.json``, ``README.md`` model card, our card).
+"""Hugging Face VideoMAE export: the state dict, ``config.json`` and folder of a ``VideoMAE*`` class.
 
 HF VideoMAE always builds a 1-D sinusoid table in code, so only ``sinusoid1d`` models are exported here: a 3-D
-sin-cos (SurgVISTA/MVD) or learned table is refused rather than silently changed. Keys are renamed by
-:func:`surgvista.checkpoints.keys.to_hf_state` (the same table the loader reads HF checkpoints with).
+sin-cos (SurgVISTA/MVD) or learned table is refused rather than silently changed.
 """
 
 from __future__ import annotations
@@ -20,6 +18,20 @@ from surgvista.checkpoints.keys import to_hf_state
 from surgvista.utils.io import atomic_write_dir
 
 HF_ARCHS = ("auto", "model", "pretraining", "classification")
+# Hyper-parameters the model card lists under "Recipe".
+RECIPE_KEYS = (
+    "base_lr",
+    "min_lr",
+    "batch_size",
+    "warmup_epochs",
+    "weight_decay",
+    "layer_decay",
+    "mixup",
+    "cutmix",
+    "label_smoothing",
+    "dataset",
+    "fps",
+)
 
 
 def to_hf(
@@ -153,14 +165,15 @@ def write_hf(
     card: Mapping[str, Any],
     notes: list[str],
 ) -> Path:
-    """The HF folder, atomically: weights, ``config.json``, our card (with notes), preprocessor config, README."""
+    """The HF folder, atomically: weights, ``config.json``, our card (with notes), preprocessor config, README card."""
     from safetensors.torch import save_file
 
     def write(folder: Path) -> None:
         save_file({k: v.contiguous() for k, v in hf_state.items()}, str(folder / "model.safetensors"), {"format": "pt"})
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (folder / "surgvista_card.json").write_text(json.dumps({**card, "notes": notes}, indent=2) + "\n")
-        write_hf_extras(folder, config, card)
+        (folder / "preprocessor_config.json").write_text(json.dumps(hf_preprocessor_config(config), indent=2) + "\n")
+        (folder / "README.md").write_text(hf_model_card(config, card))
 
     return atomic_write_dir(out, write)
 
@@ -189,31 +202,27 @@ def hf_model_card(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     """``README.md`` of an HF folder: what the model is, its training data and recipe, metrics when known, licence."""
     arch = config["architectures"][0]
     hp = card.get("hyper_parameters") or {}
-    recipe = {k: hp[k] for k in ("base_lr", "min_lr", "batch_size", "warmup_epochs", "weight_decay", "layer_decay",
-                                 "mixup", "cutmix", "label_smoothing", "dataset", "fps") if k in hp}
+    recipe = [f"- {k}: {hp[k]}" for k in RECIPE_KEYS if k in hp]
     data = [f"- `{m['path']}` ({m['split']}, sha256 `{m['sha256']}`)" for m in card.get("data_manifests") or []]
     metrics = [f"| {k} | {v} |" for k, v in (card.get("metrics") or {}).items()]
     labels = config.get("id2label")
+    pipeline = "video-classification" if arch == "VideoMAEForVideoClassification" else "feature-extraction"
     lines = [
-        "---", "license: apache-2.0", "library_name: transformers",
-        f"pipeline_tag: {'video-classification' if arch == 'VideoMAEForVideoClassification' else 'feature-extraction'}",
-        "tags: [surgvista, surgical-video, videomae]", "---", "",
-        f"# {arch} exported by surgvista", "",
+        f"---\nlicense: apache-2.0\nlibrary_name: transformers\npipeline_tag: {pipeline}",
+        "tags: [surgvista, surgical-video, videomae]\n---\n",
+        f"# {arch} exported by surgvista\n",
         f"A {config['num_hidden_layers']}-layer, {config['hidden_size']}-wide ViT video encoder "
         f"({config['num_frames']} frames at {config['image_size']} px, tubelet {config['tubelet_size']}, patch "
         f"{config['patch_size']}) trained with surgvista and converted by `surgvista-export format=hf` from "
         f"`{card.get('source')}` (epoch {card.get('epoch', '?')}, step {card.get('global_step', '?')}).",
-        "", "## Training data", "", *(data or ["Not recorded in the checkpoint."]), "",
-        "## Recipe", "", *(f"- {k}: {v}" for k, v in recipe.items()), *([] if recipe else ["Not recorded."]), "",
+        "\n## Training data\n",
+        *(data or ["Not recorded in the checkpoint."]),
+        "\n## Recipe\n",
+        *(recipe or ["Not recorded."]),
+        "",
     ]
     if labels:
-        lines += ["## Labels", "", *(f"- {i}: {n}" for i, n in labels.items()), ""]
-    lines += ["## Metrics", "", *(["| metric | value |", "|---|---|", *metrics] if metrics else ["Not known."]), ""]
-    lines += ["## Licence", "", "Apache-2.0 (the code); the weights follow the licences of their training data.", ""]
+        lines += ["## Labels\n", *(f"- {i}: {n}" for i, n in labels.items()), ""]
+    lines += ["## Metrics\n", *(["| metric | value |", "|---|---|", *metrics] if metrics else ["Not known."]), ""]
+    lines += ["## Licence\n", "Apache-2.0 (the code); the weights follow the licences of their training data.", ""]
     return "\n".join(lines)
-
-
-def write_hf_extras(out: Path, config: Mapping[str, Any], card: Mapping[str, Any]) -> None:
-    """``preprocessor_config.json`` and the ``README.md`` model card next to ``config.json``."""
-    (out / "preprocessor_config.json").write_text(json.dumps(hf_preprocessor_config(config), indent=2) + "\n")
-    (out / "README.md").write_text(hf_model_card(config, card))

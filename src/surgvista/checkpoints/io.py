@@ -1,12 +1,5 @@
-"""Checkpoint files that are never half-written and never hold non-finite weights.
-
-:class:`SafeCheckpointIO` is Lightning's checkpoint IO with :func:`surgvista.utils.io.atomic_torch_save` (temp
-file *in the destination folder*, never ``$TMPDIR``, fsync, rename, fsync of the folder: a save killed half-way
-leaves the previous file intact and at most an orphaned temp file, which ``train.py`` removes at the next start
-with :func:`surgvista.utils.io.clean_orphaned_temp_files`) and a finiteness check of every tensor of the weights
-and optimiser states: a checkpoint with non-finite values is refused (logged, not written), so the last good file
-stays in place.
-"""
+"""Checkpoint files that are never half-written (:func:`surgvista.utils.io.atomic_torch_save`) and never hold
+non-finite weights (refused and logged, so the last good file stays in place)."""
 
 from __future__ import annotations
 
@@ -22,10 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def nonfinite_entries(checkpoint: dict) -> list[str]:
-    """Names of the floating-point tensors in the weights and optimiser states that hold NaN or inf (of a sharded
-    checkpoint: in this rank's shards)."""
-    parts = {"state_dict": checkpoint.get("state_dict", {}), "optimizer_states": checkpoint.get("optimizer_states", [])}
-    return nonfinite_tensors(parts)
+    """Names of the tensors in the weights and optimiser states (this rank's shards) that hold NaN or inf."""
+    return nonfinite_tensors({k: checkpoint.get(k, {}) for k in ("state_dict", "optimizer_states")})
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -42,7 +42,10 @@ HF_DECODER = {
 }
 HF_PREFIX = "videomae."
 # Fixed position tables: never stored by HF (recomputed there), recomputed by our loader.
-POSITION_TABLES = ("pos_embed", "pos_embed_vid", "pos_embed_img")
+POSITION_TABLES = ("pos_embed", "pos_embed_img", "pos_embed_vid")
+
+# Canonical key -> (the checkpoint's key, tensor), as :func:`to_canonical` returns it.
+Canonical = dict[str, tuple[str, torch.Tensor]]
 
 _FROM_HF = {hf: ours for table in (HF_ENCODER, HF_HEAD, HF_DECODER) for ours, hf in table.items()}
 _FROM_HF_BLOCK = {hf: ours for ours, hf in HF_BLOCK.items()}
@@ -73,12 +76,8 @@ def block_depth(keys, prefix: str = "blocks.") -> int:
 
 def strip_wrappers(key: str) -> str:
     """``key`` without the ``module.``/``model.``/``backbone.``/``student.`` prefixes of training wrappers."""
-    changed = True
-    while changed:
-        changed = False
-        for pre in ("module.", "model.", "backbone.", "student."):
-            if key.startswith(pre):
-                key, changed = key[len(pre) :], True
+    while key.startswith(("module.", "model.", "backbone.", "student.")):
+        key = key.split(".", 1)[1]
     return key
 
 
@@ -116,10 +115,9 @@ def _join_qkv(qkv: dict, out: dict, unexpected: list[str]) -> None:
         out[dst + "attn.qkv.weight"] = (src, torch.cat([parts[n][1] for n in names]))
         if "key.bias" in parts:
             unexpected.append(parts["key.bias"][0])
-        if "query.bias" in parts:
-            out[dst + "attn.q_bias"] = parts["query.bias"]
-        if "value.bias" in parts:
-            out[dst + "attn.v_bias"] = parts["value.bias"]
+        for name in ("query", "value"):
+            if f"{name}.bias" in parts:
+                out[f"{dst}attn.{name[0]}_bias"] = parts[f"{name}.bias"]
 
 
 def _hf_key(key: str, src: str, value: torch.Tensor, out: dict, qkv: dict) -> bool:
@@ -137,22 +135,17 @@ def _hf_key(key: str, src: str, value: torch.Tensor, out: dict, qkv: dict) -> bo
 
 def _videomae_key(key: str) -> str:
     """The canonical key of a VideoMAE/MVD/UMT original's key (wrappers removed)."""
-    if key.startswith("encoder_to_decoder."):
-        return "down_vid." + key.removeprefix("encoder_to_decoder.")
-    if key == "mask_token":
-        return "mask_token_vid"
-    if key.startswith("decoder."):
-        return "decoder_vid." + key.removeprefix("decoder.")
-    if key == "decoder_pos_embed":
-        return "pos_embed_vid"
-    return key.removeprefix("encoder.")
+    if key in ("mask_token", "decoder_pos_embed"):
+        return {"mask_token": "mask_token_vid", "decoder_pos_embed": "pos_embed_vid"}[key]
+    for old, new in (("encoder_to_decoder.", "down_vid."), ("decoder.", "decoder_vid."), ("encoder.", "")):
+        if key.startswith(old):
+            return new + key.removeprefix(old)
+    return key
 
 
-def to_canonical(
-    state: Mapping[str, torch.Tensor], style: str
-) -> tuple[dict[str, tuple[str, torch.Tensor]], list[str]]:
+def to_canonical(state: Mapping[str, torch.Tensor], style: str) -> tuple[Canonical, list[str]]:
     """Map a state dict of ``style`` to canonical keys: ``({canonical: (source_key, tensor)}, unmapped_keys)``."""
-    out: dict[str, tuple[str, torch.Tensor]] = {}
+    out: Canonical = {}
     unmapped: list[str] = []
     qkv: dict[str, dict] = {}
     for src, value in state.items():
@@ -185,26 +178,15 @@ def _block_to_hf(rest: str, value: torch.Tensor, dst: str, out: dict[str, torch.
         out[dst + name] = value.clone()
 
 
-def _encoder_to_hf(key: str, value: torch.Tensor, pre: str, mean_pool: bool, out: dict[str, torch.Tensor]) -> bool:
-    """Place one encoder tensor in ``out``; ``False`` if ``key`` is not an encoder key."""
-    if key in POSITION_TABLES or (mean_pool and key.startswith("norm.")):
-        return True  # HF recomputes the 1-D sinusoid tables; a mean-pooling classifier has fc_norm, no final norm
-    found = _block(key, HF_ENCODER_BLOCKS[0])
+def _stack_to_hf(
+    key: str, value: torch.Tensor, stacks: tuple[str, str], table: Mapping[str, str], out: dict, pre=""
+) -> bool:
+    """Place one encoder or pixel-decoder tensor (a block of ``stacks``, else a ``table`` entry); ``False`` if none."""
+    found = _block(key, stacks[0])
     if found:
-        _block_to_hf(found[1], value, f"{pre}{HF_ENCODER_BLOCKS[1]}{found[0]}.", out)
+        _block_to_hf(found[1], value, f"{pre}{stacks[1]}{found[0]}.", out)
         return True
-    return _place(key, value, HF_ENCODER, out, pre)
-
-
-def _decoder_to_hf(key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) -> bool:
-    """Place one pixel-decoder tensor of ``VideoMAEForPreTraining``; ``False`` if ``key`` is not one."""
-    if key == "down_vid.bias":
-        return True  # checked to be zero before export: HF's encoder_to_decoder has no bias
-    found = _block(key, HF_DECODER_BLOCKS[0])
-    if found:
-        _block_to_hf(found[1], value, f"{HF_DECODER_BLOCKS[1]}{found[0]}.", out)
-        return True
-    return _place(key, value, HF_DECODER, out)
+    return _place(key, value, table, out, pre)
 
 
 def _place(key: str, value: torch.Tensor, table: Mapping[str, str], out: dict, pre: str = "") -> bool:
@@ -224,9 +206,14 @@ def to_hf_state(
     notes: list[str] = []
     for key, value in state.items():
         placed = (
-            _encoder_to_hf(key, value, pre, mean_pool, out)
+            # HF recomputes the 1-D sinusoid tables; a mean-pooling classifier has fc_norm, no final norm
+            key in POSITION_TABLES
+            or (mean_pool and key.startswith("norm."))
+            or _stack_to_hf(key, value, HF_ENCODER_BLOCKS, HF_ENCODER, out, pre)
             or (hf_arch == "classification" and _place(key, value, HF_HEAD, out))  # fc_norm, head -> classifier
-            or (hf_arch == "pretraining" and _decoder_to_hf(key, value, out))
+            # down_vid.bias is checked to be zero before export: HF's encoder_to_decoder has no bias
+            or (hf_arch == "pretraining" and key == "down_vid.bias")
+            or (hf_arch == "pretraining" and _stack_to_hf(key, value, HF_DECODER_BLOCKS, HF_DECODER, out))
         )
         if not placed:
             notes.append(f"not exported (no place in HF {hf_arch}): {key}")

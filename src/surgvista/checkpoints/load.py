@@ -1,20 +1,8 @@
 """Load any supported checkpoint into our models, with layout detection and a key-diff report.
 
-``load_backbone(source, model)`` accepts:
-
-* our Lightning checkpoints (``state_dict`` with a ``student.`` prefix) and our exported files (original
-  ``{'model': ...}`` or ``.safetensors`` with a model card);
-* official SurgVISTA pre-training checkpoints (``{'model': ...}``, 255 keys), trimmed encoder-only files,
-  DeepSpeed ``{'module': ...}`` files and raw state dicts;
-* VideoMAE / MVD / UMT originals (fused ``qkv`` + ``q_bias``/``v_bias``; optional ``encoder.``/``backbone.``/
-  ``module.``/``model.`` prefixes; ``encoder_to_decoder``/``decoder.*`` pre-training keys);
-* Hugging Face ``VideoMAEModel`` / ``VideoMAEForPreTraining`` / ``VideoMAEForVideoClassification`` state dicts
-  or ``save_pretrained`` directories (split query/key/value, ``videomae.`` prefix).
-
-Every source is read by :func:`surgvista.checkpoints.read.read_state` (safe reader, finite check), mapped to the
-*canonical* key set of :class:`~surgvista.models.student.SurgVISTAStudent` (``patch_embed``, ``blocks``, ``norm``,
-``down_vid``/``decoder_vid``/``mask_token_vid``, ...) plus the classifier's ``fc_norm``/``head`` by
-:func:`surgvista.checkpoints.keys.to_canonical`, then matched against the target model. :func:`load_matching`
+``load_backbone`` reads the source with :func:`surgvista.checkpoints.read.read_state`, maps its key style (ours and
+the official SurgVISTA files, VideoMAE/MVD/UMT originals, Hugging Face VideoMAE; see
+:mod:`surgvista.checkpoints.keys`) to canonical keys and matches them against the model. :func:`load_matching`
 loads a state dict whose keys already are the model's (any ``nn.Module``) with the same report.
 """
 
@@ -22,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +20,14 @@ import torch
 from torch import nn
 
 from surgvista.checkpoints.errors import CheckpointError
-from surgvista.checkpoints.grids import classify_table_grid, guess_grid, interpolate_pos_embed
-from surgvista.checkpoints.keys import block_depth, detect_style, to_canonical
+from surgvista.checkpoints.grids import Grid, classify_table_grid, guess_grid, interpolate_pos_embed
+from surgvista.checkpoints.keys import POSITION_TABLES, Canonical, block_depth, detect_style, to_canonical
 from surgvista.checkpoints.read import read_state
 from surgvista.layers.position import POS_EMBED_KINDS, position_table
 
 log = logging.getLogger(__name__)
+
+StateDict = Mapping[str, torch.Tensor]
 
 # Keys that only a pre-training model has: loaded into a student, ignored (by design) for a classifier.
 PRETRAIN_ONLY = re.compile(
@@ -49,7 +40,6 @@ FOREIGN_PRETRAIN_ONLY = re.compile(
     r"image_decoder|video_decoder|encoder_to_decoder_image|encoder_to_decoder_video|"
     r"mask_token_image|mask_token_video|teacher)(\.|_|$)"
 )
-FIXED_TABLES = ("pos_embed", "pos_embed_img", "pos_embed_vid")
 
 
 @dataclass
@@ -103,24 +93,11 @@ def _compress(keys: list[str], limit: int = 40) -> list[str]:
 
 def _by_module(keys: list[str]) -> list[str]:
     """Count keys per top-level module (``decoder_vid.* (×51)``)."""
-    groups: dict[str, int] = {}
-    for k in keys:
-        head = k.split(" ")[0].split(".")[0]
-        groups[head] = groups.get(head, 0) + 1
+    groups = Counter(k.split(" ")[0].split(".")[0] for k in keys)
     return [h if n == 1 else f"{h}.* (×{n})" for h, n in groups.items()]
 
 
 # ----------------------------------------------------------------------------------------------- loading
-
-
-def _model_grid(model: nn.Module) -> tuple[int, int, int]:
-    """The model's token grid ``(T', H', W')``."""
-    grid = getattr(model, "token_grid", None)
-    if grid is None:
-        raise CheckpointError(
-            f"{type(model).__name__} has no token_grid; expected a SurgVISTAStudent or VideoClassifier"
-        )
-    return tuple(grid)
 
 
 def load_backbone(
@@ -131,7 +108,7 @@ def load_backbone(
     layout: str | None = None,
     pos_embed_kind: str | None = None,
     load_head: bool | None = None,
-    source_grid: tuple[int, int, int] | None = None,
+    source_grid: Grid | None = None,
 ) -> LoadReport:
     """Load the encoder (and whatever else the model has) of ``source`` into ``model``; return a :class:`LoadReport`.
 
@@ -150,25 +127,28 @@ def load_backbone(
     """
     report, canon, style = _canonical_source(source, layout)
     target = model.state_dict()
-    grid = _model_grid(model)
+    if getattr(model, "token_grid", None) is None:
+        raise CheckpointError(
+            f"{type(model).__name__} has no token_grid; expected a SurgVISTAStudent or VideoClassifier"
+        )
+    grid = tuple(model.token_grid)
     kind = getattr(model, "pos_embed_kind", "sincos3d")
     src_kind = _source_pos_kind(canon, style, pos_embed_kind, source_grid, grid, report)
     _check_pos_kind(report, src_kind, kind, strict)
     new = _position_tables(canon, target, kind, src_kind, grid, source_grid, report)
     new.update(_head_and_pooling_norm(canon, target, load_head, report))
-    # q/k/v bias conventions (divided q_bias/v_bias vs fused qkv.bias).
     _convert_qkv_bias(canon, target, report)
     shape_errors = _match_remaining(canon, target, new, report)
-    _zero_decoder_bias(new, target, style, report)
+    if "down_vid.bias" in target and "down_vid.weight" in new and "down_vid.bias" not in new and style != "surgvista":
+        new["down_vid.bias"] = torch.zeros_like(target["down_vid.bias"])
+        report.expected_missing.append("down_vid.bias (VideoMAE/HF encoder_to_decoder has no bias: set to 0)")
     _finish_report(report, canon, target, new, shape_errors, strict)
     state_to_load = {**target, **{k: v.to(target[k].dtype) for k, v in new.items()}}
     model.load_state_dict(state_to_load, strict=True)
     return report
 
 
-def _canonical_source(
-    source: str | Path | Mapping[str, Any], layout: str | None
-) -> tuple[LoadReport, dict[str, tuple[str, torch.Tensor]], str]:
+def _canonical_source(source: str | Path | Mapping[str, Any], layout: str | None) -> tuple[LoadReport, Canonical, str]:
     """Read ``source``, settle its key style and map it to canonical keys: ``(report, canon, style)``."""
     name, state, container, extra, meta, _ = read_state(source)
     style = layout or ("hf" if "hf_config" in meta else detect_style(list(state)))
@@ -188,12 +168,7 @@ def _canonical_source(
 
 
 def _source_pos_kind(
-    canon: Mapping[str, tuple[str, torch.Tensor]],
-    style: str,
-    declared: str | None,
-    source_grid: tuple[int, int, int] | None,
-    grid: tuple[int, int, int],
-    report: LoadReport,
+    canon: Canonical, style: str, declared: str | None, source_grid: Grid | None, grid: Grid, report: LoadReport
 ) -> str | None:
     """The checkpoint's position-table kind: declared, read off its ``pos_embed``, or implied by its layout."""
     src_kind = declared
@@ -216,32 +191,26 @@ def _source_pos_kind(
 
 
 def _position_tables(
-    canon: dict[str, tuple[str, torch.Tensor]],
-    target: Mapping[str, torch.Tensor],
+    canon: Canonical,
+    target: StateDict,
     kind: str,
     src_kind: str | None,
-    grid: tuple[int, int, int],
-    source_grid: tuple[int, int, int] | None,
+    grid: Grid,
+    source_grid: Grid | None,
     report: LoadReport,
 ) -> dict[str, torch.Tensor]:
     """Recompute fixed tables / interpolate a learned one; pops them from ``canon``, returns the model's tables."""
     new: dict[str, torch.Tensor] = {}
-    for tkey in FIXED_TABLES:
-        if tkey not in canon and tkey not in target:
-            continue
+    for tkey in POSITION_TABLES:
         item = canon.pop(tkey, None)
-        if tkey not in target:  # classifier with a fixed (non-persistent) table
-            if item is not None:
-                report.ignored.append(item[0])
-            continue
-        if kind == "learned" and tkey == "pos_embed":
+        if tkey in target and kind == "learned" and tkey == "pos_embed":
             new[tkey] = _learned_table(item, src_kind, target[tkey], grid, source_grid, report)
             continue
-        # Fixed table in the state dict (student): the model's own table for its geometry.
-        new[tkey] = target[tkey].clone()
-        if item is not None:
+        if tkey in target:  # a fixed table in the state dict (student): the model's own table for its geometry
+            new[tkey] = target[tkey].clone()
+        if item is not None:  # the checkpoint's fixed table, or any table for a classifier's non-persistent one
             report.ignored.append(item[0])
-        else:
+        elif tkey in target:
             report.expected_missing.append(tkey)
     if kind == "learned":
         report.pos_embed = report.pos_embed or "learned table"
@@ -251,14 +220,10 @@ def _position_tables(
 
 
 def _head_and_pooling_norm(
-    canon: dict[str, tuple[str, torch.Tensor]],
-    target: Mapping[str, torch.Tensor],
-    load_head: bool | None,
-    report: LoadReport,
+    canon: Canonical, target: StateDict, load_head: bool | None, report: LoadReport
 ) -> dict[str, torch.Tensor]:
     """Head and pooling norm of a classifier: loaded together, only when the head fits (or ``load_head=True``)."""
     names = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
-    has_head = "head.weight" in target
     head_keys = [k for k in names if k in target]
     items = {k: canon.pop(k) for k in names if k in canon}
     fits = all(k in items and tuple(items[k][1].shape) == tuple(target[k].shape) for k in head_keys)
@@ -275,7 +240,7 @@ def _head_and_pooling_norm(
             report.loaded.append(key)
     if not take:
         report.expected_missing += head_keys
-    if has_head and "norm.weight" in canon and "norm.weight" not in target:
+    if "head.weight" in target and "norm.weight" in canon and "norm.weight" not in target:
         for k in ("norm.weight", "norm.bias"):
             if k in canon:
                 report.ignored.append(canon.pop(k)[0])
@@ -283,10 +248,7 @@ def _head_and_pooling_norm(
 
 
 def _match_remaining(
-    canon: Mapping[str, tuple[str, torch.Tensor]],
-    target: Mapping[str, torch.Tensor],
-    new: dict[str, torch.Tensor],
-    report: LoadReport,
+    canon: Canonical, target: StateDict, new: dict[str, torch.Tensor], report: LoadReport
 ) -> list[str]:
     """Everything else must match one to one: fills ``new``, returns the wrong-shape entries."""
     shape_errors: list[str] = []
@@ -304,22 +266,8 @@ def _match_remaining(
     return shape_errors
 
 
-def _zero_decoder_bias(
-    new: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor], style: str, report: LoadReport
-) -> None:
-    """HF / VideoMAE encoder_to_decoder has no bias: ours is zero then."""
-    if "down_vid.bias" in target and "down_vid.weight" in new and "down_vid.bias" not in new and style != "surgvista":
-        new["down_vid.bias"] = torch.zeros_like(target["down_vid.bias"])
-        report.expected_missing.append("down_vid.bias (VideoMAE/HF encoder_to_decoder has no bias: set to 0)")
-
-
 def _finish_report(
-    report: LoadReport,
-    canon: Mapping[str, tuple[str, torch.Tensor]],
-    target: Mapping[str, torch.Tensor],
-    new: Mapping[str, torch.Tensor],
-    shape_errors: list[str],
-    strict: bool,
+    report: LoadReport, canon: Canonical, target: StateDict, new: StateDict, shape_errors: list[str], strict: bool
 ) -> None:
     """List what stays missing, refuse another architecture or a failed strict load, else log the diff."""
     report.mismatched += shape_errors
@@ -328,13 +276,10 @@ def _finish_report(
             report.missing.append(key)
     c_depth, m_depth = block_depth(canon), block_depth(target)
     if shape_errors or (c_depth and m_depth and c_depth != m_depth):
-        _raise_architecture(report, canon, target, report.source)
+        _raise_architecture(report, canon, target)
     if strict and not report.ok:
         raise CheckpointError(f"strict load failed (pass strict=False to load what matches):\n{report}")
-    if not strict and not report.ok:
-        log.warning("%s", report)
-    else:
-        log.info("%s", report)
+    log.log(logging.INFO if report.ok else logging.WARNING, "%s", report)
 
 
 def _check_pos_kind(report: LoadReport, src_kind: str | None, kind: str, strict: bool) -> None:
@@ -383,7 +328,7 @@ def _learned_table(item, src_kind, current, grid, source_grid, report) -> torch.
     return interpolate_pos_embed(table, s_grid, grid)
 
 
-def _convert_qkv_bias(canon: dict, target: Mapping[str, torch.Tensor], report: LoadReport) -> None:
+def _convert_qkv_bias(canon: Canonical, target: StateDict, report: LoadReport) -> None:
     """Join ``q_bias``/``v_bias`` into a fused ``qkv.bias`` or split it, to the model's convention."""
     for key in [k for k in canon if k.endswith(".attn.q_bias")]:
         pre = key.removesuffix("q_bias")
@@ -402,9 +347,9 @@ def _convert_qkv_bias(canon: dict, target: Mapping[str, torch.Tensor], report: L
             report.notes.append(f"{src}: fused qkv bias split into q_bias/v_bias (k bias is zero)")
 
 
-def _raise_architecture(report: LoadReport, canon: dict, target: Mapping, name: str) -> None:
+def _raise_architecture(report: LoadReport, canon: Canonical, target: StateDict) -> None:
     """One :class:`CheckpointError` comparing width, patch kernel and depth, with the keys that did not fit."""
-    lines = [f"{name}: checkpoint architecture does not match the model ({report.layout}):"]
+    lines = [f"{report.source}: checkpoint architecture does not match the model ({report.layout}):"]
     if "patch_embed.proj.weight" in canon and "patch_embed.proj.weight" in target:
         cw, mw = canon["patch_embed.proj.weight"][1].shape, target["patch_embed.proj.weight"].shape
         lines.append(
@@ -419,14 +364,9 @@ def _raise_architecture(report: LoadReport, canon: dict, target: Mapping, name: 
     raise CheckpointError("\n".join(lines))
 
 
-def load_matching(
-    state: Mapping[str, torch.Tensor], model: nn.Module, *, source: str, strict: bool = True
-) -> LoadReport:
+def load_matching(state: StateDict, model: nn.Module, *, source: str, strict: bool = True) -> LoadReport:
     """Load a state dict whose keys already are ``model``'s (any module, e.g. a timm model): a plain key diff.
-
-    A wrong shape, or no key in common, is a :class:`CheckpointError` either way; ``strict`` also refuses missing
-    or unexpected keys, ``strict=False`` loads what matches and logs the diff. The error lists the report.
-    """
+    A wrong shape or no key in common is a :class:`CheckpointError`; ``strict`` also refuses missing/unexpected keys."""
     target = model.state_dict()
     report = LoadReport(source=source, layout="plain")
     for key, value in state.items():

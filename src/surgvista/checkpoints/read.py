@@ -1,10 +1,7 @@
 """Reading checkpoint files safely: the one reader every checkpoint, teacher file and feature cache goes through.
 
-Files are read with ``torch.load(weights_only=True)`` (``argparse.Namespace`` allow-listed for old checkpoints),
-as safetensors, or as a Hugging Face ``save_pretrained`` folder. An unreadable file is one
-:class:`~surgvista.checkpoints.errors.CheckpointError` naming it and saying why (empty, truncated, not written by
-``torch.save``, pickled objects that are not loaded for safety); the advice to load with ``weights_only=False`` is
-never passed on. :func:`read_state` reads, takes the state dict out of its container and checks that it is finite.
+An unreadable file is one :class:`~surgvista.checkpoints.errors.CheckpointError` naming it and saying why; the advice
+to load with ``weights_only=False`` is never passed on.
 """
 
 from __future__ import annotations
@@ -27,10 +24,8 @@ NAMED_BAD_TENSORS = 3
 
 
 def read_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """Read a ``.pth``/``.ckpt``/``.bin`` (``weights_only=True``), a ``.safetensors`` file or an HF directory.
-
-    Returns ``(object, meta)``; ``meta`` holds safetensors metadata (model card) or the HF ``config.json``.
-    """
+    """Read a ``.pth``/``.ckpt``/``.bin`` (``weights_only=True``), a ``.safetensors`` file or an HF directory:
+    ``(object, meta)``, ``meta`` holding the safetensors metadata (model card) or the HF ``config.json``."""
     path = Path(path)
     meta: dict[str, Any] = {}
     if path.is_dir():
@@ -71,25 +66,21 @@ def _read_safetensors(path: Path, meta: dict[str, Any]) -> tuple[dict[str, torch
 
 def torch_load(path: str | Path) -> Any:
     """``torch.load(path, weights_only=True)`` (``argparse.Namespace`` allowed, as old checkpoints pickle it);
-    anything else is one :class:`CheckpointError` naming the file: ``<path>: not a PyTorch checkpoint (...)`` or
-    ``<path>: contains pickled objects of type X that are not loaded for safety``. Every checkpoint, teacher file
-    and feature cache is read through this function."""
+    anything else is one :class:`CheckpointError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        classes = _unsafe_globals(path, e)
+    except Exception as e:  # UnpicklingError, RuntimeError (zip reader), EOFError, KeyError/IndexError (other data)
+        classes = _unsafe_globals(path, e) if isinstance(e, pickle.UnpicklingError) else []
         if classes:
             raise CheckpointError(
                 f"{path}: contains pickled objects of type {', '.join(classes[:5])} that are not loaded for safety "
                 "(only tensors and plain Python containers are read); save the state dict alone with "
                 "torch.save(model.state_dict(), ...)"
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_why_unreadable(path, e)})") from None
-    except Exception as e:  # RuntimeError (zip reader), EOFError, KeyError/IndexError (text or other data)
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_why_unreadable(path, e)})") from None
 
 
@@ -164,11 +155,9 @@ def _is_state(obj: Any) -> bool:
 
 
 def unwrap(obj: Any, source: str = "<mapping>") -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
-    """Take the state dict out of its container: ``(state, container, extra)``.
-
-    Containers: ``lightning`` (``state_dict`` + ``student.``/``net.`` prefix), ``model`` (original / exported),
-    ``module`` (DeepSpeed), ``model_state``, ``raw``.
-    """
+    """Take the state dict out of its container: ``(state, container, extra)``; containers: ``lightning``
+    (``student.``/``net.`` prefix removed), ``model`` (original / exported), ``module`` (DeepSpeed), ``model_state``,
+    ``state_dict``, ``raw``."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source}: expected a checkpoint mapping, got {type(obj).__name__}")
     if isinstance(obj.get("state_dict"), Mapping) and ("pytorch-lightning_version" in obj or "epoch" in obj):
@@ -216,10 +205,7 @@ class StateSource(NamedTuple):
 
 
 def read_state(source: str | Path | Mapping[str, Any]) -> StateSource:
-    """Read a path (or take an already-loaded mapping), unwrap its state dict and check that it is finite.
-
-    Loading (:func:`surgvista.checkpoints.load.load_backbone`), export and the feature extractor read through here.
-    """
+    """Read a path (or take an already-loaded mapping), unwrap its state dict and check that it is finite."""
     if isinstance(source, (str, Path)):
         name = str(source)
         obj, meta = read_checkpoint(source)

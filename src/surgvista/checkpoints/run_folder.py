@@ -1,9 +1,5 @@
-"""Run folders: where a checkpoint's run and its ``config.yaml`` are, and the check of a run checkpoint before
-resuming or evaluating from it.
-
-``train.py`` writes ``<run>/config.yaml`` (the resolved config) and ``<run>/checkpoints/*.ckpt``. The one lookup of
-a checkpoint's config is :func:`run_config_file`.
-"""
+"""Run folders (``<run>/config.yaml``, ``<run>/checkpoints/*.ckpt``): a checkpoint's run and config, and the check
+of a run checkpoint before resuming or evaluating from it."""
 
 from __future__ import annotations
 
@@ -18,9 +14,7 @@ from surgvista.checkpoints.read import check_finite, torch_load
 
 
 def run_config_file(ckpt: str | Path) -> Path | None:
-    """The ``config.yaml`` of the run that wrote ``ckpt``, nearest folder first: ``ckpt``'s own folder, then the
-    one above it (so ``<run>/checkpoints/last.ckpt`` and ``<run>/last.ckpt`` both find ``<run>/config.yaml``);
-    ``None`` if neither holds one."""
+    """The ``config.yaml`` of the run that wrote ``ckpt``: in ``ckpt``'s folder or the one above it, else ``None``."""
     ckpt = Path(ckpt)
     for folder in (ckpt.parent, ckpt.parent.parent):
         if (folder / "config.yaml").is_file():

@@ -1,9 +1,5 @@
-"""Types and ranges of the public config knobs, checked once on the composed config before anything is built.
-
-One table (:data:`RULES`) instead of checks scattered over the constructors: a wrong value is one
-:class:`~surgvista.utils.errors.ConfigError` naming the key, the value, what was expected and an override that
-fixes it. Keys absent from the composed config (another experiment's knobs) are not checked.
-"""
+"""Types and ranges of the public config knobs (:data:`RULES`), checked once on the composed config before anything
+is built; keys absent from it (another experiment's knobs) are not checked."""
 
 from __future__ import annotations
 
@@ -99,12 +95,12 @@ RULES: dict[str, Rule] = {
 }
 
 
-def check_config(cfg: DictConfig, rules: dict[str, Rule] | None = None) -> None:
+def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first knob of ``cfg`` that is unset (``???``) or breaks its rule."""
     missing = sorted(_missing(OmegaConf.to_container(cfg, resolve=False)))
     if missing:
         raise ConfigError(f"{missing[0]} must be set: add the override {missing[0]}=<value> to the command line")
-    for key, rule in (rules or RULES).items():
+    for key, rule in RULES.items():
         try:
             value = OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=True)
         except OmegaConfBaseException as e:
@@ -112,9 +108,7 @@ def check_config(cfg: DictConfig, rules: dict[str, Rule] | None = None) -> None:
         if isinstance(value, str) and value == "__absent__":
             continue
         if not rule.accepts(value):
-            raise ConfigError(
-                f"{key}={value!r}: expected {rule.describe()} (e.g. override {key}={rule.example!s})"
-            )
+            raise ConfigError(f"{key}={value!r}: expected {rule.describe()} (e.g. override {key}={rule.example!s})")
 
 
 def _missing(node: Any, prefix: str = "") -> list[str]:

@@ -1,8 +1,5 @@
-"""Safe writes: every checkpoint, manifest and export goes to a temporary file in the target's folder (never
-``$TMPDIR``, which may be another filesystem), is fsynced, then renamed over the target, so a crash never leaves a
-half-written file where a good one was expected. What a killed write leaves behind (``.<name>.<random>.tmp``, or a
-replaced folder moved aside as ``...tmp.old``) is undone by :func:`clean_orphaned_temp_files`. Also the one file
-digest (:func:`sha256_file`) every checksum, export card and cache key uses."""
+"""Safe writes: a temporary file in the target's folder (never ``$TMPDIR``, which may be another filesystem),
+fsynced, then renamed over the target, so a crash never leaves a half-written file; and the one file digest."""
 
 from __future__ import annotations
 
@@ -44,11 +41,8 @@ def temp_dir_next_to(path: str | Path) -> Path:
 
 
 def atomic_write(path: str | Path, writer: Callable[[Path], Any]) -> Path:
-    """Call ``writer(tmp)`` on a temporary path next to ``path``, fsync it, then rename it to ``path`` (atomic
-    on POSIX) and fsync the folder.
-
-    The temporary file is removed if ``writer`` fails; ``path`` is untouched until the rename.
-    """
+    """Call ``writer(tmp)`` on a temporary path next to ``path``, fsync it, rename it to ``path`` (atomic on POSIX)
+    and fsync the folder; the temporary file is removed if ``writer`` fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
@@ -92,10 +86,8 @@ def replace_folder(tmp: Path, path: Path) -> Path:
 
 
 def atomic_write_dir(path: str | Path, writer: Callable[[Path], Any]) -> Path:
-    """Fill a temporary folder next to ``path`` with ``writer(tmp_dir)``, then move it to ``path``.
-
-    An existing ``path`` (allowed by the caller) is replaced only after the new folder is complete.
-    """
+    """Fill a temporary folder next to ``path`` with ``writer(tmp_dir)``, then move it to ``path`` (replacing an
+    existing one only once the new folder is complete)."""
     path = Path(path)
     tmp = temp_dir_next_to(path)
     try:
@@ -127,8 +119,8 @@ def clean_orphaned_temp_files(folder: str | Path) -> list[Path]:
     for p in orphans:
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if orphans:
-        log.warning("removed %d temporary file(s) of interrupted writes in %s: %s", len(orphans), folder,
-                    ", ".join(p.name for p in orphans))
+        names = ", ".join(p.name for p in orphans)
+        log.warning("removed %d temporary file(s) of interrupted writes in %s: %s", len(orphans), folder, names)
     return orphans
 
 

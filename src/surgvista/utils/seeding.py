@@ -10,11 +10,8 @@ import torch
 
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Run the block with the torch RNG seeded to ``seed``, then give the caller its CPU RNG state back.
-
-    A model built inside (``with seeded(seed): model = Model(...)``) gets the same weights for the same seed and
-    config, and leaves the caller's random stream where it was.
-    """
+    """Run the block with the torch RNG seeded to ``seed``, then give the caller its CPU RNG state back (a model
+    built inside gets the same weights for the same seed and config)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
