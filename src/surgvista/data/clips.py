@@ -42,7 +42,7 @@ class VideoClipDataset(Dataset):
     Returns ``{"video", "index", "skipped"}``: ``video`` is ``(3, T, H, W)`` (``num_clips == 1``) or
     ``(K, 3, T, H, W)`` with ``K = num_clips`` clips of the same anchor, decoded once, each with its own random
     crop (VideoMAEv2 repeated sampling; :func:`collate_clips` flattens them to a batch of B·K clips). The clip
-    is ``num_frames`` frames at stride ``sampling_rate`` ending at the anchor (spec pretrain §6.2).
+    is ``num_frames`` frames at stride ``sampling_rate`` ending at the anchor.
 
     Bad media (``on_bad_video``): ``error`` raises an error naming the file; ``skip`` logs it, remembers the
     video as bad, and returns a random sample of another video instead (its own ``index``, so labels looked up
@@ -108,11 +108,8 @@ class VideoClipDataset(Dataset):
 
     def manifest_sizes(self, num_manifests: int) -> list[int]:
         """Number of samples contributed by each of the ``num_manifests`` manifests, in order."""
-        sizes = [0] * num_manifests
-        counts = np.diff(self._offsets)
-        for m_idx, c in zip(self.manifest_of_entry, counts, strict=True):
-            sizes[m_idx] += int(c)
-        return sizes
+        sizes = np.bincount(self.manifest_of_entry, weights=np.diff(self._offsets), minlength=num_manifests)
+        return [int(n) for n in sizes]
 
     def locate(self, index: int) -> tuple[VideoEntry, int]:
         """``(entry, anchor frame)`` of sample ``index``."""

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from surgvista.data.adapters import PRETRAIN_DATASETS
 from surgvista.data.clips import VideoClipDataset, collate_clips
 from surgvista.data.demo import DemoSet
 from surgvista.data.leakage import check_leakage
@@ -18,10 +19,6 @@ from surgvista.data.resumable import ResumableDataLoader, data_seed, eval_loader
 from surgvista.data.transforms import CenterCrop, MultiScaleCrop, normalize_clip
 
 log = logging.getLogger(__name__)
-
-PRETRAIN_DATASETS = ("cholec80", "m2cai16", "heichole", "pitvis", "psiava", "autolaparo", "bernbypass70",
-                     "strasbypass70", "gensurgery")
-
 
 class MixtureSampler(Sampler[int]):
     """``num_samples`` indices per epoch: a part is drawn with probability ``shares[p]``, then a sample of

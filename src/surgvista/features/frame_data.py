@@ -71,7 +71,7 @@ class FeatureDataset(Dataset):
 
 
 class FeatureDataModule(L.LightningDataModule):
-    """Train/val/test video lists over cached features; one whole video per batch (spec downstream §8).
+    """Train/val/test video lists over cached features; one whole video per batch.
 
     ``extractor`` holds the :mod:`surgvista.features.frames` settings (backbone config, checkpoint, clip geometry);
     with ``extract_missing`` the cache is filled in ``prepare_data`` (only what is missing is extracted).

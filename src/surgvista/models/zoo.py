@@ -4,15 +4,8 @@ Every backbone is a :class:`ZooBackbone`: ``features(video)`` takes clips ``(B, 
 ImageNet mean/std (what every surgvista data pipeline produces), converts them to the backbone's own input
 normalisation (``mean``/``std``) and returns ``(tokens (B, N, D), pooled (B, D))`` with ``D = embed_dim``.
 
-Families (one adapter class each; ``conf/model/backbone/*.yaml`` picks one):
-
-* :class:`StudentBackbone`: our SurgVISTA/VideoMAE ViT (:class:`~surgvista.models.classifier.VideoClassifier`) from any
-  checkpoint :func:`surgvista.checkpoints.load.load_backbone` reads; tokens = encoder output, pooled = their mean.
-* :class:`HFVideoBackbone`: a ``transformers`` VideoMAE or V-JEPA 2 model from a local folder (never the hub), or
-  a random one from a config mapping (tests, demo); tokens = ``last_hidden_state``, pooled = their mean.
-* :class:`TimmFrameBackbone`: any ``timm.create_model`` image model applied per frame (ViT/DINOv2, ConvNeXt, ...;
-  weights from a local file through ``pretrained_cfg_overlay``); tokens = every frame's tokens (feature-map cells
-  for CNNs) concatenated over time, pooled = the model's own pre-logits pooling averaged over the frames.
+Families (:class:`StudentBackbone`, :class:`HFVideoBackbone`, :class:`TimmFrameBackbone`; tokens and pooling of
+each in docs/benchmark.md): ``conf/model/backbone/*.yaml`` picks one.
 """
 
 from __future__ import annotations
