@@ -237,6 +237,11 @@ def sample_per_image(values: Sequence, path: Path, tl: Timeline, missing=-1) -> 
     return [values[k] for k in tl.native]
 
 
+def phase_labels(sample: Callable[..., list], *args) -> Callable[[Timeline], dict]:
+    """A :attr:`Source.labels` callable giving ``{"phase": sample(*args, timeline)}``."""
+    return lambda tl: {"phase": sample(*args, tl)}
+
+
 def class_index(names: Sequence[str], path: Path, where: str) -> Callable[[str], int]:
     """A lookup name → id that raises an error naming the file, line and the known names."""
     index = {n: i for i, n in enumerate(names)}

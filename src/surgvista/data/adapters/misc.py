@@ -11,6 +11,7 @@ from surgvista.data.adapters.base import (
     Source,
     image_files,
     numeric_key,
+    phase_labels,
     read_lines,
     register,
     sample_per_image,
@@ -74,7 +75,7 @@ class _FramePhaseSet(Adapter):
                 raise PrepareError(f"{self.name}: no label file {ann} for {folder}")
             values = read_frame_phase_txt(ann, self.n_classes)
             files = image_files(folder)
-            lab = (lambda v, a: lambda tl: {"phase": sample_per_image(v, a, tl)})(values, ann)
+            lab = phase_labels(sample_per_image, values, ann)
             sources.append(
                 Source(
                     folder.name, self.split_of(folder.name), folder, frames=files, labels=lab, annotation_files=(ann,)
