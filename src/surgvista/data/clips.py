@@ -42,13 +42,8 @@ class VideoClipDataset(Dataset):
     Returns ``{"video", "index", "skipped"}``: ``video`` is ``(3, T, H, W)`` (``num_clips == 1``) or
     ``(K, 3, T, H, W)`` with ``K = num_clips`` clips of the same anchor, decoded once, each with its own random
     crop (VideoMAEv2 repeated sampling; :func:`collate_clips` flattens them to a batch of B·K clips). The clip
-    is ``num_frames`` frames at stride ``sampling_rate`` ending at the anchor.
-
-    Bad media (``on_bad_video``): ``error`` raises an error naming the file; ``skip`` logs it, remembers the
-    video as bad, and returns a random sample of another video instead (its own ``index``, so labels looked up
-    by index stay right); ``skipped`` counts the bad attempts behind a sample. Videos with fewer than
-    ``min_video_frames`` manifest frames (e.g. ``num_frames``: shorter than one clip) are refused or, with ``skip``,
-    left out.
+    is ``num_frames`` frames at stride ``sampling_rate`` ending at the anchor. ``skipped`` counts the bad videos
+    behind a sample (``on_bad_video``, ``min_video_frames``: docs/data.md, Bad media).
     """
 
     def __init__(

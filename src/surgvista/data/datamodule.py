@@ -58,13 +58,7 @@ class MixtureSampler(Sampler[int]):
 class PretrainDataModule(L.LightningDataModule):
     """Clips from ``train_manifests`` (multi-scale crop) and optional ``val_manifests`` (centre crop).
 
-    Throughput: ``num_clips_per_video`` K clips per decoded anchor (each batch holds ``batch_size × K`` clips:
-    the effective batch, which the LR scaling uses), persistent workers, pinned memory, and
-    ``normalize_on_device`` (the loader yields uint8 clips, normalised after the transfer to the accelerator).
-    Robustness: ``on_bad_video`` (``error`` | ``skip``); ``min_video_frames`` (default 1: short videos are padded at
-    the start like the reference; ``num_frames`` refuses videos shorter than one clip).
-    Leakage guard: ``exclude_from`` names downstream splits (``cholec80_test`` → ``<data_dir>/cholec80/test.jsonl``
-    or manifest paths) whose videos must not be pre-trained on; ``allow_leakage`` turns the error into a warning.
+    The settings (K clips per anchor, ``normalize_on_device``, bad media, leakage guard) are described in docs/data.md.
     """
 
     def __init__(

@@ -129,14 +129,7 @@ class SurgicalActions160(Adapter):
             cls = int(m.group(1)) - 1
             if not 0 <= cls < len(SA160_CLASSES):
                 raise PrepareError(f"surgicalactions160: class folder {folder} outside 01..16")
+            labels = (lambda c: lambda tl: {"action": c})(cls)
             for clip in video_files(folder):
-                sources.append(
-                    Source(
-                        clip.stem,
-                        (),
-                        clip,
-                        labels=(lambda c: lambda tl: {"action": c})(cls),
-                        meta={"class_folder": folder.name},
-                    )
-                )
+                sources.append(Source(clip.stem, (), clip, labels=labels, meta={"class_folder": folder.name}))
         return sources
