@@ -105,11 +105,7 @@ class PretrainDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         norm = not hp.normalize_on_device
-        common = {
-            "num_frames": hp.num_frames, "sampling_rate": hp.sampling_rate, "backend": hp.backend,
-            "on_bad_video": hp.on_bad_video,
-            "min_video_frames": hp.min_video_frames,
-        }
+        common = {k: hp[k] for k in ("num_frames", "sampling_rate", "backend", "on_bad_video", "min_video_frames")}
         if self.train_set is None:
             self.train_set = VideoClipDataset(
                 list(hp.train_manifests), MultiScaleCrop(hp.input_size, hp.scales, normalize=norm),

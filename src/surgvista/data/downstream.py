@@ -199,18 +199,8 @@ class DownstreamDataModule(L.LightningDataModule):
         else:
             transform = EvalClipTransform(hp.input_size, hp.eval_views)
         stride = {"train": 1, "val": hp.val_target_stride, "test": hp.test_target_stride}[split]
-        return DownstreamDataset(
-            manifest,
-            hp.label,
-            hp.num_classes,
-            transform,
-            hp.sampler,
-            hp.multilabel,
-            hp.num_frames,
-            hp.sampling_rate,
-            stride,
-            hp.backend,
-        )
+        keys = ("label", "num_classes", "sampler", "multilabel", "num_frames", "sampling_rate", "backend")
+        return DownstreamDataset(manifest, transform=transform, target_stride=stride, **{k: hp[k] for k in keys})
 
     def manifests(self) -> dict[str, str | None]:
         hp = self.hparams
