@@ -173,12 +173,7 @@ class DemoDataModule(PretrainDataModule):
 
 class MixtureDataModule(PretrainDataModule):
     """Pre-training on any subset of datasets: ``include`` names them, each read from ``manifests[name]``
-    (default ``<data_dir>/<name>/pretrain.jsonl``) and concatenated.
-
-    ``weights``: ``None`` = every anchor frame equally likely (datasets weighted by their frame counts, as the
-    reference); or a mapping ``name → weight`` covering every included dataset, giving each dataset the share
-    ``weight / Σ weights`` of an epoch's samples (drawn with replacement; the epoch length stays the number of
-    frames).
+    (default ``<data_dir>/<name>/pretrain.jsonl``) and concatenated; ``weights``: docs/data.md (``data.weights``).
     """
 
     def __init__(

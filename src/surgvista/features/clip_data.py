@@ -40,11 +40,9 @@ class CachedClipDataset(Dataset):
 class ProbeDataModule(L.LightningDataModule):
     """Probe batches from the clip-feature cache of ``backbone`` on the ``source`` downstream data.
 
-    ``source`` and ``backbone`` are configs with a ``_target_``: the source is built here, called with the other
-    keyword arguments; the backbone only when something must be extracted. ``batch_size`` (a source argument) is
-    the probe's training batch; extraction uses the source's ``eval_batch_size`` and ``num_workers``.
-    ``max_tokens``/``token_dtype``/``shard_size`` set what is stored, ``device``/``autocast`` where and how the
-    backbone runs.
+    ``batch_size`` (a source argument) is the probe's training batch; extraction uses the source's
+    ``eval_batch_size`` and ``num_workers``. ``max_tokens``/``token_dtype``/``shard_size`` set what is stored,
+    ``device``/``autocast`` where and how the backbone runs.
     """
 
     def __init__(

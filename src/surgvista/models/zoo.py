@@ -92,9 +92,9 @@ HF_KINDS = ("videomae", "vjepa2")
 class HFVideoBackbone(ZooBackbone):
     """A ``transformers`` video encoder: VideoMAE (``VideoMAEModel``) or V-JEPA 2 (``VJEPA2Model``, predictor skipped).
 
-    ``path``: a local folder written by ``save_pretrained`` (a pre-training/classification checkpoint folder loads
-    its encoder); ``config``: a config mapping with ``model_type`` (``videomae``/``vjepa2``) for a seeded random
-    model instead. The folder's ``(video_)preprocessor_config.json`` sets the input normalisation (ImageNet otherwise).
+    ``path``: a local ``save_pretrained`` folder (of a pre-training/classification model: its encoder is loaded),
+    whose ``(video_)preprocessor_config.json`` sets the input normalisation; ``config``: a mapping with
+    ``model_type`` for a seeded random model instead.
     """
 
     def __init__(
