@@ -80,23 +80,16 @@ class DownstreamDataset(Dataset):
 
     def _check_value(self, value, where: str) -> bool:
         """Whether ``value`` is an annotated target; raises on out-of-range or malformed labels."""
-        if self.multilabel:
-            if value is None:
-                return False
-            if not isinstance(value, list) or any(
-                not isinstance(v, int) or not 0 <= v < self.num_classes for v in value
-            ):
-                raise ManifestError(
-                    f"{where}: label {self.label!r} must be a list of ids in "
-                    f"[0, {self.num_classes}) or null, got {value!r}"
-                )
-            return True
-        if value is None or value == -1:
+        if value is None or (value == -1 and not self.multilabel):
             return False
-        if not isinstance(value, int) or not 0 <= value < self.num_classes:
-            raise ManifestError(
-                f"{where}: label {self.label!r} must be an int in [0, {self.num_classes}) or -1, got {value!r}"
-            )
+        if self.multilabel:
+            ok = isinstance(value, list) and all(isinstance(v, int) and 0 <= v < self.num_classes for v in value)
+            kind = f"a list of ids in [0, {self.num_classes}) or null"
+        else:
+            ok = isinstance(value, int) and 0 <= value < self.num_classes
+            kind = f"an int in [0, {self.num_classes}) or -1"
+        if not ok:
+            raise ManifestError(f"{where}: label {self.label!r} must be {kind}, got {value!r}")
         return True
 
     def _index(self, target_stride: int) -> np.ndarray:
