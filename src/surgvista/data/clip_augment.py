@@ -1,4 +1,4 @@
-"""Fine-tuning clip transforms (spec downstream §4): timm's augmentations made clip-consistent.
+"""Fine-tuning clip transforms: timm's augmentations made clip-consistent.
 
 Training: RandAugment ``rand-m7-n4-mstd0.5-inc1`` (same ops, magnitudes and signs on every frame) →
 normalise → one random-resized-crop box for the clip → horizontal flip of the whole clip → RandomErasing with
@@ -25,12 +25,11 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 EVAL_VIEWS = ("squash", "center", "hflip")
 
 
-def normalize_frames(
-    frames: np.ndarray | torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD
-) -> torch.Tensor:
-    """``(T, H, W, 3)`` uint8 → normalised float ``(T, 3, H, W)``."""
+def normalize_frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``(T, H, W, 3)`` uint8 → ImageNet-normalised float ``(T, 3, H, W)``."""
     x = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
+    return (x - mean) / std
 
 
 def resize_frames(x: torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
@@ -47,11 +46,8 @@ class ClipRandAugment:
     before the first frame and restored before every other frame, so each frame sees the same draws.
     """
 
-    def __init__(
-        self, config: str = "rand-m7-n4-mstd0.5-inc1", translate_const: int = 100, fill: Sequence[int] = (128, 128, 128)
-    ) -> None:
-        hparams = {"translate_const": translate_const, "img_mean": tuple(fill), "interpolation": Image.BICUBIC}
-        self.config = config
+    def __init__(self, config: str = "rand-m7-n4-mstd0.5-inc1", translate_const: int = 100) -> None:
+        hparams = {"translate_const": translate_const, "img_mean": (128, 128, 128), "interpolation": Image.BICUBIC}
         self.transform = rand_augment_transform(config, hparams)
 
     def __call__(self, frames: Sequence[Image.Image]) -> list[Image.Image]:
@@ -75,20 +71,15 @@ class TrainClipTransform:
         ratio: Sequence[float] = (0.75, 4 / 3),
         hflip: float = 0.5,
         reprob: float = 0.25,
-        remode: str = "pixel",
-        recount: int = 1,
-        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        std: Sequence[float] = IMAGENET_DEFAULT_STD,
     ) -> None:
         self.input_size, self.scale, self.ratio, self.hflip = input_size, tuple(scale), tuple(ratio), hflip
-        self.mean, self.std = tuple(mean), tuple(std)
         self.randaug = ClipRandAugment(auto_augment, translate_const=int(input_size * 0.45)) if auto_augment else None
-        self.erase = RandomErasing(reprob, mode=remode, max_count=recount, device="cpu") if reprob > 0 else None
+        self.erase = RandomErasing(reprob, mode="pixel", max_count=1, device="cpu") if reprob > 0 else None
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         if self.randaug is not None:
             frames = np.stack([np.asarray(f) for f in self.randaug([Image.fromarray(f) for f in frames])])
-        x = normalize_frames(frames, self.mean, self.std)  # (T, 3, H, W)
+        x = normalize_frames(frames)  # (T, 3, H, W)
         top, left, h, w = RandomResizedCropAndInterpolation.get_params(x, self.scale, self.ratio)
         x = resize_frames(x[..., top : top + h, left : left + w], self.input_size)
         if random.random() < self.hflip:
@@ -107,17 +98,11 @@ class EvalClipTransform:
     ``hflip``: the squashed view mirrored.
     """
 
-    def __init__(
-        self,
-        input_size: int = 224,
-        views: Sequence[str] = ("squash",),
-        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        std: Sequence[float] = IMAGENET_DEFAULT_STD,
-    ) -> None:
+    def __init__(self, input_size: int = 224, views: Sequence[str] = ("squash",)) -> None:
         bad = [v for v in views if v not in EVAL_VIEWS]
         if not views or bad:
             raise ValueError(f"unknown eval view(s) {bad or views!r}; expected a non-empty list from {EVAL_VIEWS}")
-        self.input_size, self.views, self.mean, self.std = input_size, tuple(views), tuple(mean), tuple(std)
+        self.input_size, self.views = input_size, tuple(views)
 
     def _view(self, x: torch.Tensor, view: str) -> torch.Tensor:
         if view == "center":
@@ -129,27 +114,20 @@ class EvalClipTransform:
         return x.flip(-1) if view == "hflip" else x
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
-        x = normalize_frames(frames, self.mean, self.std)
+        x = normalize_frames(frames)
         views = [self._view(x, v).transpose(0, 1).contiguous() for v in self.views]
         return views[0] if len(views) == 1 else torch.stack(views)
 
 
-def make_mixup(
-    num_classes: int,
-    mixup: float = 0.8,
-    cutmix: float = 1.0,
-    prob: float = 1.0,
-    switch_prob: float = 0.5,
-    label_smoothing: float = 0.1,
-) -> Mixup | None:
+def make_mixup(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, label_smoothing: float = 0.1) -> Mixup | None:
     """timm ``Mixup`` in batch mode (the reference), or ``None`` when both alphas are 0."""
     if mixup <= 0 and cutmix <= 0:
         return None
     return Mixup(
         mixup_alpha=mixup,
         cutmix_alpha=cutmix,
-        prob=prob,
-        switch_prob=switch_prob,
+        prob=1.0,
+        switch_prob=0.5,
         mode="batch",
         label_smoothing=label_smoothing,
         num_classes=num_classes,

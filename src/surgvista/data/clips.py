@@ -42,13 +42,8 @@ class VideoClipDataset(Dataset):
     Returns ``{"video", "index", "skipped"}``: ``video`` is ``(3, T, H, W)`` (``num_clips == 1``) or
     ``(K, 3, T, H, W)`` with ``K = num_clips`` clips of the same anchor, decoded once, each with its own random
     crop (VideoMAEv2 repeated sampling; :func:`collate_clips` flattens them to a batch of B·K clips). The clip
-    is ``num_frames`` frames at stride ``sampling_rate`` ending at the anchor (spec pretrain §6.2).
-
-    Bad media (``on_bad_video``): ``error`` raises an error naming the file; ``skip`` logs it, remembers the
-    video as bad, and returns a random sample of another video instead (its own ``index``, so labels looked up
-    by index stay right); ``skipped`` counts the bad attempts behind a sample. Videos with fewer than
-    ``min_video_frames`` manifest frames (e.g. ``num_frames``: shorter than one clip) are refused or, with ``skip``,
-    left out.
+    is ``num_frames`` frames at stride ``sampling_rate`` ending at the anchor. ``skipped`` counts the bad videos
+    behind a sample (``on_bad_video``, ``min_video_frames``: docs/data.md, Bad media).
     """
 
     def __init__(
@@ -108,11 +103,8 @@ class VideoClipDataset(Dataset):
 
     def manifest_sizes(self, num_manifests: int) -> list[int]:
         """Number of samples contributed by each of the ``num_manifests`` manifests, in order."""
-        sizes = [0] * num_manifests
-        counts = np.diff(self._offsets)
-        for m_idx, c in zip(self.manifest_of_entry, counts, strict=True):
-            sizes[m_idx] += int(c)
-        return sizes
+        sizes = np.bincount(self.manifest_of_entry, weights=np.diff(self._offsets), minlength=num_manifests)
+        return [int(n) for n in sizes]
 
     def locate(self, index: int) -> tuple[VideoEntry, int]:
         """``(entry, anchor frame)`` of sample ``index``."""

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from surgvista.data.adapters import PRETRAIN_DATASETS
 from surgvista.data.clips import VideoClipDataset, collate_clips
 from surgvista.data.demo import DemoSet
 from surgvista.data.leakage import check_leakage
@@ -18,10 +19,6 @@ from surgvista.data.resumable import ResumableDataLoader, data_seed, eval_loader
 from surgvista.data.transforms import CenterCrop, MultiScaleCrop, normalize_clip
 
 log = logging.getLogger(__name__)
-
-PRETRAIN_DATASETS = ("cholec80", "m2cai16", "heichole", "pitvis", "psiava", "autolaparo", "bernbypass70",
-                     "strasbypass70", "gensurgery")
-
 
 class MixtureSampler(Sampler[int]):
     """``num_samples`` indices per epoch: a part is drawn with probability ``shares[p]``, then a sample of
@@ -61,13 +58,7 @@ class MixtureSampler(Sampler[int]):
 class PretrainDataModule(L.LightningDataModule):
     """Clips from ``train_manifests`` (multi-scale crop) and optional ``val_manifests`` (centre crop).
 
-    Throughput: ``num_clips_per_video`` K clips per decoded anchor (each batch holds ``batch_size × K`` clips:
-    the effective batch, which the LR scaling uses), persistent workers, pinned memory, and
-    ``normalize_on_device`` (the loader yields uint8 clips, normalised after the transfer to the accelerator).
-    Robustness: ``on_bad_video`` (``error`` | ``skip``); ``min_video_frames`` (default 1: short videos are padded at
-    the start like the reference; ``num_frames`` refuses videos shorter than one clip).
-    Leakage guard: ``exclude_from`` names downstream splits (``cholec80_test`` → ``<data_dir>/cholec80/test.jsonl``
-    or manifest paths) whose videos must not be pre-trained on; ``allow_leakage`` turns the error into a warning.
+    The settings (K clips per anchor, ``normalize_on_device``, bad media, leakage guard) are described in docs/data.md.
     """
 
     def __init__(
@@ -114,11 +105,7 @@ class PretrainDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         norm = not hp.normalize_on_device
-        common = {
-            "num_frames": hp.num_frames, "sampling_rate": hp.sampling_rate, "backend": hp.backend,
-            "on_bad_video": hp.on_bad_video,
-            "min_video_frames": hp.min_video_frames,
-        }
+        common = {k: hp[k] for k in ("num_frames", "sampling_rate", "backend", "on_bad_video", "min_video_frames")}
         if self.train_set is None:
             self.train_set = VideoClipDataset(
                 list(hp.train_manifests), MultiScaleCrop(hp.input_size, hp.scales, normalize=norm),
@@ -186,12 +173,7 @@ class DemoDataModule(PretrainDataModule):
 
 class MixtureDataModule(PretrainDataModule):
     """Pre-training on any subset of datasets: ``include`` names them, each read from ``manifests[name]``
-    (default ``<data_dir>/<name>/pretrain.jsonl``) and concatenated.
-
-    ``weights``: ``None`` = every anchor frame equally likely (datasets weighted by their frame counts, as the
-    reference); or a mapping ``name → weight`` covering every included dataset, giving each dataset the share
-    ``weight / Σ weights`` of an epoch's samples (drawn with replacement; the epoch length stays the number of
-    frames).
+    (default ``<data_dir>/<name>/pretrain.jsonl``) and concatenated; ``weights``: docs/data.md (``data.weights``).
     """
 
     def __init__(

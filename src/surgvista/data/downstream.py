@@ -1,17 +1,13 @@
-"""Downstream (fine-tuning) datasets over manifests (spec downstream §3).
+"""Downstream (fine-tuning) datasets over manifests.
 
-Two samplers:
+Two samplers: ``"frame"`` (phase, triplet, Endoscapes CVS) gives one sample per *annotated* frame of every video,
+the online causal clip ending at it (:func:`~surgvista.data.sampling.causal_clip_indices`); unannotated frames
+(``-1`` / ``null``) are never targets but stay usable as context. ``"clip"`` (Cholec80-CVS, SurgicalActions160)
+gives one sample per video with a clip-level label (:func:`uniform_clip_indices`).
 
-* ``"frame"`` (phase, triplet, Endoscapes CVS): one sample per *annotated* frame of every video, the online
-  causal clip of ``num_frames`` frames at stride ``sampling_rate`` (manifest-frame units) ending at it, padded
-  at the video start by repeating the earliest reachable frame. Unannotated frames (``-1`` / ``null``) are
-  never targets but stay usable as context.
-* ``"clip"`` (Cholec80-CVS, SurgicalActions160): one sample per video with a clip-level label; ``num_frames``
-  frames taken uniformly from the first frame (``interval = L // T``), padded with the last frame if ``L < T``.
-
-Samples are dicts: ``video`` (clip, see the transforms), ``target`` (class id, or a multi-hot float vector for
-multi-label tasks), ``video_index`` (row of the manifest), ``frame_index`` (manifest frame of the target;
-0 for clip samples) and ``index`` (dataset index).
+Samples are dicts: ``video``, ``target`` (class id, or a multi-hot float vector for multi-label tasks),
+``video_index`` (row of the manifest), ``frame_index`` (manifest frame of the target; 0 for clip samples) and
+``index`` (dataset index).
 """
 
 from __future__ import annotations
@@ -35,7 +31,7 @@ SAMPLERS = ("frame", "clip")
 
 
 def uniform_clip_indices(length: int, num_frames: int) -> list[int]:
-    """Reference clip-level sampling (spec §3.3): pad with the last frame to ``T``, take every ``L//T``-th."""
+    """Reference clip-level sampling: pad with the last frame to ``T``, take every ``L//T``-th."""
     if length < 1 or num_frames < 1:
         raise ValueError(f"need length >= 1 and num_frames >= 1, got {length}, {num_frames}")
     ids = list(range(length)) + [length - 1] * max(0, num_frames - length)
@@ -84,23 +80,16 @@ class DownstreamDataset(Dataset):
 
     def _check_value(self, value, where: str) -> bool:
         """Whether ``value`` is an annotated target; raises on out-of-range or malformed labels."""
-        if self.multilabel:
-            if value is None:
-                return False
-            if not isinstance(value, list) or any(
-                not isinstance(v, int) or not 0 <= v < self.num_classes for v in value
-            ):
-                raise ManifestError(
-                    f"{where}: label {self.label!r} must be a list of ids in "
-                    f"[0, {self.num_classes}) or null, got {value!r}"
-                )
-            return True
-        if value is None or value == -1:
+        if value is None or (value == -1 and not self.multilabel):
             return False
-        if not isinstance(value, int) or not 0 <= value < self.num_classes:
-            raise ManifestError(
-                f"{where}: label {self.label!r} must be an int in [0, {self.num_classes}) or -1, got {value!r}"
-            )
+        if self.multilabel:
+            ok = isinstance(value, list) and all(isinstance(v, int) and 0 <= v < self.num_classes for v in value)
+            kind = f"a list of ids in [0, {self.num_classes}) or null"
+        else:
+            ok = isinstance(value, int) and 0 <= value < self.num_classes
+            kind = f"an int in [0, {self.num_classes}) or -1"
+        if not ok:
+            raise ManifestError(f"{where}: label {self.label!r} must be {kind}, got {value!r}")
         return True
 
     def _index(self, target_stride: int) -> np.ndarray:
@@ -155,10 +144,6 @@ class DownstreamDataset(Dataset):
             "index": index,
         }
 
-    def video_ids(self) -> list[str]:
-        """``video_id`` of every manifest row (indexed by ``video_index``)."""
-        return [e.video_id for e in self.entries]
-
 
 class DownstreamDataModule(L.LightningDataModule):
     """Train / val / test manifests of one downstream dataset.
@@ -207,18 +192,8 @@ class DownstreamDataModule(L.LightningDataModule):
         else:
             transform = EvalClipTransform(hp.input_size, hp.eval_views)
         stride = {"train": 1, "val": hp.val_target_stride, "test": hp.test_target_stride}[split]
-        return DownstreamDataset(
-            manifest,
-            hp.label,
-            hp.num_classes,
-            transform,
-            hp.sampler,
-            hp.multilabel,
-            hp.num_frames,
-            hp.sampling_rate,
-            stride,
-            hp.backend,
-        )
+        keys = ("label", "num_classes", "sampler", "multilabel", "num_frames", "sampling_rate", "backend")
+        return DownstreamDataset(manifest, transform=transform, target_stride=stride, **{k: hp[k] for k in keys})
 
     def manifests(self) -> dict[str, str | None]:
         hp = self.hparams
@@ -241,7 +216,8 @@ class DownstreamDataModule(L.LightningDataModule):
         return next((d.label_names for d in self.datasets.values() if d.label_names), None)
 
     def video_ids(self, split: str) -> list[str]:
-        return self.datasets[split].video_ids()
+        """``video_id`` of every manifest row of ``split`` (indexed by ``video_index``)."""
+        return [e.video_id for e in self.datasets[split].entries]
 
     def _loader(self, split: str) -> DataLoader:
         hp, train = self.hparams, split == "train"

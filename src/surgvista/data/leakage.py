@@ -83,10 +83,8 @@ def check_leakage(
     data_dir: str | Path | None = None,
     allow_leakage: bool = False,
 ) -> list[str]:
-    """Raise :class:`LeakageError` listing every training video found in an ``exclude_from`` split.
-
-    With ``allow_leakage`` the overlap is logged as a warning instead. Returns the overlap lines.
-    """
+    """Raise :class:`LeakageError` listing every training video found in an ``exclude_from`` split (with
+    ``allow_leakage``: log a warning instead); return the overlap lines."""
     exclude_from = expand_auto(exclude_from or (), data_dir)
     if not exclude_from:
         return []

@@ -77,14 +77,10 @@ class DecordReader(VideoReader):
 
 
 class PyAVReader(VideoReader):
-    """PyAV with keyframe-aware random access (one decoding thread).
+    """PyAV with keyframe-aware random access (one decoding thread; the strategy is described in docs/data.md).
 
-    Frame ``i`` is the frame whose timestamp rounds to ``i / fps``. Each needed frame is reached either by
-    decoding forward from the current position or by seeking to the keyframe before it, whichever decodes fewer
-    frames (the cost of a seek is learnt from the file: 1 frame for an all-keyframe mp4, about half a GOP
-    otherwise); frames that are skipped are decoded but not converted to RGB. If the timestamps do not map
-    one-to-one onto frame numbers (variable frame rate, broken timestamps), reading falls back to counting
-    decoded frames from the start, so a wrong frame is never returned.
+    Frame ``i`` is the frame whose timestamp rounds to ``i / fps``; the cost of a seek (frames decoded to reach a
+    target) is learnt from the file.
     """
 
     def __init__(self, path: Path) -> None:
@@ -189,12 +185,9 @@ class PyAVReader(VideoReader):
 
 
 class TorchCodecReader(VideoReader):
-    """torchcodec's ``VideoDecoder`` with exact seeking (the file is scanned once at open, so frame ``i`` is the
-    ``i``-th frame in presentation order, as for decord and PyAV).
+    """torchcodec's ``VideoDecoder`` with exact seeking: frame ``i`` is the ``i``-th in presentation order.
 
-    ``device="cuda"`` decodes on the GPU (NVDEC): :meth:`read_tensor` then returns frames on the GPU, and
-    :meth:`read` copies them back to the host. CUDA cannot be initialised in forked DataLoader workers, so use it
-    with ``num_workers=0`` (or spawned workers).
+    ``device="cuda"`` decodes with NVDEC (:meth:`read_tensor` keeps the frames on the GPU; use ``num_workers=0``).
     """
 
     def __init__(self, path: Path, device: str = "cpu") -> None:
@@ -358,11 +351,8 @@ class EntryReader:
         return [min(i, n - 1) for i in native]
 
     def read(self, entry: VideoEntry, frame_ids: Sequence[int]) -> np.ndarray:
-        """Frames ``frame_ids`` (manifest numbering) of ``entry`` as ``(T, H, W, 3)`` uint8.
-
-        Each distinct frame is decoded once (clips padded at the video start repeat frames), in ascending
-        order and in one batch, so decord seeks at most once to the keyframe before the first needed frame.
-        """
+        """Frames ``frame_ids`` (manifest numbering) of ``entry`` as ``(T, H, W, 3)`` uint8; each distinct frame is
+        decoded once, in ascending order and in one batch."""
         reader = self._reader(entry)
         native = np.asarray(self.native_ids(entry, reader, frame_ids))
         unique, inverse = np.unique(native, return_inverse=True)

@@ -1,18 +1,7 @@
 """Training data loading that resumes exactly mid-epoch, with any number of workers and ranks.
 
-Choice (docs/fault_tolerance.md): our own small stateful sampler + Lightning's stateful-loader support, not
-``torchdata``'s ``StatefulDataLoader``. The whole data stream is a function of ``(seed, epoch, position)``:
-
-* :class:`ResumableSampler` draws the epoch's order from ``seed + epoch`` (a permutation, or any ``order(epoch)``
-  such as a dataset mixture), gives rank ``r`` the positions ``r, r + world, ...`` and yields
-  ``(index, sample_seed)`` pairs; on resume it starts at the saved position.
-* :class:`SeededSamples` seeds Python's ``random``, NumPy and torch from ``sample_seed`` around each
-  ``dataset[index]`` call (restoring the caller's states afterwards), so every augmentation (crops, flips,
-  RandAugment, erasing) depends on the sample's position only, not on which worker made it or what came before:
-  there is no per-worker RNG state left to save.
-* :class:`ResumableDataLoader` is a ``DataLoader`` with ``state_dict``/``load_state_dict`` (Lightning saves them
-  in the checkpoint's loop state): the epoch and the number of batches the trainer finished, read from the
-  trainer's own progress counters at save time (the loader's own count would include prefetched batches).
+The whole data stream is a function of ``(seed, epoch, position)``; docs/fault_tolerance.md explains the design and
+why it is not ``torchdata``'s ``StatefulDataLoader``.
 """
 
 from __future__ import annotations

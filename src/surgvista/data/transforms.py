@@ -1,4 +1,4 @@
-"""Clip transforms: the TSN multi-scale fixed-corner crop (spec pretrain §6.3), resize, normalisation."""
+"""Clip transforms: the TSN multi-scale fixed-corner crop, resize, normalisation."""
 
 from __future__ import annotations
 
@@ -51,10 +51,9 @@ def normalize_clip(clip: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_
     return (clip.float().div_(255) - mean_t).div_(std_t)
 
 
-def to_normalized_clip(frames: torch.Tensor, size: int, mean=IMAGENET_DEFAULT_MEAN,
-                       std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
+def to_normalized_clip(frames: torch.Tensor, size: int) -> torch.Tensor:
     """``(T, H, W, 3)`` uint8 → uint8 resize to ``size²`` → normalised float ``(3, T, size, size)``."""
-    return normalize_clip(resize_clip(frames, size), mean, std)
+    return normalize_clip(resize_clip(frames, size))
 
 
 class MultiScaleCrop:
@@ -63,14 +62,12 @@ class MultiScaleCrop:
     ``normalize=False`` returns the uint8 clip, to be normalised after transfer to the accelerator.
     """
 
-    def __init__(self, input_size: int = 224, scales=(1, 0.875, 0.75, 0.66), max_distort: int = 1,
-                 normalize: bool = True) -> None:
-        self.input_size, self.scales, self.max_distort = input_size, tuple(scales), max_distort
-        self.normalize = normalize
+    def __init__(self, input_size: int = 224, scales=(1, 0.875, 0.75, 0.66), normalize: bool = True) -> None:
+        self.input_size, self.scales, self.normalize = input_size, tuple(scales), normalize
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         height, width = frames.shape[1:3]
-        cw, ch = random.choice(crop_sizes(width, height, self.input_size, self.scales, self.max_distort))
+        cw, ch = random.choice(crop_sizes(width, height, self.input_size, self.scales))
         x, y = random.choice(crop_offsets(width, height, cw, ch))
         clip = resize_clip(torch.from_numpy(frames[:, y:y + ch, x:x + cw]), self.input_size)
         return normalize_clip(clip) if self.normalize else clip

@@ -1,11 +1,8 @@
 """Cached frozen-backbone features of a downstream task's clips, served to a probe head (``surgvista.features.clips``).
 
-:class:`ProbeDataModule` wraps a downstream data module (``source``: a config whose ``_target_`` names its class;
-the other keyword arguments are its own, so a ``<task>_<dataset>`` experiment's data config works unchanged) and a
-:mod:`surgvista.models.zoo` backbone config. ``prepare_data`` fills the cache (only what is missing), ``setup``
-loads it into memory, and the loaders yield the fine-tuning batch layout with ``video`` = the cached features:
-``pooled (B, D)`` or ``tokens (B, K, D)`` (``inputs``), so the task modules (metrics, prediction files) run
-unchanged. With ``inputs=video`` nothing is cached: the source's own (augmented) clips are served, for full fine-tuning.
+The loaders yield the fine-tuning batch layout with ``video`` = the cached ``pooled (B, D)`` or ``tokens (B, K, D)``
+(``inputs``), so the task modules run unchanged; ``inputs=video`` serves the source's own clips (full fine-tuning).
+How ``source`` and ``backbone`` are configured: docs/benchmark.md (the clip-feature cache).
 """
 
 from __future__ import annotations
@@ -36,24 +33,16 @@ class CachedClipDataset(Dataset):
         return len(self.data["index"])
 
     def __getitem__(self, i: int) -> dict:
-        d = self.data
-        return {
-            "video": d[self.inputs][i].float(),
-            "target": d["target"][i],
-            "video_index": d["video_index"][i],
-            "frame_index": d["frame_index"][i],
-            "index": d["index"][i],
-        }
+        keys = ("target", "video_index", "frame_index", "index")
+        return {"video": self.data[self.inputs][i].float(), **{k: self.data[k][i] for k in keys}}
 
 
 class ProbeDataModule(L.LightningDataModule):
     """Probe batches from the clip-feature cache of ``backbone`` on the ``source`` downstream data.
 
-    ``source`` and ``backbone`` are configs with a ``_target_``: the source is built here, called with the other
-    keyword arguments; the backbone only when something must be extracted. ``batch_size`` (a source argument) is
-    the probe's training batch; extraction uses the source's ``eval_batch_size`` and ``num_workers``.
-    ``max_tokens``/``token_dtype``/``shard_size`` set what is stored, ``device``/``autocast`` where and how the
-    backbone runs.
+    ``batch_size`` (a source argument) is the probe's training batch; extraction uses the source's
+    ``eval_batch_size`` and ``num_workers``. ``max_tokens``/``token_dtype``/``shard_size`` set what is stored,
+    ``device``/``autocast`` where and how the backbone runs.
     """
 
     def __init__(

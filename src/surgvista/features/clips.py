@@ -1,18 +1,9 @@
 """Frozen-backbone features of a downstream task's clips, extracted once and cached (frozen-probe protocols).
 
-Every sample of a downstream data module (``surgvista.data.downstream``: the online causal clip of each
-annotated frame, or the uniform clip of a clip-level task) is read with the evaluation transform (all splits,
-train included: no augmentation) and run once through a :mod:`surgvista.models.zoo` backbone. Stored per sample:
-``pooled (D,)`` float32, ``tokens (K, D)`` (``token_dtype``; the ``N`` tokens average-pooled along the sequence
-to at most ``max_tokens``), ``target`` (class id or multi-hot), ``video_index``, ``frame_index``, ``index``.
-
-Layout (next to the per-frame cache of :mod:`surgvista.features.frames`): ``<cache_root>/clips/<key>/<split>/
-shard_<i>.pt`` of ``shard_size`` samples each, written atomically, plus ``meta.json`` (backbone, parameters,
-extraction throughput, video ids, class names). ``<key>`` digests the backbone config (checkpoint files and HF
-folders by content), the manifests (by content) and their videos' fingerprints (file size, frame count, sha256
-when the manifest has it), the clip geometry and the storage settings, so every protocol run on the same backbone
-and data reads the same cache, and a changed backbone, manifest or video gets a new one.
-An interrupted extraction resumes at the first missing shard.
+Every sample of a downstream data module is read with the evaluation transform (all splits) and run once through
+a :mod:`surgvista.models.zoo` backbone. Stored per sample: ``pooled (D,)`` float32, ``tokens (K, D)``
+(``token_dtype``, at most ``max_tokens``), ``target``, ``video_index``, ``frame_index``, ``index``. Cache layout,
+key and resumption: docs/benchmark.md (the clip-feature cache).
 """
 
 from __future__ import annotations
@@ -61,18 +52,16 @@ def clip_cache_key(backbone: Mapping, source, storage: Mapping) -> str:
     """Digest (16 hex) of the backbone config, the split manifests and their videos (size, frames, sha256 as
     :func:`surgvista.features.digest.media_fingerprint`), the clip geometry and ``storage``."""
     splits = {s: m for s, m in source.manifests().items() if m}
-    manifests = {s: sha256_file(m) for s, m in splits.items()}
-    media = {s: [media_fingerprint(e) for e in read_manifest(m).entries] for s, m in splits.items()}
-    geometry = {k: source.hparams.get(k) for k in GEOMETRY_FIELDS}
-    payload = {
-        "version": CLIP_FEATURE_VERSION,
-        "backbone": content_digest(backbone),
-        "manifests": manifests,
-        "media": media,
-        "geometry": geometry,
-        "storage": dict(storage),
-    }
-    return payload_key(payload)
+    return payload_key(
+        {
+            "version": CLIP_FEATURE_VERSION,
+            "backbone": content_digest(backbone),
+            "manifests": {s: sha256_file(m) for s, m in splits.items()},
+            "media": {s: [media_fingerprint(e) for e in read_manifest(m).entries] for s, m in splits.items()},
+            "geometry": {k: source.hparams.get(k) for k in GEOMETRY_FIELDS},
+            "storage": dict(storage),
+        }
+    )
 
 
 def pool_tokens(tokens: torch.Tensor, max_tokens: int) -> torch.Tensor:
@@ -165,7 +154,7 @@ class ClipFeatureCache:
             "extracted_clips": clips + old.get("extracted_clips", 0),
             "extraction_s": seconds + old.get("extraction_s", 0.0),
             "splits": {s: len(d) for s, d in datasets.items()},
-            "video_ids": {s: d.video_ids() for s, d in datasets.items()},
+            "video_ids": {s: [e.video_id for e in d.entries] for s, d in datasets.items()},
             "aliases": {s: self.alias(s) for s in SPLITS if self.alias(s)},
             "label_names": next((d.label_names for d in datasets.values() if d.label_names), None),
             "storage": self.storage,
@@ -185,9 +174,8 @@ class ClipFeatureCache:
             num_workers=int(hp.get("num_workers", 0)),
         )
         amp = autocast(device, self.storage.get("autocast"))
-        parts: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("pooled", "tokens", "target", "video_index", "frame_index", "index")
-        }
+        keys = ("target", "video_index", "frame_index", "index")
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("pooled", "tokens", *keys)}
         bar = tqdm(loader, desc=f"features {split}[{shard}]", unit="batch", disable=not progress)
         for batch in bar:
             video = batch["video"].to(device)
@@ -200,6 +188,6 @@ class ClipFeatureCache:
                 pooled = pooled.view(-1, views, pooled.shape[-1]).mean(1)
             parts["pooled"].append(pooled.float().cpu())
             parts["tokens"].append(tokens.to(getattr(torch, self.storage["token_dtype"])).cpu())
-            for k in ("target", "video_index", "frame_index", "index"):
+            for k in keys:
                 parts[k].append(torch.as_tensor(batch[k]))
         return {k: torch.cat(v) for k, v in parts.items()}  # index: the dataset's own (Subset maps them)

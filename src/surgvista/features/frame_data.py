@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from surgvista.data.manifest import VideoEntry, read_manifest
 from surgvista.features.digest import media_fingerprint
 from surgvista.features.frames import FeatureCacheError, cache_dir, extract_features, resolve_settings, video_cache_path
 
-log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
@@ -71,7 +69,7 @@ class FeatureDataset(Dataset):
 
 
 class FeatureDataModule(L.LightningDataModule):
-    """Train/val/test video lists over cached features; one whole video per batch (spec downstream §8).
+    """Train/val/test video lists over cached features; one whole video per batch.
 
     ``extractor`` holds the :mod:`surgvista.features.frames` settings (backbone config, checkpoint, clip geometry);
     with ``extract_missing`` the cache is filled in ``prepare_data`` (only what is missing is extracted).

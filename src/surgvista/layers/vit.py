@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
@@ -171,10 +173,10 @@ class TubeletEmbed(nn.Module):
         return F.linear(x, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
-def init_weights(module: nn.Module) -> None:
-    """Xavier-uniform Linear weights, zero biases, unit LayerNorms (the reference student's init)."""
+def init_weights(module: nn.Module, linear_init: Callable[[torch.Tensor], object] = nn.init.xavier_uniform_) -> None:
+    """``linear_init`` Linear weights (Xavier-uniform: the reference student's init), zero biases, unit LayerNorms."""
     if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
+        linear_init(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):

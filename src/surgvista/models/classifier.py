@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
 
 from surgvista.layers.position import check_pos_embed, position_table
-from surgvista.layers.vit import Block, FrameEmbed, TubeletEmbed, run_blocks
+from surgvista.layers.vit import Block, FrameEmbed, TubeletEmbed, init_weights, run_blocks
 from surgvista.models.presets import STUDENT_PRESETS, lookup
 
 PATCH_EMBED_KINDS = ("video", "image")
@@ -88,17 +90,7 @@ class VideoClassifier(nn.Module):
 
     def reset_parameters(self, head_init_scale: float = 0.0) -> None:
         """Reference init: trunc-normal(0.02) Linears, zero biases, unit LN; head scaled by ``head_init_scale``."""
-
-        def init(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-
-        self.apply(init)
+        self.apply(functools.partial(init_weights, linear_init=functools.partial(nn.init.trunc_normal_, std=0.02)))
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         with torch.no_grad():

@@ -1,9 +1,6 @@
 """Causal multi-stage temporal convolutional network (MS-TCN) of TeCNO (phase recognition over frame features).
 
-Every stage is a 1×1 input projection, ``num_layers`` dilated residual layers (kernel 3, dilation ``2**i``)
-and a 1×1 classifier. In causal mode each dilated convolution is padded on the left only, so the output at
-time ``t`` depends on inputs at times ``≤ t`` (online recognition). Stage ``k > 1`` refines the softmax of
-stage ``k - 1``.
+Architecture, causal padding and receptive field: docs/tecno.md.
 """
 
 from __future__ import annotations
@@ -37,14 +34,13 @@ class SingleStage(nn.Module):
     ) -> None:
         super().__init__()
         self.conv_1x1 = nn.Conv1d(in_dim, num_f_maps, 1)
-        self.layers = nn.ModuleList(DilatedResidualLayer(2**i, num_f_maps, dropout, causal) for i in range(num_layers))
+        self.layers = nn.Sequential(
+            *(DilatedResidualLayer(2**i, num_f_maps, dropout, causal) for i in range(num_layers))
+        )
         self.conv_out = nn.Conv1d(num_f_maps, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_1x1(x)
-        for layer in self.layers:
-            x = layer(x)
-        return self.conv_out(x)
+        return self.conv_out(self.layers(self.conv_1x1(x)))
 
 
 class MSTCN(nn.Module):

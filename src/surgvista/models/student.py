@@ -9,7 +9,7 @@ from torch import nn
 from surgvista.layers.masking import take, token_order
 from surgvista.layers.position import check_pos_embed, position_table
 from surgvista.layers.vit import Block, TubeletEmbed, init_weights, run_blocks
-from surgvista.models.presets import STUDENT_PRESETS, StudentPreset, lookup
+from surgvista.models.presets import STUDENT_PRESETS, lookup
 
 
 class Decoder(nn.Module):
@@ -36,32 +36,6 @@ class Decoder(nn.Module):
     def forward(self, x: torch.Tensor, return_token_num: int) -> torch.Tensor:
         x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.head(self.norm(x[:, -return_token_num:]))
-
-
-def _student_preset(preset: str, pos_embed: str, image_decoder: bool, pixel_decoder: bool) -> StudentPreset:
-    """The named preset, after checking the student's choices."""
-    size = lookup(STUDENT_PRESETS, preset, "student preset")
-    check_pos_embed(pos_embed, learned=False)
-    if not (image_decoder or pixel_decoder):
-        raise ValueError("at least one of image_decoder / pixel_decoder must be enabled")
-    return size
-
-
-def _decoder(
-    encoder_dim: int,
-    dim: int,
-    depth: int,
-    num_heads: int,
-    out_dim: int,
-    down_bias: bool,
-    drop_path: float,
-    ln_eps: float,
-    norm_eps: float | None,
-    attn_backend: str,
-) -> tuple[nn.Linear, Decoder]:
-    """The projection from the encoder width down to ``dim``, then a :class:`Decoder` predicting ``out_dim``."""
-    down = nn.Linear(encoder_dim, dim, bias=down_bias)
-    return down, Decoder(dim, depth, num_heads, out_dim, drop_path, ln_eps, norm_eps, attn_backend)
 
 
 class SurgVISTAStudent(nn.Module):
@@ -108,7 +82,10 @@ class SurgVISTAStudent(nn.Module):
         decoder_bias: bool = True,
     ) -> None:
         super().__init__()
-        size = _student_preset(preset, pos_embed, image_decoder, pixel_decoder)
+        size = lookup(STUDENT_PRESETS, preset, "student preset")
+        check_pos_embed(pos_embed, learned=False)
+        if not (image_decoder or pixel_decoder):
+            raise ValueError("at least one of image_decoder / pixel_decoder must be enabled")
         dim = embed_dim or size.embed_dim
         self.embed_dim, self.num_frames, self.img_size = dim, num_frames, img_size
         self.tubelet_size, self.patch_size = tubelet_size, patch_size
@@ -122,15 +99,13 @@ class SurgVISTAStudent(nn.Module):
         common = (drop_path_rate, ln_eps, decoder_norm_eps, attn_backend)
         self.decoder_img = self.decoder_vid = None
         if img_dim is not None:
+            self.down_img = nn.Linear(dim, img_dim)
             heads = image_decoder_heads or size.image_decoder_heads
-            self.down_img, self.decoder_img = _decoder(
-                dim, img_dim, image_decoder_depth, heads, teacher_dim, True, *common
-            )
+            self.decoder_img = Decoder(img_dim, image_decoder_depth, heads, teacher_dim, *common)
         if pix_dim is not None:
+            self.down_vid = nn.Linear(dim, pix_dim, bias=decoder_bias)
             heads = pixel_decoder_heads or size.pixel_decoder_heads
-            self.down_vid, self.decoder_vid = _decoder(
-                dim, pix_dim, pixel_decoder_depth, heads, self.pixel_dim, decoder_bias, *common
-            )
+            self.decoder_vid = Decoder(pix_dim, pixel_decoder_depth, heads, self.pixel_dim, *common)
         self.reset_parameters()
         self.set_grad_checkpointing(grad_checkpointing)
 

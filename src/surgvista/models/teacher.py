@@ -100,9 +100,7 @@ class ImageTeacher(nn.Module):
     parent ``state_dict``s (never saved in Lightning checkpoints) and always stays in eval mode.
 
     ``attn_backend``: ``sdpa`` (timm's fused path), ``eager`` (timm's explicit softmax, as the reference) or
-    ``flash_attn``. ``shard``: under FSDP/FSDP2 the teacher is replicated on every rank unless this is true.
-    ``dtype`` (``bfloat16``/``float16``): on CUDA, the frozen weights are cast once and the whole forward runs in
-    that dtype outside autocast (half the bytes of the fp32 residual stream autocast keeps); ``None``: autocast.
+    ``flash_attn``. ``shard`` and ``dtype`` (pure bf16/fp16 forward on CUDA; ``None``: autocast): docs/performance.md.
     """
 
     def __init__(

@@ -4,15 +4,8 @@ Every backbone is a :class:`ZooBackbone`: ``features(video)`` takes clips ``(B, 
 ImageNet mean/std (what every surgvista data pipeline produces), converts them to the backbone's own input
 normalisation (``mean``/``std``) and returns ``(tokens (B, N, D), pooled (B, D))`` with ``D = embed_dim``.
 
-Families (one adapter class each; ``conf/model/backbone/*.yaml`` picks one):
-
-* :class:`StudentBackbone`: our SurgVISTA/VideoMAE ViT (:class:`~surgvista.models.classifier.VideoClassifier`) from any
-  checkpoint :func:`surgvista.checkpoints.load.load_backbone` reads; tokens = encoder output, pooled = their mean.
-* :class:`HFVideoBackbone`: a ``transformers`` VideoMAE or V-JEPA 2 model from a local folder (never the hub), or
-  a random one from a config mapping (tests, demo); tokens = ``last_hidden_state``, pooled = their mean.
-* :class:`TimmFrameBackbone`: any ``timm.create_model`` image model applied per frame (ViT/DINOv2, ConvNeXt, ...;
-  weights from a local file through ``pretrained_cfg_overlay``); tokens = every frame's tokens (feature-map cells
-  for CNNs) concatenated over time, pooled = the model's own pre-logits pooling averaged over the frames.
+Families (:class:`StudentBackbone`, :class:`HFVideoBackbone`, :class:`TimmFrameBackbone`; tokens and pooling of
+each in docs/benchmark.md): ``conf/model/backbone/*.yaml`` picks one.
 """
 
 from __future__ import annotations
@@ -99,9 +92,9 @@ HF_KINDS = ("videomae", "vjepa2")
 class HFVideoBackbone(ZooBackbone):
     """A ``transformers`` video encoder: VideoMAE (``VideoMAEModel``) or V-JEPA 2 (``VJEPA2Model``, predictor skipped).
 
-    ``path``: a local folder written by ``save_pretrained`` (a pre-training/classification checkpoint folder loads
-    its encoder); ``config``: a config mapping with ``model_type`` (``videomae``/``vjepa2``) for a seeded random
-    model instead. The folder's ``(video_)preprocessor_config.json`` sets the input normalisation (ImageNet otherwise).
+    ``path``: a local ``save_pretrained`` folder (of a pre-training/classification model: its encoder is loaded),
+    whose ``(video_)preprocessor_config.json`` sets the input normalisation; ``config``: a mapping with
+    ``model_type`` for a seeded random model instead.
     """
 
     def __init__(

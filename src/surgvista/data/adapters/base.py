@@ -2,16 +2,12 @@
 
 An adapter only parses its dataset's official files: :meth:`Adapter.discover` returns one :class:`Source` per
 video (or clip) with the splits it belongs to and a ``labels`` callable. Everything else (frame extraction,
-manifests, checksums, stats) is done once in :mod:`surgvista.data.prepare`.
-
-Frame times: manifest frame ``i`` is at ``i / fps`` seconds and shows native frame ``round(i * native_fps /
-fps)`` (the same rule :class:`surgvista.data.readers.EntryReader` applies), computed with exact fractions, so a
-29.97 fps video sampled at 1 fps does not drift the way ``i * ceil(fps)`` does.
+manifests, checksums, stats) is done once in :mod:`surgvista.data.prepare`. Frame times (exact fractions, the
+rule :class:`surgvista.data.readers.EntryReader` applies): docs/datasets.md, ``--fps``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -21,8 +17,6 @@ from pathlib import Path
 
 from surgvista.data.annotations import AnnotationError, read_text
 from surgvista.utils.errors import UserError
-
-log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -235,6 +229,11 @@ def sample_per_image(values: Sequence, path: Path, tl: Timeline, missing=-1) -> 
     """Labels given once per image of an image sequence (PmLR50, ESD57)."""
     check_length(path, len(values), tl.native_count, "frames", 0)
     return [values[k] for k in tl.native]
+
+
+def phase_labels(sample: Callable[..., list], *args) -> Callable[[Timeline], dict]:
+    """A :attr:`Source.labels` callable giving ``{"phase": sample(*args, timeline)}``."""
+    return lambda tl: {"phase": sample(*args, tl)}
 
 
 def class_index(names: Sequence[str], path: Path, where: str) -> Callable[[str], int]:

@@ -15,6 +15,7 @@ from surgvista.data.adapters.base import (
     class_index,
     find_ci,
     parse_int,
+    phase_labels,
     read_lines,
     register,
     sample_per_frame,
@@ -94,10 +95,6 @@ def read_frame_csv(path: Path, parse, header: bool | None = None) -> list:
     return values
 
 
-def _frame_labels(values, path: Path):
-    return lambda tl: {"phase": sample_per_frame(values, path, tl)}
-
-
 @register
 class CATARACTS(Adapter):
     name = "cataracts"
@@ -129,7 +126,8 @@ class CATARACTS(Adapter):
             if ann is None:
                 raise PrepareError(f"cataracts: no ground-truth csv {video.stem}.csv in {[str(d) for d in gt_dirs]}")
             values = read_frame_csv(ann, lambda t, n, a=ann: parse(t, n, a), header=True)
-            sources.append(Source(video.stem, split, video, labels=_frame_labels(values, ann), annotation_files=(ann,)))
+            labels = phase_labels(sample_per_frame, values, ann)
+            sources.append(Source(video.stem, split, video, labels=labels, annotation_files=(ann,)))
         return sources
 
 
@@ -151,9 +149,8 @@ class Cataract21(Adapter):
                     raise PrepareError(f"cataract21: no label csv {ann} for {video}")
                 lookup = class_index(names, ann, "phase name")
                 values = read_frame_csv(ann, lambda t, n, lk=lookup: CATARACT21_RAW[names[lk(t, n)]])
-                sources.append(
-                    Source(video.stem, split, video, labels=_frame_labels(values, ann), annotation_files=(ann,))
-                )
+                labels = phase_labels(sample_per_frame, values, ann)
+                sources.append(Source(video.stem, split, video, labels=labels, annotation_files=(ann,)))
         return sources
 
 
@@ -214,14 +211,6 @@ class Cataract101(Adapter):
             vid = str(int(m.group(1)))
             if vid not in table:
                 raise PrepareError(f"cataract101: video {video} has no rows in {ann}")
-            rows = table[vid]
-            sources.append(
-                Source(
-                    video.stem,
-                    (),
-                    video,
-                    annotation_files=(ann,),
-                    labels=(lambda r: lambda tl: {"phase": cataract101_labels(r, ann, tl)})(rows),
-                )
-            )
+            labels = phase_labels(cataract101_labels, table[vid], ann)
+            sources.append(Source(video.stem, (), video, annotation_files=(ann,), labels=labels))
         return sources

@@ -15,6 +15,7 @@ from surgvista.data.adapters.base import (
     find_ci,
     numeric_key,
     parse_int,
+    phase_labels,
     read_lines,
     register,
     sample_per_frame,
@@ -57,7 +58,7 @@ def read_named_phases(path: Path, names) -> list[int]:
 
 def _per_frame(path: Path, names):
     values = read_named_phases(path, names)  # parsed now: errors surface before any extraction
-    return lambda tl: {"phase": sample_per_frame(values, path, tl)}
+    return phase_labels(sample_per_frame, values, path)
 
 
 CHOLEC80_TOOLS = ("Grasper", "Bipolar", "Hook", "Scissors", "Clipper", "Irrigator", "SpecimenBag")
@@ -186,11 +187,8 @@ class HeiChole(Adapter):
             if not re.fullmatch(r"hei-chole\d+", video.stem.lower()):
                 continue
             ann = find_ci(phase_dir, f"{video.stem}_Annotation_Phase.csv") if phase_dir else None
-            labels = None
-            if ann is not None:
-                values = read_heichole_phases(ann)
-                labels = (lambda v, a: lambda tl: {"phase": sample_per_frame(v, a, tl)})(values, ann)
-            else:
+            labels = phase_labels(sample_per_frame, read_heichole_phases(ann), ann) if ann is not None else None
+            if ann is None:
                 log.info("heichole: no phase annotation for %s (test video?): no labels", video.name)
             sources.append(
                 Source(video.stem, ("pretrain",), video, labels=labels, annotation_files=(ann,) if ann else ())

@@ -16,6 +16,7 @@ from surgvista.data.adapters.base import (
     image_files,
     numeric_key,
     parse_int,
+    phase_labels,
     read_lines,
     register,
     sample_per_second,
@@ -109,16 +110,8 @@ class AutoLaparo(Adapter):
             ann = labels / f"label_{video.stem}.txt"
             if not ann.is_file():
                 raise PrepareError(f"autolaparo: no label file {ann} for {video}")
-            values = read_autolaparo_labels(ann)
-            sources.append(
-                Source(
-                    video.stem,
-                    split,
-                    video,
-                    annotation_files=(ann,),
-                    labels=(lambda v, a: lambda tl: {"phase": sample_per_second(v, a, tl)})(values, ann),
-                )
-            )
+            lab = phase_labels(sample_per_second, read_autolaparo_labels(ann), ann)
+            sources.append(Source(video.stem, split, video, annotation_files=(ann,), labels=lab))
         return sources
 
 
@@ -160,11 +153,8 @@ class PitVis(Adapter):
             if not m:
                 continue
             ann = root / f"annotations_{m.group(1)}.csv"
-            labels = None
-            if ann.is_file():
-                values = read_pitvis_steps(ann)
-                labels = (lambda v, a: lambda tl: {"phase": sample_per_second(v, a, tl)})(values, ann)
-            else:
+            labels = phase_labels(sample_per_second, read_pitvis_steps(ann), ann) if ann.is_file() else None
+            if labels is None:
                 log.warning(
                     "pitvis: %s has no annotation file %s (annotations_19.csv is absent in the official "
                     "download): no labels",
@@ -241,10 +231,7 @@ class _Bypass(Adapter):
             if not re.fullmatch(rf"{self.prefix}\d+", video.stem):
                 continue
             ann = labels / f"{video.name}.json" if labels else None
-            lab = None
-            if ann is not None and ann.is_file():
-                intervals = read_bypass_phases(ann)
-                lab = (lambda iv: lambda tl: {"phase": sample_intervals(iv, tl)})(intervals)
+            lab = phase_labels(sample_intervals, read_bypass_phases(ann)) if ann is not None and ann.is_file() else None
             sources.append(Source(video.stem, ("pretrain",), video, labels=lab, annotation_files=(ann,) if lab else ()))
         return sources
 

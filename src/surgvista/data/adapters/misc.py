@@ -11,6 +11,7 @@ from surgvista.data.adapters.base import (
     Source,
     image_files,
     numeric_key,
+    phase_labels,
     read_lines,
     register,
     sample_per_image,
@@ -74,7 +75,7 @@ class _FramePhaseSet(Adapter):
                 raise PrepareError(f"{self.name}: no label file {ann} for {folder}")
             values = read_frame_phase_txt(ann, self.n_classes)
             files = image_files(folder)
-            lab = (lambda v, a: lambda tl: {"phase": sample_per_image(v, a, tl)})(values, ann)
+            lab = phase_labels(sample_per_image, values, ann)
             sources.append(
                 Source(
                     folder.name, self.split_of(folder.name), folder, frames=files, labels=lab, annotation_files=(ann,)
@@ -128,14 +129,7 @@ class SurgicalActions160(Adapter):
             cls = int(m.group(1)) - 1
             if not 0 <= cls < len(SA160_CLASSES):
                 raise PrepareError(f"surgicalactions160: class folder {folder} outside 01..16")
+            labels = (lambda c: lambda tl: {"action": c})(cls)
             for clip in video_files(folder):
-                sources.append(
-                    Source(
-                        clip.stem,
-                        (),
-                        clip,
-                        labels=(lambda c: lambda tl: {"action": c})(cls),
-                        meta={"class_folder": folder.name},
-                    )
-                )
+                sources.append(Source(clip.stem, (), clip, labels=labels, meta={"class_folder": folder.name}))
         return sources
