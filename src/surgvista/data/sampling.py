@@ -1,4 +1,4 @@
-"""Causal clip sampling of the reference (spec pretrain §6.2)."""
+"""Causal clip sampling of the reference."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Per-frame feature extraction for two-stage temporal models (TeCNO, spec downstream §8), cached on disk.
+"""Per-frame feature extraction for two-stage temporal models (TeCNO), cached on disk.
 
 A frozen backbone is run once over every (``frame_stride``-th) manifest frame: an image backbone on the frame
-itself, a video backbone on the online causal clip ending at that frame (spec §3.1). Frames are squashed to
-``input_size``² and ImageNet-normalised, as the reference's test transform (§4.2, §8). Each video is written to
+itself, a video backbone on the online causal clip ending at that frame. Frames are squashed to
+``input_size``² and ImageNet-normalised, as the reference's test transform. Each video is written to
 ``<cache_root>/<key>/<dataset>/<video_id>.pt`` = ``{"features": (N, D) float, "labels": (N,) int64,
 "frames": (N,) int64 manifest frame ids, "video_id", "dataset", "fps", "media"}``; ``<key>`` is a digest of
 everything that determines the features (backbone config, the *contents* of every checkpoint file it names,

@@ -1,4 +1,4 @@
-"""Cataract surgery: CATARACTS 2020, Cataract-21, Cataract-101 (datasets.md §2.9-§2.11)."""
+"""Cataract surgery: CATARACTS 2020, Cataract-21, Cataract-101 (docs/datasets.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cholecystectomy workflow sets: Cholec80, M2CAI16-workflow, HeiChole (datasets.md §2.1-§2.3)."""
+"""Cholecystectomy workflow sets: Cholec80, M2CAI16-workflow, HeiChole (docs/datasets.md)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class Cholec80(Adapter):
         if number <= 40:
             return ("pretrain", "train")
         if self.variant == "40-40":
-            return ("val", "test")  # reference protocol: validation = test (downstream.md §2.4.1)
+            return ("val", "test")  # reference protocol: validation = test
         return ("val",) if number <= 48 else ("test",)
 
     def meta(self) -> dict:

@@ -1,4 +1,4 @@
-"""Critical view of safety: Cholec80-CVS (interval XLSX over Cholec80 videos) and Endoscapes2023 (§2.16-§2.17)."""
+"""Critical view of safety: Cholec80-CVS (interval XLSX over Cholec80 videos) and Endoscapes2023 (docs/datasets.md)."""
 
 from __future__ import annotations
 

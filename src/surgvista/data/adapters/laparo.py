@@ -1,4 +1,4 @@
-"""AutoLaparo, PitVis, PSI-AVA, Bern/StrasBypass70 and generic web-video folders (datasets.md §2.4-§2.8)."""
+"""AutoLaparo, PitVis, PSI-AVA, Bern/StrasBypass70 and generic web-video folders (docs/datasets.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ESD57, PmLR50 and SurgicalActions160 (datasets.md §2.12, §2.13, §2.18)."""
+"""ESD57, PmLR50 and SurgicalActions160 (docs/datasets.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Action-triplet sets: CholecT50 and Prostate21 / ProstaTD (datasets.md §2.14-§2.15)."""
+"""Action-triplet sets: CholecT50 and Prostate21 / ProstaTD (docs/datasets.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from surgvista.data.vocab import CHOLECT50_TRIPLETS
 
 log = logging.getLogger(__name__)
 
-# The official 5 folds of `cholect50-crossval` (datasets.md §2.14), in the official loader's order.
+# The official 5 folds of `cholect50-crossval` (docs/datasets.md), in the official loader's order.
 CHOLECT50_FOLDS = (
     (79, 2, 51, 6, 25, 14, 66, 23, 50, 111),
     (80, 32, 5, 15, 40, 47, 26, 48, 70, 96),
@@ -188,7 +188,7 @@ class Prostate21(Adapter):
                 if not isinstance(annotations, dict):
                     raise AnnotationError(f"{ann}: expected a mapping 'frame id' -> instances")
                 found.append((split, folder, ann, annotations))
-        # id base: the labelme converter numbers triplets 1..89, the YOLO release 0..88 (datasets.md §2.15)
+        # id base: the labelme converter numbers triplets 1..89, the YOLO release 0..88 (docs/datasets.md)
         ids = {int(inst[0]) for *_, a in found for insts in a.values() for inst in insts if int(inst[0]) != -1}
         if 0 in ids and self.n_triplets in ids:
             raise AnnotationError(f"prostate21: triplet ids span 0..{self.n_triplets}: cannot tell the id base")
