@@ -1,4 +1,4 @@
-"""load_backbone: every accepted layout, key-diff reports, refusals, position-table handling (spec pretrain §10–§11)."""
+"""load_backbone: every accepted layout, key-diff reports, refusals, position-table handling."""
 
 from __future__ import annotations
 
@@ -375,7 +375,7 @@ def test_learned_table_is_interpolated_on_load_16_to_32_frames_224_to_288():
 
 
 def _endossl_reference(state: dict[str, torch.Tensor], images: torch.Tensor, depth: int, heads: int) -> torch.Tensor:
-    """Spec pretrain §2.2 written out: patches + pos_embed, prepend cls, pre-norm blocks (eps 1e-5, separate q/k/v,
+    """The EndoSSL ViT written out: patches + pos_embed, prepend cls, pre-norm blocks (eps 1e-5, separate q/k/v,
     exact GELU), last block's patch tokens without the final norm."""
     x = torch.nn.functional.conv2d(images, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=16)
     x = x.flatten(2).transpose(1, 2) + state["pos_embed"]

@@ -1,4 +1,4 @@
-"""Clip sampling, crops, readers, manifests and the demo dataset (spec pretrain §6)."""
+"""Clip sampling, crops, readers, manifests and the demo dataset."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Export: original layout, safetensors + model card, HF folder; bit-exact round trips (spec pretrain §11.1)."""
+"""Export: original layout, safetensors + model card, HF folder; bit-exact round trips."""
 
 from __future__ import annotations
 

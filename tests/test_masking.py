@@ -1,4 +1,4 @@
-"""Tube and random masks (spec pretrain §3)."""
+"""Tube and random masks."""
 
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ def test_hand_example_summary():
 
 
 def test_spec_example_early_transition():
-    # spec §7.3a: 12 frames of one phase, the prediction moves to the next phase for the last 2 frames:
+    # 12 frames of one phase, the prediction moves to the next phase for the last 2 frames:
     # MATLAB 10/12, intended rule 100.
     gt = np.full(12, 2)
     pred = gt.copy()
@@ -309,7 +309,7 @@ def test_relaxation_only_forgives(data):
 
 
 def spec_reference_correct(gt: np.ndarray, pred: np.ndarray, window: int, matlab: bool) -> np.ndarray:
-    """Spec §7.3a item 1 written frame by frame with 1-based run offsets: for a run [s, e] and i = 1..t, the late
+    """The relaxation written frame by frame with 1-based run offsets: for a run [s, e] and i = 1..t, the late
     rule sets frame s+i-1 to 0 if d[s+i-1] in LATE(p); then frame s+i-1 (MATLAB) or e-t+i (corrected) is set to 0
     iff d[e-t+i] in EARLY(p). Cholec80 ids 0..6: LATE = {-1,-2} for 5, 6 else {-1}; EARLY = {+1,+2} for 3..6
     else {+1}."""

@@ -1,4 +1,4 @@
-"""Pixel targets and the combined loss (spec pretrain §4)."""
+"""Pixel targets and the combined loss."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Parity with ``transformers``' VideoMAE (random weights, no downloads; spec anchors §4.1–4.2, §5 item 10).
+"""Parity with ``transformers``' VideoMAE (random weights, no downloads).
 
 HF models are built from a small config with seeded random weights, loaded into ours through ``load_backbone``
 (and back through the HF export) and must give the same encoder states, pre-training logits, loss (with and

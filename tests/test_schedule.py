@@ -1,4 +1,4 @@
-"""Per-step warm-up + cosine schedule against the reference's numbers (spec pretrain §7.3)."""
+"""Per-step warm-up + cosine schedule against the reference's numbers."""
 
 from __future__ import annotations
 

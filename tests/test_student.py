@@ -1,4 +1,4 @@
-"""Student architecture against the reference layout and numbers (spec pretrain §1, §7.4, §11.4)."""
+"""Student architecture against the reference layout and numbers."""
 
 from __future__ import annotations
 

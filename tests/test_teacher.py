@@ -1,4 +1,4 @@
-"""Teacher layout, strict loading and outputs (spec pretrain §2)."""
+"""Teacher layout, strict loading and outputs."""
 
 from __future__ import annotations
 
