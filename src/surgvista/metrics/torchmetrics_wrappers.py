@@ -16,7 +16,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from surgvista.metrics.classification import clip_scores, per_class_ap
+from surgvista.metrics.classification import clip_scores
 from surgvista.metrics.collect import merge_duplicates, split_by_video
 from surgvista.metrics.phase import (
     normalise_dataset,
@@ -312,11 +312,6 @@ class ClipMetrics(_KeyedMetric):
             class_names=self.class_names,
             per_class=self.per_class,
         )
-
-    def per_class_ap(self) -> np.ndarray:
-        """AP per class (percent, NaN for classes without positives)."""
-        _, _, probs, target = self._synced(self._merged)
-        return per_class_ap(probs, target, self.multilabel)
 
 
 def nan_to_none(results: dict[str, float]) -> dict[str, float | None]:
