@@ -36,15 +36,10 @@ def median_frequency_weights(counts: torch.Tensor) -> torch.Tensor:
 class TeCNOModule(L.LightningModule):
     """MS-TCN over one whole video per batch; weighted cross-entropy on every stage; Adam.
 
-    ``input_dim=None`` takes the feature width from the data module (``feature_dim``) in ``setup``.
-    ``class_weights``: ``"median_frequency"`` (from the training labels of the data module, as the reference's
-    Cholec80 weights), ``"none"``, or an explicit list. ``stage_reduction``: how the per-stage losses are
-    combined (the reference averages them). ``loss_on_softmax=True`` reproduces the reference's quirk of
-    feeding softmax outputs to the cross-entropy (a second softmax); the default uses the logits.
-    Logged: ``{train,val,test}/loss`` and the :class:`~surgvista.metrics.PhaseMetrics` of the last stage under
-    ``val/`` and ``test/`` (percent): ``accuracy`` (frames pooled), ``video_accuracy_mean`` (mean per-video
-    accuracy, the reference's model-selection metric), ``precision``, ``recall``, ``jaccard``, ``f1``, ``edit``,
-    ... (``relaxed``/``matlab_compatible``/``dataset``/``fps`` as in PhaseMetrics).
+    ``input_dim=None`` takes the feature width from the data module (``feature_dim``) in ``setup``. The class
+    weights, ``stage_reduction``, ``loss_on_softmax`` (the reference's double softmax) and the metrics logged
+    under ``val/`` and ``test/`` (:class:`~surgvista.metrics.PhaseMetrics` of the last stage) are described in
+    ``docs/tecno.md``.
 
     ``cpu_threads``: on a CPU device, ``torch.set_num_threads`` for the run (process-wide). The MS-TCN's
     convolutions are tiny: with several intra-op threads they get much slower, not faster (the demo trains in
