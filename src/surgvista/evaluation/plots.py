@@ -1,10 +1,9 @@
 """Evaluation figures as RGB arrays (matplotlib's Agg canvas, no pyplot state): phase ribbons, a normalised
-confusion matrix and per-class AP bars. :func:`save_figure` writes them and sends them to the active loggers."""
+confusion matrix and per-class AP bars (written and logged by ``surgvista.evaluation.reconstruction.log_image``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -132,10 +131,3 @@ def ap_bars(ap: Mapping[str, float], title: str = "") -> np.ndarray:
     ax.set_xlabel("AP (%)")
     ax.set_title(title)
     return _to_array(fig)
-
-
-def save_figure(loggers, key: str, image: np.ndarray, path: Path, step: int = 0) -> Path:
-    """Write ``image`` to ``path`` (PNG) and send it to the active W&B / TensorBoard loggers under ``key``."""
-    from surgvista.evaluation.reconstruction import log_image
-
-    return log_image(loggers, key, image, step, path.parent, filename=path.name)

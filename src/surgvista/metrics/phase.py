@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from surgvista.metrics.segments import DEFAULT_OVERLAPS, segment_scores
+from surgvista.metrics.segments import DEFAULT_OVERLAPS, segment_scores, segments
 from surgvista.metrics.stats import mean, nanmean, nanmean_rows, nanstd, std
 
 RELAX_SECONDS = 10.0
@@ -100,8 +100,7 @@ def relaxed_correct(target, pred, rules: RelaxationRules, window: int, matlab_co
     """
     gt = np.asarray(target, dtype=np.int64)
     d = np.asarray(pred, dtype=np.int64) - gt
-    labels, starts = _runs(gt)
-    ends = np.r_[starts[1:], gt.size]
+    labels, starts, ends = segments(gt)
     for p, s, e in zip(labels.tolist(), starts.tolist(), ends.tolist()):
         cur = d[s:e]  # a view: edits land in d
         t = min(window, e - s)
@@ -113,13 +112,6 @@ def relaxed_correct(target, pred, rules: RelaxationRules, window: int, matlab_co
         else:
             cur[e - s - t :][tail_hit] = 0
     return d == 0
-
-
-def _runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if labels.size == 0:
-        return labels, np.zeros(0, dtype=np.int64)
-    starts = np.r_[0, np.flatnonzero(labels[1:] != labels[:-1]) + 1]
-    return labels[starts], starts
 
 
 @dataclass

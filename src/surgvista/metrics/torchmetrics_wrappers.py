@@ -1,9 +1,8 @@
 """``torchmetrics.Metric`` front-ends of the functional metrics, safe under DDP.
 
-Each metric keeps every sample's probabilities, target and key in list states with ``dist_reduce_fx="cat"``, so
-``compute()`` gathers all ranks' rows in memory (no per-rank text files), merges the duplicates that
-``DistributedSampler`` padding creates (same key -> probabilities averaged, see ``collect.py``) and only then
-evaluates. Results are therefore identical with any number of processes.
+Every sample's probabilities, target and key are kept in list states (``dist_reduce_fx="cat"``); ``compute()``
+gathers all ranks' rows and merges the ``DistributedSampler`` padding duplicates (``collect.py``) before
+evaluating, so results are identical with any number of processes.
 """
 
 from __future__ import annotations
