@@ -103,11 +103,7 @@ class TeCNOModule(L.LightningModule):
             if datamodule is None or not hasattr(datamodule, "feature_dim"):
                 raise ValueError("TeCNOModule(input_dim=None) needs a data module with feature_dim")
             self._build(datamodule.feature_dim)
-        elif (
-            datamodule is not None
-            and hasattr(datamodule, "feature_dim")
-            and datamodule.feature_dim != self.net.input_dim
-        ):
+        elif getattr(datamodule, "feature_dim", self.net.input_dim) != self.net.input_dim:
             raise ValueError(f"features are {datamodule.feature_dim}-d but the MS-TCN expects {self.net.input_dim}")
         if self.hparams.class_weights == "median_frequency" and stage == "fit":
             counts = datamodule.class_counts()
