@@ -177,9 +177,8 @@ class FinetuneModule(NonFiniteGuardMixin):
         else:
             loss = F.nll_loss(probs.clamp_min(1e-12).log(), target)
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(video))
-        vid, frame = batch["video_index"], batch["frame_index"]
         self.update_metrics(self.metrics[split], probs, target, batch)
-        self.metrics[f"{split}_preds"].update(batch["index"], vid, frame, probs, target)
+        self.metrics[f"{split}_preds"].update(batch["index"], batch["video_index"], batch["frame_index"], probs, target)
         if not self.multilabel:
             self.metrics[f"{split}_top1"].update(probs, target)
 
