@@ -90,7 +90,7 @@ def apply_extras(cfg: DictConfig) -> None:
         raise ConfigError("tags is empty but extras.enforce_tags is true: pass tags=[...] or extras.enforce_tags=false")
 
 
-def log_hyperparameters(loggers: list, cfg: DictConfig, model: L.LightningModule) -> dict:
+def log_hyperparameters(loggers: list, cfg: DictConfig, model: L.LightningModule) -> None:
     """Send the resolved config (nested) and the parameter counts to every logger, once per run (the modules save
     their hyperparameters with ``logger=False``, so Lightning adds no flat duplicate)."""
     hparams = OmegaConf.to_container(cfg, resolve=True)
@@ -100,7 +100,6 @@ def log_hyperparameters(loggers: list, cfg: DictConfig, model: L.LightningModule
     hparams["params"] = {"total": total, "trainable": trainable, "non_trainable": total - trainable}
     for lg in loggers:
         lg.log_hyperparams(hparams)
-    return hparams
 
 
 def _setup(cfg: DictConfig):

@@ -208,15 +208,14 @@ def log_table(loggers, key: str, metrics: dict, table: str, step: int = 0) -> No
             lg.experiment.add_text(key, table, step)
 
 
-def write_table(out_dir: str | Path, name: str, rows: dict[str, dict[str, float]], title: str, loggers=()) -> Path:
+def write_table(out_dir: str | Path, name: str, rows: dict[str, dict[str, float]], title: str, loggers=()) -> None:
     """``<name>.md`` and ``<name>.json`` (NaN → null) of a nested ``{row: {metric: value}}`` table, also sent to
     the loggers under ``<name>``."""
     from surgvista.metrics import metrics_table
 
     table = metrics_table(rows, title=title)
-    _, md = write_metrics(out_dir, {r: nan_to_none(row) for r, row in rows.items()}, table, name)
+    write_metrics(out_dir, {r: nan_to_none(row) for r, row in rows.items()}, table, name)
     log_table(loggers, name, rows, table)
-    return md
 
 
 def per_video_labels(

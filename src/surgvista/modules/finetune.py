@@ -217,7 +217,7 @@ class FinetuneModule(NonFiniteGuardMixin):
             self.write_outputs("test", values, preds)
 
     # ------------------------------------------------------------------------------------ outputs
-    def write_outputs(self, split: str, values: dict[str, float], preds: dict) -> Path:
+    def write_outputs(self, split: str, values: dict[str, float], preds: dict) -> None:
         """``<output_dir>/<split>/``: ``predictions/<video>.csv`` (clip-level tasks: ``predictions.csv``) and
         ``metrics.{md,json}``; the table is also printed (once) and sent to the loggers, then the task's figures
         and extra tables (:meth:`write_figures`)."""
@@ -238,7 +238,6 @@ class FinetuneModule(NonFiniteGuardMixin):
         log.info("%s predictions: %s; metrics: %s", split, where, out / "metrics.{md,json}")
         print(table)
         self.write_figures(out, split, preds)
-        return out
 
     def write_figures(self, out: Path, split: str, preds: dict) -> None:
         """Figures and extra tables of an evaluation under ``out/plots`` (none for this task)."""

@@ -158,7 +158,7 @@ class TeCNOModule(L.LightningModule):
                 self.write_predictions(stage, videos, values)
         metric.reset()
 
-    def write_predictions(self, stage: str, videos: dict, values: dict[str, float]) -> Path:
+    def write_predictions(self, stage: str, videos: dict, values: dict[str, float]) -> None:
         """``<default_root_dir>/<stage>/predictions/<video_id>.txt`` (``Frame<TAB>Phase`` ids, the reference's
         evaluator format, plus the target) and ``<stage>/metrics.json``."""
         out = Path(self.trainer.default_root_dir) / stage
@@ -170,7 +170,6 @@ class TeCNOModule(L.LightningModule):
             (out / "predictions" / f"{names[index].replace('/', '_')}.txt").write_text("\n".join(rows) + "\n")
         (out / "metrics.json").write_text(json.dumps(values, indent=1))
         log.info("%s: %d prediction files in %s", stage, len(videos), out / "predictions")
-        return out
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
