@@ -85,9 +85,8 @@ class PreemptionCallback(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         # Only right after an optimiser step: gradients accumulated so far are not in a checkpoint.
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if not self.enabled or not (stepped or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
-            return
-        if not self._agreed(trainer):
+        at_boundary = stepped or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if not (self.enabled and at_boundary and self._agreed(trainer)):
             return
         cb = trainer.checkpoint_callback
         folder = Path(cb.dirpath) if cb is not None and cb.dirpath else Path(trainer.default_root_dir) / "checkpoints"
