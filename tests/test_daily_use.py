@@ -104,7 +104,7 @@ def test_eval_figures_are_saved_and_sent_to_the_active_loggers(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from surgvista.evaluation.plots import save_figure
+    from surgvista.evaluation.reconstruction import log_image
 
     class WandbLogger:  # log_image dispatches on the logger class's name
         def __init__(self):
@@ -114,7 +114,7 @@ def test_eval_figures_are_saved_and_sent_to_the_active_loggers(tmp_path):
             self.calls.append((key, images[0].shape, step))
 
     logger, image = WandbLogger(), np.full((20, 30, 3), 7, np.uint8)
-    path = save_figure([logger], "test/confusion_matrix", image, tmp_path / "plots" / "confusion_matrix.png", step=3)
+    path = log_image([logger], "test/confusion_matrix", image, 3, tmp_path / "plots", filename="confusion_matrix.png")
     assert path == tmp_path / "plots" / "confusion_matrix.png"
     assert np.array_equal(np.asarray(Image.open(path)), image)
     assert logger.calls == [("test/confusion_matrix", (20, 30, 3), 3)]

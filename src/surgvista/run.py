@@ -90,7 +90,7 @@ def apply_extras(cfg: DictConfig) -> None:
         raise ConfigError("tags is empty but extras.enforce_tags is true: pass tags=[...] or extras.enforce_tags=false")
 
 
-def log_hyperparameters(loggers: list, cfg: DictConfig, model: L.LightningModule) -> dict:
+def log_hyperparameters(loggers: list, cfg: DictConfig, model: L.LightningModule) -> None:
     """Send the resolved config (nested) and the parameter counts to every logger, once per run (the modules save
     their hyperparameters with ``logger=False``, so Lightning adds no flat duplicate)."""
     hparams = OmegaConf.to_container(cfg, resolve=True)
@@ -100,7 +100,6 @@ def log_hyperparameters(loggers: list, cfg: DictConfig, model: L.LightningModule
     hparams["params"] = {"total": total, "trainable": trainable, "non_trainable": total - trainable}
     for lg in loggers:
         lg.log_hyperparams(hparams)
-    return hparams
 
 
 def _setup(cfg: DictConfig):
@@ -134,12 +133,10 @@ def metric_value(metrics: dict, name: str | None) -> float | None:
 @task_wrapper
 def train(cfg: DictConfig) -> dict:
     """Seed, instantiate data/model/trainer, save the resolved config, fit; return the callback metrics."""
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank == 0:
-        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    out_dir = _save_config(cfg)
     datamodule, model, trainer = _setup(cfg)
-    ckpt_dir = _checkpoint_dir(trainer)
+    cb = trainer.checkpoint_callback
+    ckpt_dir = Path(cb.dirpath) if cb is not None and getattr(cb, "dirpath", None) else None
     if ckpt_dir is not None and rank_zero_only.rank == 0:
         clean_orphaned_temp_files(ckpt_dir)
     if cfg.get("train", True):
@@ -164,9 +161,13 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
-def _checkpoint_dir(trainer: L.Trainer) -> Path | None:
-    cb = trainer.checkpoint_callback
-    return Path(cb.dirpath) if cb is not None and getattr(cb, "dirpath", None) else None
+def _save_config(cfg: DictConfig) -> Path:
+    """Create the run folder ``paths.output_dir`` and write the resolved ``config.yaml`` there (rank 0)."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    return out_dir
 
 
 def resolve_ckpt_path(value: str | None, ckpt_dir: Path | None) -> str | None:
@@ -203,10 +204,7 @@ def evaluate(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.exists():  # a file, or a sharded checkpoint folder
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
-    out_dir = Path(cfg.paths.output_dir)  # the eval run's own folder: its config.yaml names the checkpoint
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank == 0:
-        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    out_dir = _save_config(cfg)  # the eval run's own folder: its config.yaml names the checkpoint
     datamodule, model, trainer = _setup(cfg)
     check_run_checkpoint(ckpt, model, "ckpt_path")
     test = is_overridden("test_step", model, L.LightningModule)  # fine-tuned modules print their own table

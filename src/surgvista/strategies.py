@@ -1,12 +1,5 @@
-"""Lightning strategies for sharded pre-training (``trainer=fsdp`` and ``trainer=fsdp2``/``fsdp2_cpu``).
-
-* :func:`fsdp_strategy` builds Lightning's ``FSDPStrategy`` (FSDP1, GPU only): every transformer block (ours and
-  the timm teacher's) is its own FSDP unit, bf16 parameters with fp32 gradient reduction, full state-dict
-  checkpoints (one file, loadable on one device). The frozen teacher is passed to FSDP as an *ignored* module,
-  i.e. replicated on every rank, unless ``model.teacher.shard=true``.
-* :class:`FSDP2Strategy` is Lightning's ``ModelParallelStrategy`` with pure data parallelism over all ranks and
-  single-file checkpoints; the per-block ``fully_shard`` calls live in ``PretrainModule.configure_model``. It
-  runs on CPU with gloo (``trainer=fsdp2_cpu``), which is how CI tests the sharding code.
+"""Lightning strategies for sharded pre-training: :func:`fsdp_strategy` (FSDP1, ``trainer=fsdp``, GPU only) and
+:class:`FSDP2Strategy` (``trainer=fsdp2``/``fsdp2_cpu``, also on CPU with gloo); see docs/performance.md.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """Pre-training step benchmark on synthetic tensors (no data loading, no Lightning loop).
 
-One step = the work of ``PretrainModule.training_step`` plus the optimiser: teacher forward (no grad, every
-``teacher_every_k``-th step), student forward + loss + backward, AdamW step (with a GradScaler under
-``16-mixed``). Each phase is timed separately (CUDA events on GPU, wall clock on CPU); medians are reported
-over the timed steps after warm-up. Model FLOPs are counted once per configuration with
-``torch.utils.flop_counter.FlopCounterMode`` (teacher forward + student forward/backward, batch 1, eager
-attention, no activation recomputation), scaled by the batch, and give the model FLOP utilisation (MFU) against
-``--peak-tflops``.
+One step = the work of ``PretrainModule.training_step`` plus the optimiser, each phase timed separately (CUDA
+events on GPU, wall clock on CPU); the reported medians, FLOP count and MFU are described in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -122,27 +117,13 @@ def resolve_precision(precision: str, device: torch.device, notes: list[str]) ->
     return precision
 
 
-def default_peak(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in DEVICE_PEAK_TFLOPS.items() if k in name), None)
-
-
-class _Rss:
-    """Resident set size sampled at phase boundaries (Linux ``/proc``; ``ru_maxrss`` elsewhere)."""
-
-    def __init__(self) -> None:
-        self.page = resource.getpagesize()
-        self.peak = 0.0
-
-    def sample(self) -> None:
-        try:
-            with open("/proc/self/statm") as f:
-                rss = int(f.read().split()[1]) * self.page / 2**20
-        except OSError:
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        self.peak = max(self.peak, rss)
+def _rss_mb() -> float:
+    """Resident set size in MiB (Linux ``/proc``; ``ru_maxrss`` elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def seeded_student(
@@ -236,7 +217,7 @@ class Runner:
         with eager("force_eager") if eager and cfg.compile else contextlib.nullcontext():
             self.flops = count_model_flops(self.module, self.video, self.gen) * self.batch
         self.cuda = device.type == "cuda"
-        self.rss = _Rss()
+        self.peak_rss = 0.0  # MiB, sampled after every step on CPU
         self.clocks: list[tuple] = []  # per timed step: CUDA events (or host times) around its three phases
         self.step_index = 0
         self.last_loss = float("nan")
@@ -294,7 +275,7 @@ class Runner:
         self.optimizer.zero_grad(set_to_none=True)
         c3 = self._clock()
         if not self.cuda:
-            self.rss.sample()
+            self.peak_rss = max(self.peak_rss, _rss_mb())
         if self.step_index >= cfg.warmup:  # read after the run: no host sync per step, as in training
             self.clocks.append((c0, c1, c2, c3))
         self.step_index += 1
@@ -322,13 +303,15 @@ class Runner:
                 f"teacher every {cfg.teacher_every_k} steps: clips/s and phase times are means over the "
                 "steps; the FLOP count assumes the teacher on every step, so MFU overstates the work done"
             )
-        peak = cfg.peak_tflops if cfg.peak_tflops is not None else default_peak(device)
+        peak = cfg.peak_tflops
         achieved = self.flops / (throughput_ms / 1e3) / 1e12
         if self.cuda:
             mem, kind = torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
             name = torch.cuda.get_device_name(device)
+            if peak is None:
+                peak = next((v for k, v in DEVICE_PEAK_TFLOPS.items() if k in name), None)
         else:
-            mem, kind = self.rss.peak, "peak RSS of the process, sampled per step"
+            mem, kind = self.peak_rss, "peak RSS of the process, sampled per step"
             threads = torch.get_num_threads()
             name = f"CPU ({platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
         if not self.cuda and cfg.label == "eager-fp16":
@@ -399,12 +382,10 @@ def reference_config(cfg: BenchConfig) -> BenchConfig:
     )
 
 
-def checks_off_config(cfg: BenchConfig) -> BenchConfig:
-    """The same configuration without the per-step non-finite guard: the baseline for its cost."""
-    return replace(cfg, nonfinite_check=False, label="checks-off")
-
-
-COMPARISONS = {"eager-fp16": reference_config, "checks-off": checks_off_config}
+COMPARISONS = {  # checks-off: the same configuration without the per-step non-finite guard, the baseline for its cost
+    "eager-fp16": reference_config,
+    "checks-off": lambda cfg: replace(cfg, nonfinite_check=False, label="checks-off"),
+}
 
 
 def format_result(r: BenchResult) -> str:

@@ -15,15 +15,12 @@ def _host(value: float) -> torch.Tensor:
 
 
 class DataMonitor(Callback):
-    """Logs ``train/data_wait_pct`` and ``train/skipped_samples``.
+    """Logs ``train/data_wait_pct`` (``docs/data.md``) and ``train/skipped_samples``.
 
-    The wait of a step is the time from the end of the previous training batch (or the epoch start) to the
-    start of this one: fetching the batch from the loader, host-to-device transfer and the batch hooks. The
-    step's total time adds its own compute (``on_train_batch_start`` → ``on_train_batch_end``), so
-    ``data_wait_pct = 100 · wait / total`` per step; near 0 the GPU is fed, near 100 it starves. At each epoch
-    end ``train/data_wait_pct_epoch`` is the time-weighted value over the epoch. ``train/skipped_samples`` is the
-    running number of samples replaced because of a bad video (``data.on_bad_video=skip``), summed over the
-    loader workers via the batches' ``skipped`` counts (logged when that count grows).
+    A step's wait runs from the end of the previous training batch (or the epoch start) to the start of this one
+    (loader, host-to-device copy, batch hooks); its total adds its own compute, and ``data_wait_pct = 100 · wait /
+    total``; ``train/data_wait_pct_epoch`` is the time-weighted value of an epoch. ``train/skipped_samples`` is the
+    running number of samples replaced because of a bad video, from the batches' ``skipped`` counts.
     """
 
     def __init__(self, log_every_n_steps: int = 1) -> None:

@@ -1,10 +1,8 @@
 """SLURM preemption and time limits: on the configured signal, save ``last.ckpt`` at the next step boundary,
 requeue the job and stop; the requeued job resumes from ``last.ckpt`` by itself (``ckpt_path: auto``).
 
-Lightning's own ``SLURMEnvironment(auto_requeue=True)`` saves from inside the signal handler, i.e. possibly in the
-middle of an optimiser step, to a separate ``hpc_ckpt_*.ckpt``; this callback instead sets a flag in the handler and
-acts between two steps, where a checkpoint resumes exactly. Registering the handler when the callback is built
-(before ``fit``) keeps Lightning from installing its own for the same signal.
+The handler only sets a flag and the save happens between two steps, where a checkpoint resumes exactly; why this
+replaces Lightning's ``SLURMEnvironment`` auto-requeue is in ``docs/fault_tolerance.md``.
 """
 
 from __future__ import annotations
@@ -87,9 +85,8 @@ class PreemptionCallback(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         # Only right after an optimiser step: gradients accumulated so far are not in a checkpoint.
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if not self.enabled or not (stepped or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
-            return
-        if not self._agreed(trainer):
+        at_boundary = stepped or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if not (self.enabled and at_boundary and self._agreed(trainer)):
             return
         cb = trainer.checkpoint_callback
         folder = Path(cb.dirpath) if cb is not None and cb.dirpath else Path(trainer.default_root_dir) / "checkpoints"

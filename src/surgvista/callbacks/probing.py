@@ -137,13 +137,10 @@ def unsharded(module: nn.Module) -> Iterator[None]:
 
 
 class ProbeMonitor(L.Callback):
-    """Representation quality during pre-training: every ``every_n_epochs`` epochs, frozen features of a small
-    labelled set (evenly spaced annotated frames of ``train_manifest``/``val_manifest``, at most ``max_train``/
-    ``max_val`` causal clips at the student's geometry and ``sampling_rate``) → ``probe/knn_top1``,
-    ``probe/linear_top1`` (percent, :func:`probe_accuracy`) and ``probe/extract_s`` (seconds to decode + encode).
-
-    Off (one log line) when ``train_manifest`` is null. Every rank encodes the same clips and gets the same
-    numbers; an FSDP2-sharded student is gathered for it (:func:`unsharded`).
+    """Representation quality during pre-training (``docs/benchmark.md``): every ``every_n_epochs`` epochs,
+    ``probe/knn_top1``, ``probe/linear_top1`` (:func:`probe_accuracy`) and ``probe/extract_s`` on frozen features
+    of at most ``max_train``/``max_val`` evenly spaced annotated clips. Off when ``train_manifest`` is null. Every
+    rank encodes the same clips; an FSDP2-sharded student is gathered for it (:func:`unsharded`).
     """
 
     def __init__(

@@ -1,13 +1,6 @@
-"""Exact resume: every random-number stream that shapes a training step is saved in the checkpoint and restored.
-
-:class:`ExactResumeCallback` saves, for every rank, Python's ``random``, NumPy's global generator, torch's CPU and
-CUDA generators (dropout, drop-path, Mixup/CutMix) and the LightningModule's own generators (``rng_states()`` /
-``load_rng_states()``, e.g. the pre-training mask generator). It restores them just before the first training
-batch after a resume, so nothing the restart itself does (building the model, starting loaders, the sanity check)
-shifts a stream. It also hands the training loader its saved position when Lightning created the loader before
-restoring the checkpoint (it does when ``configure_optimizers`` asks for ``estimated_stepping_batches``, and then
-never loads the loader's state itself); the data stream is otherwise a function of that position
-(:mod:`surgvista.data.resumable`).
+"""Exact resume: every random-number stream that shapes a training step is saved in the checkpoint and restored
+just before the first training batch after a resume, so nothing the restart itself does shifts a stream. What is
+saved, and why the training loader's position is handed over here, is in ``docs/fault_tolerance.md``.
 """
 
 from __future__ import annotations
@@ -40,14 +33,13 @@ def _numpy_state() -> dict[str, Any]:
 
 def capture_rng(module: L.LightningModule | None = None) -> dict[str, Any]:
     """This process's global RNG states and ``module.rng_states()``."""
-    state = {
+    return {
         "python": random.getstate(),
         "numpy": _numpy_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
         "module": module.rng_states() if module is not None and hasattr(module, "rng_states") else {},
     }
-    return state
 
 
 def restore_rng(state: dict[str, Any], module: L.LightningModule | None = None) -> None:

@@ -1,10 +1,9 @@
 """Evaluation figures as RGB arrays (matplotlib's Agg canvas, no pyplot state): phase ribbons, a normalised
-confusion matrix and per-class AP bars. :func:`save_figure` writes them and sends them to the active loggers."""
+confusion matrix and per-class AP bars (written and logged by ``surgvista.evaluation.reconstruction.log_image``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +33,14 @@ def _class_colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _cells(ax, rows: np.ndarray, extent: tuple[float, float, float, float], colors: Sequence) -> None:
+    """Integer ids ``rows`` (R, T) drawn as cells coloured ``colors[id]`` over ``extent`` (left, right, bottom, top)."""
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap(colors)
+    ax.imshow(rows, aspect="auto", interpolation="nearest", extent=extent, cmap=cmap, vmin=-0.5, vmax=len(colors) - 0.5)
+
+
 def phase_ribbon(
     target: np.ndarray,
     pred: np.ndarray,
@@ -44,35 +51,18 @@ def phase_ribbon(
 ) -> np.ndarray:
     """Ground truth / prediction / outcome rows over time (seconds); the outcome row marks the relaxed-correct
     frames (wrong frame by frame, forgiven at a phase boundary) in orange."""
-    from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
     target, pred = np.asarray(target), np.asarray(pred)
     k = len(class_names)
     fig = _figure(12, 2.4)
     ax = fig.add_subplot()
-    extent = (0, len(target) / fps, 0, 3)
-    ax.imshow(
-        np.stack([target, pred]),  # row 0 on top: ground truth, then prediction
-        aspect="auto",
-        interpolation="nearest",
-        extent=(0, extent[1], 1, 3),
-        cmap=ListedColormap(_class_colors(k)),
-        vmin=-0.5,
-        vmax=k - 0.5,
-    )
+    end = len(target) / fps
+    _cells(ax, np.stack([target, pred]), (0, end, 1, 3), _class_colors(k))  # row 0 on top: ground truth
     outcome = (target == pred).astype(int)
     if relaxed_correct is not None:
         outcome[np.asarray(relaxed_correct, bool) & (outcome == 0)] = 2
-    ax.imshow(
-        outcome[None],
-        aspect="auto",
-        interpolation="nearest",
-        extent=(0, extent[1], 0, 1),
-        cmap=ListedColormap(OUTCOME_COLORS),
-        vmin=-0.5,
-        vmax=2.5,
-    )
+    _cells(ax, outcome[None], (0, end, 0, 1), OUTCOME_COLORS)
     ax.set_ylim(0, 3)
     ax.set_yticks([0.5, 1.5, 2.5], ["outcome", "prediction", "ground truth"])
     ax.set_xlabel("time (s)")
@@ -132,10 +122,3 @@ def ap_bars(ap: Mapping[str, float], title: str = "") -> np.ndarray:
     ax.set_xlabel("AP (%)")
     ax.set_title(title)
     return _to_array(fig)
-
-
-def save_figure(loggers, key: str, image: np.ndarray, path: Path, step: int = 0) -> Path:
-    """Write ``image`` to ``path`` (PNG) and send it to the active W&B / TensorBoard loggers under ``key``."""
-    from surgvista.evaluation.reconstruction import log_image
-
-    return log_image(loggers, key, image, step, path.parent, filename=path.name)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
 
 from surgvista.metrics.torchmetrics_wrappers import nan_to_none
 from surgvista.utils.errors import UserError
@@ -46,13 +47,10 @@ class PredictionCollector(Metric):
         self.target.append(target.float() if target.is_floating_point() else target.long())
 
     def compute(self) -> dict[str, np.ndarray]:
-        def cat(x):
-            return (torch.cat(x) if isinstance(x, list) else x).cpu().numpy()
-
         if not self.index:
             raise RuntimeError("PredictionCollector.compute() called before any update()")
         index, video, frame, probs, target = (
-            cat(getattr(self, n)) for n in ("index", "video", "frame", "probs", "target")
+            dim_zero_cat(getattr(self, n)).cpu().numpy() for n in ("index", "video", "frame", "probs", "target")
         )
         keys, first, inverse, counts = np.unique(index, return_index=True, return_inverse=True, return_counts=True)
         mean = np.zeros((len(keys), probs.shape[1]), np.float64)
@@ -182,9 +180,7 @@ def read_prediction_file(path: str | Path, multilabel: bool = False) -> dict[str
     }
 
 
-def write_metrics(
-    out_dir: str | Path, metrics: dict[str, float], table: str, name: str = "metrics"
-) -> tuple[Path, Path]:
+def write_metrics(out_dir: str | Path, metrics: dict, table: str, name: str = "metrics") -> tuple[Path, Path]:
     """``<name>.json`` (all values) and ``<name>.md`` (the Markdown table) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,19 +208,14 @@ def log_table(loggers, key: str, metrics: dict, table: str, step: int = 0) -> No
             lg.experiment.add_text(key, table, step)
 
 
-def write_table(out_dir: str | Path, name: str, rows: dict[str, dict[str, float]], title: str, loggers=()) -> Path:
+def write_table(out_dir: str | Path, name: str, rows: dict[str, dict[str, float]], title: str, loggers=()) -> None:
     """``<name>.md`` and ``<name>.json`` (NaN → null) of a nested ``{row: {metric: value}}`` table, also sent to
     the loggers under ``<name>``."""
     from surgvista.metrics import metrics_table
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     table = metrics_table(rows, title=title)
-    clean = {r: {k: (None if math.isnan(v) else v) for k, v in row.items()} for r, row in rows.items()}
-    (out_dir / f"{name}.json").write_text(json.dumps(clean, indent=2) + "\n")
-    (out_dir / f"{name}.md").write_text(table)
+    write_metrics(out_dir, {r: nan_to_none(row) for r, row in rows.items()}, table, name)
     log_table(loggers, name, rows, table)
-    return out_dir / f"{name}.md"
 
 
 def per_video_labels(

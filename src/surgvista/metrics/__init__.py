@@ -4,29 +4,24 @@ Functional forms work on numpy arrays; the ``torchmetrics`` classes gather predi
 average DistributedSampler duplicates, so results do not depend on the number of GPUs. All values are percent.
 """
 
-from surgvista.metrics.ap import average_precision, average_precision_per_class
+from surgvista.metrics.ap import average_precision
 from surgvista.metrics.classification import (
     balanced_accuracy,
     clip_scores,
-    mean_ap,
     multilabel_balanced_accuracy,
     per_class_ap,
     topk_accuracy,
 )
-from surgvista.metrics.collect import merge_duplicates
 from surgvista.metrics.phase import (
-    RELAXATION_RULES,
-    RelaxationRules,
     aggregate_phase_scores,
     phase_scores,
     phase_table,
-    relax_window,
     relaxation_rules,
     relaxed_correct,
     video_macro_scores,
     video_phase_scores,
 )
-from surgvista.metrics.segments import edit_score, overlap_counts, segment_scores, segments
+from surgvista.metrics.segments import edit_score, overlap_counts, segment_scores
 from surgvista.metrics.table import metrics_table
 from surgvista.metrics.torchmetrics_wrappers import ClipMetrics, PhaseMetrics, TripletMetrics, nan_to_none
 from surgvista.metrics.triplet import CHOLECT50, COMPONENTS, ComponentMap, triplet_scores, video_ap
@@ -34,20 +29,15 @@ from surgvista.metrics.triplet import CHOLECT50, COMPONENTS, ComponentMap, tripl
 __all__ = [
     "CHOLECT50",
     "COMPONENTS",
-    "RELAXATION_RULES",
     "ClipMetrics",
     "ComponentMap",
     "PhaseMetrics",
-    "RelaxationRules",
     "TripletMetrics",
     "aggregate_phase_scores",
     "average_precision",
-    "average_precision_per_class",
     "balanced_accuracy",
     "clip_scores",
     "edit_score",
-    "mean_ap",
-    "merge_duplicates",
     "metrics_table",
     "multilabel_balanced_accuracy",
     "nan_to_none",
@@ -55,11 +45,9 @@ __all__ = [
     "per_class_ap",
     "phase_scores",
     "phase_table",
-    "relax_window",
     "relaxation_rules",
     "relaxed_correct",
     "segment_scores",
-    "segments",
     "topk_accuracy",
     "triplet_scores",
     "video_ap",

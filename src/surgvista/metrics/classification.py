@@ -1,15 +1,7 @@
 """Clip- and frame-level classification metrics (CVS, action recognition; spec downstream §7.1).
 
-All values are percentages.
-
-* **top-k accuracy** (single-label): a sample is correct if its label is among the ``k`` highest scores; ties
-  are broken towards the lower class index (stable sort). ``accuracy`` is top-1, pooled over samples.
-* **balanced accuracy**: single-label - mean over the classes present in the targets of the per-class recall
-  (scikit-learn ``balanced_accuracy_score``); multi-label - per label ``(TPR + TNR) / 2`` at threshold
-  ``threshold`` (a label whose targets are all one value uses the one defined rate), averaged over labels.
-* **AP / mAP**: one-vs-rest non-interpolated AP per class (``surgvista.metrics.ap``); a class without a positive
-  sample has no AP. ``absent="exclude"`` (default) averages over classes with positives; ``absent="zero"``
-  counts them as 0, which is what the SurgVISTA clip runner reports with scikit-learn >= 1.1 (§7.1).
+Top-k accuracy (ties to the lower class index), balanced accuracy (scikit-learn's rule) and one-vs-rest AP /
+mAP with the ``absent`` policy, as described in ``docs/metrics.md``. All values are percentages.
 """
 
 from __future__ import annotations

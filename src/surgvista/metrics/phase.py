@@ -1,33 +1,8 @@
 """Surgical phase recognition metrics: the ``Evaluate.m``/``Main.m`` convention (spec downstream §7.3, §7.3a).
 
-Per video (frames in temporal order, class ids ``0..K-1``) and per phase ``p`` present in the ground truth:
-
-* ``U`` = frames predicted ``p`` or labelled ``p``; ``TP`` = frames of ``U`` counted correct;
-* ``Jaccard = (TP/|U|)*100``, ``Precision = (TP*100)/#{pred=p}``, ``Recall = (TP*100)/#{gt=p}``,
-  ``F1 = 2*(P*R)/(P+R)`` on the unclipped P, R; all NaN when ``p`` is absent from the ground truth (a phase that is
-  predicted but absent is not penalised). P is +Inf (relaxed TP > 0, never predicted) or NaN (TP = 0, never
-  predicted); F1 is NaN when P = R = 0 or P = Inf;
-* ``accuracy = (#{correct}/N)*100``.
-
-*Unrelaxed*: a frame is correct iff ``pred == gt``. *Relaxed* (boundary tolerance of ``10 s * fps`` frames):
-see ``relaxed_correct``. Aggregation over videos (``Main.m``), after clipping J, P, R, F1 at 100 (Inf -> 100,
-NaN stays; accuracy is never clipped), with N-1 standard deviations:
-
-=============  ==========================================  =========================================
-metric         value                                       ``_std``
-=============  ==========================================  =========================================
-accuracy       mean over videos                            std over videos
-jaccard        mean over phases of per-phase nanmean       std over phases
-precision      nanmean over phases of per-phase nanmean    nanstd over phases
-recall         mean over phases of per-phase nanmean       std over phases
-f1             mean over phases of per-phase nanmean       std over videos of per-video nanmean
-f1_nanmean     nanmean over phases of per-phase nanmean    (none)
-=============  ==========================================  =========================================
-
-"mean" propagates NaN: a phase absent from every evaluated video makes ``jaccard``, ``recall`` and ``f1`` NaN,
-exactly as in MATLAB; ``f1_nanmean`` (the headline F1 of our tables) averages the phases that occur instead.
-Unlike the MATLAB drivers, only the videos actually given are aggregated.
-All values are percentages.
+Definitions, the ``Main.m`` aggregation (clipping at 100, N-1 standard deviations, NaN propagation) and the
+relaxed-boundary rules are in ``docs/metrics.md``. Unlike the MATLAB drivers, only the videos actually given
+are aggregated. All values are percentages.
 """
 
 from __future__ import annotations
@@ -38,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from surgvista.metrics.segments import DEFAULT_OVERLAPS, segment_scores
+from surgvista.metrics.segments import DEFAULT_OVERLAPS, segment_scores, segments
 from surgvista.metrics.stats import mean, nanmean, nanmean_rows, nanstd, std
 
 RELAX_SECONDS = 10.0
@@ -125,8 +100,7 @@ def relaxed_correct(target, pred, rules: RelaxationRules, window: int, matlab_co
     """
     gt = np.asarray(target, dtype=np.int64)
     d = np.asarray(pred, dtype=np.int64) - gt
-    labels, starts = _runs(gt)
-    ends = np.r_[starts[1:], gt.size]
+    labels, starts, ends = segments(gt)
     for p, s, e in zip(labels.tolist(), starts.tolist(), ends.tolist()):
         cur = d[s:e]  # a view: edits land in d
         t = min(window, e - s)
@@ -138,13 +112,6 @@ def relaxed_correct(target, pred, rules: RelaxationRules, window: int, matlab_co
         else:
             cur[e - s - t :][tail_hit] = 0
     return d == 0
-
-
-def _runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if labels.size == 0:
-        return labels, np.zeros(0, dtype=np.int64)
-    starts = np.r_[0, np.flatnonzero(labels[1:] != labels[:-1]) + 1]
-    return labels[starts], starts
 
 
 @dataclass
@@ -180,7 +147,7 @@ def video_phase_scores(target, pred, num_classes: int, correct=None) -> VideoPha
 
 
 def aggregate_phase_scores(videos: Sequence[VideoPhaseScores], prefix: str = "") -> dict[str, float]:
-    """The ``Main.m`` aggregation (module docstring) of per-video scores; keys prefixed with ``prefix``."""
+    """The ``Main.m`` aggregation (``docs/metrics.md``) of per-video scores; keys prefixed with ``prefix``."""
     if not videos:
         raise ValueError("aggregate_phase_scores: no videos to aggregate")
 
@@ -206,19 +173,6 @@ def aggregate_phase_scores(videos: Sequence[VideoPhaseScores], prefix: str = "")
         "f1_nanmean": nanmean(f1),
     }
     return {prefix + k: v for k, v in out.items()}
-
-
-def per_phase_table(videos: Sequence[VideoPhaseScores], class_names: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Per phase: nanmean over videos of the clipped J/P/R/F1 (the rows ``Main.m`` prints) and their nanstd."""
-    table = {}
-    for p, name in enumerate(class_names):
-        row = {}
-        for metric in ("jaccard", "precision", "recall", "f1"):
-            vals = np.array([getattr(v, metric)[p] for v in videos])
-            vals = np.where(vals > 100, 100.0, vals)
-            row[metric], row[metric + "_std"] = nanmean(vals), nanstd(vals)
-        table[name] = row
-    return table
 
 
 def video_macro_scores(target, pred) -> tuple[float, float, float]:
@@ -321,7 +275,8 @@ def phase_table(
     matlab_compatible: bool = True,
     dataset: str = "cholec80",
 ) -> dict[str, dict[str, float]]:
-    """Per-phase J/P/R/F1 (mean and std over videos), unrelaxed or relaxed, keyed by class name."""
+    """Per-phase J/P/R/F1, unrelaxed or relaxed, keyed by class name: nanmean over videos of the clipped values
+    (the rows ``Main.m`` prints) and their nanstd."""
     preds, targets = _check_videos(preds_per_video, targets_per_video, num_classes)
     names = list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]
     if len(names) != num_classes:
@@ -332,4 +287,12 @@ def phase_table(
     else:
         correct = [None] * len(preds)
     videos = [video_phase_scores(t, p, num_classes, c) for p, t, c in zip(preds, targets, correct)]
-    return per_phase_table(videos, names)
+    table = {}
+    for p, name in enumerate(names):
+        row = {}
+        for metric in ("jaccard", "precision", "recall", "f1"):
+            vals = np.array([getattr(v, metric)[p] for v in videos])
+            vals = np.where(vals > 100, 100.0, vals)
+            row[metric], row[metric + "_std"] = nanmean(vals), nanstd(vals)
+        table[name] = row
+    return table

@@ -1,15 +1,7 @@
 """Segment-level phase metrics: edit score and segmental F1@k (the MS-TCN / ASFormer convention).
 
-A *segment* is a maximal run of equal labels in a frame sequence. Per video:
-
-* **edit score** = ``(1 - lev(P, G) / max(|P|, |G|)) * 100`` where ``P``/``G`` are the label sequences of the
-  predicted/ground-truth segments and ``lev`` the Levenshtein distance (insert/delete/substitute cost 1).
-* **F1@k**: every predicted segment, in temporal order, is matched to the ground-truth segment of the same label
-  with the highest IoU (first on ties); it is a true positive if that IoU >= k/100 and the ground-truth segment
-  was not matched before, else a false positive; unmatched ground-truth segments are false negatives.
-
-Aggregation over videos follows MS-TCN: the edit score is the mean of the per-video scores, while TP/FP/FN are
-summed over all videos before ``F1 = 2PR/(P+R) * 100`` (0 when there is no true positive).
+A *segment* is a maximal run of equal labels in a frame sequence; definitions and the MS-TCN aggregation (edit
+averaged over videos, TP/FP/FN pooled before F1) are in ``docs/metrics.md``.
 """
 
 from __future__ import annotations

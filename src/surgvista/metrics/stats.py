@@ -33,11 +33,11 @@ def nanmean(values) -> float:
 def std(values) -> float:
     """Sample standard deviation (N-1); 0 for one value; NaN if any value is NaN (MATLAB ``std``)."""
     x = _values(values)
-    if x.size == 0 or np.isnan(x).any():
-        return math.nan
+    m = mean(x)
+    if math.isnan(m):
+        return m
     if x.size == 1:
         return 0.0
-    m = math.fsum(x.tolist()) / x.size
     return math.sqrt(math.fsum(((x - m) ** 2).tolist()) / (x.size - 1))
 
 

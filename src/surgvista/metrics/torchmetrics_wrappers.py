@@ -1,9 +1,8 @@
 """``torchmetrics.Metric`` front-ends of the functional metrics, safe under DDP.
 
-Each metric keeps every sample's probabilities, target and key in list states with ``dist_reduce_fx="cat"``, so
-``compute()`` gathers all ranks' rows in memory (no per-rank text files), merges the duplicates that
-``DistributedSampler`` padding creates (same key -> probabilities averaged, see ``collect.py``) and only then
-evaluates. Results are therefore identical with any number of processes.
+Every sample's probabilities, target and key are kept in list states (``dist_reduce_fx="cat"``); ``compute()``
+gathers all ranks' rows and merges the ``DistributedSampler`` padding duplicates (``collect.py``) before
+evaluating, so results are identical with any number of processes.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from surgvista.metrics.classification import clip_scores, per_class_ap
+from surgvista.metrics.classification import clip_scores
 from surgvista.metrics.collect import merge_duplicates, split_by_video
 from surgvista.metrics.phase import (
     normalise_dataset,
@@ -312,11 +311,6 @@ class ClipMetrics(_KeyedMetric):
             class_names=self.class_names,
             per_class=self.per_class,
         )
-
-    def per_class_ap(self) -> np.ndarray:
-        """AP per class (percent, NaN for classes without positives)."""
-        _, _, probs, target = self._synced(self._merged)
-        return per_class_ap(probs, target, self.multilabel)
 
 
 def nan_to_none(results: dict[str, float]) -> dict[str, float | None]:

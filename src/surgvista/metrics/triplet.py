@@ -1,22 +1,8 @@
 """Surgical action triplet recognition: video-wise AP of ``ivtmetrics`` (spec downstream §7.2, §2.4.9).
 
-For a component ``c`` in ``i, v, t, iv, it, ivt``:
-
-1. *Disentangle* (``c != ivt``): the component classes are the distinct values of column ``c`` of the triplet
-   map, in increasing id order; the score and the label of a component class are the **max** over the triplets
-   that map to it (CholecT50: 6 instruments, 10 verbs, 15 targets, 26 instrument-verb and 59 instrument-target
-   pairs that occur in the 100 triplets; ``iv = i*10 + v``, ``it = i*15 + t``).
-2. Per video and class: non-interpolated AP (scikit-learn convention, ``surgvista.metrics.ap``); a class with no
-   positive frame in the video has no AP (NaN).
-3. Per class: nanmean over videos (NaN if absent from every video).
-4. ``ignore_null`` (the challenge protocol, on by default): for ``ivt`` only, the null triplets
-   (CholecT50 ids 94-99, ``<instrument>,null_verb,null_target``) are dropped; null verbs/targets stay in
-   ``v``, ``t``, ``iv``, ``it``.
-5. ``mAP_c`` = nanmean over classes. Everything in percent.
-
-``ivtmetrics`` itself is not imported; the tests check equality with ``ivtmetrics==0.1.5`` run with
-scikit-learn < 1.6 (newer scikit-learn returns +0.0 instead of -0.0 for a class without positives, which
-``ivtmetrics`` then averages in as AP 0 instead of ignoring it).
+The protocol (component disentangling by max, per-video AP, nanmean over videos then classes, ``ignore_null``)
+and the scikit-learn version trap of ``ivtmetrics`` are in ``docs/metrics.md``. ``ivtmetrics`` itself is not
+imported; the tests check equality with ``ivtmetrics==0.1.5``. Everything in percent.
 """
 
 from __future__ import annotations
@@ -31,7 +17,6 @@ from surgvista.metrics.ap import average_precision_per_class
 from surgvista.metrics.stats import nanmean
 
 COMPONENTS = ("i", "v", "t", "iv", "it", "ivt")
-
 
 
 @dataclass(frozen=True)
@@ -141,7 +126,7 @@ def video_ap(
     component_map: ComponentMap | None = CHOLECT50,
     ignore_null: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """``(class_ids, AP per class, mAP)`` of one component, video-wise (module docstring), in percent.
+    """``(class_ids, AP per class, mAP)`` of one component, video-wise (``docs/metrics.md``), in percent.
 
     The AP vector covers all classes of the component (null triplets included); ``mAP`` excludes the null
     triplets for ``ivt`` when ``ignore_null``. ``component_map=None``: plain multi-label AP over the columns

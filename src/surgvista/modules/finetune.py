@@ -40,6 +40,7 @@ from surgvista.evaluation.predictions import (
     write_prediction_files,
     write_table,
 )
+from surgvista.evaluation.reconstruction import log_image
 from surgvista.models.classifier import VideoClassifier
 from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
 from surgvista.modules.schedule import adamw_warmup_cosine
@@ -176,9 +177,8 @@ class FinetuneModule(NonFiniteGuardMixin):
         else:
             loss = F.nll_loss(probs.clamp_min(1e-12).log(), target)
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(video))
-        vid, frame = batch["video_index"], batch["frame_index"]
         self.update_metrics(self.metrics[split], probs, target, batch)
-        self.metrics[f"{split}_preds"].update(batch["index"], vid, frame, probs, target)
+        self.metrics[f"{split}_preds"].update(batch["index"], batch["video_index"], batch["frame_index"], probs, target)
         if not self.multilabel:
             self.metrics[f"{split}_top1"].update(probs, target)
 
@@ -217,17 +217,14 @@ class FinetuneModule(NonFiniteGuardMixin):
             self.write_outputs("test", values, preds)
 
     # ------------------------------------------------------------------------------------ outputs
-    def output_dir(self) -> Path:
-        return Path(self.hparams.output_dir or self.trainer.default_root_dir)
-
-    def write_outputs(self, split: str, values: dict[str, float], preds: dict) -> Path:
+    def write_outputs(self, split: str, values: dict[str, float], preds: dict) -> None:
         """``<output_dir>/<split>/``: ``predictions/<video>.csv`` (clip-level tasks: ``predictions.csv``) and
         ``metrics.{md,json}``; the table is also printed (once) and sent to the loggers, then the task's figures
         and extra tables (:meth:`write_figures`)."""
         from surgvista.metrics import metrics_table
 
         dm = self.trainer.datamodule
-        out = self.output_dir() / split
+        out = Path(self.hparams.output_dir or self.trainer.default_root_dir) / split
         ids = dm.video_ids(split)
         if self.clip_level:
             where = write_clip_predictions(out / "predictions.csv", preds, ids, self.class_names)
@@ -241,15 +238,13 @@ class FinetuneModule(NonFiniteGuardMixin):
         log.info("%s predictions: %s; metrics: %s", split, where, out / "metrics.{md,json}")
         print(table)
         self.write_figures(out, split, preds)
-        return out
 
     def write_figures(self, out: Path, split: str, preds: dict) -> None:
         """Figures and extra tables of an evaluation under ``out/plots`` (none for this task)."""
 
     def _save_figure(self, out: Path, key: str, image) -> None:
-        from surgvista.evaluation.plots import save_figure
-
-        path = save_figure(self.trainer.loggers, key, image, out / "plots" / f"{safe_name(key.split('/', 1)[1])}.png")
+        name = f"{safe_name(key.split('/', 1)[1])}.png"
+        path = log_image(self.trainer.loggers, key, image, 0, out / "plots", filename=name)
         log.info("%s: %s", key, path)
 
     # ------------------------------------------------------------------------------------ optimiser
@@ -290,22 +285,17 @@ class PhaseModule(FinetuneModule):
         hp, names = self.hparams, self.class_names or [str(k) for k in range(self.num_classes)]
         videos = per_video_labels(preds, self.trainer.datamodule.video_ids(split))
         relaxed = self.metrics[split].relaxed
+        if relaxed:
+            rules, window = relaxation_rules(hp.dataset, self.num_classes), relax_window(hp.fps)
         for vid, (target, pred) in videos.items():
-            ok = None
-            if relaxed:
-                rules, window = relaxation_rules(hp.dataset, self.num_classes), relax_window(hp.fps)
-                ok = relaxed_correct(target, pred, rules, window, hp.matlab_compatible)
+            ok = relaxed_correct(target, pred, rules, window, hp.matlab_compatible) if relaxed else None
             self._save_figure(out, f"{split}/ribbon_{vid}", phase_ribbon(target, pred, names, ok, hp.fps, vid))
         targets, predictions = [t for t, _ in videos.values()], [p for _, p in videos.values()]
         cm = confusion_matrix(np.concatenate(targets), np.concatenate(predictions), names, f"{hp.dataset} {split}")
         self._save_figure(out, f"{split}/confusion_matrix", cm)
         options = {"fps": hp.fps, "matlab_compatible": hp.matlab_compatible, "dataset": hp.dataset}
-        tables = {"per_phase": phase_table(predictions, targets, self.num_classes, names, **options)}
-        if relaxed:
-            tables["per_phase_relaxed"] = phase_table(
-                predictions, targets, self.num_classes, names, relaxed=True, **options
-            )
-        for name, rows in tables.items():
+        for name in ("per_phase", "per_phase_relaxed") if relaxed else ("per_phase",):
+            rows = phase_table(predictions, targets, self.num_classes, names, relaxed=name != "per_phase", **options)
             write_table(out, name, rows, f"{hp.dataset} {split}: {name.replace('_', ' ')}", self.trainer.loggers)
 
 

@@ -1,12 +1,7 @@
 """Non-finite safety for training modules: skip bad optimiser steps on the device, stop after K in a row.
 
-Every optimiser step computes ``bad = not finite(loss) or not finite(grad norm)`` as a device tensor and hands it
-to the fused AdamW kernel as ``optimizer.found_inf`` (the mechanism ``torch.amp.GradScaler`` uses): where it is 1
-the kernel leaves parameters, moments and the step count untouched. Nothing is read on the host per step; the
-counters (``train/skipped_steps``, consecutive bad steps) stay on the device and are read every ``check_every``
-optimiser steps. After ``max_consecutive`` bad steps in a row the weights of the last checkpoint on disk (all
-checkpoints are verified finite before they are written, see :mod:`surgvista.checkpoints.io`) are loaded back
-into memory and training stops with a :class:`FloatingPointError`.
+A step whose loss or gradient norm is not finite is handed to the fused AdamW as ``optimizer.found_inf`` (the
+``torch.amp.GradScaler`` mechanism), with no host read per step; the policy is in ``docs/fault_tolerance.md``.
 """
 
 from __future__ import annotations

@@ -50,15 +50,9 @@ class PretrainModule(NonFiniteGuardMixin):
     ``global_batch = batch_size × clips_per_sample × accumulate × world`` (``clips_per_sample`` = the loader's
     ``num_clips_per_video``: each loader sample gives that many clips, spec §7.2's ``num_sample``).
 
-    Speed knobs (docs/performance.md): ``grad_checkpointing`` (per block, encoder and decoders; ``None`` leaves
-    the student's own setting), ``compile`` (``torch.compile`` of every student and teacher block, in place, so
-    checkpoint keys are unchanged; ``compile_kwargs`` go to ``torch.compile``, e.g. ``{mode: max-autotune}``),
-    ``teacher_every_k`` (run the teacher on every k-th optimiser step only, with the distillation weight multiplied
-    by k there; on the other steps the image branch gets no loss and no update). Under ``ModelParallelStrategy``
-    :meth:`configure_model` applies FSDP2 ``fully_shard`` per block; the teacher is replicated unless
-    ``teacher.shard``. Non-finite safety (:mod:`surgvista.modules.nonfinite`): an optimiser step whose loss or
-    gradient norm is not finite is skipped on the device and counted (``train/skipped_steps``); after
-    ``max_consecutive_nonfinite`` in a row training stops with the last checkpoint's weights restored.
+    Speed knobs (``grad_checkpointing``, ``compile``/``compile_kwargs``, ``teacher_every_k``, FSDP2 per block
+    under ``ModelParallelStrategy``) are described in docs/performance.md; non-finite steps are skipped and counted
+    (:mod:`surgvista.modules.nonfinite`).
     """
 
     def __init__(
@@ -185,21 +179,17 @@ class PretrainModule(NonFiniteGuardMixin):
         mask = self.masking(video.shape[0], s.token_grid, video.device, generator)
         n_masked = self.masking.num_masked(s.token_grid)  # known on the host: no device sync to select tokens
         image_pred, pixel_pred = s(video, mask, n_masked)
-        teacher_feats = None
-        if image_pred is not None and not self._run_teacher():
-            # No distillation this step: keep the image branch in the graph with a zero loss (DDP needs every
-            # parameter to get a gradient); its gradients are dropped before the optimiser step.
-            out = self.loss(video, mask, pixel_pred, None, None, s.tubelet_size, s.patch_size, n_masked)
-            out["loss"] = out["loss"] + 0.0 * image_pred.float().sum()
-            out.update(mask=mask, pixel_pred=pixel_pred)
-            return out
-        if image_pred is not None:
-            teacher_feats = self.teacher(video)
-        out = self.loss(video, mask, pixel_pred, image_pred, teacher_feats, s.tubelet_size, s.patch_size, n_masked)
+        distill = image_pred is not None and self._run_teacher()
+        targets = (image_pred, self.teacher(video)) if distill else (None, None)
+        out = self.loss(video, mask, pixel_pred, *targets, s.tubelet_size, s.patch_size, n_masked)
         k = self.hparams.teacher_every_k
-        if image_pred is not None and k > 1 and self.training:
+        if distill and k > 1 and self.training:
             # k× the distillation weight on the steps that run the teacher: the expected gradient is unchanged.
             out["loss"] = out["loss"] + (k - 1) * self.loss.distill_weight * out["loss_distill"]
+        elif image_pred is not None and not distill:
+            # No distillation this step: keep the image branch in the graph with a zero loss (DDP needs every
+            # parameter to get a gradient); its gradients are dropped before the optimiser step.
+            out["loss"] = out["loss"] + 0.0 * image_pred.float().sum()
         out.update(mask=mask, pixel_pred=pixel_pred)
         return out
 

@@ -36,15 +36,10 @@ def median_frequency_weights(counts: torch.Tensor) -> torch.Tensor:
 class TeCNOModule(L.LightningModule):
     """MS-TCN over one whole video per batch; weighted cross-entropy on every stage; Adam.
 
-    ``input_dim=None`` takes the feature width from the data module (``feature_dim``) in ``setup``.
-    ``class_weights``: ``"median_frequency"`` (from the training labels of the data module, as the reference's
-    Cholec80 weights), ``"none"``, or an explicit list. ``stage_reduction``: how the per-stage losses are
-    combined (the reference averages them). ``loss_on_softmax=True`` reproduces the reference's quirk of
-    feeding softmax outputs to the cross-entropy (a second softmax); the default uses the logits.
-    Logged: ``{train,val,test}/loss`` and the :class:`~surgvista.metrics.PhaseMetrics` of the last stage under
-    ``val/`` and ``test/`` (percent): ``accuracy`` (frames pooled), ``video_accuracy_mean`` (mean per-video
-    accuracy, the reference's model-selection metric), ``precision``, ``recall``, ``jaccard``, ``f1``, ``edit``,
-    ... (``relaxed``/``matlab_compatible``/``dataset``/``fps`` as in PhaseMetrics).
+    ``input_dim=None`` takes the feature width from the data module (``feature_dim``) in ``setup``. The class
+    weights, ``stage_reduction``, ``loss_on_softmax`` (the reference's double softmax) and the metrics logged
+    under ``val/`` and ``test/`` (:class:`~surgvista.metrics.PhaseMetrics` of the last stage) are described in
+    ``docs/tecno.md``.
 
     ``cpu_threads``: on a CPU device, ``torch.set_num_threads`` for the run (process-wide). The MS-TCN's
     convolutions are tiny: with several intra-op threads they get much slower, not faster (the demo trains in
@@ -108,11 +103,7 @@ class TeCNOModule(L.LightningModule):
             if datamodule is None or not hasattr(datamodule, "feature_dim"):
                 raise ValueError("TeCNOModule(input_dim=None) needs a data module with feature_dim")
             self._build(datamodule.feature_dim)
-        elif (
-            datamodule is not None
-            and hasattr(datamodule, "feature_dim")
-            and datamodule.feature_dim != self.net.input_dim
-        ):
+        elif getattr(datamodule, "feature_dim", self.net.input_dim) != self.net.input_dim:
             raise ValueError(f"features are {datamodule.feature_dim}-d but the MS-TCN expects {self.net.input_dim}")
         if self.hparams.class_weights == "median_frequency" and stage == "fit":
             counts = datamodule.class_counts()
@@ -167,7 +158,7 @@ class TeCNOModule(L.LightningModule):
                 self.write_predictions(stage, videos, values)
         metric.reset()
 
-    def write_predictions(self, stage: str, videos: dict, values: dict[str, float]) -> Path:
+    def write_predictions(self, stage: str, videos: dict, values: dict[str, float]) -> None:
         """``<default_root_dir>/<stage>/predictions/<video_id>.txt`` (``Frame<TAB>Phase`` ids, the reference's
         evaluator format, plus the target) and ``<stage>/metrics.json``."""
         out = Path(self.trainer.default_root_dir) / stage
@@ -179,7 +170,6 @@ class TeCNOModule(L.LightningModule):
             (out / "predictions" / f"{names[index].replace('/', '_')}.txt").write_text("\n".join(rows) + "\n")
         (out / "metrics.json").write_text(json.dumps(values, indent=1))
         log.info("%s: %d prediction files in %s", stage, len(videos), out / "predictions")
-        return out
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
