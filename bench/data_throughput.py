@@ -6,7 +6,7 @@ thread (``torch.set_num_threads(1)``, no DataLoader workers, one decoding thread
 per CPU-second (``time.process_time``), timed in interleaved rounds in one process so that the load of a busy
 machine hits every path alike; the wall rate is printed too. Peak RSS is measured in a fresh process per path.
 
-(a) ``reference``: a re-implementation of the reference loader from the spec (pretrain §6.2-§6.4): 16
+(a) ``reference``: a re-implementation of the reference loader: 16
     ``PIL.Image.open`` of PNG frames, the multi-scale fixed-corner crop, PIL bilinear resize done twice (the
     student copy and the teacher copy), ``Stack`` + ``ToTorchFormatTensor`` + per-channel ``GroupNormalize`` for
     both copies, and the tube mask drawn in numpy;
@@ -104,7 +104,7 @@ def make_data(root: Path, num_videos: int, num_frames: int, size: tuple[int, int
 
 # ------------------------------------------------------------------------------ (a) the reference loader
 class ReferenceLoader:
-    """The reference's per-sample work (spec pretrain §6.2-§6.4), written from the spec."""
+    """The reference's per-sample work."""
 
     def __init__(
         self,

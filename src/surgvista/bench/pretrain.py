@@ -41,7 +41,7 @@ PRESETS: dict[str, dict] = {
         "dec_img": 2,
         "dec_vid": 4,
     },
-    # The released recipe: ViT-B student, ViT-L/16 teacher, 16 x 224^2 clips (spec pretrain §1, §7.1).
+    # The released recipe: ViT-B student, ViT-L/16 teacher, 16 x 224^2 clips.
     "base": {
         "student": "base",
         "teacher": "large",

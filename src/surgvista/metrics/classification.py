@@ -1,4 +1,4 @@
-"""Clip- and frame-level classification metrics (CVS, action recognition; spec downstream §7.1).
+"""Clip- and frame-level classification metrics (CVS, action recognition).
 
 Top-k accuracy (ties to the lower class index), balanced accuracy (scikit-learn's rule) and one-vs-rest AP /
 mAP with the ``absent`` policy, as described in ``docs/metrics.md``. All values are percentages.

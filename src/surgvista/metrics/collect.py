@@ -1,4 +1,4 @@
-"""Merging keyed predictions: rows with the same ``(video, frame)`` key are averaged (spec downstream §6.6).
+"""Merging keyed predictions: rows with the same ``(video, frame)`` key are averaged.
 
 Duplicates only arise from ``DistributedSampler`` padding, which repeats samples so that every rank gets the same
 number; averaging their probabilities (in float64) before the argmax makes the result independent of the number

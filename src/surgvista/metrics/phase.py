@@ -1,4 +1,4 @@
-"""Surgical phase recognition metrics: the ``Evaluate.m``/``Main.m`` convention (spec downstream §7.3, §7.3a).
+"""Surgical phase recognition metrics: the ``Evaluate.m``/``Main.m`` convention.
 
 Definitions, the ``Main.m`` aggregation (clipping at 100, N-1 standard deviations, NaN propagation) and the
 relaxed-boundary rules are in ``docs/metrics.md``. Unlike the MATLAB drivers, only the videos actually given
@@ -178,7 +178,7 @@ def aggregate_phase_scores(videos: Sequence[VideoPhaseScores], prefix: str = "")
 def video_macro_scores(target, pred) -> tuple[float, float, float]:
     """Unrelaxed macro precision, recall, F1 (percent) of one video over the classes in ``target`` or ``pred``.
 
-    The per-video convention of TeCNO (pycm, spec §7.4) and of the Surgformer Python ``agg="video"`` variant
+    The per-video convention of TeCNO (pycm) and of the Surgformer Python ``agg="video"`` variant
     (scikit-learn ``average="macro"`` on the present labels): per class ``P = TP/#pred``, ``R = TP/#gt`` with
     0/0 -> 0, ``F1 = 2TP/(2TP + FP + FN)``; macro = plain mean over the present classes.
     """

@@ -1,4 +1,4 @@
-"""Surgical action triplet recognition: video-wise AP of ``ivtmetrics`` (spec downstream §7.2, §2.4.9).
+"""Surgical action triplet recognition: video-wise AP of ``ivtmetrics``.
 
 The protocol (component disentangling by max, per-video AP, nanmean over videos then classes, ``ignore_null``)
 and the scikit-learn version trap of ``ivtmetrics`` are in ``docs/metrics.md``. ``ivtmetrics`` itself is not

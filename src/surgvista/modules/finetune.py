@@ -1,4 +1,4 @@
-"""Downstream fine-tuning LightningModules (spec downstream §5-§6).
+"""Downstream fine-tuning LightningModules.
 
 One base class holds the reference recipe: AdamW (0.9, 0.999, eps 1e-8), weight decay 0.05 except 1-D
 tensors/biases/``no_weight_decay()``, timm layer-wise lr decay 0.75, ``lr = base_lr × global_batch / 64``,

@@ -1,4 +1,4 @@
-"""The whole SurgVISTA pre-training objective (spec pretrain §4).
+"""The whole SurgVISTA pre-training objective.
 
 ``loss = pixel_weight · MSE(pixel_pred, normalised_pixels[mask]) + distill_weight · D(image_pred, teacher[mask])``
 

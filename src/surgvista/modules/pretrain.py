@@ -1,4 +1,4 @@
-"""``PretrainModule``: SurgVISTA masked video pre-training with image-expert distillation (spec pretrain §7)."""
+"""``PretrainModule``: SurgVISTA masked video pre-training with image-expert distillation."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Reference decay/no-decay split: 1-D tensors, ``*.bias`` and exact ``no_weight_decay()`` names skip decay.
 
     Frozen parameters (the sin-cos tables) are left out. ``mask_token_img/vid`` do *not* match ``mask_token``
-    exactly and so are decayed, as in the reference (spec §7.4, quirk B9).
+    exactly and so are decayed, as in the reference.
     """
     from timm.optim import param_groups_weight_decay  # the same rule: ndim <= 1, *.bias, fnmatch on exact names
 
@@ -48,7 +48,7 @@ class PretrainModule(NonFiniteGuardMixin):
 
     ``lr = base_lr × global_batch / lr_scale_batch`` with
     ``global_batch = batch_size × clips_per_sample × accumulate × world`` (``clips_per_sample`` = the loader's
-    ``num_clips_per_video``: each loader sample gives that many clips, spec §7.2's ``num_sample``).
+    ``num_clips_per_video``: each loader sample gives that many clips, the reference's ``num_sample``).
 
     Speed knobs (``grad_checkpointing``, ``compile``/``compile_kwargs``, ``teacher_every_k``, FSDP2 per block
     under ``ModelParallelStrategy``) are described in docs/performance.md; non-finite steps are skipped and counted

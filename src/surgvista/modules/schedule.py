@@ -1,4 +1,4 @@
-"""Per-optimiser-step learning-rate schedule of the reference (spec pretrain §7.3, downstream §6.2)."""
+"""Per-optimiser-step learning-rate schedule of the reference."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``TeCNOModule``: causal MS-TCN phase recognition on cached per-frame features (spec downstream §8, §7.4)."""
+"""``TeCNOModule``: causal MS-TCN phase recognition on cached per-frame features."""
 
 from __future__ import annotations
 
