@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from surgvista.callbacks.probing import ProbeMonitor
+from surgvista.checkpoints.read import torch_load
 from surgvista.checkpoints.run_folder import run_config_file
 from surgvista.utils.errors import ConfigError
 from surgvista.utils.seeding import seeded
@@ -30,7 +31,7 @@ from surgvista.utils.seeding import seeded
 
 def _load_student(cfg, ckpt: Path) -> torch.nn.Module:
     student = instantiate(cfg.model.student, _convert_="all")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    state = torch_load(ckpt)["state_dict"]
     student.load_state_dict({k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")})
     return student.eval()
 
