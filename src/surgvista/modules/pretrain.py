@@ -15,6 +15,7 @@ from surgvista.evaluation.reconstruction import labelled_panel, log_image, recon
 from surgvista.layers.masking import MaskGenerator
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
+from surgvista.modules.jepa import LatentPrediction
 from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
 from surgvista.modules.objective import SurgVISTALoss
 from surgvista.modules.schedule import adamw_warmup_cosine
@@ -50,6 +51,10 @@ class PretrainModule(NonFiniteGuardMixin):
     ``global_batch = batch_size × clips_per_sample × accumulate × world`` (``clips_per_sample`` = the loader's
     ``num_clips_per_video``: each loader sample gives that many clips, the reference's ``num_sample``).
 
+    ``latent`` adds the V-JEPA latent-prediction loss (:mod:`surgvista.modules.jepa`): alone with an encoder-only
+    student (``model=vjepa``) or beside the pixel and distillation losses (``model=surgvista_jepa``);
+    ``init_from`` then loads a V-JEPA 2 checkpoint (HF folder or hub ``.pt``) into the student, target and predictor.
+
     Speed knobs (``grad_checkpointing``, ``compile``/``compile_kwargs``, ``teacher_every_k``, FSDP2 per block
     under ``ModelParallelStrategy``) are described in docs/performance.md; non-finite steps are skipped and counted
     (:mod:`surgvista.modules.nonfinite`).
@@ -78,13 +83,21 @@ class PretrainModule(NonFiniteGuardMixin):
         teacher_every_k: int = 1,
         max_consecutive_nonfinite: int = 10,
         nonfinite_check_every: int | None = None,
+        latent: LatentPrediction | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if teacher_every_k < 1:
             raise ValueError(f"model.teacher_every_k must be >= 1, got {teacher_every_k}")
         # logger=False: the run logs the whole config once (surgvista.run.log_hyperparameters)
-        self.save_hyperparameters(ignore=["student", "teacher", "loss", "masking"], logger=False)
+        self.save_hyperparameters(ignore=["student", "teacher", "loss", "masking", "latent"], logger=False)
         self.student, self.teacher, self.loss, self.masking = student, teacher, loss, masking
+        self.latent = latent
+        self._check_losses()
+        if latent is not None:
+            latent.attach(student)
+            if init_from:
+                load_vjepa_into(init_from, student, latent)
         if grad_checkpointing is not None:
             student.set_grad_checkpointing(grad_checkpointing)
         self._check_teacher()
@@ -94,11 +107,18 @@ class PretrainModule(NonFiniteGuardMixin):
         self.register_load_state_dict_post_hook(self._ignore_missing_teacher_keys)
         self._mask_rng: torch.Generator | None = None
         self._mask_rng_state: torch.Tensor | None = None  # restored state, applied when the generator is made
+        self._block_rng: torch.Generator | None = None  # V-JEPA multi-block masks, drawn on the host
+        self._block_rng_state: torch.Tensor | None = None
         self._last_recon_step = -1
 
     @staticmethod
     def _ignore_missing_teacher_keys(module: nn.Module, keys) -> None:
         keys.missing_keys[:] = [k for k in keys.missing_keys if not k.startswith("teacher.")]
+
+    def _check_losses(self) -> None:
+        s = self.student
+        if s.decoder_img is None and s.decoder_vid is None and self.latent is None:
+            raise ValueError("the student has no decoder and model.latent is null: there is no loss to train")
 
     def _check_teacher(self) -> None:
         s = self.student
@@ -122,37 +142,48 @@ class PretrainModule(NonFiniteGuardMixin):
         if self._configured:
             return
         self._configured = True
-        mesh = self.device_mesh
-        if mesh is not None:
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-            dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names else mesh
-            kw = {"mesh": dp_mesh}
-            if str(self.trainer.precision).startswith("bf16"):
-                kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            for blk in self._blocks(self.student):
-                fully_shard(blk, **kw)
-            fully_shard(self.student, **kw)
-            if self.teacher is not None and self.teacher.shard:
-                for blk in self._blocks(self.teacher):
-                    fully_shard(blk, **kw)
-                fully_shard(self.teacher, **kw)  # the root unit: ImageTeacher.__call__ runs the gather hooks
-            log.info(
-                "FSDP2: fully_shard on %d student blocks and the student root over a data-parallel mesh of %d ranks; "
-                "teacher %s", len(self._blocks(self.student)), dp_mesh.size(),
-                "sharded" if self.teacher is not None and self.teacher.shard else "replicated",
-            )
+        if self.device_mesh is not None:
+            self._fully_shard(self.device_mesh)
         if self.hparams.compile:
-            for module in (self.student, self.teacher):
+            for module in self._networks():
                 for blk in self._blocks(module):
                     blk.compile(**(self.hparams.compile_kwargs or {}))
 
+    def _networks(self) -> list[nn.Module]:
+        """The student, the teacher, the predictor and the target encoder (those that exist)."""
+        latent = self.latent
+        found = [self.student, self.teacher] + ([latent.predictor, latent.target] if latent is not None else [])
+        return [m for m in found if m is not None]
+
+    def _fully_shard(self, mesh) -> None:
+        """FSDP2 units: every block, then each network's root (the replicated teacher is left alone)."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+        dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names else mesh
+        kw = {"mesh": dp_mesh}
+        if str(self.trainer.precision).startswith("bf16"):
+            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        sharded = [m for m in self._networks() if m is not self.teacher or self.teacher.shard]
+        for module in sharded:
+            for blk in self._blocks(module):
+                fully_shard(blk, **kw)
+            fully_shard(module, **kw)  # the root unit: __call__ (and encode, below) run the gather hooks
+        for encoder in (self.student, self.latent.target if self.latent is not None else None):
+            if encoder is not None:
+                register_fsdp_forward_method(encoder, "encode")
+        log.info(
+            "FSDP2: fully_shard per block and per root on %d networks over a data-parallel mesh of %d ranks; "
+            "teacher %s", len(sharded), dp_mesh.size(),
+            "sharded" if self.teacher is not None and self.teacher.shard else "replicated",
+        )
+
     @staticmethod
     def _blocks(module: nn.Module | None) -> list[nn.Module]:
-        """Every transformer block (our ``Block`` or timm's) inside ``module``, in module order."""
+        """Every transformer block (``…blocks.<i>``: ours, timm's, the predictor's) inside ``module``, in order."""
         if module is None:
             return []
-        return [m for name, m in module.named_modules() if name.rsplit(".", 2)[-2:-1] == ["blocks"]]
+        parts = ((name.split("."), m) for name, m in module.named_modules())
+        return [m for p, m in parts if len(p) > 1 and p[-2].endswith("blocks") and p[-1].isdigit()]
 
     def on_fit_start(self) -> None:
         self._teacher_to_device()
@@ -174,7 +205,24 @@ class PretrainModule(NonFiniteGuardMixin):
         k = self.hparams.teacher_every_k
         return k == 1 or not self.training or self.global_step % k == 0
 
-    def _shared_step(self, video: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    def _shared_step(
+        self, video: torch.Tensor, generator: torch.Generator | None, block_rng: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        s = self.student
+        if s.decoder_img is None and s.decoder_vid is None:  # encoder-only student: latent prediction alone
+            zero = video.new_zeros((), dtype=torch.float32)
+            out = {"loss": zero, "loss_pixel": zero, "loss_distill": zero, "mask": None, "pixel_pred": None}
+        else:
+            out = self._masked_reconstruction(video, generator)
+        if self.latent is not None:
+            masks = [m._replace(context=m.context.to(video.device), target=m.target.to(video.device))
+                     for m in self.latent.masks(video.shape[0], s.token_grid, block_rng)]
+            out.update(self.latent(s, video, masks))
+            out["loss"] = out["loss"] + self.latent.weight * out["loss_latent"]
+        return out
+
+    def _masked_reconstruction(self, video: torch.Tensor, generator: torch.Generator | None) -> dict:
+        """The SurgVISTA losses (pixel reconstruction and image distillation) under a tube mask."""
         s = self.student
         mask = self.masking(video.shape[0], s.token_grid, video.device, generator)
         n_masked = self.masking.num_masked(s.token_grid)  # known on the host: no device sync to select tokens
@@ -195,7 +243,8 @@ class PretrainModule(NonFiniteGuardMixin):
 
     def _log_losses(self, out: dict[str, torch.Tensor], stage: str, batch_size: int) -> None:
         on_step = stage == "train"
-        for name in ("loss", "loss_pixel", "loss_distill"):
+        names = ("loss", "loss_pixel", "loss_distill") + (("loss_latent", "target_std") if self.latent else ())
+        for name in names:
             self.log(
                 f"{stage}/{name}", out[name].detach(), on_step=on_step, on_epoch=True,
                 prog_bar=name == "loss" and not on_step, sync_dist=not on_step, batch_size=batch_size,
@@ -204,13 +253,12 @@ class PretrainModule(NonFiniteGuardMixin):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         video = batch["video"]
         if self._mask_rng is None or self._mask_rng.device != video.device:
-            # Distinct masks per rank even when every rank was seeded alike.
-            self._mask_rng = torch.Generator(video.device)
-            self._mask_rng.manual_seed((torch.initial_seed() + 7919 * self.global_rank) % 2**63)
-            if self._mask_rng_state is not None:
-                self._mask_rng.set_state(self._mask_rng_state)
-                self._mask_rng_state = None
-        out = self._shared_step(video, self._mask_rng)
+            self._mask_rng = self._rank_generator(video.device, 0, self._mask_rng_state)
+            self._mask_rng_state = None
+        if self._block_rng is None:
+            self._block_rng = self._rank_generator(torch.device("cpu"), 104729, self._block_rng_state)
+            self._block_rng_state = None
+        out = self._shared_step(video, self._mask_rng, self._block_rng)
         self._remember_loss(out["loss"])
         self._log_losses(out, "train", video.shape[0])
         show_on_bar(self, loss=out["loss"].detach(), lr=self.optimizers().param_groups[0]["lr"])
@@ -220,21 +268,28 @@ class PretrainModule(NonFiniteGuardMixin):
             self._log_reconstruction(video, out, "train")
         return out["loss"]
 
+    def _rank_generator(self, device: torch.device, offset: int, state: torch.Tensor | None) -> torch.Generator:
+        """A generator seeded per rank (distinct masks even when every rank was seeded alike), or restored."""
+        generator = torch.Generator(device)
+        generator.manual_seed((torch.initial_seed() + offset + 7919 * self.global_rank) % 2**63)
+        if state is not None:
+            generator.set_state(state)
+        return generator
+
     def rng_states(self) -> dict[str, torch.Tensor]:
-        """This rank's mask-generator state, for exact resume (:mod:`surgvista.callbacks.resume`)."""
-        return {"mask": self._mask_rng.get_state()} if self._mask_rng is not None else {}
+        """This rank's mask-generator states, for exact resume (:mod:`surgvista.callbacks.resume`)."""
+        found = {"mask": self._mask_rng, "blocks": self._block_rng}
+        return {name: gen.get_state() for name, gen in found.items() if gen is not None}
 
     def load_rng_states(self, states: dict[str, torch.Tensor]) -> None:
-        self._mask_rng_state = states.get("mask")
-        if self._mask_rng is not None and self._mask_rng_state is not None:
-            self._mask_rng.set_state(self._mask_rng_state)
-            self._mask_rng_state = None
+        self._mask_rng_state, self._block_rng_state = states.get("mask"), states.get("blocks")
+        self._mask_rng = self._block_rng = None  # remade from the restored states at the next training step
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         video = batch["video"]
         gen = torch.Generator(video.device)
         gen.manual_seed(batch_idx)  # the same masks at every validation, so val/loss is comparable
-        out = self._shared_step(video, gen)
+        out = self._shared_step(video, gen, torch.Generator().manual_seed(batch_idx))
         self._log_losses(out, "val", video.shape[0])
         # One panel per validation (not the sanity check), the same clip and mask every time.
         wanted = self.hparams.recon_every_n_steps and not self.trainer.sanity_checking
@@ -247,7 +302,7 @@ class PretrainModule(NonFiniteGuardMixin):
             for name, p in self.student.named_parameters():
                 if name.startswith(IMAGE_BRANCH):
                     p.grad = None
-        grads = [p.grad for p in self.student.parameters() if p.grad is not None]
+        grads = [p.grad for p in self._trainable_parameters() if p.grad is not None]
         norm = None
         if grads:
             strategy = self.trainer.strategy
@@ -270,10 +325,36 @@ class PretrainModule(NonFiniteGuardMixin):
         log_image(self.trainer.loggers, f"{stage}/reconstruction", labelled_panel(panel, caption), self.global_step,
                   self.trainer.default_root_dir)
 
+    @torch.no_grad()
+    def health_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled features ``(B, D)`` of the batch's clips for the health monitor: the target encoder's (before its
+        LayerNorm) when there is one, else the student encoder's on the whole clip."""
+        encoder = self.latent.target if self.latent is not None else self.student
+        return encoder.encode(batch["video"]).float().mean(dim=1)
+
     # ------------------------------------------------------------------------------------ optimiser
+    def _trainable_parameters(self) -> list[nn.Parameter]:
+        predictor = list(self.latent.predictor.parameters()) if self.latent is not None else []
+        return list(self.student.parameters()) + predictor
+
     def configure_optimizers(self):
         hp = self.hparams
+        groups = param_groups(self.student, hp.weight_decay)
+        if self.latent is not None:  # the predictor after the student: the student's optimiser order is kept
+            for group, extra in zip(groups, param_groups(self.latent.predictor, hp.weight_decay)):
+                group["params"] = list(group["params"]) + list(extra["params"])
         return adamw_warmup_cosine(
-            param_groups(self.student, hp.weight_decay), self.trainer, hp.batch_size * hp.clips_per_sample,
+            groups, self.trainer, hp.batch_size * hp.clips_per_sample,
             hp.base_lr, hp.min_lr, hp.lr_scale_batch, hp.warmup_epochs, hp.betas, hp.eps,
         )
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimiser step, then the EMA update of the target encoder (skipped with a skipped step)."""
+        super().optimizer_step(*args, **kwargs)
+        if self.latent is None:
+            return
+        optimizer = args[2] if len(args) > 2 else kwargs["optimizer"]
+        momentum = self.latent.momentum(self.global_step, self.trainer.estimated_stepping_batches)
+        skipped = getattr(optimizer, "found_inf", None)
+        self.latent.update_target(self.student, momentum, skipped if isinstance(skipped, torch.Tensor) else None)
+        self.log("train/ema_momentum", momentum, on_step=True, on_epoch=False)
