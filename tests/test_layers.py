@@ -30,7 +30,7 @@ def test_patchify_token_order_and_pixel_layout():
 
 def test_position_table_is_the_one_choice_between_the_kinds():
     grid = (2, 3, 4)
-    assert POS_EMBED_KINDS == ("sincos3d", "sinusoid1d", "learned")
+    assert POS_EMBED_KINDS == ("sincos3d", "sinusoid1d", "learned", "rope")
     assert torch.equal(position_table("sincos3d", 32, grid), sincos_3d(32, grid))
     assert torch.equal(position_table("sinusoid1d", 32, grid), sinusoid_table(24, 32))
     learned = position_table("learned", 32, grid)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-POS_EMBED_KINDS = ("sincos3d", "sinusoid1d", "learned")
-"""``sincos3d``: SurgVISTA/MVD 3-D table; ``sinusoid1d``: VideoMAE/UMT/HF 1-D table; ``learned``: a parameter."""
+POS_EMBED_KINDS = ("sincos3d", "sinusoid1d", "learned", "rope")
+"""``sincos3d``: SurgVISTA/MVD 3-D table; ``sinusoid1d``: VideoMAE/UMT/HF 1-D table; ``learned``: a parameter;
+``rope``: no table, V-JEPA 2's 3-D rotary embedding inside attention (:mod:`surgvista.layers.rope`)."""
 
 
-def check_pos_embed(kind: str, learned: bool = True) -> str:
-    """Validate a ``pos_embed`` kind (``learned=False``: the fixed kinds only); return it."""
-    kinds = POS_EMBED_KINDS if learned else tuple(k for k in POS_EMBED_KINDS if k != "learned")
+def check_pos_embed(kind: str, learned: bool = True, rope: bool = False) -> str:
+    """Validate a ``pos_embed`` kind (``learned=False``: no learned table; ``rope=True``: RoPE allowed); return it."""
+    kinds = tuple(k for k in POS_EMBED_KINDS if (learned or k != "learned") and (rope or k != "rope"))
     if kind not in kinds:
         raise ValueError(f"unknown pos_embed {kind!r}; expected one of {kinds}")
     return kind
@@ -21,7 +22,7 @@ def position_table(kind: str, dim: int, grid: tuple[int, int, int]) -> torch.Ten
     """The ``(1, T·H·W, dim)`` table of ``kind`` for the token ``grid`` ``(T, H, W)``.
 
     ``sincos3d`` is :func:`sincos_3d`, ``sinusoid1d`` is :func:`sinusoid_table` over the flat token index and
-    ``learned`` is zeros (its model initialises it).
+    ``learned`` is zeros (its model initialises it); ``rope`` has no table (an error).
     """
     check_pos_embed(kind)
     if kind == "sincos3d":

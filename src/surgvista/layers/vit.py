@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from surgvista.layers.patchify import patchify
+from surgvista.layers.rope import apply_rope
 
 QKV_BIAS_KINDS = ("divided", "fused", "none")
 ATTN_BACKENDS = ("sdpa", "flash_attn", "eager")
@@ -76,14 +78,29 @@ class Attention(nn.Module):
     learnable ``q_bias``/``v_bias``, k bias fixed at 0), ``"fused"`` (timm ImageNet ViTs: ``qkv.bias``) or
     ``"none"``. ``attn_backend`` is one of :data:`ATTN_BACKENDS` (see :func:`attention`); it has no parameters,
     so checkpoints do not depend on it.
+
+    ``rope=True`` rotates queries and keys by the V-JEPA 2 3-D RoPE (:func:`~surgvista.layers.rope.apply_rope`) of
+    each token's flat id on the token ``grid`` ``(T', H', W')``; ``forward``'s ``positions`` are those ids
+    (``(B, N)``, or ``None`` for ``arange(N)``). Without RoPE, ``positions`` is ignored. RoPE has no parameters.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: str = "divided", attn_backend: str = "sdpa") -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: str = "divided",
+        attn_backend: str = "sdpa",
+        rope: bool = False,
+        grid: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         if qkv_bias not in QKV_BIAS_KINDS:
             raise ValueError(f"unknown qkv_bias {qkv_bias!r}; expected one of {QKV_BIAS_KINDS}")
+        if rope and grid is None:
+            raise ValueError("rope=True needs the token grid (T', H', W')")
+        self.rope_grid = tuple(grid) if rope else None
         self.num_heads = num_heads
         self.attn_backend = check_attn_backend(attn_backend)
         if qkv_bias == "divided":
@@ -98,10 +115,13 @@ class Attention(nn.Module):
             return torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         return self.qkv.bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias()).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = qkv.permute(2, 0, 3, 1, 4)
+        if self.rope_grid is not None:
+            qkv = torch.cat([apply_rope(qkv[:2], positions, self.rope_grid), qkv[2:]])
+        q, k, v = qkv.unbind(0)
         x = attention(q, k, v, self.attn_backend)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
@@ -118,25 +138,39 @@ class Block(nn.Module):
         ln_eps: float = 1e-6,
         qkv_bias: str = "divided",
         attn_backend: str = "sdpa",
+        rope: bool = False,
+        grid: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=ln_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_backend)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_backend, rope, grid)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=ln_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``positions``: the tokens' flat ids for RoPE (see :class:`Attention`)."""
+        x = x + self.drop_path(self.attn(self.norm1(x), positions))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
-    """Apply ``blocks`` in order, optionally with per-block activation checkpointing."""
+def run_blocks(
+    blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Apply ``blocks`` in order (``positions``: token ids for RoPE blocks), optionally with per-block activation
+    checkpointing."""
     use_checkpoint = grad_checkpointing and torch.is_grad_enabled()
     for blk in blocks:
-        x = checkpoint(blk, x, use_reentrant=False) if use_checkpoint else blk(x)
+        x = checkpoint(blk, x, positions, use_reentrant=False) if use_checkpoint else blk(x, positions)
     return x
+
+
+def rescale_residual_projections(blocks: nn.ModuleList) -> None:
+    """Divide block ``i``'s (from 1) ``attn.proj`` and ``mlp.fc2`` weights by ``sqrt(2·i)`` (the V-JEPA init)."""
+    with torch.no_grad():
+        for i, blk in enumerate(blocks, start=1):
+            blk.attn.proj.weight.div_(math.sqrt(2.0 * i))
+            blk.mlp.fc2.weight.div_(math.sqrt(2.0 * i))
 
 
 class TubeletEmbed(nn.Module):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 from torch import nn
 
 from surgvista.layers.masking import take, token_order
 from surgvista.layers.position import check_pos_embed, position_table
-from surgvista.layers.vit import Block, TubeletEmbed, init_weights, run_blocks
+from surgvista.layers.vit import Block, TubeletEmbed, init_weights, rescale_residual_projections, run_blocks
 from surgvista.models.presets import STUDENT_PRESETS, lookup
+
+INIT_KINDS = ("xavier", "trunc_normal")
 
 
 class Decoder(nn.Module):
@@ -51,6 +55,13 @@ class SurgVISTAStudent(nn.Module):
     ``transformers.VideoMAEForPreTraining`` does (HF hard-codes eps 1e-5 on the decoder's final norm; its
     ``encoder_to_decoder`` has no bias, so load it with ``down_vid.bias`` = 0, or train with ``decoder_bias=False``
     as ``model=videomae_hf`` does). The ``state_dict`` layout is the same for both kinds.
+
+    ``pos_embed="rope"`` gives V-JEPA 2's encoder: no table (no ``pos_embed`` key), 3-D RoPE in every encoder block
+    (:mod:`surgvista.layers.rope`), ``sincos3d`` tables in the decoders. With ``qkv_bias="fused"`` and no
+    decoders (``image_decoder=False, pixel_decoder=False``: an encoder-only student whose ``forward`` returns
+    ``(None, None)``; use :meth:`encode`) its ``state_dict`` keys are those of the official V-JEPA 2 encoder.
+    ``qkv_bias`` is the encoder blocks' bias layout (:class:`~surgvista.layers.vit.Attention`); ``init`` is
+    ``"xavier"`` (the reference student) or ``"trunc_normal"`` (V-JEPA 2, see :meth:`reset_parameters`).
     """
 
     def __init__(
@@ -80,22 +91,25 @@ class SurgVISTAStudent(nn.Module):
         decoder_norm_eps: float | None = None,
         attn_backend: str = "sdpa",
         decoder_bias: bool = True,
+        qkv_bias: str = "divided",
+        init: str = "xavier",
     ) -> None:
         super().__init__()
         size = lookup(STUDENT_PRESETS, preset, "student preset")
-        check_pos_embed(pos_embed, learned=False)
-        if not (image_decoder or pixel_decoder):
-            raise ValueError("at least one of image_decoder / pixel_decoder must be enabled")
+        check_pos_embed(pos_embed, learned=False, rope=True)
+        if init not in INIT_KINDS:
+            raise ValueError(f"unknown init {init!r}; expected one of {INIT_KINDS}")
         dim = embed_dim or size.embed_dim
         self.embed_dim, self.num_frames, self.img_size = dim, num_frames, img_size
         self.tubelet_size, self.patch_size = tubelet_size, patch_size
-        self.grad_checkpointing, self.pos_embed_kind = grad_checkpointing, pos_embed
+        self.grad_checkpointing, self.pos_embed_kind, self.init = grad_checkpointing, pos_embed, init
         self.pixel_dim = tubelet_size * patch_size * patch_size * 3
         img_dim = (image_decoder_dim or size.image_decoder_dim) if image_decoder else None
         pix_dim = (pixel_decoder_dim or size.pixel_decoder_dim) if pixel_decoder else None
         self._add_position_tables(dim, img_dim, pix_dim)
         heads = num_heads or size.num_heads
-        self._add_encoder(depth or size.depth, heads, mlp_ratio, drop_path_rate, ln_eps, attn_backend)
+        encoder = (depth or size.depth, heads, mlp_ratio, drop_path_rate, ln_eps, attn_backend, qkv_bias)
+        self._add_encoder(*encoder)
         common = (drop_path_rate, ln_eps, decoder_norm_eps, attn_backend)
         self.decoder_img = self.decoder_vid = None
         if img_dim is not None:
@@ -110,17 +124,20 @@ class SurgVISTAStudent(nn.Module):
         self.set_grad_checkpointing(grad_checkpointing)
 
     def _add_position_tables(self, dim: int, img_dim: int | None, pix_dim: int | None) -> None:
-        """The encoder's fixed position table, then each enabled decoder's mask token and fixed table."""
+        """The encoder's fixed position table (none with RoPE), then each enabled decoder's mask token and fixed
+        table (``sincos3d`` for a RoPE encoder)."""
         grid = (
             self.num_frames // self.tubelet_size,
             self.img_size // self.patch_size,
             self.img_size // self.patch_size,
         )
+        decoder_kind = "sincos3d" if self.pos_embed_kind == "rope" else self.pos_embed_kind
 
-        def table(width: int) -> nn.Parameter:
-            return nn.Parameter(position_table(self.pos_embed_kind, width, grid), requires_grad=False)
+        def table(width: int, kind: str = decoder_kind) -> nn.Parameter:
+            return nn.Parameter(position_table(kind, width, grid), requires_grad=False)
 
-        self.pos_embed = table(dim)
+        if self.pos_embed_kind != "rope":
+            self.pos_embed = table(dim, self.pos_embed_kind)
         if img_dim is not None:
             self.mask_token_img = nn.Parameter(torch.zeros(1, 1, img_dim))
             self.pos_embed_img = table(img_dim)
@@ -129,13 +146,24 @@ class SurgVISTAStudent(nn.Module):
             self.pos_embed_vid = table(pix_dim)
 
     def _add_encoder(
-        self, depth: int, heads: int, mlp_ratio: float, drop_path_rate: float, ln_eps: float, attn_backend: str
+        self,
+        depth: int,
+        heads: int,
+        mlp_ratio: float,
+        drop_path_rate: float,
+        ln_eps: float,
+        attn_backend: str,
+        qkv_bias: str,
     ) -> None:
         """Tubelet embedding, ``depth`` blocks (drop-path rising linearly to ``drop_path_rate``), final norm."""
         dim = self.embed_dim
         self.patch_embed = TubeletEmbed(self.img_size, self.patch_size, self.tubelet_size, self.num_frames, dim)
         rates = np.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, r, ln_eps, attn_backend=attn_backend) for r in rates)
+        rope = self.pos_embed_kind == "rope"
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_ratio, r, ln_eps, qkv_bias, attn_backend, rope, self.patch_embed.grid)
+            for r in rates
+        )
         self.norm = nn.LayerNorm(dim, eps=ln_eps)
 
     @property
@@ -144,8 +172,18 @@ class SurgVISTAStudent(nn.Module):
         return self.patch_embed.grid
 
     def reset_parameters(self) -> None:
-        """Initialise as the reference: Xavier Linear, unit LN, ±1σ-truncated mask tokens, default Conv3d."""
-        self.apply(init_weights)
+        """Initialise as the reference: Xavier Linear, unit LN, ±1σ-truncated mask tokens, default Conv3d.
+
+        ``init="trunc_normal"`` initialises as V-JEPA 2 instead: Linear and tubelet weights ``N(0, 0.02²)``
+        truncated at ±2, zero biases, then block ``i``'s ``attn.proj``/``mlp.fc2`` weights divided by ``sqrt(2i)``.
+        """
+        if self.init == "trunc_normal":
+            self.apply(partial(init_weights, linear_init=partial(nn.init.trunc_normal_, std=0.02)))
+            nn.init.trunc_normal_(self.patch_embed.proj.weight, std=0.02)
+            nn.init.zeros_(self.patch_embed.proj.bias)
+            rescale_residual_projections(self.blocks)
+        else:
+            self.apply(init_weights)
         for name in ("mask_token_img", "mask_token_vid"):
             if hasattr(self, name):
                 nn.init.trunc_normal_(getattr(self, name), std=0.02, a=-0.02, b=0.02)
@@ -166,11 +204,20 @@ class SurgVISTAStudent(nn.Module):
 
         ``num_masked`` (masked tokens per row, :meth:`MaskGenerator.num_masked`) avoids a host read of ``mask``.
         """
-        return self._encode(video, token_order(mask, num_masked)[0])
+        return self.encode(video, token_order(mask, num_masked)[0])
 
-    def _encode(self, video: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        x = take(self.patch_embed(video) + self.pos_embed.type_as(video), visible)
-        return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
+    def encode(self, video: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode the tokens ``keep`` (flat token ids ``(B, K)``, ascending; ``None``: all): ``(B, K, D)``.
+
+        Tubelet embedding (plus the position table, without RoPE), the kept tokens, the blocks (RoPE at the kept
+        tokens' positions) and the final norm.
+        """
+        x = self.patch_embed(video)
+        if self.pos_embed_kind != "rope":
+            x = x + self.pos_embed.type_as(x)
+        if keep is not None:
+            x = take(x, keep)
+        return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing, keep))
 
     def _decode(self, latent, order, down, decoder, pos_embed, mask_token) -> torch.Tensor:
         x_vis = down(latent)
@@ -182,9 +229,10 @@ class SurgVISTAStudent(nn.Module):
     def forward(
         self, video: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Image-decoder and pixel-decoder predictions for the masked tokens (either ``None`` when disabled)."""
+        """Image-decoder and pixel-decoder predictions for the masked tokens (either ``None`` when disabled; both
+        for an encoder-only student, which is trained through :meth:`encode`)."""
         order = token_order(mask, num_masked)
-        latent = self._encode(video, order[0])
+        latent = self.encode(video, order[0])
         img = vid = None
         if self.decoder_img is not None:
             img = self._decode(latent, order, self.down_img, self.decoder_img, self.pos_embed_img, self.mask_token_img)
