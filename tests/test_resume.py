@@ -48,6 +48,8 @@ CASES = {
         "model.net.drop_path_rate=0.1",
         "data.num_workers=1",
     ],
+    # V-JEPA: the EMA target encoder and the host-drawn multi-block masks resume too
+    "vjepa": ["experiment=demo", "model=vjepa_tiny", "data.num_workers=1"],
     # 2 ranks, each with its own data shard and mask stream (in-process loading keeps the 2-core CI fast)
     "ddp_sim": ["experiment=demo", "model.recon_every_n_steps=0", "trainer=ddp_sim", "data.num_workers=0"],
     # FSDP2 on 2 CPU processes (gloo) with sharded distributed checkpoints (DCP folders)

@@ -99,7 +99,10 @@ class LatentPrediction(nn.Module):
             pred = self.predictor(z, context, target, index).float()
             diff = (pred - take(h, target)).abs()
             losses.append(diff.pow(self.loss_exp).mean() / self.loss_exp)
-        return {"loss_latent": torch.stack(losses).mean(), "target_std": h.std(dim=0).mean()}
+        # Mask tokens of unused mask-set indices join with weight 0: DDP needs every parameter in the graph.
+        unused = [t.sum() for i, t in enumerate(self.predictor.mask_tokens) if i >= len(masks)]
+        loss = torch.stack(losses).mean() + 0.0 * sum(unused)
+        return {"loss_latent": loss, "target_std": h.std(dim=0).mean()}
 
     @torch.no_grad()
     def update_target(self, student: nn.Module, momentum: float, skipped: torch.Tensor | None = None) -> None:

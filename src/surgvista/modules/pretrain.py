@@ -211,7 +211,7 @@ class PretrainModule(NonFiniteGuardMixin):
         s = self.student
         if s.decoder_img is None and s.decoder_vid is None:  # encoder-only student: latent prediction alone
             zero = video.new_zeros((), dtype=torch.float32)
-            out = {"loss": zero, "loss_pixel": zero, "loss_distill": zero, "mask": None, "pixel_pred": None}
+            out = {"loss": zero, "mask": None, "pixel_pred": None}
         else:
             out = self._masked_reconstruction(video, generator)
         if self.latent is not None:
@@ -243,12 +243,19 @@ class PretrainModule(NonFiniteGuardMixin):
 
     def _log_losses(self, out: dict[str, torch.Tensor], stage: str, batch_size: int) -> None:
         on_step = stage == "train"
-        names = ("loss", "loss_pixel", "loss_distill") + (("loss_latent", "target_std") if self.latent else ())
-        for name in names:
+        for name in self._loss_names():
             self.log(
                 f"{stage}/{name}", out[name].detach(), on_step=on_step, on_epoch=True,
                 prog_bar=name == "loss" and not on_step, sync_dist=not on_step, batch_size=batch_size,
             )
+
+    def _loss_names(self) -> list[str]:
+        s, names = self.student, ["loss"]
+        if s.decoder_vid is not None:
+            names.append("loss_pixel")
+        if s.decoder_img is not None:
+            names.append("loss_distill")
+        return names + (["loss_latent", "target_std"] if self.latent is not None else [])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         video = batch["video"]
