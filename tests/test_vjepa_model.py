@@ -294,3 +294,22 @@ def test_hf_export_round_trip(tmp_path, ours):
     table = SurgVISTAStudent("tiny", img_size=16, num_frames=4, patch_size=4, embed_dim=48, depth=2, num_heads=4)
     with pytest.raises(ExportError, match="needs a RoPE encoder"):
         export_vjepa_hf(table, predictor, tmp_path / "table")
+
+
+def test_load_backbone_takes_a_rope_student_and_refuses_a_table_encoder():
+    from surgvista.checkpoints.load import load_backbone
+
+    kw = {"img_size": 16, "num_frames": 4, "patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 4}
+    source = randomize(SurgVISTAStudent("tiny", **kw, pos_embed="rope", qkv_bias="fused"), 9)  # with decoders
+    target = SurgVISTAStudent("tiny", **kw, pos_embed="rope", qkv_bias="fused")
+    for name in ("pos_embed_img", "pos_embed_vid"):  # fixed decoder tables: recomputed by the loader
+        getattr(source, name).data.copy_(getattr(target, name))
+    report = load_backbone(source.state_dict(), target)
+    assert report.ok and report.pos_embed == "3-D RoPE (no encoder table)"
+    video, mask = clip(3), torch.zeros(2, N, dtype=torch.bool)
+    mask[:, ::2] = True
+    with torch.no_grad():
+        torch.testing.assert_close(target.eval()(video, mask), source(video, mask), rtol=0, atol=0)
+    table = SurgVISTAStudent("tiny", **kw, image_decoder=False, pixel_decoder=False, qkv_bias="fused")
+    with pytest.raises(CheckpointError, match="trained with a sincos3d table but the model uses rope"):
+        load_backbone(table.state_dict(), target)
