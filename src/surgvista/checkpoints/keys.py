@@ -5,6 +5,9 @@ Styles (:func:`detect_style`): ``surgvista`` (our keys, which are also the offic
 (``transformers`` VideoMAE: ``videomae.`` prefix, split query/key/value). :func:`to_canonical` maps any style to
 our *canonical* keys (the :class:`~surgvista.models.student.SurgVISTAStudent` names plus the classifier's
 ``fc_norm``/``head``); :func:`to_hf_state` maps ours to HF. Both directions read the same tables below.
+
+V-JEPA 2: our names are the official checkpoints' (after ``module.backbone.``); :func:`vjepa_from_hf` and
+:func:`vjepa_to_hf` map them from and to ``transformers.VJEPA2Model``, both through the ``VJEPA_HF_*`` tables.
 """
 
 from __future__ import annotations
@@ -218,3 +221,101 @@ def to_hf_state(
         if not placed:
             notes.append(f"not exported (no place in HF {hf_arch}): {key}")
     return out, notes
+
+
+# ------------------------------------------------------------------------------------------------ V-JEPA 2
+# Our V-JEPA 2 names (the RoPE student with fused qkv and the Predictor: the official checkpoints' keys without
+# ``module.backbone.``) -> ``transformers.VJEPA2Model``. Not in the tables: our fused ``attn.qkv.{weight,bias}``
+# is HF's ``attention.{query,key,value}.{weight,bias}`` (in that order), and our ``mask_tokens.<i>`` ``(1, 1, d)``
+# are the rows of HF's one ``predictor.embeddings.mask_tokens`` ``(n, 1, 1, d)``.
+VJEPA_HF_BLOCK = {
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "attn.proj": "attention.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+VJEPA_HF_STACKS = (("blocks.", "encoder.layer."), ("predictor_blocks.", "predictor.layer."))
+VJEPA_HF_MODULES = {
+    "patch_embed.proj": "encoder.embeddings.patch_embeddings.proj",
+    "norm": "encoder.layernorm",
+    "predictor_embed": "predictor.embeddings.predictor_embeddings",
+    "predictor_norm": "predictor.layernorm",
+    "predictor_proj": "predictor.proj",
+}
+VJEPA_HF_MASK_TOKENS = "predictor.embeddings.mask_tokens"
+_VJEPA_BLOCK = r"\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
+# Every key of a V-JEPA 2 encoder / predictor in our (official) names.
+VJEPA_ENCODER_KEY = re.compile(rf"^(patch_embed\.proj|norm|blocks{_VJEPA_BLOCK})\.(weight|bias)$")
+VJEPA_PREDICTOR_KEY = re.compile(
+    rf"^((predictor_embed|predictor_norm|predictor_proj|predictor_blocks{_VJEPA_BLOCK})\.(weight|bias)|mask_tokens\.\d+)$"
+)
+_FROM_VJEPA_HF = {hf: ours for ours, hf in VJEPA_HF_MODULES.items()}
+_FROM_VJEPA_HF_BLOCK = {hf: ours for ours, hf in VJEPA_HF_BLOCK.items()}
+
+
+def _vjepa_hf_key(key: str, value: torch.Tensor, out: dict, qkv: dict) -> bool:
+    """Place one HF ``VJEPA2Model`` tensor under our name (q/k/v wait in ``qkv``); ``False`` if it has no place."""
+    for ours_stack, hf_stack in VJEPA_HF_STACKS:
+        found = _block(key, hf_stack)
+        if found is None:
+            continue
+        dst = f"{ours_stack}{found[0]}."
+        m = re.match(r"attention\.(query|key|value)\.(weight|bias)$", found[1])
+        if m:
+            qkv.setdefault(f"{dst}attn.qkv.{m[2]}", {})[m[1]] = (key, value)
+            return True
+        name = _rename(found[1], _FROM_VJEPA_HF_BLOCK)
+        if name is not None:
+            out[dst + name] = value
+        return name is not None
+    name = _rename(key, _FROM_VJEPA_HF)
+    if name is not None:
+        out[name] = value
+    return name is not None
+
+
+def vjepa_from_hf(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict, list[str]]:
+    """An HF ``VJEPA2Model`` state dict (``vjepa2.`` prefix allowed) -> ``(encoder, predictor, unmapped_keys)``
+    in our names; q/k/v are joined into our fused ``qkv``, the mask-token tensor split into ``mask_tokens.<i>``."""
+    out: dict[str, torch.Tensor] = {}
+    unmapped: list[str] = []
+    qkv: dict[str, dict] = {}
+    for src, value in state.items():
+        key = src.removeprefix("vjepa2.")
+        if key == VJEPA_HF_MASK_TOKENS:
+            out.update({f"mask_tokens.{i}": token.clone() for i, token in enumerate(value)})
+        elif not _vjepa_hf_key(key, value, out, qkv):
+            unmapped.append(src)
+    for dst, parts in qkv.items():
+        if set(parts) == set(HF_QKV):
+            out[dst] = torch.cat([parts[name][1] for name in HF_QKV])
+        else:
+            unmapped += [src for src, _ in parts.values()]
+    encoder = {k: v for k, v in out.items() if VJEPA_ENCODER_KEY.match(k)}
+    return encoder, {k: v for k, v in out.items() if k not in encoder}, unmapped
+
+
+def vjepa_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our V-JEPA 2 encoder and predictor tensors (one mapping) under their ``VJEPA2Model`` names (cloned)."""
+    out: dict[str, torch.Tensor] = {}
+    tokens: dict[int, torch.Tensor] = {}
+    for key, value in state.items():
+        if re.fullmatch(r"mask_tokens\.\d+", key):
+            tokens[int(key.rsplit(".", 1)[1])] = value
+            continue
+        for ours_stack, hf_stack in VJEPA_HF_STACKS:
+            found = _block(key, ours_stack)
+            if found and found[1].startswith("attn.qkv."):
+                param = found[1].rsplit(".", 1)[1]
+                for name, part in zip(HF_QKV, value.chunk(3)):
+                    out[f"{hf_stack}{found[0]}.attention.{name}.{param}"] = part.clone()
+                break
+            if found and _place(found[1], value, VJEPA_HF_BLOCK, out, f"{hf_stack}{found[0]}."):
+                break
+        else:
+            if not _place(key, value, VJEPA_HF_MODULES, out):
+                raise ExportError(f"no transformers VJEPA2Model place for key {key!r}")
+    if tokens:
+        out[VJEPA_HF_MASK_TOKENS] = torch.stack([tokens[i] for i in sorted(tokens)]).clone()
+    return out

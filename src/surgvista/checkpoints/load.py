@@ -133,7 +133,7 @@ def load_backbone(
         )
     grid = tuple(model.token_grid)
     kind = getattr(model, "pos_embed_kind", "sincos3d")
-    src_kind = _source_pos_kind(canon, style, pos_embed_kind, source_grid, grid, report)
+    src_kind = _source_pos_kind(canon, style, pos_embed_kind, source_grid, grid, report, kind)
     _check_pos_kind(report, src_kind, kind, strict)
     new = _position_tables(canon, target, kind, src_kind, grid, source_grid, report)
     new.update(_head_and_pooling_norm(canon, target, load_head, report))
@@ -168,9 +168,16 @@ def _canonical_source(source: str | Path | Mapping[str, Any], layout: str | None
 
 
 def _source_pos_kind(
-    canon: Canonical, style: str, declared: str | None, source_grid: Grid | None, grid: Grid, report: LoadReport
+    canon: Canonical,
+    style: str,
+    declared: str | None,
+    source_grid: Grid | None,
+    grid: Grid,
+    report: LoadReport,
+    model_kind: str = "sincos3d",
 ) -> str | None:
-    """The checkpoint's position-table kind: declared, read off its ``pos_embed``, or implied by its layout."""
+    """The checkpoint's position-table kind: declared, read off its ``pos_embed``, or implied by its layout (our
+    layout without an encoder table, loaded into a RoPE model: ``rope``)."""
     src_kind = declared
     if "pos_embed" in canon:
         _, table = canon["pos_embed"]
@@ -181,6 +188,8 @@ def _source_pos_kind(
             src_kind = seen
         elif seen != "learned" and seen != src_kind:
             report.notes.append(f"pos_embed_kind={src_kind!r} given but the checkpoint table is {seen}")
+    elif src_kind is None and model_kind == "rope" and style == "surgvista":
+        src_kind = "rope"  # a RoPE student stores no encoder table; its decoders' sincos3d tables say nothing of it
     elif src_kind is None and style in ("hf", "videomae"):
         src_kind = "sinusoid1d"  # HF and VideoMAE/UMT originals never store their (1-D) table
     elif src_kind is None and ("down_img.weight" in canon or "pos_embed_img" in canon):
@@ -214,6 +223,8 @@ def _position_tables(
             report.expected_missing.append(tkey)
     if kind == "learned":
         report.pos_embed = report.pos_embed or "learned table"
+    elif kind == "rope":
+        report.pos_embed = "3-D RoPE (no encoder table)"
     else:
         report.pos_embed = f"fixed {kind} table for grid {grid}" + (f" (checkpoint: {src_kind})" if src_kind else "")
     return new

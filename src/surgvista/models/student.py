@@ -159,10 +159,9 @@ class SurgVISTAStudent(nn.Module):
         dim = self.embed_dim
         self.patch_embed = TubeletEmbed(self.img_size, self.patch_size, self.tubelet_size, self.num_frames, dim)
         rates = np.linspace(0, drop_path_rate, depth).tolist()
-        rope = self.pos_embed_kind == "rope"
+        rope, grid = self.pos_embed_kind == "rope", self.patch_embed.grid
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio, r, ln_eps, qkv_bias, attn_backend, rope, self.patch_embed.grid)
-            for r in rates
+            Block(dim, heads, mlp_ratio, r, ln_eps, qkv_bias, attn_backend, rope, grid) for r in rates
         )
         self.norm = nn.LayerNorm(dim, eps=ln_eps)
 
