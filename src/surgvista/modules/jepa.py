@@ -82,10 +82,17 @@ class LatentPrediction(nn.Module):
         return self.momentum_start + frac * (self.momentum_end - self.momentum_start)
 
     @torch.no_grad()
-    def targets(self, video: torch.Tensor) -> torch.Tensor:
-        """LayerNormed target-encoder features of the full clip ``(B, N, D)`` (fp32)."""
+    def encode_target(self, video: torch.Tensor) -> torch.Tensor:
+        """Target-encoder features of the full clip ``(B, N, D)``, fp32, before the LayerNorm of the loss."""
         self.target.eval()
         h = self.target.encode(video).float()
+        if hasattr(self.target, "reshard"):  # FSDP2 keeps a root unsharded after forward (no backward here)
+            self.target.reshard()
+        return h
+
+    def targets(self, video: torch.Tensor) -> torch.Tensor:
+        """LayerNormed target-encoder features of the full clip ``(B, N, D)`` (fp32)."""
+        h = self.encode_target(video)
         return F.layer_norm(h, (h.shape[-1],))
 
     def forward(

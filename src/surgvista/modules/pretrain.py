@@ -336,8 +336,9 @@ class PretrainModule(NonFiniteGuardMixin):
     def health_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled features ``(B, D)`` of the batch's clips for the health monitor: the target encoder's (before its
         LayerNorm) when there is one, else the student encoder's on the whole clip."""
-        encoder = self.latent.target if self.latent is not None else self.student
-        return encoder.encode(batch["video"]).float().mean(dim=1)
+        if self.latent is not None:
+            return self.latent.encode_target(batch["video"]).mean(dim=1)
+        return self.student.encode(batch["video"]).float().mean(dim=1)
 
     # ------------------------------------------------------------------------------------ optimiser
     def _trainable_parameters(self) -> list[nn.Parameter]:
