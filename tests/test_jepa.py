@@ -160,3 +160,63 @@ def test_ema_target_is_the_same_under_ddp_and_fsdp2(demo_root, tmp_path):
     moved = max(float((ddp[f"latent.target.{k[8:]}"] - v).abs().max()) for k, v in ddp.items()
                 if k.startswith("student.") and f"latent.target.{k[8:]}" in ddp)
     assert moved > 0  # the target trails the student: it moved, but not onto it
+
+
+def tiny_hf_vjepa(seed: int):
+    from transformers import VJEPA2Config, VJEPA2Model
+
+    torch.manual_seed(seed)
+    config = VJEPA2Config(
+        patch_size=4, crop_size=16, frames_per_clip=4, tubelet_size=2, hidden_size=48, num_attention_heads=4,
+        num_hidden_layers=2, pred_hidden_size=32, pred_num_attention_heads=4, pred_num_hidden_layers=2,
+        attn_implementation="eager",
+    )
+    model = VJEPA2Model(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+INIT_OVERRIDES = [
+    "data.input_size=16", "data.num_frames=4", "model.student.patch_size=4", "+model.student.embed_dim=48",
+    "+model.student.depth=2", "+model.student.num_heads=4", "model.student.drop_path_rate=0",
+    "model.latent.predictor.pred_dim=32", "model.latent.predictor.depth=2", "model.latent.predictor.num_heads=4",
+]
+
+
+def test_init_from_an_hf_folder_continues_from_its_encoder_target_and_predictor(tmp_path):
+    hf = tiny_hf_vjepa(0)
+    hf.save_pretrained(tmp_path / "hf")
+    cfg = compose("demo", "model=vjepa_tiny", *INIT_OVERRIDES, f"model.init_from={tmp_path / 'hf'}", out=tmp_path)
+    module = instantiate(cfg.model)
+    video = torch.randn(2, 3, 4, 16, 16)
+    with torch.no_grad():
+        expected = hf(video.transpose(1, 2), skip_predictor=True).last_hidden_state
+        torch.testing.assert_close(module.student.eval().encode(video), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(module.latent.encode_target(video), expected, atol=1e-5, rtol=0)
+    hf_proj = hf.predictor.proj.weight
+    torch.testing.assert_close(module.latent.predictor.predictor_proj.weight, hf_proj)
+
+
+def test_init_from_an_official_pt_loads_the_target_encoder_as_the_target(tmp_path):
+    cfg = compose("demo", "model=vjepa_tiny", *INIT_OVERRIDES, out=tmp_path)
+    source = instantiate(cfg.model)
+    with torch.no_grad():
+        for p in source.latent.target.parameters():
+            p.add_(0.1)  # the file's target differs from its encoder
+
+    def official(module):  # facebookresearch/vjepa2 app/vjepa/train.py save_checkpoint: DDP + wrapper prefixes
+        return {f"module.backbone.{k}": v for k, v in module.state_dict().items()}
+
+    torch.save({"encoder": official(source.student), "target_encoder": official(source.latent.target),
+                "predictor": official(source.latent.predictor), "epoch": 3}, tmp_path / "vjepa.pt")
+    cfg = compose("demo", "model=vjepa_tiny", *INIT_OVERRIDES, f"model.init_from={tmp_path / 'vjepa.pt'}",
+                  "seed=1", out=tmp_path)
+    module = instantiate(cfg.model)
+    for mine, theirs in ((module.student, source.student), (module.latent.target, source.latent.target),
+                         (module.latent.predictor, source.latent.predictor)):
+        for (name, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(a, b), name
+    with pytest.raises(Exception, match="needs model.latent"):
+        instantiate(compose("demo", "model=surgvista_tiny", "+model.init_from=x.pt", out=tmp_path).model)

@@ -15,15 +15,19 @@ skipped leaves the target untouched. Equations, defaults and sources: docs/objec
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from surgvista.checkpoints.vjepa import load_vjepa, read_vjepa
 from surgvista.layers.masking import take
 from surgvista.layers.multiblock import MaskSet, MultiBlockMasks
 from surgvista.models.predictor import Predictor
+
+log = logging.getLogger(__name__)
 
 # Parts of a SurgVISTA student that the target encoder does not need (the decoders and their inputs).
 DECODER_PARTS = ("down_img", "decoder_img", "mask_token_img", "pos_embed_img",
@@ -123,3 +127,17 @@ class LatentPrediction(nn.Module):
             weight = weight * (1.0 - skipped.to(weight.device, torch.float32))
         torch._foreach_mul_(delta, weight)
         torch._foreach_add_(tgt, delta)
+
+
+def init_from_vjepa(path: str, student: nn.Module, latent: LatentPrediction) -> None:
+    """Continue from V-JEPA 2 weights (an HF ``VJEPA2Model`` folder or the official ``.pt``): the encoder into the
+    student's encoder, the target encoder (or the encoder, where the file has none) into the target and the
+    predictor into the predictor, each strictly (a key that does not fit is an error naming it); reports logged."""
+    weights = read_vjepa(path, img_size=student.img_size, num_frames=student.num_frames)
+    encoder = encoder_copy(student)  # encoder keys only: the student's decoders (if any) stay as initialised
+    reports = load_vjepa(weights, encoder, latent.predictor)
+    student.load_state_dict(encoder.state_dict(), strict=False)
+    part = "target_encoder" if weights.target_encoder is not None else "encoder"
+    reports["target"] = load_vjepa(weights, latent.target, part=part)[part]
+    for name, report in reports.items():
+        log.info("V-JEPA init (%s):\n%s", name, report)

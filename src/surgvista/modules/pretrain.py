@@ -15,7 +15,7 @@ from surgvista.evaluation.reconstruction import labelled_panel, log_image, recon
 from surgvista.layers.masking import MaskGenerator
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
-from surgvista.modules.jepa import LatentPrediction
+from surgvista.modules.jepa import LatentPrediction, init_from_vjepa
 from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
 from surgvista.modules.objective import SurgVISTALoss
 from surgvista.modules.schedule import adamw_warmup_cosine
@@ -94,10 +94,12 @@ class PretrainModule(NonFiniteGuardMixin):
         self.student, self.teacher, self.loss, self.masking = student, teacher, loss, masking
         self.latent = latent
         self._check_losses()
+        if init_from and latent is None:
+            raise ValueError("model.init_from loads V-JEPA 2 weights and needs model.latent (model=vjepa)")
         if latent is not None:
             latent.attach(student)
             if init_from:
-                load_vjepa_into(init_from, student, latent)
+                init_from_vjepa(init_from, student, latent)
         if grad_checkpointing is not None:
             student.set_grad_checkpointing(grad_checkpointing)
         self._check_teacher()
