@@ -113,7 +113,7 @@ class LatentPrediction(nn.Module):
         # Mask tokens of unused mask-set indices join with weight 0: DDP needs every parameter in the graph.
         unused = [t.sum() for i, t in enumerate(self.predictor.mask_tokens) if i >= len(masks)]
         loss = torch.stack(losses).mean() + 0.0 * sum(unused)
-        return {"loss_latent": loss, "target_std": h.std(dim=0).mean()}
+        return {"loss_latent": loss, "target_std": h.flatten(0, 1).std(dim=0).mean()}  # per dimension, all tokens
 
     @torch.no_grad()
     def update_target(self, student: nn.Module, momentum: float, skipped: torch.Tensor | None = None) -> None:
