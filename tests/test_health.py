@@ -285,3 +285,51 @@ def test_on_by_default_in_the_training_config(tmp_path):
     defaults = HealthMonitor()
     assert (monitor.min_std, monitor.min_rank_fraction, monitor.max_cosine, monitor.patience) == (
         defaults.min_std, defaults.min_rank_fraction, defaults.max_cosine, defaults.patience)
+
+
+class RankFeatures(FakePretrain):
+    """One clip per rank (rank r: all r + 1), a per-rank latent loss: only gathering gives a 2-clip matrix."""
+
+    def __init__(self) -> None:
+        super().__init__(healthy)
+
+    def training_step(self, batch, batch_idx):
+        self.log("train/loss_latent", float(self.global_rank + 1), on_step=True, on_epoch=False)
+        self.log("train/target_std", 1.0, on_step=True, on_epoch=False)
+        return self.layer(batch).pow(2).mean()
+
+    def health_features(self, batch) -> torch.Tensor:
+        return torch.full((1, D), float(self.global_rank + 1))
+
+
+class DumpState(Callback):
+    """Each rank writes what it logged and decided to ``<dir>/rank<r>.pt``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        monitor = next(cb for cb in trainer.callbacks if isinstance(cb, HealthMonitor))
+        health = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("health/")}
+        torch.save({"health": health, "state": monitor.state_dict()}, f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow  # two spawned processes importing the stack: about a minute on a 2-core machine
+def test_two_ranks_gather_single_clips_and_decide_alike(tmp_path):
+    """A real 2-process gloo run on CPU with one clip per rank: the statistics are those of the gathered 2-clip
+    matrix ([1..1], [2..2]: cosine 1, per-dim std 0.707, centred rank 1 of 2), rank 0's latent loss is the one
+    logged, and both ranks hold the same monitor state (the cosine signal fired on both)."""
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=3, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[HealthMonitor(every_n_steps=1, patience=2), DumpState(str(tmp_path))],
+    )
+    trainer.fit(RankFeatures(), DataLoader(torch.randn(12, 4), batch_size=2))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0] == ranks[1]
+    health = ranks[0]["health"]
+    assert health["health/cosine_similarity"] == pytest.approx(1.0)
+    assert health["health/feature_std"] == pytest.approx(np.std([1.0, 2.0], ddof=1))
+    assert health["health/effective_rank"] == pytest.approx(1.0) and health["health/effective_rank_fraction"] == 0.5
+    assert health["health/loss_latent"] == 1.0  # rank 0's, on both ranks
+    assert ranks[0]["state"]["fired"] == ["cosine_similarity"]
