@@ -282,6 +282,8 @@ def test_on_by_default_in_the_training_config(tmp_path):
     cfg = compose("demo", out=tmp_path)
     monitor = instantiate(cfg.callbacks.health)
     assert isinstance(monitor, HealthMonitor) and not monitor.stop_on_collapse
+    assert monitor.every_n_steps == 5  # the demo's own interval; 50 elsewhere
+    assert compose("pretrain_surgvista", out=tmp_path).callbacks.health.every_n_steps == 50
     defaults = HealthMonitor()
     assert (monitor.min_std, monitor.min_rank_fraction, monitor.max_cosine, monitor.patience) == (
         defaults.min_std, defaults.min_rank_fraction, defaults.max_cosine, defaults.patience)
@@ -333,3 +335,10 @@ def test_two_ranks_gather_single_clips_and_decide_alike(tmp_path):
     assert health["health/effective_rank"] == pytest.approx(1.0) and health["health/effective_rank_fraction"] == 0.5
     assert health["health/loss_latent"] == 1.0  # rank 0's, on both ranks
     assert ranks[0]["state"]["fired"] == ["cosine_similarity"]
+
+
+def test_features_of_the_wrong_shape_are_one_clear_error(tmp_path):
+    module = FakePretrain(lambda s: torch.randn(4, 3, D))  # tokens not pooled
+    with pytest.raises(TypeError, match=r"FakePretrain.health_features\(batch\) must return pooled \(B, D\) features, "
+                       r"got \(4, 3, 32\)"):
+        run(tmp_path, module, HealthMonitor(every_n_steps=1), steps=2)

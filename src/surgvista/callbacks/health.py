@@ -114,7 +114,7 @@ class HealthMonitor(Callback):
         stop_on_collapse: bool = False,
         min_std: float = 0.01,
         min_rank_fraction: float = 0.05,
-        max_cosine: float = 0.95,
+        max_cosine: float = 0.999,
         min_target_std_ratio: float = 0.5,
         patience: int = 3,
     ) -> None:
@@ -173,7 +173,11 @@ class HealthMonitor(Callback):
         forked = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])  # training RNG untouched
         with forked, torch.no_grad(), trainer.precision_plugin.forward_context():
             features = pl_module.health_features(batch)
-        features = features.detach().float().flatten(1)
+        if not isinstance(features, torch.Tensor) or features.ndim != 2:
+            got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise TypeError(f"{type(pl_module).__name__}.health_features(batch) must return pooled (B, D) features, "
+                            f"got {got}")
+        features = features.detach().float()
         small = features.shape[0] < 2
         if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(small, all=False):
             features = pl_module.all_gather(features[:1]).reshape(-1, features.shape[-1])  # one clip per rank
