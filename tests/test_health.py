@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -342,3 +343,58 @@ def test_features_of_the_wrong_shape_are_one_clear_error(tmp_path):
     with pytest.raises(TypeError, match=r"FakePretrain.health_features\(batch\) must return pooled \(B, D\) features, "
                        r"got \(4, 3, 32\)"):
         run(tmp_path, module, HealthMonitor(every_n_steps=1), steps=2)
+
+
+class NoisyFake(FakePretrain):
+    """Training draws from the global RNG every step, and so does ``health_features``."""
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch + torch.randn_like(batch)).pow(2).mean()
+
+    def health_features(self, batch) -> torch.Tensor:
+        return torch.randn(B, D)
+
+
+def test_the_monitor_does_not_change_training(tmp_path):
+    """The same seed with and without the monitor (checking every step, its features drawn from the global RNG)
+    gives bit-identical weights: the check runs under a forked RNG and no_grad."""
+    weights = []
+    for name, callbacks in (("off", []), ("on", [HealthMonitor(every_n_steps=1)])):
+        torch.manual_seed(0)
+        module = NoisyFake(healthy)
+        trainer = L.Trainer(
+            accelerator="cpu", devices=1, max_steps=5, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+        )
+        trainer.fit(module, DataLoader(torch.randn(10, 4, generator=torch.Generator().manual_seed(1)), batch_size=2))
+        weights.append(torch.cat([p.detach().flatten() for p in module.parameters()]))
+        assert ("health/feature_std" in trainer.callback_metrics) == (name == "on")
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_a_real_pretraining_module_with_health_features(tmp_path):
+    """The tiny ``PretrainModule`` with pooled final-norm features of all tokens as ``health_features``: a random
+    network is healthy on every signal (the thresholds leave room for initialisation), nothing warns."""
+    import types
+
+    from helpers import tiny_pretrain_module
+
+    def health_features(self, batch):
+        video = batch["video"]
+        visible = torch.zeros(video.shape[0], math.prod(self.student.token_grid), dtype=torch.bool)
+        return self.student.forward_encoder(video, visible, 0).mean(dim=1)
+
+    torch.manual_seed(0)
+    module = tiny_pretrain_module()
+    module.health_features = types.MethodType(health_features, module)
+    clips = [{"video": torch.randn(3, 4, 32, 32)} for _ in range(24)]
+    monitor = HealthMonitor(every_n_steps=1, patience=1)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[monitor],
+    )
+    trainer.fit(module, DataLoader(clips, batch_size=8))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("health/")}
+    assert metrics["health/feature_std"] > 0.01 and metrics["health/effective_rank_fraction"] > 0.05
+    assert metrics["health/cosine_similarity"] < 0.999
+    assert monitor.fired == set() and not any(monitor.streak.values())

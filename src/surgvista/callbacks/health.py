@@ -136,7 +136,6 @@ class HealthMonitor(Callback):
         self.streak = dict.fromkeys(ADVICE, 0)
         self.fired: set[str] = set()
         self.trend: deque[tuple[float, float]] = deque(maxlen=patience + 1)  # (latent loss, target std) per check
-        self.last: dict[str, float] = {}
         self._active = False
         self._checked_step = -1
         self._held: list[tuple] | None = None
@@ -158,13 +157,12 @@ class HealthMonitor(Callback):
         if values is None:
             return
         signals = self._signals(values)
-        self.last = values
         self._log(trainer, pl_module, values)
         fired = self._update(trainer, signals)
         if self.stop_on_collapse:
             self._hold(trainer, any(self.streak.values()))
             if fired:
-                self._stop(trainer, fired, values)
+                self._stop(trainer, fired)
 
     # ------------------------------------------------------------------------------------------ measuring
     def _features(self, trainer: L.Trainer, pl_module: L.LightningModule, batch) -> torch.Tensor | None:
@@ -295,7 +293,7 @@ class HealthMonitor(Callback):
                 setattr(cb, key, value)
         self._held = None
 
-    def _stop(self, trainer: L.Trainer, fired: list[str], values: dict[str, float]) -> None:
+    def _stop(self, trainer: L.Trainer, fired: list[str]) -> None:
         kept = last_checkpoint(trainer)
         where = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint had been written"
         raise CollapseError(
