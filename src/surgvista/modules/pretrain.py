@@ -12,9 +12,10 @@ from torch import nn
 
 from surgvista.callbacks.progress import show_on_bar
 from surgvista.evaluation.reconstruction import labelled_panel, log_image, reconstruction_panel
-from surgvista.layers.masking import MaskGenerator
+from surgvista.layers.masking import DecoderMask, MaskGenerator, positions_mask, token_order
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
+from surgvista.models.video_teacher import VideoTeacher
 from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
 from surgvista.modules.objective import SurgVISTALoss
 from surgvista.modules.schedule import adamw_warmup_cosine
@@ -52,13 +53,14 @@ class PretrainModule(NonFiniteGuardMixin):
 
     Speed knobs (``grad_checkpointing``, ``compile``/``compile_kwargs``, ``teacher_every_k``, FSDP2 per block
     under ``ModelParallelStrategy``) are described in docs/performance.md; non-finite steps are skipped and counted
-    (:mod:`surgvista.modules.nonfinite`).
+    (:mod:`surgvista.modules.nonfinite`). ``decoder_mask_ratio`` (0.25/0.5/0.75; ``None``: off) turns on VideoMAE V2
+    dual masking of the pixel decoder (:class:`~surgvista.layers.masking.DecoderMask`).
     """
 
     def __init__(
         self,
         student: SurgVISTAStudent,
-        teacher: ImageTeacher | None,
+        teacher: ImageTeacher | VideoTeacher | None,
         loss: SurgVISTALoss,
         masking: MaskGenerator,
         batch_size: int,
@@ -78,6 +80,7 @@ class PretrainModule(NonFiniteGuardMixin):
         teacher_every_k: int = 1,
         max_consecutive_nonfinite: int = 10,
         nonfinite_check_every: int | None = None,
+        decoder_mask_ratio: float | None = None,
     ) -> None:
         super().__init__()
         if teacher_every_k < 1:
@@ -88,6 +91,10 @@ class PretrainModule(NonFiniteGuardMixin):
         if grad_checkpointing is not None:
             student.set_grad_checkpointing(grad_checkpointing)
         self._check_teacher()
+        # Dual masking (VideoMAE V2): the pixel decoder reconstructs a running-cell subset of the masked tokens.
+        self.decoder_masking = DecoderMask(decoder_mask_ratio) if decoder_mask_ratio else None
+        if self.decoder_masking is not None and student.decoder_vid is None:
+            raise ValueError("model.decoder_mask_ratio needs the pixel decoder (model.student.pixel_decoder=true)")
         self._configured = False
         self._init_guard(max_consecutive_nonfinite, nonfinite_check_every)
         # The teacher is never saved (ImageTeacher.state_dict is empty): do not ask checkpoints for it.
@@ -109,10 +116,12 @@ class PretrainModule(NonFiniteGuardMixin):
         want = (s.token_grid[0] * s.token_grid[1] * s.token_grid[2], s.decoder_img.head.out_features)
         frames = s.num_frames // self.teacher.frame_stride
         have = (frames * self.teacher.tokens_per_frame, self.teacher.embed_dim)
-        if want != have:
+        grid = getattr(self.teacher, "token_grid", None)  # a video teacher: the same tubes, not just as many
+        grids = f" (token grids: teacher {tuple(grid)}, student {s.token_grid})" if grid is not None else ""
+        if want != have or (grid is not None and tuple(grid) != tuple(s.token_grid)):
             raise ValueError(
                 f"teacher gives {have[0]} tokens of width {have[1]} but the student expects {want[0]} of width "
-                f"{want[1]}: match model.teacher (preset, img_size, patch_size, frame_stride) with "
+                f"{want[1]}{grids}: match model.teacher (preset, img_size, patch_size, frame_stride) with "
                 "model.student (img_size, num_frames, tubelet_size, teacher_dim)"
             )
 
@@ -169,6 +178,16 @@ class PretrainModule(NonFiniteGuardMixin):
             self.teacher.to(self.trainer.strategy.root_device)
 
     # ----------------------------------------------------------------------------------------- steps
+    def decoder_positions(
+        self, mask: torch.Tensor, num_masked: int, generator: torch.Generator | None
+    ) -> torch.Tensor | None:
+        """Dual masking: positions ``(B, K)`` of the masked tokens the pixel decoder reconstructs; ``None`` when off
+        (no random numbers drawn then, so the masks are those of a run without the knob)."""
+        if self.decoder_masking is None:
+            return None
+        masked = token_order(mask, num_masked)[1]
+        return self.decoder_masking(masked, self.student.token_grid, generator)
+
     def _run_teacher(self) -> bool:
         """Whether this optimiser step computes distillation targets (every ``teacher_every_k``-th step)."""
         k = self.hparams.teacher_every_k
@@ -178,10 +197,11 @@ class PretrainModule(NonFiniteGuardMixin):
         s = self.student
         mask = self.masking(video.shape[0], s.token_grid, video.device, generator)
         n_masked = self.masking.num_masked(s.token_grid)  # known on the host: no device sync to select tokens
-        image_pred, pixel_pred = s(video, mask, n_masked)
+        decoded = self.decoder_positions(mask, n_masked, generator)  # dual masking; None when off
+        image_pred, pixel_pred = s(video, mask, n_masked, decoded)
         distill = image_pred is not None and self._run_teacher()
         targets = (image_pred, self.teacher(video)) if distill else (None, None)
-        out = self.loss(video, mask, pixel_pred, *targets, s.tubelet_size, s.patch_size, n_masked)
+        out = self.loss(video, mask, pixel_pred, *targets, s.tubelet_size, s.patch_size, n_masked, decoded)
         k = self.hparams.teacher_every_k
         if distill and k > 1 and self.training:
             # k× the distillation weight on the steps that run the teacher: the expected gradient is unchanged.
@@ -190,7 +210,7 @@ class PretrainModule(NonFiniteGuardMixin):
             # No distillation this step: keep the image branch in the graph with a zero loss (DDP needs every
             # parameter to get a gradient); its gradients are dropped before the optimiser step.
             out["loss"] = out["loss"] + 0.0 * image_pred.float().sum()
-        out.update(mask=mask, pixel_pred=pixel_pred)
+        out.update(mask=mask, pixel_pred=pixel_pred, decoded=decoded)
         return out
 
     def _log_losses(self, out: dict[str, torch.Tensor], stage: str, batch_size: int) -> None:
@@ -262,8 +282,11 @@ class PretrainModule(NonFiniteGuardMixin):
         if self.global_rank != 0:
             return
         s = self.student
+        mask = out["mask"][:1]
+        if out.get("decoded") is not None:  # dual masking: the panel shows the tokens the pixel decoder rebuilt
+            mask = positions_mask(out["decoded"][:1], mask.shape[1])
         panel = reconstruction_panel(
-            video[0], out["mask"][0], out["pixel_pred"][0].detach(), s.token_grid, s.tubelet_size,
+            video[0], mask[0], out["pixel_pred"][0].detach(), s.token_grid, s.tubelet_size,
             s.patch_size, self.loss.normalize_pixels, self.hparams.recon_frames,
         )
         caption = f"{stage} | step {self.global_step} | loss {float(out['loss'].detach()):.4f}"
