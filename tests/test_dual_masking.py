@@ -195,3 +195,14 @@ def test_decoder_mask_ratio_outside_the_running_cell_shares_is_one_config_error(
     check_config(compose("demo", "model.decoder_mask_ratio=0.5"))
     with pytest.raises(ConfigError, match=r"model\.decoder_mask_ratio=0\.6: expected one of \[0, 0\.25, 0\.5, 0\.75\]"):
         check_config(compose("demo", "model.decoder_mask_ratio=0.6"))
+
+
+def test_bench_compares_dual_masking_off_and_on_in_one_run(capsys):
+    from surgvista.bench.__main__ import main
+
+    off, on = main(["pretrain", "--preset", "tiny", "--batch", "1", "--steps", "2", "--warmup", "1", "--threads", "1",
+                    "--compare", "dual-mask"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert off.config["decoder_mask_ratio"] is None and on.config["decoder_mask_ratio"] == 0.5
+    assert "[dual-mask] step speed-up of decoder_mask_ratio=0.5 over dual masking off:" in out
+    assert on.model_tflop_per_step < off.model_tflop_per_step  # the pixel decoder does less work

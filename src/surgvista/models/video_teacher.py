@@ -60,6 +60,8 @@ class VideoTeacher(nn.Module):
         super().__init__()
         if dtype not in (None, "bfloat16", "float16"):
             raise ValueError(f"model.teacher.dtype must be null, bfloat16 or float16, got {dtype!r}")
+        if dtype is not None and shard:
+            raise ValueError("model.teacher.dtype needs a replicated teacher (model.teacher.shard=false)")
         if frame_stride not in (None, tubelet_size):
             raise ValueError(
                 f"model.teacher.frame_stride={frame_stride}: a video teacher's tokens span tubelet_size="
