@@ -116,7 +116,9 @@ class VideoTeacher(nn.Module):
         if state is None:
             log.warning(
                 "!!! NO VIDEO TEACHER CHECKPOINT CONFIGURED: distilling from a RANDOM %s video teacher (seed %d). "
-                "Set model.teacher.ckpt=<stage-1 last.ckpt> for real pre-training. !!!", preset, seed,
+                "Set model.teacher.ckpt=<stage-1 last.ckpt> for real pre-training. !!!",
+                preset,
+                seed,
             )
             return net
         try:
