@@ -60,10 +60,11 @@ format: install
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
 
 BENCH_ARGS ?= --threads 1
-bench: install  ## CPU: tiny and small presets, sdpa vs the reference eager config (docs/performance.md)
+bench: install  ## CPU: tiny and small presets, sdpa vs the reference eager config, dual masking off vs 0.5 (docs/performance.md)
 	$(PY) -m surgvista.bench pretrain --preset tiny --compare eager-fp16 --steps 10 --warmup 3 $(BENCH_ARGS)
 	$(PY) -m surgvista.bench pretrain --preset small --compare eager-fp16 --steps 8 --warmup 2 $(BENCH_ARGS)
 	$(PY) -m surgvista.bench pretrain --preset small --compare checks-off --steps 8 --warmup 2 $(BENCH_ARGS)
+	$(PY) -m surgvista.bench pretrain --preset tiny --compare dual-mask --steps 10 --warmup 3 $(BENCH_ARGS)
 
 bench-gpu: install  ## GPU: ViT-B student + ViT-L teacher, 16x224^2, bf16+sdpa vs eager+fp16, batch 32 and 64
 	$(PY) -m surgvista.bench pretrain --preset base --batch 32 --compare eager-fp16 --steps 20 --warmup 5 --json logs/bench/base_b32.json

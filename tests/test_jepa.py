@@ -141,9 +141,10 @@ def target_after_three_steps(trainer: str, out, demo_root) -> dict[str, torch.Te
 
     run_script(
         "train.py", "experiment=demo", "model=vjepa_tiny", f"trainer={trainer}", "model.latent.momentum=0.5",
-        *small_demo_data(demo_root), "data.batch_size=2", "data.num_workers=0", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=1", "callbacks.probe_monitor=null", "callbacks.rich_progress_bar=null",
-        "model.student.drop_path_rate=0", "logger=csv", "print_config=false", f"hydra.run.dir={out}",
+        *small_demo_data(demo_root), "data.batch_size=2", "data.num_workers=0", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "callbacks.probe_monitor=null",
+        "callbacks.rich_progress_bar=null", "model.student.drop_path_rate=0", "logger=csv", "print_config=false",
+        f"hydra.run.dir={out}",
     )
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     return {k: v for k, v in state.items() if k.startswith(("latent.target.", "student."))}

@@ -36,6 +36,13 @@ def demo_data(root: Path) -> list[str]:
 CASES = {
     # drop-path 0.1, tube masks, multi-scale crops made in a loader worker
     "pretrain": ["experiment=demo", "model.recon_every_n_steps=0", "data.num_workers=1"],
+    # VideoMAE V2 dual masking: the decoder's running-cell phase and tie-breaks come from the saved mask generator
+    "dual_mask": [
+        "experiment=demo",
+        "model.recon_every_n_steps=0",
+        "model.decoder_mask_ratio=0.5",
+        "data.num_workers=0",
+    ],
     "finetune": [  # RandAugment, random erasing, Mixup/CutMix, drop-path and dropout all on
         "experiment=demo_phase",
         "test=false",

@@ -49,6 +49,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--teacher-every-k", type=int, default=1, help="run the teacher every k-th step")
     p.add_argument("--mask-ratio", type=float, default=0.85)
+    p.add_argument(
+        "--decoder-mask-ratio",
+        type=float,
+        default=None,
+        choices=(0.25, 0.5, 0.75),
+        help="VideoMAE V2 dual masking of the pixel decoder (default: off)",
+    )
 
 
 def _timing_options(p: argparse.ArgumentParser) -> None:
@@ -68,8 +75,8 @@ def _timing_options(p: argparse.ArgumentParser) -> None:
         choices=tuple(pretrain.COMPARISONS),
         default=None,
         help="also run, in the same process, eager-fp16: the reference configuration (eager attention, fp16 + "
-        "GradScaler on CUDA, fp32 on CPU, no checkpointing) or checks-off: the same without the per-step "
-        "non-finite guard; print the ratio",
+        "GradScaler on CUDA, fp32 on CPU, no checkpointing), checks-off: the same without the per-step "
+        "non-finite guard, or dual-mask: the same with decoder_mask_ratio=0.5; print the ratio",
     )
     p.add_argument(
         "--nonfinite-check",

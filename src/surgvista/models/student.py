@@ -226,15 +226,26 @@ class SurgVISTAStudent(nn.Module):
         return decoder(x, pe_mask.shape[1])
 
     def forward(
-        self, video: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None
+        self,
+        video: torch.Tensor,
+        mask: torch.Tensor,
+        num_masked: int | None = None,
+        decoder_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Image-decoder and pixel-decoder predictions for the masked tokens (either ``None`` when disabled; both
-        for an encoder-only student, which is trained through :meth:`encode`)."""
+        for an encoder-only student, which is trained through :meth:`encode`).
+
+        ``decoder_positions (B, K)`` (dual masking, :class:`~surgvista.layers.masking.DecoderMask`): the pixel
+        decoder gets mask tokens at these masked positions only and predicts ``(B, K, ·)``; the image decoder
+        always reconstructs every masked token.
+        """
         order = token_order(mask, num_masked)
         latent = self.encode(video, order[0])
         img = vid = None
         if self.decoder_img is not None:
             img = self._decode(latent, order, self.down_img, self.decoder_img, self.pos_embed_img, self.mask_token_img)
         if self.decoder_vid is not None:
+            if decoder_positions is not None:  # dual masking: mask tokens at the decoded positions only
+                order = (order[0], decoder_positions)
             vid = self._decode(latent, order, self.down_vid, self.decoder_vid, self.pos_embed_vid, self.mask_token_vid)
         return img, vid

@@ -8,6 +8,8 @@
 * Distillation: SmoothL1 (β = 1, default), L1 or L2 between the image decoder and the frozen teacher's
   patch features, masked tokens only.
 * VideoMAE = ``distill_weight=0`` with no image decoder; image-distillation only = ``pixel_weight=0``.
+* Dual masking (VideoMAE V2, ``model.decoder_mask_ratio``): the pixel term covers only the masked tokens that the
+  pixel decoder reconstructed (:class:`~surgvista.layers.masking.DecoderMask`); distillation covers every masked one.
 """
 
 from __future__ import annotations
@@ -82,10 +84,13 @@ class SurgVISTALoss(nn.Module):
         tubelet_size: int,
         patch_size: int,
         num_masked: int | None = None,
+        pixel_positions: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return ``loss`` (weighted sum) and the unweighted ``loss_pixel`` / ``loss_distill`` terms.
 
         ``num_masked`` (masked tokens per row) selects the targets without a host read of ``mask``.
+        ``pixel_positions (B, K)`` (dual masking): the pixel loss is taken on these masked tokens only, the ones the
+        pixel decoder reconstructed (``pixel_pred`` is then ``(B, K, ·)``); ``None``: on every masked token.
         """
         masked = token_order(mask, num_masked)[1]
         zero = video.new_zeros((), dtype=torch.float32)
@@ -95,7 +100,7 @@ class SurgVISTALoss(nn.Module):
                 target = pixel_targets(
                     video, tubelet_size, patch_size, self.normalize_pixels, self.pixel_eps, shift=self.pixel_shift
                 )
-                target = take(target, masked)
+                target = take(target, masked if pixel_positions is None else pixel_positions)
             out["loss_pixel"] = F.mse_loss(pixel_pred.float(), target)
             out["loss"] = out["loss"] + self.pixel_weight * out["loss_pixel"]
         if image_pred is not None:

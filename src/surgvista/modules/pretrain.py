@@ -12,9 +12,10 @@ from torch import nn
 
 from surgvista.callbacks.progress import show_on_bar
 from surgvista.evaluation.reconstruction import labelled_panel, log_image, reconstruction_panel
-from surgvista.layers.masking import MaskGenerator
+from surgvista.layers.masking import DecoderMask, MaskGenerator, positions_mask, token_order
 from surgvista.models.student import SurgVISTAStudent
 from surgvista.models.teacher import ImageTeacher
+from surgvista.models.video_teacher import VideoTeacher
 from surgvista.modules.jepa import LatentPrediction, init_from_vjepa
 from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
 from surgvista.modules.objective import SurgVISTALoss
@@ -57,13 +58,14 @@ class PretrainModule(NonFiniteGuardMixin):
 
     Speed knobs (``grad_checkpointing``, ``compile``/``compile_kwargs``, ``teacher_every_k``, FSDP2 per block
     under ``ModelParallelStrategy``) are described in docs/performance.md; non-finite steps are skipped and counted
-    (:mod:`surgvista.modules.nonfinite`).
+    (:mod:`surgvista.modules.nonfinite`). ``decoder_mask_ratio`` (0.25/0.5/0.75; ``None``: off) turns on VideoMAE V2
+    dual masking of the pixel decoder (:class:`~surgvista.layers.masking.DecoderMask`).
     """
 
     def __init__(
         self,
         student: SurgVISTAStudent,
-        teacher: ImageTeacher | None,
+        teacher: ImageTeacher | VideoTeacher | None,
         loss: SurgVISTALoss,
         masking: MaskGenerator,
         batch_size: int,
@@ -85,6 +87,7 @@ class PretrainModule(NonFiniteGuardMixin):
         nonfinite_check_every: int | None = None,
         latent: LatentPrediction | None = None,
         init_from: str | None = None,
+        decoder_mask_ratio: float | None = None,
     ) -> None:
         super().__init__()
         if teacher_every_k < 1:
@@ -93,16 +96,16 @@ class PretrainModule(NonFiniteGuardMixin):
         self.save_hyperparameters(ignore=["student", "teacher", "loss", "masking", "latent"], logger=False)
         self.student, self.teacher, self.loss, self.masking = student, teacher, loss, masking
         self.latent = latent
-        self._check_losses()
-        if init_from and latent is None:
-            raise ValueError("model.init_from loads V-JEPA 2 weights and needs model.latent (model=vjepa)")
-        if latent is not None:
-            latent.attach(student)
-            if init_from:
-                init_from_vjepa(init_from, student, latent)
+        self._set_up_latent(init_from)
         if grad_checkpointing is not None:
-            student.set_grad_checkpointing(grad_checkpointing)
+            for network in (student, latent.predictor if latent is not None else None):
+                if network is not None:
+                    network.set_grad_checkpointing(grad_checkpointing)
         self._check_teacher()
+        # Dual masking (VideoMAE V2): the pixel decoder reconstructs a running-cell subset of the masked tokens.
+        self.decoder_masking = DecoderMask(decoder_mask_ratio) if decoder_mask_ratio else None
+        if self.decoder_masking is not None and student.decoder_vid is None:
+            raise ValueError("model.decoder_mask_ratio needs the pixel decoder (model.student.pixel_decoder=true)")
         self._configured = False
         self._init_guard(max_consecutive_nonfinite, nonfinite_check_every)
         # The teacher is never saved (ImageTeacher.state_dict is empty): do not ask checkpoints for it.
@@ -117,10 +120,17 @@ class PretrainModule(NonFiniteGuardMixin):
     def _ignore_missing_teacher_keys(module: nn.Module, keys) -> None:
         keys.missing_keys[:] = [k for k in keys.missing_keys if not k.startswith("teacher.")]
 
-    def _check_losses(self) -> None:
-        s = self.student
-        if s.decoder_img is None and s.decoder_vid is None and self.latent is None:
+    def _set_up_latent(self, init_from: str | None) -> None:
+        """Check that there is a loss; build the latent objective's predictor and target, load ``init_from``."""
+        s, latent = self.student, self.latent
+        if s.decoder_img is None and s.decoder_vid is None and latent is None:
             raise ValueError("the student has no decoder and model.latent is null: there is no loss to train")
+        if init_from and latent is None:
+            raise ValueError("model.init_from loads V-JEPA 2 weights and needs model.latent (model=vjepa)")
+        if latent is not None:
+            latent.attach(s)
+            if init_from:
+                init_from_vjepa(init_from, s, latent)
 
     def _check_teacher(self) -> None:
         s = self.student
@@ -131,10 +141,12 @@ class PretrainModule(NonFiniteGuardMixin):
         want = (s.token_grid[0] * s.token_grid[1] * s.token_grid[2], s.decoder_img.head.out_features)
         frames = s.num_frames // self.teacher.frame_stride
         have = (frames * self.teacher.tokens_per_frame, self.teacher.embed_dim)
-        if want != have:
+        grid = getattr(self.teacher, "token_grid", None)  # a video teacher: the same tubes, not just as many
+        grids = f" (token grids: teacher {tuple(grid)}, student {s.token_grid})" if grid is not None else ""
+        if want != have or (grid is not None and tuple(grid) != tuple(s.token_grid)):
             raise ValueError(
                 f"teacher gives {have[0]} tokens of width {have[1]} but the student expects {want[0]} of width "
-                f"{want[1]}: match model.teacher (preset, img_size, patch_size, frame_stride) with "
+                f"{want[1]}{grids}: match model.teacher (preset, img_size, patch_size, frame_stride) with "
                 "model.student (img_size, num_frames, tubelet_size, teacher_dim)"
             )
 
@@ -202,6 +214,16 @@ class PretrainModule(NonFiniteGuardMixin):
             self.teacher.to(self.trainer.strategy.root_device)
 
     # ----------------------------------------------------------------------------------------- steps
+    def decoder_positions(
+        self, mask: torch.Tensor, num_masked: int, generator: torch.Generator | None
+    ) -> torch.Tensor | None:
+        """Dual masking: positions ``(B, K)`` of the masked tokens the pixel decoder reconstructs; ``None`` when off
+        (no random numbers drawn then, so the masks are those of a run without the knob)."""
+        if self.decoder_masking is None:
+            return None
+        masked = token_order(mask, num_masked)[1]
+        return self.decoder_masking(masked, self.student.token_grid, generator)
+
     def _run_teacher(self) -> bool:
         """Whether this optimiser step computes distillation targets (every ``teacher_every_k``-th step)."""
         k = self.hparams.teacher_every_k
@@ -228,10 +250,11 @@ class PretrainModule(NonFiniteGuardMixin):
         s = self.student
         mask = self.masking(video.shape[0], s.token_grid, video.device, generator)
         n_masked = self.masking.num_masked(s.token_grid)  # known on the host: no device sync to select tokens
-        image_pred, pixel_pred = s(video, mask, n_masked)
+        decoded = self.decoder_positions(mask, n_masked, generator)  # dual masking; None when off
+        image_pred, pixel_pred = s(video, mask, n_masked, decoded)
         distill = image_pred is not None and self._run_teacher()
         targets = (image_pred, self.teacher(video)) if distill else (None, None)
-        out = self.loss(video, mask, pixel_pred, *targets, s.tubelet_size, s.patch_size, n_masked)
+        out = self.loss(video, mask, pixel_pred, *targets, s.tubelet_size, s.patch_size, n_masked, decoded)
         k = self.hparams.teacher_every_k
         if distill and k > 1 and self.training:
             # k× the distillation weight on the steps that run the teacher: the expected gradient is unchanged.
@@ -240,7 +263,7 @@ class PretrainModule(NonFiniteGuardMixin):
             # No distillation this step: keep the image branch in the graph with a zero loss (DDP needs every
             # parameter to get a gradient); its gradients are dropped before the optimiser step.
             out["loss"] = out["loss"] + 0.0 * image_pred.float().sum()
-        out.update(mask=mask, pixel_pred=pixel_pred)
+        out.update(mask=mask, pixel_pred=pixel_pred, decoded=decoded)
         return out
 
     def _log_losses(self, out: dict[str, torch.Tensor], stage: str, batch_size: int) -> None:
@@ -326,8 +349,11 @@ class PretrainModule(NonFiniteGuardMixin):
         if self.global_rank != 0:
             return
         s = self.student
+        mask = out["mask"][:1]
+        if out.get("decoded") is not None:  # dual masking: the panel shows the tokens the pixel decoder rebuilt
+            mask = positions_mask(out["decoded"][:1], mask.shape[1])
         panel = reconstruction_panel(
-            video[0], out["mask"][0], out["pixel_pred"][0].detach(), s.token_grid, s.tubelet_size,
+            video[0], mask[0], out["pixel_pred"][0].detach(), s.token_grid, s.tubelet_size,
             s.patch_size, self.loss.normalize_pixels, self.hparams.recon_frames,
         )
         caption = f"{stage} | step {self.global_step} | loss {float(out['loss'].detach()):.4f}"

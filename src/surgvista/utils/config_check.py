@@ -80,6 +80,7 @@ RULES: dict[str, Rule] = {
     "model.label_smoothing": RATE,
     "model.teacher_every_k": POSITIVE_INT,
     "model.recon_every_n_steps": Rule("int", 0, example=500),
+    "model.decoder_mask_ratio": Rule("float", choices=(0, 0.25, 0.5, 0.75), null=True, example=0.5),
     "model.masking.ratio": Rule("float", 0, 1, lo_open=True, hi_open=True, example=0.85),
     "model.masking.kind": Rule("str", choices=("tube", "random"), example="tube"),
     "model.loss.pixel_weight": Rule("float", 0, example=1.0),
