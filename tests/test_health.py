@@ -373,20 +373,12 @@ def test_the_monitor_does_not_change_training(tmp_path):
 
 
 def test_a_real_pretraining_module_with_health_features(tmp_path):
-    """The tiny ``PretrainModule`` with pooled final-norm features of all tokens as ``health_features``: a random
+    """The tiny ``PretrainModule``'s own ``health_features`` (pooled final-norm features of every token): a random
     network is healthy on every signal (the thresholds leave room for initialisation), nothing warns."""
-    import types
-
     from helpers import tiny_pretrain_module
-
-    def health_features(self, batch):
-        video = batch["video"]
-        visible = torch.zeros(video.shape[0], math.prod(self.student.token_grid), dtype=torch.bool)
-        return self.student.forward_encoder(video, visible, 0).mean(dim=1)
 
     torch.manual_seed(0)
     module = tiny_pretrain_module()
-    module.health_features = types.MethodType(health_features, module)
     clips = [{"video": torch.randn(3, 4, 32, 32)} for _ in range(24)]
     monitor = HealthMonitor(every_n_steps=1, patience=1)
     trainer = L.Trainer(

@@ -221,3 +221,31 @@ def test_init_from_an_official_pt_loads_the_target_encoder_as_the_target(tmp_pat
             assert torch.equal(a, b), name
     with pytest.raises(Exception, match="needs model.latent"):
         instantiate(compose("demo", "model=surgvista_tiny", "+model.init_from=x.pt", out=tmp_path).model)
+
+
+def fit_with_monitor(module: PretrainModule):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from surgvista.callbacks.health import HealthMonitor
+
+    clips = [{"video": torch.randn(3, 4, 32, 32, generator=torch.Generator().manual_seed(i))} for i in range(24)]
+    monitor = HealthMonitor(every_n_steps=1, patience=1)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[monitor],
+    )
+    trainer.fit(module, DataLoader(clips, batch_size=8))
+    return monitor, trainer.callback_metrics
+
+
+def test_health_monitor_is_quiet_on_a_healthy_vjepa_run_and_fires_on_a_collapsed_target():
+    monitor, metrics = fit_with_monitor(vjepa_module(momentum=0.99))
+    assert monitor.fired == set() and float(metrics["health/feature_std"]) > 0.01
+    assert float(metrics["health/ema_momentum"]) == pytest.approx(0.99)
+    collapsed = vjepa_module(momentum=1.0)  # a target that maps every clip to one constant vector, and stays so
+    with torch.no_grad():
+        collapsed.latent.target.norm.weight.zero_()
+        collapsed.latent.target.norm.bias.fill_(0.5)
+    monitor, metrics = fit_with_monitor(collapsed)
+    assert "feature_std" in monitor.fired and float(metrics["health/feature_std"]) < 1e-6
