@@ -193,8 +193,8 @@ def test_non_finite_steps_are_read_on_the_host_only_every_check_interval(monkeyp
     module = tiny_pretrain_module(max_consecutive_nonfinite=1, nonfinite_check_every=3)
     shared = PretrainModule._shared_step
 
-    def poisoned(self, video, generator):
-        out = shared(self, video, generator)
+    def poisoned(self, video, generator, block_rng=None):
+        out = shared(self, video, generator, block_rng)
         if self.global_step >= 1:
             out["loss"] = out["loss"] * float("nan")
         return out
