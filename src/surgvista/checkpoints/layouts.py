@@ -86,7 +86,8 @@ def load_exact(state: Mapping[str, torch.Tensor], model: nn.Module, source: str,
     for kind, keys in (("missing key", missing), ("unexpected key", unexpected), ("wrong shape for key", wrong)):
         if keys:
             more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
-            shape = f": checkpoint {tuple(state[keys[0]].shape)}, model {tuple(target[keys[0]].shape)}"
-            detail = shape if kind.startswith("wrong") else ""
+            detail = ""
+            if keys is wrong:
+                detail = f": checkpoint {tuple(state[keys[0]].shape)}, model {tuple(target[keys[0]].shape)}"
             raise CheckpointError(f"{source}: {kind} {keys[0]!r}{detail}{more}; expected the layout of {what}")
     model.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True)

@@ -104,11 +104,17 @@ class TimmFrameBackbone(FrameBackbone):
 
     def load_released(self, ckpt: str, layout: LayoutSpec, timm_filter: bool, name: str) -> None:
         """Load a released file exactly (after the layout's renaming and, optionally, timm's own filter)."""
+        from surgvista.checkpoints.errors import CheckpointError
         from surgvista.checkpoints.layouts import load_exact
 
         state = layout.read(ckpt)
         if timm_filter:
-            state = sys.modules[type(self.model).__module__].checkpoint_filter_fn(state, self.model)
+            try:
+                state = sys.modules[type(self.model).__module__].checkpoint_filter_fn(state, self.model)
+            except KeyError as e:  # timm's filter looks every renamed key up in the model
+                raise CheckpointError(
+                    f"{ckpt}: unexpected key (renamed by timm) {e}; expected the layout of {name}"
+                ) from None
         load_exact(state, self.model, ckpt, f"timm {name} (num_classes=0)")
         log.info("zoo timm %s: loaded %d tensors from %s", name, len(state), ckpt)
 

@@ -75,7 +75,11 @@ def load_hf_model(path: str | None, config: Mapping | None, attn: str, seed: int
     if path is not None:
         if not Path(path).is_dir():
             raise FileNotFoundError(f"HF backbone folder not found: {path} (no hub access: give a local folder)")
-        return AutoModel.from_pretrained(path, local_files_only=True, attn_implementation=attn)
+        model, info = AutoModel.from_pretrained(
+            path, local_files_only=True, attn_implementation=attn, output_loading_info=True
+        )
+        check_loading_info(info, path)
+        return model
     cfg = dict(config)
     if cfg.get("model_type") not in kinds:
         raise ConfigError(f"HF backbone config needs model_type in {kinds}, got {cfg.get('model_type')!r}")
@@ -83,6 +87,19 @@ def load_hf_model(path: str | None, config: Mapping | None, attn: str, seed: int
     hf_cfg._attn_implementation = attn
     with seeded(seed):
         return AutoModel.from_config(hf_cfg)
+
+
+def check_loading_info(info: Mapping, folder: str) -> None:
+    """Refuse a folder whose weights leave a model parameter missing or of the wrong shape (``transformers`` would
+    initialise it randomly): one line naming the folder and the first such key. Unexpected keys (a pre-training
+    or classification model's decoder/head) are not loaded, by design."""
+    from surgvista.checkpoints.errors import CheckpointError
+
+    for kind, keys in (("missing key", info.get("missing_keys")), ("wrong shape for key", info.get("mismatched_keys"))):
+        keys = sorted(map(str, keys or ()))
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            raise CheckpointError(f"{folder}: {kind} {keys[0]}{more}; the folder's weights do not fit its config.json")
 
 
 HF_FRAME_KINDS = ("dinov3_vit", "dinov2", "dinov2_with_registers")
