@@ -393,3 +393,52 @@ def test_selfsupsurg_vissl_trunk_equals_timm_and_torchvision(tmp_path):
     with pytest.raises(CheckpointError) as exc:  # a file of another layout: the missing container is named
         TimmFrameBackbone(**(cfg | {"ckpt": str(tmp_path / "other.torch")}))
     assert_one_line_error(exc, tmp_path / "other.torch", "classy_state_dict")
+
+
+# -------------------------------------------------------------------------------------------------- GSViT
+
+
+def msra_efficientvit_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """timm ``efficientvit_m*`` weights under the names of Microsoft's EfficientViT as vendored in
+    SamuelSchmidgall/GSViT ``EfficientViT/classification/model/efficientvit.py`` (@ 6cc153b), inside the
+    ``load_gsvit.py`` wrapper whose ``evit`` is ``Sequential(patch_embed, blocks1, blocks2, blocks3)`` (``GSViT.pkl``
+    is that wrapper's state dict): ``Conv2d_BN`` = ``c``/``bn``, ``patch_embed.{0,2,4,6}``, each later stage's
+    ``blocks<k>`` = [subsample dw+FFN, PatchMerging, dw+FFN, blocks...], and a stored ``attention_bias_idxs``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        key = re.sub(r"\.conv\.weight$", ".c.weight", key)
+        key = re.sub(r"^patch_embed\.conv(\d)\.", lambda m: f"evit.0.{2 * (int(m[1]) - 1)}.", key)
+        key = re.sub(r"^stages\.0\.blocks\.", "evit.1.", key)
+        for i, part in enumerate(("res1", "patchmerge", "res2")):
+            key = re.sub(rf"^stages\.(\d)\.downsample\.{part}\.", lambda m, i=i: f"evit.{int(m[1]) + 1}.{i}.", key)
+        key = re.sub(r"^stages\.(\d)\.blocks\.(\d+)\.", lambda m: f"evit.{int(m[1]) + 1}.{int(m[2]) + 3}.", key)
+        out[key] = value
+        if key.endswith("attn.attention_biases"):
+            n = value.shape[1]
+            out[key.replace("attention_biases", "attention_bias_idxs")] = torch.zeros(n, n, dtype=torch.long)
+    return out
+
+
+def test_gsvit_pkl_per_frame_equals_timm_efficientvit(tmp_path):
+    import timm
+
+    torch.manual_seed(91)
+    ref = timm.create_model("efficientvit_m0", num_classes=0, img_size=64).eval()  # the YAML's m5: same layout
+    state = msra_efficientvit_state(ref)
+    assert "evit.2.1.conv1.c.weight" in state and "evit.0.6.bn.running_var" in state
+    torch.save(state, tmp_path / "GSViT.pkl")
+    cfg = config("gsvit") | {"name": "efficientvit_m0", "model_kwargs": {"img_size": 64}}
+    ours = TimmFrameBackbone(**(cfg | {"ckpt": str(tmp_path / "GSViT.pkl")}))
+    assert ours.bgr and ours.mean == (0.0, 0.0, 0.0)
+    video = clips(size=64, seed=92)
+    with torch.no_grad():
+        frames = own_frames(ours, video)[:, [2, 1, 0]]  # GSViT's process_inputs: RGB -> BGR
+        feats = ref.forward_features(frames)
+        tokens, pooled = per_frame(feats, ref.forward_head(feats, pre_logits=True), 2, 2)
+    assert_features(ours, video, tokens, pooled)
+
+    del state["evit.3.4.ffn1.m.pw2.bn.weight"]
+    torch.save(state, tmp_path / "bad.pkl")
+    with pytest.raises(CheckpointError) as exc:
+        TimmFrameBackbone(**(cfg | {"ckpt": str(tmp_path / "bad.pkl")}))
+    assert_one_line_error(exc, tmp_path / "bad.pkl", "ffn1.m.pw2.bn.weight")

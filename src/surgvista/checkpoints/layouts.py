@@ -2,16 +2,18 @@
 
 A released file wraps the weights in its training framework's container and prefixes: ``{'model': ...}`` (MAE,
 EndoViT), ``{'teacher': {'backbone.…'}}`` (DINO: LemonFM), ``{'state_dict': {'module.encoder_q.…'}}`` (MoCo),
-``classy_state_dict.base_model.model.trunk`` with ``_feature_blocks.`` (VISSL: SelfSupSurg). :func:`select_state`
-walks to the weights (``state_key``, a dotted path), :func:`rename_state` keeps, strips and drops keys, and
-:func:`load_exact` loads the result strictly: a missing, unexpected or wrong-shape key is one
-:class:`~surgvista.checkpoints.errors.CheckpointError` line naming the file and the key.
+``classy_state_dict.base_model.model.trunk`` with ``_feature_blocks.`` (VISSL: SelfSupSurg), a wrapper's
+``evit.<i>`` around Microsoft's EfficientViT (GSViT). A :class:`Layout` walks to the weights (``state_key``, a dotted
+path, via :func:`select_state`) and renames, keeps and drops keys; :func:`load_exact` loads the result strictly:
+a missing, unexpected or wrong-shape key is one :class:`~surgvista.checkpoints.errors.CheckpointError` line naming
+the file and the key.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from torch import nn
 
 from surgvista.checkpoints.errors import CheckpointError
 from surgvista.checkpoints.read import check_finite, read_checkpoint
+from surgvista.utils.errors import ConfigError
 
 
 def select_state(obj: Any, state_key: str | None, source: str) -> dict[str, torch.Tensor]:
@@ -38,42 +41,83 @@ def select_state(obj: Any, state_key: str | None, source: str) -> dict[str, torc
     return state
 
 
-def rename_state(
-    state: Mapping[str, torch.Tensor],
-    keep_prefix: str | None = None,
-    strip_prefixes: Sequence[str] = (),
-    drop: str | None = None,
-) -> dict[str, torch.Tensor]:
-    """Keep only keys starting with ``keep_prefix`` (which is removed), strip each of ``strip_prefixes`` where it
-    leads a key, then drop keys matching the regular expression ``drop`` (decoders, projection heads)."""
-    out: dict[str, torch.Tensor] = {}
-    pattern = re.compile(drop) if drop else None
-    for key, value in state.items():
-        if keep_prefix:
-            if not key.startswith(keep_prefix):
-                continue
-            key = key[len(keep_prefix) :]
-        for prefix in strip_prefixes:
+def msra_efficientvit_key(key: str) -> str:
+    """A key of Microsoft's original EfficientViT (``patch_embed.<i>``, ``blocks1``–``blocks3`` with each later
+    stage's subsample ``Sequential``/``PatchMerging``/``Sequential`` first, ``Conv2d_BN`` as ``c``/``bn``) → timm's
+    ``efficientvit_m*`` key (``patch_embed.conv<n>``, ``stages.<s>.downsample.res1/patchmerge/res2``,
+    ``stages.<s>.blocks.<j>``, ``conv``/``bn``)."""
+    key = re.sub(r"\.c\.weight$", ".conv.weight", key)
+    m = re.match(r"patch_embed\.(\d+)\.(.*)$", key)
+    if m:
+        return f"patch_embed.conv{int(m[1]) // 2 + 1}.{m[2]}"
+    m = re.match(r"blocks([123])\.(\d+)\.(.*)$", key)
+    if not m:
+        return key
+    stage, index, rest = int(m[1]) - 1, int(m[2]), m[3]
+    if stage == 0:
+        return f"stages.0.blocks.{index}.{rest}"
+    if index < 3:
+        return f"stages.{stage}.downsample.{('res1', 'patchmerge', 'res2')[index]}.{rest}"
+    return f"stages.{stage}.blocks.{index - 3}.{rest}"
+
+
+# Named key renamings a layout can apply (``key_map``), for layouts no prefix rule describes.
+KEY_MAPS = {"efficientvit_msra": msra_efficientvit_key}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a released file keeps the weights and how its keys become the library model's.
+
+    ``state_key``: dotted path to the state dict (``None``: the file's top level); ``keep_prefix``: only keys under
+    it, prefix removed; ``strip_prefixes``: removed where they lead a key; ``prefix_map``: leading prefix →
+    replacement; ``key_map``: a name of :data:`KEY_MAPS`; ``drop``: regular expression of keys to drop (decoders,
+    projection heads, stored index buffers). Applied in that order."""
+
+    state_key: str | None = None
+    keep_prefix: str | None = None
+    strip_prefixes: tuple[str, ...] = ()
+    prefix_map: Mapping[str, str] = field(default_factory=dict)
+    key_map: str | None = None
+    drop: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.key_map is not None and self.key_map not in KEY_MAPS:
+            raise ConfigError(f"unknown key_map {self.key_map!r}; expected one of {sorted(KEY_MAPS)}")
+
+    def rename_key(self, key: str) -> str:
+        """One key after the prefix rules and the key map (the ``keep_prefix`` test is the caller's)."""
+        key = key.removeprefix(self.keep_prefix or "")
+        for prefix in self.strip_prefixes:
             key = key.removeprefix(prefix)
-        if pattern is None or not pattern.search(key):
-            out[key] = value
-    return out
+        for old, new in self.prefix_map.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        return KEY_MAPS[self.key_map](key) if self.key_map else key
 
+    def rename(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state dict under the library model's keys (dropped keys left out)."""
+        pattern = re.compile(self.drop) if self.drop else None
+        out: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            if self.keep_prefix and not key.startswith(self.keep_prefix):
+                continue
+            key = self.rename_key(key)
+            if pattern is None or not pattern.search(key):
+                out[key] = value
+        return out
 
-def read_layout(
-    path: str | Path,
-    state_key: str | None = None,
-    keep_prefix: str | None = None,
-    strip_prefixes: Sequence[str] = (),
-    drop: str | None = None,
-) -> dict[str, torch.Tensor]:
-    """Read a released file (``.pth``/``.pt``/``.torch``/``.safetensors``) and return its renamed, finite weights."""
-    obj, _ = read_checkpoint(path)
-    state = rename_state(select_state(obj, state_key, str(path)), keep_prefix, strip_prefixes, drop)
-    if not state:
-        raise CheckpointError(f"{path}: no key left after keep_prefix={keep_prefix!r} and drop={drop!r}")
-    check_finite(state, path)
-    return state
+    def read(self, path: str | Path) -> dict[str, torch.Tensor]:
+        """Read a released file (``.pth``/``.pt``/``.pkl``/``.torch``/``.safetensors``): its renamed, finite weights."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"backbone checkpoint not found: {path} (backbone.ckpt)")
+        obj, _ = read_checkpoint(path)
+        state = self.rename(select_state(obj, self.state_key, str(path)))
+        if not state:
+            raise CheckpointError(f"{path}: no key left after keep_prefix={self.keep_prefix!r} and drop={self.drop!r}")
+        check_finite(state, path)
+        return state
 
 
 def load_exact(state: Mapping[str, torch.Tensor], model: nn.Module, source: str, what: str) -> None:

@@ -52,12 +52,15 @@ class FrameBackbone(ZooBackbone):
     tokens are concatenated over time (a CNN's map cells become tokens), the pooled vectors averaged over time.
     """
 
+    bgr: bool = False  # the model takes its channels in BGR order (flipped after normalisation)
+
     def frame_features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def _features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t = video.shape[0], video.shape[2]
-        feats, pooled = self.frame_features(video.transpose(1, 2).flatten(0, 1))
+        frames = video.transpose(1, 2).flatten(0, 1)
+        feats, pooled = self.frame_features(frames.flip(1) if self.bgr else frames)
         if feats.ndim == 4:  # CNN feature map (B·T, C, h, w) → cells as tokens
             feats = feats.flatten(2).transpose(1, 2)
         return feats.reshape(b, -1, feats.shape[-1]), pooled.reshape(b, t, -1).mean(1)

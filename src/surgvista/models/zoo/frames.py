@@ -32,39 +32,17 @@ def resolve_classes(names: Mapping[str, str] | None) -> dict[str, type]:
     return out
 
 
-class LayoutSpec:
-    """Where a released file keeps the weights: ``state_key`` (dotted path), ``keep_prefix`` (only keys under it,
-    prefix removed), ``strip_prefixes`` (removed where they lead), ``drop`` (regex of keys to drop)."""
-
-    def __init__(
-        self,
-        state_key: str | None = None,
-        keep_prefix: str | None = None,
-        strip_prefixes: Sequence[str] = (),
-        drop: str | None = None,
-    ) -> None:
-        self.state_key, self.keep_prefix, self.drop = state_key, keep_prefix, drop
-        self.strip_prefixes = tuple(strip_prefixes)
-
-    def read(self, path: str | Path) -> dict[str, torch.Tensor]:
-        """The renamed weights of ``path``."""
-        from surgvista.checkpoints.layouts import read_layout
-
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"backbone checkpoint not found: {path} (backbone.ckpt)")
-        return read_layout(path, self.state_key, self.keep_prefix, self.strip_prefixes, self.drop)
-
-
 class TimmFrameBackbone(FrameBackbone):
     """A timm image model run on every frame.
 
     Weights: ``pretrained_file`` (a file in the timm model's own layout, through timm's ``pretrained_cfg_overlay``)
-    or ``ckpt`` (a released file in another layout: ``state_key``/``keep_prefix``/``strip_prefixes``/``drop_keys``
-    locate and rename its keys, ``timm_filter`` then applies the timm model's ``checkpoint_filter_fn`` (e.g. the
-    original MetaFormer layout → timm's), and the load is exact). ``model_kwargs`` go to ``timm.create_model``
-    (e.g. ``img_size`` for ViTs), ``class_kwargs`` too after importing their dotted class paths (activations).
-    Input normalisation: ``mean``/``std`` if given, else the model's ``pretrained_cfg``. Tokens: every frame's
-    ``forward_features`` (CNN: map cells); pooled: the model's pre-logits per frame, averaged over time.
+    or ``ckpt`` (a released file in another layout: ``layout`` holds the
+    :class:`~surgvista.checkpoints.layouts.Layout` fields that locate and rename its keys, ``timm_filter`` then applies
+    the timm model's ``checkpoint_filter_fn`` (e.g. the original MetaFormer layout → timm's), and the load is
+    exact). ``model_kwargs`` go to ``timm.create_model`` (e.g. ``img_size`` for ViTs), ``class_kwargs`` too after
+    importing their dotted class paths (activations). Input: ``mean``/``std`` if given, else the model's
+    ``pretrained_cfg``; ``bgr`` feeds the channels in BGR order. Tokens: every frame's ``forward_features`` (CNN: map
+    cells); pooled: the model's pre-logits per frame, averaged over time.
     """
 
     def __init__(
@@ -74,14 +52,12 @@ class TimmFrameBackbone(FrameBackbone):
         seed: int = 0,
         model_kwargs: Mapping | None = None,
         ckpt: str | None = None,
-        state_key: str | None = None,
-        keep_prefix: str | None = None,
-        strip_prefixes: Sequence[str] = (),
-        drop_keys: str | None = None,
+        layout: Mapping | None = None,
         timm_filter: bool = False,
         class_kwargs: Mapping[str, str] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        bgr: bool = False,
     ) -> None:
         super().__init__()
         import timm
@@ -99,15 +75,16 @@ class TimmFrameBackbone(FrameBackbone):
         cfg = self.model.pretrained_cfg or {}
         self.mean = tuple(mean or cfg.get("mean", IMAGENET_DEFAULT_MEAN))
         self.std = tuple(std or cfg.get("std", IMAGENET_DEFAULT_STD))
+        self.bgr = bgr
         if ckpt:
-            self.load_released(ckpt, LayoutSpec(state_key, keep_prefix, strip_prefixes, drop_keys), timm_filter, name)
+            self.load_released(ckpt, dict(layout or {}), timm_filter, name)
 
-    def load_released(self, ckpt: str, layout: LayoutSpec, timm_filter: bool, name: str) -> None:
+    def load_released(self, ckpt: str, layout: Mapping, timm_filter: bool, name: str) -> None:
         """Load a released file exactly (after the layout's renaming and, optionally, timm's own filter)."""
         from surgvista.checkpoints.errors import CheckpointError
         from surgvista.checkpoints.layouts import load_exact
 
-        state = layout.read(ckpt)
+        state = read_layout(ckpt, layout)
         if timm_filter:
             try:
                 state = sys.modules[type(self.model).__module__].checkpoint_filter_fn(state, self.model)
@@ -121,6 +98,22 @@ class TimmFrameBackbone(FrameBackbone):
     def frame_features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.model.forward_features(frames)
         return feats, self.model.forward_head(feats, pre_logits=True)
+
+
+def read_layout(ckpt: str, layout: Mapping) -> dict[str, torch.Tensor]:
+    """The weights of a released file under the library model's keys (``layout``: the ``Layout`` fields)."""
+    from surgvista.checkpoints.layouts import Layout
+
+    fields = dict(layout)
+    fields["strip_prefixes"] = tuple(fields.get("strip_prefixes") or ())
+    fields["prefix_map"] = dict(fields.get("prefix_map") or {})
+    try:
+        spec = Layout(**fields)
+    except TypeError:
+        raise ConfigError(
+            f"layout {sorted(fields)}: expected keys among {sorted(Layout.__dataclass_fields__)}"
+        ) from None
+    return spec.read(ckpt)
 
 
 class EndoSSLBackbone(FrameBackbone):
@@ -149,7 +142,7 @@ class EndoSSLBackbone(FrameBackbone):
 class TorchvisionFrameBackbone(FrameBackbone):
     """A torchvision CNN with ``features``/``avgpool``/``classifier`` (ConvNeXt, EfficientNet, ...) on every frame.
 
-    ``ckpt`` is read with the same layout options as :class:`TimmFrameBackbone` and loaded exactly into
+    ``ckpt`` is read with a ``layout`` as in :class:`TimmFrameBackbone` and loaded exactly into
     ``torchvision.models.get_model(name)`` without its last classifier layer. Tokens: the cells of ``features``'
     map; pooled: ``classifier(avgpool(map))`` with its last layer removed (ConvNeXt: the LayerNorm'd average),
     averaged over time.
@@ -160,10 +153,7 @@ class TorchvisionFrameBackbone(FrameBackbone):
         name: str,
         ckpt: str | None = None,
         seed: int = 0,
-        state_key: str | None = None,
-        keep_prefix: str | None = None,
-        strip_prefixes: Sequence[str] = (),
-        drop_keys: str | None = None,
+        layout: Mapping | None = None,
         mean: Sequence[float] = tuple(IMAGENET_DEFAULT_MEAN),
         std: Sequence[float] = tuple(IMAGENET_DEFAULT_STD),
     ) -> None:
@@ -180,7 +170,7 @@ class TorchvisionFrameBackbone(FrameBackbone):
         if ckpt:
             from surgvista.checkpoints.layouts import load_exact
 
-            state = LayoutSpec(state_key, keep_prefix, strip_prefixes, drop_keys).read(ckpt)
+            state = read_layout(ckpt, dict(layout or {}))
             load_exact(state, self.model, ckpt, f"torchvision {name} without its last classifier layer")
 
     def frame_features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
