@@ -117,26 +117,35 @@ def videomae_v2_pretrain_state(finetune: dict[str, torch.Tensor]) -> dict[str, t
     return out
 
 
-def test_videomae_v2_released_layouts_equal_hf_videomae(tmp_path):
-    """``distill/vit_b_k710_dl_from_giant.pth`` / ``vit_g_hybrid_pt_1200e_k710_ft.pth`` (``module``, DeepSpeed) and
-    ``vit_g_hybrid_pt_1200e.pth`` (``model``, pre-training) → our student equals HF VideoMAEModel on the weights.
-    The giant's MLP ratio 48/11 is exercised (hidden 64 → 279)."""
+@pytest.mark.parametrize(
+    ("name", "file", "container"),
+    [
+        ("videomaev2_base_distilled", "vit_b_k710_dl_from_giant.pth", "module"),
+        ("videomaev2_giant", "vit_g_hybrid_pt_1200e.pth", "model"),
+    ],
+)
+def test_videomae_v2_released_layouts_equal_hf_videomae(tmp_path, name, file, container):
+    """``distill/vit_b_k710_dl_from_giant.pth`` (``{'module': ...}``, as DeepSpeed fine-tuning saves it; the finetune
+    script reads ``model|module``) and ``vit_g_hybrid_pt_1200e.pth`` (``{'model': ...}``, pre-training) → our student
+    equals HF VideoMAEModel on the same weights. The giant's MLP ratio 48/11 is exercised (hidden 64 → 279)."""
     from transformers import VideoMAEModel
 
-    hf = randomize(VideoMAEModel(hf_config(use_mean_pooling=True, intermediate_size=int(64 * 48 / 11))), seed=21)
+    ratio = config(name).get("mlp_ratio", 4.0)
+    hf = randomize(VideoMAEModel(hf_config(use_mean_pooling=True, intermediate_size=int(64 * ratio))), seed=21)
     finetune = videomae_v2_finetune_state(hf)
-    torch.save({"module": finetune}, tmp_path / "vit_b_k710_dl_from_giant.pth")
-    torch.save({"model": videomae_v2_pretrain_state(finetune)}, tmp_path / "vit_g_hybrid_pt_1200e.pth")
-    geometry = config("videomaev2_giant") | {"img_size": 32, "num_frames": 4, "patch_size": 8}
+    state = finetune if container == "module" else videomae_v2_pretrain_state(finetune)
+    torch.save({container: state}, tmp_path / file)
+    geometry = config(name) | {"img_size": 32, "num_frames": 4, "patch_size": 8}
     geometry |= {"embed_dim": 64, "depth": 2, "num_heads": 4}
     video = clips(frames=4, seed=22)
     with torch.no_grad():
         reference = hf.eval()(pixel_values=video.transpose(1, 2)).last_hidden_state
-    for name in ("vit_b_k710_dl_from_giant.pth", "vit_g_hybrid_pt_1200e.pth"):
-        ours = StudentBackbone(**{**geometry, "ckpt": str(tmp_path / name), "attn_backend": "eager"})
-        assert_features(ours, video, reference, reference.mean(1))
-    finetune["blocks.1.mlp.fc3.weight"] = finetune.pop("blocks.1.mlp.fc1.weight")
-    torch.save({"module": finetune}, tmp_path / "bad.pth")
+    ours = StudentBackbone(**{**geometry, "ckpt": str(tmp_path / file), "attn_backend": "eager"})
+    assert_features(ours, video, reference, reference.mean(1))
+
+    prefix = "" if container == "module" else "encoder."
+    state[f"{prefix}blocks.1.mlp.fc3.weight"] = state.pop(f"{prefix}blocks.1.mlp.fc1.weight")
+    torch.save({container: state}, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / "bad.pth"))) as exc:
         StudentBackbone(**{**geometry, "ckpt": str(tmp_path / "bad.pth")})
     assert "blocks.1.mlp.fc3.weight" in str(exc.value) and "blocks.1.mlp.fc1.weight" in str(exc.value)
@@ -159,7 +168,9 @@ def test_dinov3_folder_per_frame_equals_the_transformers_model(tmp_path):
     model.save_pretrained(tmp_path / "dinov3")
     sat = {"image_mean": [0.430, 0.411, 0.296], "image_std": [0.213, 0.156, 0.143]}
     (tmp_path / "dinov3" / "preprocessor_config.json").write_text(json.dumps(sat))
-    ours = HFFrameBackbone(path=str(tmp_path / "dinov3"), attn_implementation="eager")
+    ours = HFFrameBackbone(
+        **(config("dinov3_vitb16") | {"path": str(tmp_path / "dinov3"), "attn_implementation": "eager"})
+    )
     assert ours.mean == tuple(sat["image_mean"]) and ours.embed_dim == 32
     video = clips(seed=32)
     with torch.no_grad():
