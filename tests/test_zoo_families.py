@@ -321,6 +321,49 @@ def test_surgenetxl_caformer_teacher_file_equals_timm(tmp_path):
     assert_one_line_error(exc, tmp_path / "bad.pth", "res_scale9")
 
 
+def fb_convnextv2_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """timm ``convnextv2_*`` weights under the facebookresearch/ConvNeXt-V2 names SurgeNet's ``convnextv2.py``
+    (@ e87372f) loads its ``SurgeNet_ConvNextv2_checkpoint_epoch0050_teacher.pth`` ``['model']`` into:
+    ``downsample_layers.i.j``, ``stages.i.j.{dwconv,norm,pwconv1,grn,pwconv2}`` (GRN ``gamma``/``beta`` of shape
+    ``(1, 1, 1, C)``), final ``norm`` and a ``head`` (dropped by its loader)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        key = re.sub(r"^stem\.", "downsample_layers.0.", key)
+        key = re.sub(r"^stages\.(\d)\.downsample\.", r"downsample_layers.\1.", key)
+        key = re.sub(r"^stages\.(\d)\.blocks\.(\d+)\.", r"stages.\1.\2.", key)
+        key = key.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv").replace("head.norm", "norm")
+        if ".mlp.grn." in key:
+            key = key.replace("mlp.grn.weight", "grn.gamma").replace("mlp.grn.bias", "grn.beta")
+            value = value.reshape(1, 1, 1, -1)
+        out[key] = value
+    d = model.num_features
+    out.update({"head.weight": torch.randn(12, d), "head.bias": torch.zeros(12)})
+    return out
+
+
+def test_surgenet_convnextv2_teacher_file_equals_timm(tmp_path):
+    import timm
+
+    torch.manual_seed(65)
+    ref = timm.create_model("convnextv2_atto", num_classes=0).eval()  # the YAML's convnextv2_tiny: same layout
+    state = fb_convnextv2_state(ref)
+    assert "downsample_layers.0.1.weight" in state and state["stages.0.0.grn.gamma"].shape[:3] == (1, 1, 1)
+    torch.save({"model": state, "epoch": 50}, tmp_path / "SurgeNet_ConvNextv2_checkpoint_epoch0050_teacher.pth")
+    cfg = config("surgenet_convnextv2") | {"name": "convnextv2_atto"}
+    ours = TimmFrameBackbone(**(cfg | {"ckpt": str(tmp_path / "SurgeNet_ConvNextv2_checkpoint_epoch0050_teacher.pth")}))
+    video = clips(size=64, seed=66)
+    with torch.no_grad():
+        feats = ref.forward_features(own_frames(ours, video))
+        tokens, pooled = per_frame(feats, ref.forward_head(feats, pre_logits=True), 2, 2)
+    assert_features(ours, video, tokens, pooled)
+
+    del state["stages.3.1.pwconv2.bias"]
+    torch.save({"model": state}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as exc:
+        TimmFrameBackbone(**(cfg | {"ckpt": str(tmp_path / "bad.pth")}))
+    assert_one_line_error(exc, tmp_path / "bad.pth", "stages.3.blocks.1.mlp.fc2.bias")
+
+
 # ------------------------------------------------------------------------------------------------ LemonFM
 
 
