@@ -152,6 +152,10 @@ def test_fast_dev_run_from_experiment_config(experiment, downstream_root, tmp_pa
     assert "test/loss" in metrics
     out = tmp_path / "run" / "test"
     assert (out / "metrics.md").is_file() and json.loads((out / "metrics.json").read_text())
+    ci = json.loads((out / "ci.json").read_text())  # bootstrap intervals of the headline metrics
+    headline = {"phase": "relaxed_jaccard", "triplet": "mAP_ivt", "cvs": "mAP"}[experiment.split("_")[0]]
+    records = json.loads((out / "per_video.json").read_text())["videos"]
+    assert headline in ci["metrics"] and ci["bootstrap"]["videos"] == len(records) > 0
     if experiment == "cvs_cholec80cvs":  # clip-level: one row per clip
         rows = (out / "predictions.csv").read_text().splitlines()
         assert rows[0].startswith("video,target,prediction,prob_score0") and len(rows) == 1 + 2 * 1

@@ -80,7 +80,8 @@ def test_eval_writes_per_video_records_and_intervals_that_score_reproduces(eval_
         assert ci["metrics"][key]["value"] == pytest.approx(metrics[key], abs=1e-12), key
     assert len((eval_run / "per_video.csv").read_text().splitlines()) == 3  # header + 2 videos
     preds, out = eval_run / "predictions", tmp_path / "ci.json"
-    code, stdout, _ = _score(capsys, "phase", str(preds), str(preds), "--dataset", "cholec80", "--ci", "--json", str(out))
+    argv = ("phase", str(preds), str(preds), "--dataset", "cholec80", "--ci", "--json", str(out))
+    code, stdout, _ = _score(capsys, *argv)
     assert code == 0 and json.loads(out.read_text())["ci"] == ci
     assert "95 % bootstrap intervals (1000 resamples of the 2 videos, seed 0)" in stdout
     assert exit_status(leaderboard.main, ["--compare", str(eval_run.parent), str(eval_run), "--resamples", "20"]) == 0
