@@ -58,6 +58,7 @@ class FinetuneModule(NonFiniteGuardMixin):
 
     multilabel = False
     clip_level = False  # one predictions.csv with a row per clip instead of one CSV per video
+    record_task = "clip"  # the per-video records behind ci.json: phase | triplet | clip (metrics/per_video.py)
     monitor = "val/top1"
 
     def __init__(
@@ -245,8 +246,6 @@ class FinetuneModule(NonFiniteGuardMixin):
         self.write_intervals(out, split, preds)
         self.write_figures(out, split, preds)
 
-    record_task = "clip"
-
     def per_video_records(self, split: str, preds: dict) -> list[dict]:
         """Per-video records (``surgvista.metrics.per_video``) of the predictions: here the samples of each video
         (of each clip for clip-level tasks), annotated rows only."""
@@ -296,6 +295,8 @@ class FinetuneModule(NonFiniteGuardMixin):
 class PhaseModule(FinetuneModule):
     """Surgical phase recognition: one online causal clip per annotated frame, single label."""
 
+    record_task = "phase"
+
     def make_metrics(self) -> nn.Module:
         from surgvista.metrics import PhaseMetrics
 
@@ -308,8 +309,6 @@ class PhaseModule(FinetuneModule):
             dataset=hp.dataset,
             class_names=self.class_names,
         )
-
-    record_task = "phase"
 
     def per_video_records(self, split: str, preds: dict) -> list[dict]:
         """Phase records of the annotated frames (unrelaxed and, when on, relaxed)."""
@@ -351,6 +350,7 @@ class TripletModule(FinetuneModule):
 
     multilabel = True
     monitor = "val/mAP_ivt"
+    record_task = "triplet"
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.update(mixup=0.0, cutmix=0.0, label_smoothing=0.0)
@@ -365,8 +365,6 @@ class TripletModule(FinetuneModule):
         # The i/v/t component map is CholecT50's; other vocabularies (Prostate21) get mAP_ivt only.
         cmap = CHOLECT50 if self.num_classes == CHOLECT50.num_triplets else None
         return TripletMetrics(self.num_classes, component_map=cmap)
-
-    record_task = "triplet"
 
     def per_video_records(self, split: str, preds: dict) -> list[dict]:
         """Per-video AP of every component (``TripletMetrics``' map and null handling)."""
