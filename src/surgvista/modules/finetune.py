@@ -50,6 +50,17 @@ from surgvista.modules.schedule import adamw_warmup_cosine
 log = logging.getLogger(__name__)
 
 
+def source_videos(datamodule, split: str) -> dict[str, str]:
+    """``{clip id: source video}`` from the split's manifest ``_meta.same_video_as`` (``{}`` when it has none, or
+    when the data module does not expose its manifests, e.g. cached probe features)."""
+    for dm in (datamodule, getattr(datamodule, "source", None)):
+        dataset = (getattr(dm, "datasets", None) or {}).get(split)
+        same = (getattr(dataset, "meta", None) or {}).get("same_video_as")
+        if isinstance(same, dict):
+            return {clip: "/".join(map(str, v)) if isinstance(v, list) else str(v) for clip, v in same.items()}
+    return {}
+
+
 class FinetuneModule(NonFiniteGuardMixin):
     """Shared recipe; subclasses choose the loss, the metrics and the monitored value.
 
@@ -247,13 +258,16 @@ class FinetuneModule(NonFiniteGuardMixin):
         self.write_figures(out, split, preds)
 
     def per_video_records(self, split: str, preds: dict) -> list[dict]:
-        """Per-video records (``surgvista.metrics.per_video``) of the predictions: here the samples of each video
-        (of each clip for clip-level tasks), annotated rows only."""
+        """Per-video records (``surgvista.metrics.per_video``) of the predictions: here the annotated samples of
+        each video; clips of one source video (the manifest's ``same_video_as``, Cholec80-CVS) form one record, other
+        clips one record each."""
         from surgvista.metrics.per_video import clip_records
 
         ids, target = self.trainer.datamodule.video_ids(split), preds["target"].astype(np.int64)
+        same = source_videos(self.trainer.datamodule, split)
         keep = target >= 0
-        return clip_records(preds["probs"][keep], target[keep], [ids[int(v)] for v in preds["video"][keep]])
+        units = [same.get(ids[int(v)], ids[int(v)]) for v in preds["video"][keep]]
+        return clip_records(preds["probs"][keep], target[keep], units)
 
     def write_intervals(self, out: Path, split: str, preds: dict) -> None:
         """``per_video.{json,csv}`` and ``ci.{json,md}`` (``ci_resamples`` video resamples, seed ``ci_seed``)."""
