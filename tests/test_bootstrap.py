@@ -172,6 +172,13 @@ def test_clip_records_give_clip_scores_of_the_pooled_samples():
     assert all(c.lo <= c.value <= c.hi for c in ci.values())
 
 
+def test_records_check_their_input_like_phase_scores():
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 6\]"):
+        phase_records([np.array([0, 7])], [np.array([0, 1])], ["v"], 7, dataset="cholec80")
+    with pytest.raises(ValueError, match="1 video ids for 2 videos"):
+        phase_records([np.array([0])] * 2, [np.array([0])] * 2, ["v"], 7, dataset="cholec80")
+
+
 # ------------------------------------------------------------------------------------------- the fps trap
 
 

@@ -27,6 +27,7 @@ from surgvista.metrics.phase import (
     VideoPhaseScores,
     aggregate_phase_scores,
     check_relaxed_rate,
+    check_videos,
     relax_window,
     relaxation_rules,
     relaxed_correct,
@@ -71,13 +72,15 @@ def phase_records(
     overlaps: Sequence[float] = DEFAULT_OVERLAPS,
 ) -> list[dict]:
     """One record per video of integer label sequences (checked as ``phase_scores`` checks them)."""
+    preds, targets = check_videos(preds, targets, num_classes)
+    if len(videos) != len(preds):
+        raise ValueError(f"phase records: {len(videos)} video ids for {len(preds)} videos")
     relax = resolve_relaxed(relaxed, dataset)
     if relax:
         check_relaxed_rate(dataset, fps)
         rules, window = relaxation_rules(dataset, num_classes), relax_window(fps)
     records = []
-    for vid, p, t in zip(videos, preds, targets, strict=True):
-        p, t = np.asarray(p).ravel(), np.asarray(t).ravel()
+    for vid, p, t in zip(videos, preds, targets):
         rec = {"video": str(vid), "frames": int(t.size), "edit": edit_score(p, t)}
         rec.update(_phase_part(t, p, num_classes, None, ""))
         if relax:

@@ -212,7 +212,9 @@ def video_macro_scores(target, pred) -> tuple[float, float, float]:
     return mean(prec) * 100, mean(rec) * 100, mean(f1) * 100
 
 
-def _check_videos(preds_per_video, targets_per_video, num_classes: int) -> tuple[list, list]:
+def check_videos(preds_per_video, targets_per_video, num_classes: int) -> tuple[list, list]:
+    """Flattened per-video label arrays; errors for mismatched lengths, empty videos, non-integer or out-of-range
+    labels."""
     preds = [np.asarray(p).ravel() for p in preds_per_video]
     targets = [np.asarray(t).ravel() for t in targets_per_video]
     if len(preds) != len(targets):
@@ -266,7 +268,7 @@ def phase_scores(
     ``relaxed="auto"`` relaxes iff ``dataset`` has rules (cholec80, autolaparo, m2cai16); the window is
     ``round(10 * fps)`` frames.
     """
-    preds, targets = _check_videos(preds_per_video, targets_per_video, num_classes)
+    preds, targets = check_videos(preds_per_video, targets_per_video, num_classes)
     all_p, all_t = np.concatenate(preds), np.concatenate(targets)
     out = {"accuracy": float(np.count_nonzero(all_p == all_t)) / all_t.size * 100}
     out.update(aggregate_phase_scores([video_phase_scores(t, p, num_classes) for p, t in zip(preds, targets)]))
@@ -297,7 +299,7 @@ def phase_table(
 ) -> dict[str, dict[str, float]]:
     """Per-phase J/P/R/F1, unrelaxed or relaxed, keyed by class name: nanmean over videos of the clipped values
     (the rows ``Main.m`` prints) and their nanstd."""
-    preds, targets = _check_videos(preds_per_video, targets_per_video, num_classes)
+    preds, targets = check_videos(preds_per_video, targets_per_video, num_classes)
     names = list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]
     if len(names) != num_classes:
         raise ValueError(f"phase_table: {len(names)} class names for num_classes={num_classes}")
