@@ -21,6 +21,7 @@ from surgvista.evaluation.scoring import (
     score_phase,
     score_triplet,
 )
+from surgvista.evaluation.uncertainty import phase_options
 from surgvista.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 
 
@@ -85,8 +86,6 @@ def run_phase(args: argparse.Namespace) -> tuple[dict[str, float], str, list[dic
     scores = score_phase(videos, num_classes, **options)
     if args.csv is not None:
         write_csv(args.csv, per_video_rows(videos, num_classes))
-    from surgvista.evaluation.uncertainty import phase_options
-
     records = phase_video_records(videos, num_classes, **options) if args.ci or args.per_video else []
     return scores, f"{args.dataset}: {len(videos)} videos", records, phase_options(**options)
 
