@@ -77,6 +77,8 @@ def downstream_root(demo_root, tmp_path_factory) -> Path:
     for name, (label, names, clip, fn) in kinds.items():
         for split, src in (("train", train), ("val", val), ("test", val)):
             entries, meta = _split(src.entries, fn, label, names, clip, copies=2 if clip else 1)
+            if name == "cholec80_cvs":  # clips of one surgery, as surgvista-prepare writes them
+                meta["same_video_as"] = {e.video_id: ["cholec80", e.video_id.rsplit("_", 1)[0]] for e in entries}
             write_manifest(root / name / f"{split}.jsonl", entries, meta)
     return root
 
@@ -152,6 +154,12 @@ def test_fast_dev_run_from_experiment_config(experiment, downstream_root, tmp_pa
     assert "test/loss" in metrics
     out = tmp_path / "run" / "test"
     assert (out / "metrics.md").is_file() and json.loads((out / "metrics.json").read_text())
+    ci = json.loads((out / "ci.json").read_text())  # bootstrap intervals of the headline metrics
+    headline = {"phase": "relaxed_jaccard", "triplet": "mAP_ivt", "cvs": "mAP"}[experiment.split("_")[0]]
+    records = json.loads((out / "per_video.json").read_text())["videos"]
+    assert headline in ci["metrics"] and ci["bootstrap"]["videos"] == len(records) > 0
+    if experiment == "cvs_cholec80cvs":  # CVS clips are resampled by their Cholec80 video
+        assert all(r["video"].startswith("cholec80/") for r in records), [r["video"] for r in records]
     if experiment == "cvs_cholec80cvs":  # clip-level: one row per clip
         rows = (out / "predictions.csv").read_text().splitlines()
         assert rows[0].startswith("video,target,prediction,prob_score0") and len(rows) == 1 + 2 * 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -168,7 +169,11 @@ def test_grid_writes_one_leaderboard_row_per_backbone_and_protocol(demo_root, tm
         assert r["dataset"] == "demo" and float(r["params_M"]) > 0 and float(r["clips_per_s"]) > 0
         for m in ("top1", "video_accuracy_mean", "jaccard", "precision", "recall"):  # F1 is NaN where P = R = 0
             assert math.isfinite(float(r[m])) and 0 <= float(r[m]) <= 100
-    assert "| demo | demo_student |" in (sweep / "leaderboard.md").read_text()
+        lo, top1, hi = (float(r[k]) for k in ("top1_lo", "top1", "top1_hi"))  # bootstrap over the test videos
+        assert lo - 1e-4 <= top1 <= hi + 1e-4  # (the logged top1 is float32)
+        assert "edit" in r and "f1@50" in r
+    md = (sweep / "leaderboard.md").read_text()
+    assert "| demo | demo_student |" in md and re.search(r"\| \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\] \|", md)
     capsys.readouterr()
     leaderboard.main([str(sweep), "--out", str(tmp_path)])  # the CLI on a finished grid
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"leaderboard: {tmp_path / 'leaderboard.csv'}"

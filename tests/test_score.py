@@ -70,6 +70,24 @@ def test_score_reproduces_eval_metrics_json_exactly(eval_run, tmp_path, capsys):
     assert "relaxed_video_accuracy" in stdout
 
 
+def test_eval_writes_per_video_records_and_intervals_that_score_reproduces(eval_run, tmp_path, capsys):
+    from surgvista.cli import leaderboard
+
+    ci = json.loads((eval_run / "ci.json").read_text())
+    metrics = json.loads((eval_run / "metrics.json").read_text())
+    assert ci["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95, "unit": "video", "videos": 2}
+    for key in ("accuracy", "jaccard", "relaxed_jaccard", "relaxed_precision", "edit", "f1@10"):
+        assert ci["metrics"][key]["value"] == pytest.approx(metrics[key], abs=1e-12), key
+    assert len((eval_run / "per_video.csv").read_text().splitlines()) == 3  # header + 2 videos
+    preds, out = eval_run / "predictions", tmp_path / "ci.json"
+    argv = ("phase", str(preds), str(preds), "--dataset", "cholec80", "--ci", "--json", str(out))
+    code, stdout, _ = _score(capsys, *argv)
+    assert code == 0 and json.loads(out.read_text())["ci"] == ci
+    assert "95 % bootstrap intervals (1000 resamples of the 2 videos, seed 0)" in stdout
+    assert exit_status(leaderboard.main, ["--compare", str(eval_run.parent), str(eval_run), "--resamples", "20"]) == 0
+    assert "| +0.00 [+0.00, +0.00] | 1 |" in capsys.readouterr().out
+
+
 def _doc_blocks() -> tuple[dict[str, str], list[tuple[str, str]]]:
     text = (ROOT / "docs" / "metrics.md").read_text()
     blocks = re.findall(r"<!-- (file|command): (.+?) -->\n```text\n(.*?)```", text, re.S)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -260,6 +262,8 @@ def test_tecno_module_learns_the_demo_phases(cache, demo_root, tmp_path, one_thr
     rows = files[0].read_text().splitlines()
     assert rows[0] == "Frame\tPhase\tTarget" and len(rows) == 1 + int((dm.datasets["test"][0]["labels"] >= 0).sum())
     assert float(trainer.callback_metrics["test/video_accuracy_mean"]) == pytest.approx(acc)
+    ci = json.loads((tmp_path / "test" / "ci.json").read_text())["metrics"]["video_accuracy_mean"]
+    assert ci["lo"] <= ci["value"] == pytest.approx(acc, abs=1e-4) and ci["value"] <= ci["hi"]
     reloaded = TeCNOModule.load_from_checkpoint(tmp_path / "tecno.ckpt", map_location="cpu")
     torch.testing.assert_close(reloaded.class_weight, module.class_weight)
     x = torch.randn(1, 9, 192)

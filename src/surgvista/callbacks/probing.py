@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class ProbeCallback(L.Callback):
     """Builds the probe head for the cached feature width (and fills the k-NN bank) in ``setup``; after the test,
     writes ``<run>/probe.json`` for :mod:`surgvista.evaluation.leaderboard`: backbone, parameters, protocol, dataset,
-    the test metrics and the extraction throughput of the cache."""
+    the test metrics, their bootstrap intervals (the task module's ``test_ci``) and the extraction throughput."""
 
     def __init__(self, backbone: str, protocol: str, dataset: str) -> None:
         self.backbone, self.protocol, self.dataset = backbone, protocol, dataset
@@ -65,6 +65,7 @@ class ProbeCallback(L.Callback):
             "extraction_device": meta.get("device"),
             "cache": str(trainer.datamodule.directory) if trainer.datamodule.frozen else None,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
+            "ci": getattr(pl_module, "test_ci", None),  # bootstrap intervals of the headline metrics
         }
         out = Path(trainer.default_root_dir) / "probe.json"
         out.write_text(json.dumps(record, indent=1))

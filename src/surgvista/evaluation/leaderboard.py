@@ -4,8 +4,10 @@ Reads every ``probe.json`` under the folder (one per job, written by :class:`sur
 and writes ``leaderboard.csv`` and ``leaderboard.md`` (into ``--out``, default the folder): one row per (dataset,
 backbone, protocol) with the backbone's parameter count, the task's test metrics (phase: accuracy, mean video
 accuracy, Jaccard/F1/precision/recall, and their ``relaxed_`` versions where the dataset has relaxed boundaries;
-triplets: mAP_ivt and its components; CVS/action: top-1/top-k, balanced accuracy, mAP) and the feature extraction
-throughput. The last printed line is
+the edit score and segmental F1@10/25/50; triplets: mAP_ivt and its components; CVS/action: top-1/top-k, balanced
+accuracy, mAP) and the feature extraction throughput. A metric with a bootstrap interval in the run's record
+(``probe.json``'s ``ci``) shows as ``mean [lo, hi]`` in the Markdown table and gets ``<metric>_lo``/``_hi`` columns
+in the CSV. The last printed line is
 ``leaderboard: <path to leaderboard.csv>``. Also run at the end of a ``-m`` grid (:class:`LeaderboardCallback`).
 """
 
@@ -23,7 +25,7 @@ from omegaconf import DictConfig
 HEADLINE = (
     "top1", "accuracy", "video_accuracy_mean", "video_accuracy_std", "jaccard", "f1", "precision", "recall",
     "relaxed_accuracy", "relaxed_video_accuracy_mean", "relaxed_jaccard", "relaxed_f1", "relaxed_precision",
-    "relaxed_recall", "accuracy_top3", "accuracy_top5", "balanced_accuracy", "mAP",
+    "relaxed_recall", "edit", "f1@10", "f1@25", "f1@50", "accuracy_top3", "accuracy_top5", "balanced_accuracy", "mAP",
     "mAP_ivt", "mAP_i", "mAP_v", "mAP_t", "mAP_iv", "mAP_it",
 )  # fmt: skip
 FIXED = ("dataset", "backbone", "params_M", "protocol")
@@ -42,6 +44,7 @@ def collect(root: str | Path) -> list[dict]:
                 "params_M": round(rec["params"] / 1e6, 3) if rec.get("params") else None,
                 "protocol": rec["protocol"],
                 **metrics,
+                **{f"{k}_{end}": v.get(end) for k, v in (rec.get("ci") or {}).items() for end in ("lo", "hi")},
                 "clips_per_s": round(rec["clips_per_s"], 2) if rec.get("clips_per_s") else None,
                 "run": str(path.parent),
             }
@@ -50,14 +53,24 @@ def collect(root: str | Path) -> list[dict]:
 
 
 def columns(rows: list[dict]) -> list[str]:
+    """The CSV columns: fixed, the headline metrics present (each followed by its interval ends), throughput."""
     present = {k for r in rows for k in r}
-    return [*FIXED, *(m for m in HEADLINE if m in present), "clips_per_s", "run"]
+    metrics = [c for m in HEADLINE if m in present for c in (m, f"{m}_lo", f"{m}_hi") if c in present]
+    return [*FIXED, *metrics, "clips_per_s", "run"]
 
 
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.2f}" if math.isfinite(value) else str(value)
     return "" if value is None else str(value)
+
+
+def md_cell(row: dict, column: str) -> str:
+    """``mean [lo, hi]`` when the row has the metric's interval, else the plain value."""
+    lo, hi = row.get(f"{column}_lo"), row.get(f"{column}_hi")
+    if column in HEADLINE and isinstance(lo, float) and isinstance(hi, float):
+        return f"{_cell(row.get(column))} [{lo:.2f}, {hi:.2f}]"
+    return _cell(row.get(column))
 
 
 def write(rows: list[dict], out: str | Path) -> Path:
@@ -70,9 +83,9 @@ def write(rows: list[dict], out: str | Path) -> Path:
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    shown = [c for c in cols if c != "run"]
+    shown = [c for c in cols if c != "run" and not c.endswith(("_lo", "_hi"))]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in shown) + " |" for r in rows]
+    lines += ["| " + " | ".join(md_cell(r, c) for c in shown) + " |" for r in rows]
     (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
     return out / "leaderboard.csv"
 

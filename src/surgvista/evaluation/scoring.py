@@ -1,9 +1,10 @@
 """``surgvista-score``: score the prediction files of any model with surgvista's metrics, no code needed.
 
     surgvista-score phase GT_DIR PRED_DIR --dataset cholec80 [--relaxed auto|true|false] [--no-matlab-quirk]
-                    [--fps 1] [--json OUT] [--csv OUT]
+                    [--fps 1] [--resample PRED_FPS] [--json OUT] [--csv OUT]
     surgvista-score triplet GT PRED [--json OUT]       (CholecT50 labels JSON or our CSVs vs our prediction CSVs)
     surgvista-score clip GT PRED [--top-k 1,5] [--json OUT]
+    every task: [--ci [--resamples 1000] [--seed 0]] [--per-video OUT.json]
 
 Phase files: one per video, matched by file stem (``-phase``/``_pred`` style suffixes ignored), either
 ``Frame<TAB>Phase`` text (integer ids or phase names of ``--dataset``; header optional; the MATLAB evaluation
@@ -123,8 +124,21 @@ def check_aligned(key: str, gt: Labels, pred: Labels, gt_path: Path, pred_path: 
         where = f"; first difference at row {first}" if first is not None else ""
         raise ScoreError(
             f"video {key}: {gt_path} has {len(gt.frames)} frames but {pred_path} has {len(pred.frames)}{where} "
-            "(both must list the same frames; evaluate predictions at the annotation rate)"
+            "(both must list the same frames: evaluate predictions at the annotation rate, or map them onto the "
+            "ground truth's frames explicitly with --resample PRED_FPS)"
         )
+
+
+def resample_labels(pred: Labels, pred_fps: float, frames: np.ndarray, fps: float) -> Labels:
+    """``pred`` (frame indices at ``pred_fps``) at ``frames`` (indices at ``fps``): each target frame takes the
+    latest prediction at or before its time (the first prediction before any); the explicit ``--resample``."""
+    if pred_fps <= 0 or fps <= 0:
+        raise ScoreError(f"--resample: frame rates must be positive, got {pred_fps} and {fps}")
+    times = np.asarray(pred.frames, np.float64) / pred_fps
+    wanted = np.asarray(frames, np.float64) / fps
+    rows = np.clip(np.searchsorted(times, wanted + 1e-9, side="right") - 1, 0, len(times) - 1)
+    probs = pred.probs[rows] if pred.probs is not None else None
+    return Labels(np.asarray(frames, np.int64), np.asarray(pred.labels)[rows], probs, pred.classes)
 
 
 # ----------------------------------------------------------------------------------------------- phase
@@ -143,13 +157,18 @@ def dataset_phase_names(dataset: str) -> list[str] | None:
     return list(names["phase"]) if isinstance(names, dict) and "phase" in names else None
 
 
-def load_phase_videos(gt_dir: Path, pred_dir: Path, names: Sequence[str] | None) -> dict[str, tuple]:
-    """``{video: (gt Labels, pred Labels)}`` with aligned frames; unannotated rows (target -1) dropped."""
+def load_phase_videos(
+    gt_dir: Path, pred_dir: Path, names: Sequence[str] | None, resample: tuple[float, float] | None = None
+) -> dict[str, tuple]:
+    """``{video: (gt Labels, pred Labels)}`` with aligned frames; unannotated rows (target -1) dropped.
+    ``resample=(pred_fps, gt_fps)`` maps the predictions onto the ground truth's frames (``resample_labels``)."""
     gt_files, pred_files = video_files(gt_dir), video_files(pred_dir)
     videos = {}
     for key in match_videos(gt_files, pred_files):
         gt = read_phase_file(gt_files[key], "target", names)
         pred = read_phase_file(pred_files[key], "prediction", names)
+        if resample is not None:
+            pred = resample_labels(pred, resample[0], gt.frames, resample[1])
         check_aligned(key, gt, pred, gt_files[key], pred_files[key])
         keep = np.asarray(gt.labels) != -1
         gt = Labels(gt.frames[keep], np.asarray(gt.labels)[keep], None, gt.classes)
@@ -191,6 +210,21 @@ def score_phase(videos: dict[str, tuple], num_classes: int, *, dataset: str, fps
             out["accuracy_top5"] = float((top5 == all_t[:, None]).any(axis=1).mean() * 100)
         out["top1"] = _torchmetrics_top1(np.concatenate(preds), all_t, num_classes)
     return out
+
+
+def phase_video_records(videos: dict[str, tuple], num_classes: int, *, dataset: str, fps: float, relaxed, matlab):
+    """Per-video records (``surgvista.metrics.per_video``) of aligned label sequences, as ``score_phase`` scores."""
+    from surgvista.metrics.per_video import phase_records
+
+    preds = [np.asarray(p.labels) for _, p in videos.values()]
+    targets = [np.asarray(g.labels) for g, _ in videos.values()]
+    try:
+        return phase_records(
+            preds, targets, list(videos), num_classes, fps=fps, relaxed=relaxed, matlab_compatible=matlab,
+            dataset=dataset,
+        )  # fmt: skip
+    except ValueError as e:
+        raise ScoreError(str(e)) from e
 
 
 def _torchmetrics_top1(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float:
@@ -245,13 +279,11 @@ def multi_hot(labels: list, num_classes: int, path: Path) -> np.ndarray:
     return out
 
 
-def score_triplet(gt_dir: Path, pred_dir: Path, num_classes: int) -> dict[str, float]:
-    """Video-wise mAP_i/v/t/iv/it/ivt (the CholecT50 map for 100 classes, else mAP_ivt only)."""
-    from surgvista.metrics import CHOLECT50, COMPONENTS, triplet_scores
-
+def load_triplet_videos(gt_dir: Path, pred_dir: Path, num_classes: int) -> tuple[list[str], list, list]:
+    """Video keys, per-video multi-hot targets and probabilities (aligned frames)."""
     gt_files, pred_files = video_files(gt_dir), video_files(pred_dir)
-    targets, probs = [], []
-    for key in match_videos(gt_files, pred_files):
+    keys, targets, probs = match_videos(gt_files, pred_files), [], []
+    for key in keys:
         gt = read_triplet_file(gt_files[key], num_classes, "target")
         pred = read_our_csv(pred_files[key], "prediction", multilabel=True)
         if pred.probs.shape[1] != num_classes:
@@ -259,6 +291,14 @@ def score_triplet(gt_dir: Path, pred_dir: Path, num_classes: int) -> dict[str, f
         check_aligned(key, gt, pred, gt_files[key], pred_files[key])
         targets.append(multi_hot(gt.labels, num_classes, gt_files[key]))
         probs.append(pred.probs.astype(np.float64))
+    return keys, targets, probs
+
+
+def score_triplet(gt_dir: Path, pred_dir: Path, num_classes: int) -> dict[str, float]:
+    """Video-wise mAP_i/v/t/iv/it/ivt (the CholecT50 map for 100 classes, else mAP_ivt only)."""
+    from surgvista.metrics import CHOLECT50, COMPONENTS, triplet_scores
+
+    _, targets, probs = load_triplet_videos(gt_dir, pred_dir, num_classes)
     cmap = CHOLECT50 if num_classes == CHOLECT50.num_triplets else None
     return triplet_scores(targets, probs, cmap, COMPONENTS if cmap is not None else ("ivt",))
 
@@ -277,10 +317,8 @@ def read_clip_csv(path: Path) -> dict[str, dict[str, str]]:
     return rows
 
 
-def score_clip(gt_path: Path, pred_path: Path, top_k: Sequence[int]) -> dict[str, float]:
-    """``accuracy``/``accuracy_top{k}``, ``balanced_accuracy``, ``mAP`` (``ClipMetrics``) and ``top1``."""
-    from surgvista.metrics import clip_scores
-
+def load_clips(gt_path: Path, pred_path: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """Clip ids (sorted), probabilities (N, C), targets (N,) and the ``prob_<class>`` columns."""
     gt, pred = read_clip_csv(gt_path), read_clip_csv(pred_path)
     match_videos({k: gt_path for k in gt}, {k: pred_path for k in pred})
     cols = [c for c in next(iter(pred.values())) if c.startswith("prob_")]
@@ -293,6 +331,14 @@ def score_clip(gt_path: Path, pred_path: Path, top_k: Sequence[int]) -> dict[str
         raise ScoreError(f"{gt_path} / {pred_path}: missing or non-numeric target/probability ({e})") from e
     if target.min() < 0 or target.max() >= len(cols):
         raise ScoreError(f"{gt_path}: targets must lie in [0, {len(cols) - 1}] ({len(cols)} probability columns)")
+    return sorted(gt), probs, target, cols
+
+
+def score_clip(gt_path: Path, pred_path: Path, top_k: Sequence[int]) -> dict[str, float]:
+    """``accuracy``/``accuracy_top{k}``, ``balanced_accuracy``, ``mAP`` (``ClipMetrics``) and ``top1``."""
+    from surgvista.metrics import clip_scores
+
+    _, probs, target, cols = load_clips(gt_path, pred_path)
     k = tuple(min(x, len(cols)) for x in top_k)
     out = clip_scores(probs, target, top_k=k, class_names=[c[5:] for c in cols])
     out["top1"] = _torchmetrics_top1(probs.argmax(1), target, len(cols))

@@ -5,6 +5,7 @@ average DistributedSampler duplicates, so results do not depend on the number of
 """
 
 from surgvista.metrics.ap import average_precision
+from surgvista.metrics.bootstrap import bootstrap_ci, paired_bootstrap
 from surgvista.metrics.classification import (
     balanced_accuracy,
     clip_scores,
@@ -36,12 +37,14 @@ __all__ = [
     "aggregate_phase_scores",
     "average_precision",
     "balanced_accuracy",
+    "bootstrap_ci",
     "clip_scores",
     "edit_score",
     "metrics_table",
     "multilabel_balanced_accuracy",
     "nan_to_none",
     "overlap_counts",
+    "paired_bootstrap",
     "per_class_ap",
     "phase_scores",
     "phase_table",

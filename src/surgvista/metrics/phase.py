@@ -77,6 +77,25 @@ def relaxation_rules(dataset: str, num_classes: int | None = None) -> Relaxation
     return rules
 
 
+#: The frame rates at which the official scripts score the relaxed metric: Cholec80 and AutoLaparo at the 1-fps
+#: frame indices the Surgformer conversion writes for ``Main.m``; M2CAI16 at 25 fps (``Evaluate_m2cai.m`` on the
+#: raw labels) or at the benchmark's 1 fps. Elsewhere the 10 s window changes meaning with the rate (a 1-fps
+#: sequence declared as 25 fps forgives 250 s around each transition).
+RELAXED_FPS = {"cholec80": (1.0,), "autolaparo": (1.0,), "m2cai16": (1.0, 25.0)}
+
+
+def check_relaxed_rate(dataset: str, fps: float) -> None:
+    """Refuse the relaxed metric of ``dataset`` at a frame rate its official evaluation does not use."""
+    allowed = RELAXED_FPS.get(normalise_dataset(dataset))
+    if allowed is not None and not any(math.isclose(fps, a) for a in allowed):
+        rates = " or ".join(f"{a:g}" for a in allowed)
+        raise ValueError(
+            f"relaxed {normalise_dataset(dataset)} metrics are defined at {rates} fps (the official evaluation's "
+            f"rate), got fps={fps:g}: resample predictions and ground truth to {allowed[0]:g} fps first "
+            "(surgvista-score --resample) or turn relaxation off (relaxed=False)"
+        )
+
+
 def relax_window(fps: float, seconds: float = RELAX_SECONDS) -> int:
     """Relaxation window in frames: ``round(seconds * fps)`` (10 frames at 1 fps)."""
     window = int(round(seconds * fps))
@@ -193,7 +212,9 @@ def video_macro_scores(target, pred) -> tuple[float, float, float]:
     return mean(prec) * 100, mean(rec) * 100, mean(f1) * 100
 
 
-def _check_videos(preds_per_video, targets_per_video, num_classes: int) -> tuple[list, list]:
+def check_videos(preds_per_video, targets_per_video, num_classes: int) -> tuple[list, list]:
+    """Flattened per-video label arrays; errors for mismatched lengths, empty videos, non-integer or out-of-range
+    labels."""
     preds = [np.asarray(p).ravel() for p in preds_per_video]
     targets = [np.asarray(t).ravel() for t in targets_per_video]
     if len(preds) != len(targets):
@@ -247,11 +268,12 @@ def phase_scores(
     ``relaxed="auto"`` relaxes iff ``dataset`` has rules (cholec80, autolaparo, m2cai16); the window is
     ``round(10 * fps)`` frames.
     """
-    preds, targets = _check_videos(preds_per_video, targets_per_video, num_classes)
+    preds, targets = check_videos(preds_per_video, targets_per_video, num_classes)
     all_p, all_t = np.concatenate(preds), np.concatenate(targets)
     out = {"accuracy": float(np.count_nonzero(all_p == all_t)) / all_t.size * 100}
     out.update(aggregate_phase_scores([video_phase_scores(t, p, num_classes) for p, t in zip(preds, targets)]))
     if resolve_relaxed(relaxed, dataset):
+        check_relaxed_rate(dataset, fps)
         rules, window = relaxation_rules(dataset, num_classes), relax_window(fps)
         correct = [relaxed_correct(t, p, rules, window, matlab_compatible) for p, t in zip(preds, targets)]
         out["relaxed_accuracy"] = float(sum(int(c.sum()) for c in correct)) / all_t.size * 100
@@ -277,11 +299,12 @@ def phase_table(
 ) -> dict[str, dict[str, float]]:
     """Per-phase J/P/R/F1, unrelaxed or relaxed, keyed by class name: nanmean over videos of the clipped values
     (the rows ``Main.m`` prints) and their nanstd."""
-    preds, targets = _check_videos(preds_per_video, targets_per_video, num_classes)
+    preds, targets = check_videos(preds_per_video, targets_per_video, num_classes)
     names = list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]
     if len(names) != num_classes:
         raise ValueError(f"phase_table: {len(names)} class names for num_classes={num_classes}")
     if relaxed:
+        check_relaxed_rate(dataset, fps)
         rules, window = relaxation_rules(dataset, num_classes), relax_window(fps)
         correct = [relaxed_correct(t, p, rules, window, matlab_compatible) for p, t in zip(preds, targets)]
     else:

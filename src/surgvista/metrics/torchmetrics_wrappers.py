@@ -18,6 +18,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 from surgvista.metrics.classification import clip_scores
 from surgvista.metrics.collect import merge_duplicates, split_by_video
 from surgvista.metrics.phase import (
+    check_relaxed_rate,
     normalise_dataset,
     phase_scores,
     phase_table,
@@ -122,6 +123,7 @@ class PhaseMetrics(_KeyedMetric):
         self.relaxed = resolve_relaxed(relaxed, dataset)
         if self.relaxed:  # fail at construction, not at the end of a test epoch
             relaxation_rules(dataset, num_classes)
+            check_relaxed_rate(dataset, fps)
             relax_window(fps)
         self.matlab_compatible, self.overlaps, self.ignore_index = matlab_compatible, tuple(overlaps), ignore_index
         self.class_names = list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]

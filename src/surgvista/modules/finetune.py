@@ -11,7 +11,9 @@ triplets), :class:`ClipModule` (clip-level single label: Cholec80-CVS, SurgicalA
 
 Validation logs ``val/top1`` (frame/clip-level top-1, single-label) or ``val/mAP_ivt`` (triplets); the
 selection rule is the checkpoint callback's (``monitor``), see ``docs``/README. ``test`` writes per-video
-prediction CSVs and the metric table (Markdown + JSON) to ``<output_dir>/<stage>/``.
+prediction CSVs, the metric table (Markdown + JSON), the per-video records (``per_video.{json,csv}``) and the
+bootstrap intervals of the headline metrics (``ci.{json,md}``, ``surgvista.evaluation.uncertainty``) to
+``<output_dir>/<stage>/``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,17 @@ from surgvista.modules.schedule import adamw_warmup_cosine
 log = logging.getLogger(__name__)
 
 
+def source_videos(datamodule, split: str) -> dict[str, str]:
+    """``{clip id: source video}`` from the split's manifest ``_meta.same_video_as`` (``{}`` when it has none, or
+    when the data module does not expose its manifests, e.g. cached probe features)."""
+    for dm in (datamodule, getattr(datamodule, "source", None)):
+        dataset = (getattr(dm, "datasets", None) or {}).get(split)
+        same = (getattr(dataset, "meta", None) or {}).get("same_video_as")
+        if isinstance(same, dict):
+            return {clip: "/".join(map(str, v)) if isinstance(v, list) else str(v) for clip, v in same.items()}
+    return {}
+
+
 class FinetuneModule(NonFiniteGuardMixin):
     """Shared recipe; subclasses choose the loss, the metrics and the monitored value.
 
@@ -56,6 +69,7 @@ class FinetuneModule(NonFiniteGuardMixin):
 
     multilabel = False
     clip_level = False  # one predictions.csv with a row per clip instead of one CSV per video
+    record_task = "clip"  # the per-video records behind ci.json: phase | triplet | clip (metrics/per_video.py)
     monitor = "val/top1"
 
     def __init__(
@@ -82,6 +96,8 @@ class FinetuneModule(NonFiniteGuardMixin):
         output_dir: str | None = None,
         max_consecutive_nonfinite: int = 10,
         nonfinite_check_every: int | None = None,
+        ci_resamples: int = 1000,
+        ci_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)  # the run logs the whole config once
@@ -94,6 +110,7 @@ class FinetuneModule(NonFiniteGuardMixin):
             None if self.multilabel else make_mixup(net.num_classes, mixup, cutmix, label_smoothing=label_smoothing)
         )
         self.metrics = nn.ModuleDict()
+        self.test_ci: dict | None = None  # ci.json's metrics of the last test, for the probes' report
 
     # ------------------------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -237,7 +254,36 @@ class FinetuneModule(NonFiniteGuardMixin):
         log_table(self.trainer.loggers, f"{split}/metrics_table", values, table, self.global_step)
         log.info("%s predictions: %s; metrics: %s", split, where, out / "metrics.{md,json}")
         print(table)
+        self.write_intervals(out, split, preds)
         self.write_figures(out, split, preds)
+
+    def per_video_records(self, split: str, preds: dict) -> list[dict]:
+        """Per-video records (``surgvista.metrics.per_video``) of the predictions: here the annotated samples of
+        each video; clips of one source video (the manifest's ``same_video_as``, Cholec80-CVS) form one record, other
+        clips one record each."""
+        from surgvista.metrics.per_video import clip_records
+
+        ids, target = self.trainer.datamodule.video_ids(split), preds["target"].astype(np.int64)
+        same = source_videos(self.trainer.datamodule, split)
+        keep = target >= 0
+        units = [same.get(ids[int(v)], ids[int(v)]) for v in preds["video"][keep]]
+        return clip_records(preds["probs"][keep], target[keep], units)
+
+    def write_intervals(self, out: Path, split: str, preds: dict) -> None:
+        """``per_video.{json,csv}`` and ``ci.{json,md}`` (``ci_resamples`` video resamples, seed ``ci_seed``)."""
+        from surgvista.evaluation.uncertainty import phase_options, write_uncertainty
+
+        records = self.per_video_records(split, preds)
+        if not records:
+            return
+        hp = self.hparams
+        options = {}
+        if self.record_task == "phase":
+            options = phase_options(hp.dataset, hp.fps, self.metrics[split].relaxed, hp.matlab_compatible)
+        doc = write_uncertainty(out, self.record_task, records, options, hp.ci_resamples, hp.ci_seed)
+        if split == "test":
+            self.test_ci = doc["metrics"]
+        print((out / "ci.md").read_text())
 
     def write_figures(self, out: Path, split: str, preds: dict) -> None:
         """Figures and extra tables of an evaluation under ``out/plots`` (none for this task)."""
@@ -263,6 +309,8 @@ class FinetuneModule(NonFiniteGuardMixin):
 class PhaseModule(FinetuneModule):
     """Surgical phase recognition: one online causal clip per annotated frame, single label."""
 
+    record_task = "phase"
+
     def make_metrics(self) -> nn.Module:
         from surgvista.metrics import PhaseMetrics
 
@@ -275,6 +323,18 @@ class PhaseModule(FinetuneModule):
             dataset=hp.dataset,
             class_names=self.class_names,
         )
+
+    def per_video_records(self, split: str, preds: dict) -> list[dict]:
+        """Phase records of the annotated frames (unrelaxed and, when on, relaxed)."""
+        from surgvista.metrics.per_video import phase_records
+
+        hp = self.hparams
+        videos = per_video_labels(preds, self.trainer.datamodule.video_ids(split))
+        preds_, targets = [p for _, p in videos.values()], [t for t, _ in videos.values()]
+        return phase_records(
+            preds_, targets, list(videos), self.num_classes, fps=hp.fps, relaxed=self.metrics[split].relaxed,
+            matlab_compatible=hp.matlab_compatible, dataset=hp.dataset,
+        )  # fmt: skip
 
     def write_figures(self, out: Path, split: str, preds: dict) -> None:
         """Per-video phase ribbons (relaxed-correct frames marked), the normalised confusion matrix and the
@@ -304,6 +364,7 @@ class TripletModule(FinetuneModule):
 
     multilabel = True
     monitor = "val/mAP_ivt"
+    record_task = "triplet"
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.update(mixup=0.0, cutmix=0.0, label_smoothing=0.0)
@@ -318,6 +379,20 @@ class TripletModule(FinetuneModule):
         # The i/v/t component map is CholecT50's; other vocabularies (Prostate21) get mAP_ivt only.
         cmap = CHOLECT50 if self.num_classes == CHOLECT50.num_triplets else None
         return TripletMetrics(self.num_classes, component_map=cmap)
+
+    def per_video_records(self, split: str, preds: dict) -> list[dict]:
+        """Per-video AP of every component (``TripletMetrics``' map and null handling)."""
+        from surgvista.metrics.per_video import triplet_records
+
+        metric, ids = self.metrics[split], self.trainer.datamodule.video_ids(split)
+        videos, targets, probs = [], [], []
+        for v in np.unique(preds["video"]):
+            rows = np.flatnonzero(preds["video"] == v)
+            rows = rows[np.argsort(preds["frame"][rows], kind="stable")]
+            videos.append(ids[int(v)])
+            targets.append((preds["target"][rows] > 0.5).astype(np.int64))
+            probs.append(preds["probs"][rows])
+        return triplet_records(targets, probs, videos, metric.component_map, metric.ignore_null)
 
 
 class ClipModule(FinetuneModule):

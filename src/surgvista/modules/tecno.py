@@ -160,7 +160,7 @@ class TeCNOModule(L.LightningModule):
 
     def write_predictions(self, stage: str, videos: dict, values: dict[str, float]) -> None:
         """``<default_root_dir>/<stage>/predictions/<video_id>.txt`` (``Frame<TAB>Phase`` ids, the reference's
-        evaluator format, plus the target) and ``<stage>/metrics.json``."""
+        evaluator format, plus the target), ``<stage>/metrics.json`` and the per-video files and intervals."""
         out = Path(self.trainer.default_root_dir) / stage
         (out / "predictions").mkdir(parents=True, exist_ok=True)
         names = self.trainer.datamodule.video_ids(stage)
@@ -170,6 +170,20 @@ class TeCNOModule(L.LightningModule):
             (out / "predictions" / f"{names[index].replace('/', '_')}.txt").write_text("\n".join(rows) + "\n")
         (out / "metrics.json").write_text(json.dumps(values, indent=1))
         log.info("%s: %d prediction files in %s", stage, len(videos), out / "predictions")
+        self.write_intervals(out, [names[i] for i in videos], list(videos.values()))
+
+    def write_intervals(self, out: Path, ids: list[str], videos: list[dict]) -> None:
+        """``per_video.{json,csv}`` and the bootstrap intervals ``ci.{json,md}`` (1000 video resamples, seed 0)."""
+        from surgvista.evaluation.uncertainty import phase_options, write_uncertainty
+        from surgvista.metrics.per_video import phase_records
+
+        m = self.metrics["test"]
+        preds, targets = [v["prediction"] for v in videos], [v["target"] for v in videos]
+        records = phase_records(
+            preds, targets, ids, m.num_classes, fps=m.fps, relaxed=m.relaxed, matlab_compatible=m.matlab_compatible,
+            dataset=m.dataset,
+        )  # fmt: skip
+        write_uncertainty(out, "phase", records, phase_options(m.dataset, m.fps, m.relaxed, m.matlab_compatible))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
