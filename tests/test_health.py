@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 
