@@ -249,3 +249,20 @@ def test_health_monitor_is_quiet_on_a_healthy_vjepa_run_and_fires_on_a_collapsed
         collapsed.latent.target.norm.bias.fill_(0.5)
     monitor, metrics = fit_with_monitor(collapsed)
     assert "feature_std" in monitor.fired and float(metrics["health/feature_std"]) < 1e-6
+
+
+def test_ema_update_under_bf16_mixed_keeps_an_fp32_finite_target_that_moves():
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    module = vjepa_module(momentum=0.5)
+    before = {n: p.clone() for n, p in module.latent.target.named_parameters()}
+    clips = [{"video": torch.randn(3, 4, 32, 32)} for _ in range(4)]
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=2, precision="bf16-mixed", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[],
+    )
+    trainer.fit(module, DataLoader(clips, batch_size=2))
+    target = dict(module.latent.target.named_parameters())
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in target.values())
+    assert any(not torch.equal(before[n], p) for n, p in target.items())
