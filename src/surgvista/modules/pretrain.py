@@ -156,7 +156,7 @@ class PretrainModule(NonFiniteGuardMixin):
         if self._configured:
             return
         self._configured = True
-        if self.latent is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+        if self.latent is not None and self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
             raise ValueError("model.latent (V-JEPA) runs under DDP or FSDP2 (trainer=ddp or trainer=fsdp2), not "
                              "FSDP1 (trainer=fsdp): its EMA target is updated on FSDP2's local shards")
         if self.device_mesh is not None:
