@@ -92,6 +92,15 @@ def set_timm_attn_backend(vit: nn.Module, backend: str) -> None:
                 m.fused_attn = backend == "sdpa"
 
 
+def check_teacher_dtype(dtype: str | None, shard: bool) -> str | None:
+    """``model.teacher.dtype``: null, bfloat16 or float16, and only for a replicated teacher; returned as given."""
+    if dtype not in (None, "bfloat16", "float16"):
+        raise ValueError(f"model.teacher.dtype must be null, bfloat16 or float16, got {dtype!r}")
+    if dtype is not None and shard:
+        raise ValueError("model.teacher.dtype needs a replicated teacher (model.teacher.shard=false)")
+    return dtype
+
+
 class ImageTeacher(nn.Module):
     """Frozen ViT image expert giving the distillation targets of a video clip.
 
@@ -117,11 +126,7 @@ class ImageTeacher(nn.Module):
         dtype: str | None = None,
     ) -> None:
         super().__init__()
-        if dtype not in (None, "bfloat16", "float16"):
-            raise ValueError(f"model.teacher.dtype must be null, bfloat16 or float16, got {dtype!r}")
-        if dtype is not None and shard:
-            raise ValueError("model.teacher.dtype needs a replicated teacher (model.teacher.shard=false)")
-        self.compute_dtype = dtype
+        self.compute_dtype = check_teacher_dtype(dtype, shard)
         size = lookup(TEACHER_PRESETS, preset, "teacher preset")
         self.depth, self.embed_dim = size.depth, size.embed_dim
         self.frame_stride, self.norm_targets = frame_stride, norm_targets

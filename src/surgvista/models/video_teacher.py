@@ -17,7 +17,7 @@ from torch import nn
 
 from surgvista.models.classifier import VideoClassifier
 from surgvista.models.presets import STUDENT_PRESETS, lookup
-from surgvista.models.teacher import TeacherCheckpointError
+from surgvista.models.teacher import TeacherCheckpointError, check_teacher_dtype
 from surgvista.models.zoo import HFVideoBackbone
 from surgvista.utils.seeding import seeded
 
@@ -58,10 +58,7 @@ class VideoTeacher(nn.Module):
         dtype: str | None = None,
     ) -> None:
         super().__init__()
-        if dtype not in (None, "bfloat16", "float16"):
-            raise ValueError(f"model.teacher.dtype must be null, bfloat16 or float16, got {dtype!r}")
-        if dtype is not None and shard:
-            raise ValueError("model.teacher.dtype needs a replicated teacher (model.teacher.shard=false)")
+        check_teacher_dtype(dtype, shard)
         if frame_stride not in (None, tubelet_size):
             raise ValueError(
                 f"model.teacher.frame_stride={frame_stride}: a video teacher's tokens span tubelet_size="
