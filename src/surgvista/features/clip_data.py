@@ -102,7 +102,8 @@ class ProbeDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         self.source.prepare_data()  # e.g. the demo data module generates its videos
         if self.extract_missing and self.frozen:
-            self.cache.extract()
+            with torch.random.fork_rng(devices=[]):  # the probe's draws do not depend on whether the cache existed
+                self.cache.extract()
 
     def setup(self, stage: str | None = None) -> None:
         if not self.frozen:
