@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--heads", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clips", type=int, default=512)
+    parser.add_argument("--clips", type=int, default=256)
     parser.add_argument("--dim", type=int, default=192)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--classes", type=int, default=7)

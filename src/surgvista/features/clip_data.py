@@ -100,9 +100,9 @@ class ProbeDataModule(L.LightningDataModule):
         return self.inputs != "video"
 
     def prepare_data(self) -> None:
-        self.source.prepare_data()  # e.g. the demo data module generates its videos
-        if self.extract_missing and self.frozen:
-            with torch.random.fork_rng(devices=[]):  # the probe's draws do not depend on whether the cache existed
+        with torch.random.fork_rng(devices=[]):  # the probe's draws do not depend on what had to be made here
+            self.source.prepare_data()  # e.g. the demo data module generates its videos
+            if self.extract_missing and self.frozen:
                 self.cache.extract()
 
     def setup(self, stage: str | None = None) -> None:
