@@ -4,12 +4,15 @@ without a validation split the whole grid is reported and says so."""
 from __future__ import annotations
 
 import copy
+import csv
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_script, small_demo_set
 from timm.optim import param_groups_layer_decay
 
 from surgvista.callbacks.probing import ProbeCallback, make_grid
@@ -149,3 +152,22 @@ def test_grid_adamw_skips_a_step_marked_non_finite(fused):
     p.grad = torch.ones(2, 3)
     opt.step()
     assert torch.all(p < 1)
+
+
+@pytest.mark.slow  # ~17 s: a two-protocol grid sweep through train.py on the small demo set
+def test_grid_sweep_reports_the_grid_when_validation_is_the_test_split(demo_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_script(
+        "train.py", "-m", "experiment=probe_demo", "model/backbone=demo_student", "probe=linear,attentive",
+        "probe.grid.enabled=true", *small_demo_set(demo_root), f"data.cache_root={tmp_path / 'cache'}",
+        "data.input_size=32", "data.num_frames=4", "data.num_workers=0", "data.batch_size=8", "trainer.max_epochs=1",
+        "print_config=false", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    rows = {r["protocol"]: r for r in csv.DictReader((sweep / "leaderboard.csv").open())}
+    for protocol, recipe in (("linear", (1e-3, 0.0)), ("attentive", (1e-3, 0.01))):
+        record = json.loads((Path(rows[protocol]["run"]) / "probe.json").read_text())
+        grid = record["grid"]  # the demo validates on its test videos: nothing may be selected on them
+        assert grid["size"] == 20 and len(grid["test"]) == 20 and grid["val"] is None
+        assert tuple(grid["settings"][grid["selected"]]) == recipe  # the recipe's head, fixed before training
+        assert grid["test"][grid["selected"]] == pytest.approx(record["metrics"]["test/top1"], abs=1e-3)
+        assert rows[protocol]["grid"].startswith("20 heads, no val: recipe head")
