@@ -42,9 +42,12 @@ demo-tecno: install  ## TeCNO (cached features + causal MS-TCN) on the embedded 
 	$(PY) train.py experiment=demo_tecno
 
 BENCH_DEMO_BACKBONES ?= demo_student,demo_videomae,demo_timm_vit
-benchmark-demo: install  ## frozen probes (linear, attentive, k-NN) x 3 backbone families on the demo data, then the leaderboard (CPU)
+BENCH_DEMO_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
+benchmark-demo: install  ## frozen probes (linear, attentive, k-NN) x 3 backbone families on the demo data and its leaderboard, after a label-efficiency sweep (CPU)
+	$(PY) train.py -m experiment=probe_demo_label_efficiency print_config=false \
+		hydra.sweep.dir='$${paths.log_dir}/benchmark_demo/$(BENCH_DEMO_STAMP)_label_efficiency'
 	$(PY) train.py -m experiment=probe_demo model/backbone=$(BENCH_DEMO_BACKBONES) probe=linear,attentive,knn \
-		print_config=false hydra.sweep.dir='$${paths.log_dir}/benchmark_demo/$${now:%Y-%m-%d_%H-%M-%S}'
+		print_config=false hydra.sweep.dir='$${paths.log_dir}/benchmark_demo/$(BENCH_DEMO_STAMP)'
 
 test: install  ## ruff, then the whole suite (slow tests included)
 	$(PY) -m ruff check .

@@ -7,18 +7,21 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from surgvista.data.manifest import read_manifest
-from surgvista.models.probes import KNNProbe, LinearProbe, ProbeHead
+from surgvista.metrics.ap import average_precision_per_class
+from surgvista.models.probe_grid import ProbeGrid
+from surgvista.models.probes import AttentiveProbe, KNNProbe, LinearProbe, ProbeHead
 from surgvista.models.zoo import ZooClassifier
 from surgvista.utils.errors import ConfigError
 from surgvista.utils.seeding import seeded
@@ -31,8 +34,10 @@ class ProbeCallback(L.Callback):
     writes ``<run>/probe.json`` for :mod:`surgvista.evaluation.leaderboard`: backbone, parameters, protocol, dataset,
     the test metrics, their bootstrap intervals (the task module's ``test_ci``) and the extraction throughput."""
 
-    def __init__(self, backbone: str, protocol: str, dataset: str) -> None:
+    def __init__(self, backbone: str, protocol: str, dataset: str, grid: Mapping | None = None) -> None:
         self.backbone, self.protocol, self.dataset = backbone, protocol, dataset
+        self.grid = dict(grid) if grid and grid.get("enabled") else None
+        self.selection: dict = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         head, dm = getattr(pl_module, "net", None), trainer.datamodule
@@ -45,11 +50,29 @@ class ProbeCallback(L.Callback):
             return
         if inputs != head.inputs:
             raise ConfigError(f"{type(head).__name__} reads {head.inputs!r} features but data.inputs is {inputs!r}")
+        if self.grid and isinstance(head, (LinearProbe, AttentiveProbe)):
+            head = pl_module.net = make_grid(head, self.grid, pl_module.hparams.base_lr, pl_module.hparams.weight_decay)
         head.build(dm.feature_dim)
         if isinstance(head, KNNProbe):
             features, targets = dm.train_features()
             head.fit(features, targets)
             log.info("k-NN bank: %d training clips, k=%d", len(features), head.k)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A grid's head: the best on validation, or (no validation split apart from the test one) the recipe's."""
+        net, dm = pl_module.net, trainer.datamodule
+        if not isinstance(net, ProbeGrid):
+            return
+        metric = "mAP" if pl_module.multilabel else "top1"
+        if dm.independent_val:
+            val = grid_scores(net, dm.val_dataloader(), pl_module.device, pl_module.multilabel)
+            net.active = int(np.nanargmax(np.array(val, dtype=float)))
+            rule = f"val/{metric} (best of {len(net)} heads)"
+        else:
+            val, net.active = None, net.default
+            rule = "none: no validation split apart from the test split, the recipe's head is reported"
+        self.selection = {"metric": metric, "rule": rule, "val": val}
+        log.info("probe grid: head %d %s selected by %s", net.active, net.settings[net.active], rule)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -67,9 +90,67 @@ class ProbeCallback(L.Callback):
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
             "ci": getattr(pl_module, "test_ci", None),  # bootstrap intervals of the headline metrics
         }
+        record.update(trainer.datamodule.subset_record() if trainer.datamodule.frozen else {})
+        if isinstance(net, ProbeGrid):
+            test = grid_scores(net, trainer.datamodule.test_dataloader(), pl_module.device, pl_module.multilabel)
+            record["grid"] = grid_record(net, self.selection, test)
         out = Path(trainer.default_root_dir) / "probe.json"
         out.write_text(json.dumps(record, indent=1))
         log.info("probe record: %s", out)
+
+
+def make_grid(head: ProbeHead, grid: Mapping, base_lr: float, weight_decay: float) -> ProbeGrid:
+    """``head`` × every (lr, wd) of ``grid.lrs`` × ``grid.wds`` (lr-major); the default head is the recipe's
+    ``(base_lr, weight_decay)`` or the nearest setting (log-lr first)."""
+    lrs, wds = [float(v) for v in grid.get("lrs") or []], [float(v) for v in grid.get("wds") or []]
+    if not lrs or not wds or min(lrs) <= 0 or min(wds) < 0:
+        raise ConfigError(f"probe.grid: expected non-empty lrs (> 0) and wds (>= 0), got lrs={lrs} wds={wds}")
+    settings = [(lr, wd) for lr in lrs for wd in wds]
+    default = min(
+        range(len(settings)),
+        key=lambda k: (abs(math.log(settings[k][0] / base_lr)), abs(settings[k][1] - weight_decay)),
+    )
+    return ProbeGrid(head, settings, default)
+
+
+@torch.no_grad()
+def grid_scores(grid: ProbeGrid, loader, device: torch.device, multilabel: bool) -> list[float]:
+    """Every head's score (percent) on ``loader``: top-1 of the annotated samples, or mAP (multi-label)."""
+    was_training = grid.training
+    grid.eval()
+    logits, targets = [], []
+    for batch in loader:
+        logits.append(grid.forward_all(batch["video"].to(device)).float().cpu())
+        targets.append(batch["target"].cpu())
+    grid.train(was_training)
+    logits, target = torch.cat(logits, 1), torch.cat(targets)
+    if multilabel:
+        probs = logits.sigmoid().numpy()
+        return [float(np.nanmean(average_precision_per_class(target.numpy(), p)) * 100) for p in probs]
+    keep = target >= 0
+    return [float((lg[keep].argmax(1) == target[keep]).float().mean() * 100) for lg in logits]
+
+
+def grid_record(grid: ProbeGrid, selection: dict, test: list[float]) -> dict:
+    """``probe.json``'s ``grid``: every head's (lr, wd) and scores, the rule and the head reported, a summary."""
+    k, metric = grid.active, selection.get("metric", "top1")
+    lr, wd = grid.settings[k]
+    if selection.get("val") is not None:
+        summary = f"{len(grid)} heads, val-selected lr={lr:g} wd={wd:g}"
+    else:
+        summary = (
+            f"{len(grid)} heads, no val: recipe head lr={lr:g} wd={wd:g}; test {metric} {min(test):.1f}-{max(test):.1f}"
+        )
+    return {
+        "size": len(grid),
+        "settings": [list(s) for s in grid.settings],
+        "selection": selection.get("rule"),
+        "selected": k,
+        "metric": metric,
+        "val": selection.get("val"),
+        "test": test,
+        "summary": summary,
+    }
 
 
 def probe_accuracy(

@@ -46,17 +46,20 @@ def collect(root: str | Path) -> list[dict]:
                 **metrics,
                 **{f"{k}_{end}": v.get(end) for k, v in (rec.get("ci") or {}).items() for end in ("lo", "hi")},
                 "clips_per_s": round(rec["clips_per_s"], 2) if rec.get("clips_per_s") else None,
+                **({"train_fraction": rec["train_fraction"]} if rec.get("train_fraction", 1.0) != 1.0 else {}),
+                **({"grid": rec["grid"]["summary"]} if rec.get("grid") else {}),
                 "run": str(path.parent),
             }
         )
-    return sorted(rows, key=lambda r: (r["dataset"], r["backbone"], r["protocol"]))
+    return sorted(rows, key=lambda r: (r["dataset"], r["backbone"], r["protocol"], r.get("train_fraction", 1.0)))
 
 
 def columns(rows: list[dict]) -> list[str]:
     """The CSV columns: fixed, the headline metrics present (each followed by its interval ends), throughput."""
     present = {k for r in rows for k in r}
     metrics = [c for m in HEADLINE if m in present for c in (m, f"{m}_lo", f"{m}_hi") if c in present]
-    return [*FIXED, *metrics, "clips_per_s", "run"]
+    extra = [c for c in ("train_fraction", "grid") if c in present]  # label-efficiency runs, probe grids
+    return [*FIXED, *extra, *metrics, "clips_per_s", "run"]
 
 
 def _cell(value) -> str:

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from surgvista.data.subsets import k_shot_indices, nested_video_subset, subset_size
 from surgvista.features.clips import ClipFeatureCache
 from surgvista.utils.errors import ConfigError
 
@@ -57,6 +58,10 @@ class ProbeDataModule(L.LightningDataModule):
         device: str = "auto",
         autocast: str | None = None,
         extract_missing: bool = True,
+        chunk_frames: int | None = None,
+        train_fraction: float = 1.0,
+        train_shots: int | None = None,
+        subset_seed: int = 0,
         **source_kwargs,
     ) -> None:
         super().__init__()
@@ -71,6 +76,8 @@ class ProbeDataModule(L.LightningDataModule):
         if not isinstance(source, Mapping) or "_target_" not in source:
             raise ConfigError(f"data.source={source!r}: expected a config with a _target_ (a downstream data module)")
         self.inputs, self.extract_missing = inputs, extract_missing
+        self.subset = {"train_fraction": float(train_fraction), "train_shots": train_shots, "subset_seed": subset_seed}
+        subset_size(train_fraction, 1)  # checks the fraction now
         self.source = instantiate(source, _partial_=True)(**source_kwargs)
         storage = {
             "max_tokens": max_tokens,
@@ -78,6 +85,7 @@ class ProbeDataModule(L.LightningDataModule):
             "shard_size": shard_size,
             "device": device,
             "autocast": autocast,
+            "chunk_frames": chunk_frames,
         }
         self.cache = ClipFeatureCache(cache_root, backbone, self.source, storage)
         self.data: dict[str, dict[str, torch.Tensor]] = {}
@@ -92,9 +100,10 @@ class ProbeDataModule(L.LightningDataModule):
         return self.inputs != "video"
 
     def prepare_data(self) -> None:
-        self.source.prepare_data()  # e.g. the demo data module generates its videos
-        if self.extract_missing and self.frozen:
-            self.cache.extract()
+        with torch.random.fork_rng(devices=[]):  # the probe's draws do not depend on what had to be made here
+            self.source.prepare_data()  # e.g. the demo data module generates its videos
+            if self.extract_missing and self.frozen:
+                self.cache.extract()
 
     def setup(self, stage: str | None = None) -> None:
         if not self.frozen:
@@ -104,9 +113,33 @@ class ProbeDataModule(L.LightningDataModule):
         self.meta = self.cache.meta()
         for split in [*self.meta["splits"], *self.meta.get("aliases", {})]:
             if split not in self.data:
-                self.data[split] = self.cache.load(split)
+                data = self.cache.load(split)
+                self.data[split] = self.train_subset(data) if split == "train" else data
         if "train" not in self.data:
             raise ConfigError("the probe needs a train split (data.train_manifest)")
+
+    def train_subset(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The label-efficiency subset of the cached training samples: the samples of a nested, seeded fraction of
+        the training videos (``train_fraction``), then at most ``train_shots`` per class (data/subsets.py)."""
+        fraction, shots, seed = self.subset["train_fraction"], self.subset["train_shots"], self.subset["subset_seed"]
+        keep = torch.ones(len(data["index"]), dtype=torch.bool)
+        if fraction < 1:
+            ids = self.meta["video_ids"]["train"]
+            chosen = set(nested_video_subset(ids, fraction, seed))
+            keep = torch.tensor([ids[int(v)] in chosen for v in data["video_index"]], dtype=torch.bool)
+        if shots:
+            rows = torch.nonzero(keep).flatten()
+            picked = k_shot_indices(data["target"][rows].tolist(), int(shots), seed)
+            keep = torch.zeros_like(keep)
+            keep[rows[picked]] = True
+        return {k: v[keep] for k, v in data.items()}
+
+    def subset_record(self) -> dict:
+        """What ``probe.json`` says of the training subset: the knobs, the videos and samples kept."""
+        train = self.data.get("train", {})
+        videos = train["video_index"].unique().numel() if "video_index" in train else None
+        count = len(train["index"]) if "index" in train else None
+        return {**self.subset, "train_videos": videos, "train_samples": count}
 
     @property
     def feature_dim(self) -> int:
@@ -124,6 +157,14 @@ class ProbeDataModule(L.LightningDataModule):
     def train_features(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(pooled (N, D), targets)`` of the training split (the k-NN bank)."""
         return self.data["train"]["pooled"], self.data["train"]["target"]
+
+    @property
+    def independent_val(self) -> bool:
+        """Whether a validation split exists that is not the test split (what a probe grid may select on)."""
+        if "val" not in self.data:
+            return False
+        manifests = self.source.manifests()
+        return not manifests.get("test") or manifests.get("test") != manifests.get("val")
 
     def _loader(self, split: str) -> DataLoader | list:
         if not self.frozen:

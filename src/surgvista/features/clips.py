@@ -26,6 +26,7 @@ from surgvista.data.manifest import read_manifest
 from surgvista.features.digest import content_digest, media_fingerprint, payload_key
 from surgvista.features.frames import FeatureCacheError
 from surgvista.features.runtime import autocast, torch_device
+from surgvista.utils.errors import ConfigError
 from surgvista.utils.io import atomic_torch_save, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,23 @@ def pool_tokens(tokens: torch.Tensor, max_tokens: int) -> torch.Tensor:
     return F.adaptive_avg_pool1d(tokens.transpose(1, 2), max_tokens).transpose(1, 2)
 
 
+def chunked_features(backbone, video: torch.Tensor, chunk_frames: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``backbone.features`` of clips ``(B, 3, T, H, W)`` in temporal chunks of ``chunk_frames`` (e.g. a 64-frame
+    clip through a 16-frame backbone): the chunks run one after another, their tokens are concatenated in time order
+    and their pooled vectors averaged. ``None`` or ``chunk_frames >= T``: one call. ``T`` must be a multiple."""
+    t = video.shape[2]
+    if not chunk_frames or chunk_frames >= t:
+        return backbone.features(video)
+    if t % chunk_frames:
+        raise ConfigError(f"data.chunk_frames={chunk_frames}: the clip's {t} frames are not a multiple of it")
+    tokens, pooled = [], []
+    for chunk in video.split(chunk_frames, dim=2):
+        tok, pool = backbone.features(chunk)
+        tokens.append(tok)
+        pooled.append(pool)
+    return torch.cat(tokens, 1), torch.stack(pooled).mean(0)
+
+
 class ClipFeatureCache:
     """The cache folder of one (backbone, data, storage) configuration: what is there, and filling what is not."""
 
@@ -82,6 +100,8 @@ class ClipFeatureCache:
     def directory(self) -> Path:
         """``<cache_root>/clips/<key>`` (computed on first use: the manifests must exist by then)."""
         key_storage = {k: self.storage[k] for k in STORAGE_KEY_FIELDS}
+        if self.storage.get("chunk_frames"):  # only when set: caches extracted before the option keep their key
+            key_storage["chunk_frames"] = int(self.storage["chunk_frames"])
         return self.cache_root / "clips" / clip_cache_key(self.backbone_cfg, self.source, key_storage)
 
     def splits(self) -> dict[str, str]:
@@ -181,7 +201,9 @@ class ClipFeatureCache:
             video = batch["video"].to(device)
             views = video.shape[1] if video.ndim == 6 else 1  # (B, V, C, T, H, W): average the views' features
             with amp:
-                tokens, pooled = backbone.features(video.flatten(0, 1) if views > 1 else video)
+                tokens, pooled = chunked_features(
+                    backbone, video.flatten(0, 1) if views > 1 else video, self.storage.get("chunk_frames")
+                )
             tokens = pool_tokens(tokens.float(), int(self.storage["max_tokens"]))
             if views > 1:
                 tokens = tokens.view(-1, views, *tokens.shape[1:]).mean(1)

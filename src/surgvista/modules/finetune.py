@@ -44,6 +44,8 @@ from surgvista.evaluation.predictions import (
 )
 from surgvista.evaluation.reconstruction import log_image
 from surgvista.models.classifier import VideoClassifier
+from surgvista.models.probe_grid import ProbeGrid
+from surgvista.modules.grid_optim import GridAdamW
 from surgvista.modules.nonfinite import NonFiniteGuardMixin, total_grad_norm
 from surgvista.modules.schedule import adamw_warmup_cosine
 
@@ -171,10 +173,17 @@ class FinetuneModule(NonFiniteGuardMixin):
         soft = None
         if self.mixup is not None:
             video, soft = mix_clips(self.mixup, video, target)
-        loss = self.loss_fn(self(video), target, soft)
+        logits = self(video)
+        if logits.ndim == 3:  # a probe grid's (K, B, C): K × the loss of the K·B rows = the sum of the heads'
+            loss = len(logits) * self.loss_fn(
+                logits.flatten(0, 1), _tile(target, len(logits)), _tile(soft, len(logits))
+            )
+            shown = loss / len(logits)  # losses, and the heads share no parameter: each gets its own gradient
+        else:
+            loss = shown = self.loss_fn(logits, target, soft)
         self._remember_loss(loss)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=video.shape[0])
-        show_on_bar(self, loss=loss.detach(), lr=max(g["lr"] for g in self.optimizers().param_groups))
+        self.log("train/loss", shown.detach(), on_step=True, on_epoch=True, batch_size=video.shape[0])
+        show_on_bar(self, loss=shown.detach(), lr=max(g["lr"] for g in self.optimizers().param_groups))
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -296,14 +305,24 @@ class FinetuneModule(NonFiniteGuardMixin):
     # ------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
         hp = self.hparams
-        groups = param_groups_layer_decay(
-            self.net, hp.weight_decay, self.net.no_weight_decay(), layer_decay=hp.layer_decay
-        )
-        log.info("layer-wise lr decay %.3g", hp.layer_decay)
+        optimizer_cls = None
+        if isinstance(self.net, ProbeGrid):  # each head its own lr (× the schedule) and weight decay
+            groups, optimizer_cls = self.net.param_groups(hp.base_lr), GridAdamW
+            log.info("probe grid: %d heads (lr, weight decay) %s", len(self.net), self.net.settings)
+        else:
+            groups = param_groups_layer_decay(
+                self.net, hp.weight_decay, self.net.no_weight_decay(), layer_decay=hp.layer_decay
+            )
+            log.info("layer-wise lr decay %.3g", hp.layer_decay)
         return adamw_warmup_cosine(
             groups, self.trainer, hp.batch_size, hp.base_lr, hp.min_lr, hp.lr_scale_batch, hp.warmup_epochs,
-            hp.betas, hp.eps,
-        )
+            hp.betas, hp.eps, optimizer_cls,
+        )  # fmt: skip
+
+
+def _tile(x: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """``x`` repeated ``k`` times along a new leading axis, flattened into the first: ``(k·B, …)``."""
+    return None if x is None else x.expand(k, *x.shape).flatten(0, 1)
 
 
 class PhaseModule(FinetuneModule):

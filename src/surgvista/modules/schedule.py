@@ -40,13 +40,15 @@ def adamw_warmup_cosine(
     warmup_epochs: float,
     betas: Sequence[float],
     eps: float,
+    optimizer_cls: type | None = None,
 ) -> dict:
     """AdamW over ``groups`` with the reference's per-step schedule, as a Lightning optimiser config.
 
     ``lr = base_lr × global_batch / lr_scale_batch`` (``min_lr`` scaled alike) with ``global_batch =
     samples_per_step × accumulate × world``; a group with an ``lr_scale`` (layer decay) gets ``lr × lr_scale``.
     Linear warm-up over ``warmup_epochs`` epochs then cosine, sized from ``trainer.estimated_stepping_batches``.
-    The AdamW is the fused one (device-side step skipping, :mod:`surgvista.modules.nonfinite`).
+    The AdamW is the fused one (device-side step skipping, :mod:`surgvista.modules.nonfinite`) unless
+    ``optimizer_cls`` (same arguments, no ``fused``) is given.
     """
     global_batch = samples_per_step * trainer.accumulate_grad_batches * trainer.world_size
     lr = base_lr * global_batch / lr_scale_batch
@@ -68,7 +70,10 @@ def adamw_warmup_cosine(
         "global batch %d → lr %.3g (min %.3g); %d optimiser steps, %d warm-up", global_batch, lr, min_lr, total, warmup
     )
     # fused: its kernel honours `optimizer.found_inf`, which the non-finite guard uses to skip a step on the device.
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
+    if optimizer_cls is None:
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
+    else:  # e.g. a probe grid's GridAdamW (it honours found_inf too)
+        optimizer = optimizer_cls(groups, lr=lr, betas=tuple(betas), eps=eps)
     last = len(schedule) - 1
     factor = schedule / lr if lr > 0 else schedule * 0
     scheduler = LambdaLR(optimizer, lambda step: float(factor[min(step, last)]))
