@@ -16,7 +16,7 @@ from test_zoo_families import assert_features, assert_one_line_error, clips, con
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from surgvista.checkpoints.errors import CheckpointError
-from surgvista.models.zoo import StudentBackbone, TimeSformerBackbone, ZooBackbone
+from surgvista.models.zoo import InternVideo2Backbone, StudentBackbone, TimeSformerBackbone, ZooBackbone
 
 
 def own_clips(backbone: ZooBackbone, video: torch.Tensor) -> torch.Tensor:
@@ -125,6 +125,9 @@ def test_endofm_checkpoint_equals_transformers_timesformer(tmp_path):
         tokens = hf(pixel_values=own_clips(ours, video)).last_hidden_state
     assert tokens.shape == (2, 1 + 16 * 4, 64)  # class token + 4x4 patches x 4 frames
     assert_features(ours, video, tokens, tokens[:, 0])
+    torch.save(endofm_checkpoint(hf)["teacher"], tmp_path / "teacher.pth")  # the teacher alone: read as eval does
+    alone = TimeSformerBackbone(**(config("endofm") | ENDOFM_GEOMETRY | {"ckpt": str(tmp_path / "teacher.pth")}))
+    assert_features(alone, video, tokens, tokens[:, 0])
 
     bad = endofm_checkpoint(hf)
     bad["teacher"]["backbone.blocks.1.temporal_fc.weightX"] = bad["teacher"].pop("backbone.blocks.1.temporal_fc.weight")
@@ -214,3 +217,122 @@ def test_umt_released_layouts_equal_hf_videomae(tmp_path, name, kind):
     with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / "bad.pth"))) as exc:
         StudentBackbone(**(geometry | {"ckpt": str(tmp_path / "bad.pth")}))
     assert "blocks.0.attn.q_biasX" in str(exc.value)
+
+
+# ------------------------------------------------------------------------------------------ InternVideo2
+
+IV2_TINY = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 64, "depth": 2, "num_heads": 4}
+
+
+def internvideo2_encoder_state(d: int = 64, depth: int = 2, hidden: int = 256, grid=(4, 4, 4), seed: int = 81):
+    """Random weights under the encoder names of OpenGVLab/InternVideo ``InternVideo2/single_modality/models/
+    internvideo2_pretrain.py`` and ``internvideo2_distill.py`` @ 3965eef (written from those names and shapes, not
+    from our model): ``patch_embed.proj`` (Conv3d, tubelet 1), ``cls_token``, ``pos_embed`` ``(1, 1+T·H·W, D)``,
+    ``blocks.<i>.{norm1, norm2}.weight`` (RMSNorm, no bias), ``attn.qkv.weight`` (``qkv_bias=False``),
+    ``attn.{q_norm, k_norm}.weight`` (over the width), ``attn.proj``, ``ls1.gamma``/``ls2.gamma``, ``mlp.fc1/fc2``."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: 0.1 * torch.randn(*shape, generator=g)  # noqa: E731
+    out = {"patch_embed.proj.weight": rnd(d, 3, 1, 8, 8), "patch_embed.proj.bias": rnd(d)}
+    out |= {"cls_token": rnd(1, 1, d), "pos_embed": rnd(1, 1 + grid[0] * grid[1] * grid[2], d)}
+    for i in range(depth):
+        b = f"blocks.{i}."
+        out |= {f"{b}norm1.weight": 1 + rnd(d), f"{b}norm2.weight": 1 + rnd(d), f"{b}attn.qkv.weight": rnd(3 * d, d)}
+        out |= {f"{b}attn.q_norm.weight": 1 + rnd(d), f"{b}attn.k_norm.weight": 1 + rnd(d)}
+        out |= {f"{b}attn.proj.weight": rnd(d, d), f"{b}attn.proj.bias": rnd(d)}
+        out |= {f"{b}ls1.gamma": 1 + rnd(d), f"{b}ls2.gamma": 1 + rnd(d)}
+        out |= {f"{b}mlp.fc1.weight": rnd(hidden, d), f"{b}mlp.fc1.bias": rnd(hidden)}
+        out |= {f"{b}mlp.fc2.weight": rnd(d, hidden), f"{b}mlp.fc2.bias": rnd(d)}
+    return out
+
+
+def internvideo2_pretrain_extras(d: int = 64, clip_dim: int = 32, teacher_dim: int = 48) -> dict[str, torch.Tensor]:
+    """What ``PretrainInternVideo2`` holds besides the encoder: the attention-pooling ``clip_projector``
+    (``AttentionPoolingBlock``: LayerNorms ``norm1_q/k/v``, ``cross_attn.{q,k,v}`` + ``q/k/v_bias``, ``proj``),
+    ``clip_decoder.<i>`` / ``final_clip_decoder`` (``Linear_Decoder``), ``mae_decoder.<i>`` (``MLP_Decoder``) and
+    the ``clip_pos_embed``/``mae_pos_embed`` tables."""
+    out = {f"clip_projector.norm1_{n}.{p}": torch.ones(d) for n in "qkv" for p in ("weight", "bias")}
+    out |= {f"clip_projector.cross_attn.{n}.weight": torch.randn(d, d) for n in "qkv"}
+    out |= {f"clip_projector.cross_attn.{n}_bias": torch.zeros(d) for n in "qkv"}
+    out |= {
+        "clip_projector.cross_attn.proj.weight": torch.randn(clip_dim, d),
+        "clip_projector.cross_attn.proj.bias": torch.zeros(clip_dim),
+    }
+    out |= {
+        "clip_decoder.0.head.weight": torch.randn(teacher_dim, d),
+        "clip_decoder.0.norm.weight": torch.ones(teacher_dim),
+    }
+    out |= {
+        "final_clip_decoder.head.weight": torch.randn(clip_dim, clip_dim),
+        "final_clip_decoder.norm.bias": torch.zeros(clip_dim),
+    }
+    out |= {"mae_decoder.0.head.0.weight": torch.randn(d, d), "mae_decoder.0.norm.weight": torch.ones(teacher_dim)}
+    return out | {"clip_pos_embed": torch.zeros(1, 65, d), "mae_pos_embed": torch.zeros(1, 64, d)}
+
+
+def rms(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3)))
+
+
+def resized_table(table: torch.Tensor, old: tuple, new: tuple) -> torch.Tensor:
+    """The release's ``run_finetuning.py`` resize of the patch rows: time linearly, then space bicubically."""
+    d = table.shape[-1]
+    x = table.view(1, old[0], -1, d).permute(0, 2, 3, 1).reshape(-1, d, old[0])
+    x = torch.nn.functional.interpolate(x, size=new[0], mode="linear").view(1, -1, d, new[0]).permute(0, 3, 1, 2)
+    x = x.reshape(new[0], old[1], old[2], d).permute(0, 3, 1, 2)
+    x = torch.nn.functional.interpolate(x, size=new[1:], mode="bicubic", align_corners=False)
+    return x.permute(0, 2, 3, 1).reshape(1, -1, d)
+
+
+def internvideo2_reference(sd: dict, video: torch.Tensor, heads: int, table_grid=(4, 4, 4)) -> torch.Tensor:
+    """InternVideo2's encoder computed directly from the weights (eager attention, explicit RMSNorm and tanh GELU)."""
+    x = torch.nn.functional.conv3d(video, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=(1, 8, 8))
+    b, d, grid = x.shape[0], x.shape[1], tuple(x.shape[2:])
+    x = x.flatten(3).permute(0, 2, 3, 1).reshape(b, -1, d)  # (B, T·HW, D), as its PatchEmbed + view
+    patches = sd["pos_embed"][:, 1:]
+    if grid != table_grid:
+        patches = resized_table(patches, table_grid, grid)
+    x = torch.cat([sd["cls_token"].expand(b, -1, -1), x], 1) + torch.cat([sd["pos_embed"][:, :1], patches], 1)
+    for i in range(max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")) + 1):
+        w = {k[len(f"blocks.{i}.") :]: v for k, v in sd.items() if k.startswith(f"blocks.{i}.")}
+        q, k, v = (rms(x, w["norm1.weight"]) @ w["attn.qkv.weight"].T).chunk(3, -1)
+        q, k = rms(q, w["attn.q_norm.weight"]), rms(k, w["attn.k_norm.weight"])
+        split = lambda t: t.reshape(b, t.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = split(q), split(k), split(v)
+        att = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
+        att = att.transpose(1, 2).reshape(b, -1, d) @ w["attn.proj.weight"].T + w["attn.proj.bias"]
+        x = x + w["ls1.gamma"] * att
+        h = gelu_tanh(rms(x, w["norm2.weight"]) @ w["mlp.fc1.weight"].T + w["mlp.fc1.bias"])
+        x = x + w["ls2.gamma"] * (h @ w["mlp.fc2.weight"].T + w["mlp.fc2.bias"])
+    return x
+
+
+@pytest.mark.parametrize(("name", "container"), [("internvideo2_s1_1b", "module"), ("internvideo2_dist_b14", "flat")])
+def test_internvideo2_released_layouts_equal_a_direct_computation(tmp_path, name, container):
+    """Stage-1 ``pretrain.pth`` (the whole ``PretrainInternVideo2``, here in a DeepSpeed ``{'module': ...}``) and a
+    distilled ``pytorch_model.bin`` (a flat ``DistInternVideo2`` state): the container is not documented, so both
+    shapes that the release's own loader accepts (``model|module|``) are covered."""
+    enc = internvideo2_encoder_state()
+    state = enc | internvideo2_pretrain_extras()
+    torch.save({"module": state, "epoch": 299} if container == "module" else state, tmp_path / "iv2.pth")
+    cfg = config(name) | IV2_TINY | {"mlp_ratio": 4.0, "ckpt": str(tmp_path / "iv2.pth")}
+    ours = InternVideo2Backbone(**cfg)
+    video = clips(frames=4, seed=82)
+    with torch.no_grad():
+        reference = internvideo2_reference(enc, video, heads=4)  # ImageNet mean/std: the input as given
+    assert reference.shape == (2, 1 + 4 * 16, 64)
+    assert_features(ours, video, reference, reference.mean(1))
+
+    other = clips(frames=2, size=48, seed=83)  # another grid: the table is resized as the release's loader does
+    with torch.no_grad():
+        reference = internvideo2_reference(enc, other, heads=4)
+    assert_features(ours, other, reference, reference.mean(1))
+
+    del state["blocks.1.attn.k_norm.weight"]
+    torch.save({"module": state} if container == "module" else state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as exc:
+        InternVideo2Backbone(**(cfg | {"ckpt": str(tmp_path / "bad.pth")}))
+    assert_one_line_error(exc, tmp_path / "bad.pth", "blocks.1.attn.k_norm.weight")
