@@ -336,3 +336,15 @@ def test_internvideo2_released_layouts_equal_a_direct_computation(tmp_path, name
     with pytest.raises(CheckpointError) as exc:
         InternVideo2Backbone(**(cfg | {"ckpt": str(tmp_path / "bad.pth")}))
     assert_one_line_error(exc, tmp_path / "bad.pth", "blocks.1.attn.k_norm.weight")
+
+
+def test_layout_state_key_alternatives_pick_the_first_present_entry():
+    from surgvista.checkpoints.layouts import select_state
+
+    a, b = torch.zeros(1), torch.ones(1)
+    assert torch.equal(select_state({"module": {"w": a}, "model": {"w": b}}, "model|module|", "f.pth")["w"], b)
+    assert torch.equal(select_state({"module": {"w": a}, "epoch": 3}, "model|module|", "f.pth")["w"], a)
+    assert torch.equal(select_state({"w": b, "epoch": 3}, "model|module|", "f.pth")["w"], b)  # the file itself
+    with pytest.raises(CheckpointError, match=r"^f\.pth: none of the entries \['model', 'module'\]") as exc:
+        select_state({"w": b}, "model|module", "f.pth")
+    assert "\n" not in str(exc.value)

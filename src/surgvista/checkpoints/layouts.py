@@ -1,4 +1,5 @@
-"""Released layouts of image backbones (timm, torchvision, DINO/MAE/VISSL wrappers) → a library model's own keys.
+"""Released layouts of backbones (timm, torchvision, DINO/MAE/VISSL wrappers; the zoo's Endo-FM and InternVideo2
+video ViTs) → a library model's own keys.
 
 A released file wraps the weights in its training framework's container and prefixes: ``{'model': ...}`` (MAE,
 EndoViT), ``{'teacher': {'backbone.…'}}`` (DINO: LemonFM), ``{'state_dict': {'module.encoder_q.…'}}`` (MoCo),
