@@ -1,4 +1,5 @@
-"""Released layouts of image backbones (timm, torchvision, DINO/MAE/VISSL wrappers) → a library model's own keys.
+"""Released layouts of backbones (timm, torchvision, DINO/MAE/VISSL wrappers; the zoo's Endo-FM and InternVideo2
+video ViTs) → a library model's own keys.
 
 A released file wraps the weights in its training framework's container and prefixes: ``{'model': ...}`` (MAE,
 EndoViT), ``{'teacher': {'backbone.…'}}`` (DINO: LemonFM), ``{'state_dict': {'module.encoder_q.…'}}`` (MoCo),
@@ -26,7 +27,18 @@ from surgvista.utils.errors import ConfigError
 
 
 def select_state(obj: Any, state_key: str | None, source: str) -> dict[str, torch.Tensor]:
-    """The tensors at the dotted ``state_key`` of ``obj`` (``None``: ``obj`` itself), non-tensor entries skipped."""
+    """The tensors at the dotted ``state_key`` of ``obj`` (``None``: ``obj`` itself), non-tensor entries skipped.
+
+    ``state_key`` may list alternatives, ``'model|module|'``: the first whose top-level entry ``obj`` holds (an
+    empty alternative: ``obj`` itself), as the release's own loaders try ``model``, then ``module``, then the file.
+    """
+    if state_key and "|" in state_key:
+        options = state_key.split("|")
+        found = [o for o in options if not o or (isinstance(obj, Mapping) and o.split(".")[0] in obj)]
+        if not found:
+            keys = sorted(map(str, obj))[:12] if isinstance(obj, Mapping) else type(obj).__name__
+            raise CheckpointError(f"{source}: none of the entries {options} of state_key {state_key!r} (found {keys})")
+        state_key = found[0] or None
     node = obj
     for part in (state_key or "").split(".") if state_key else []:
         if not isinstance(node, Mapping) or part not in node:

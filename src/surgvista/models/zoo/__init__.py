@@ -6,14 +6,17 @@ normalisation (``mean``/``std``) and returns ``(tokens (B, N, D), pooled (B, D))
 
 One file per kind of family: ``student.py`` (our ViT: SurgVISTA, VideoMAE v1/v2, MVD, UMT files), ``hf.py``
 (``transformers`` video models on clips, DINOv3/DINOv2 on frames), ``frames.py`` (timm and torchvision image models
-and the EndoSSL ViT on frames, reading released checkpoint layouts). ``conf/model/backbone/*.yaml`` picks one by
+and the EndoSSL ViT on frames, reading released checkpoint layouts), ``timesformer.py`` (a divided space-time
+video ViT: Endo-FM), ``internvideo2.py`` (InternVideo2's ViT). ``conf/model/backbone/*.yaml`` picks one by
 ``_target_: surgvista.models.zoo.<Class>``; the families, their weights and layouts are in docs/benchmark.md.
 """
 
 from surgvista.models.zoo.base import FrameBackbone, ZooBackbone, ZooClassifier
 from surgvista.models.zoo.frames import EndoSSLBackbone, TimmFrameBackbone, TorchvisionFrameBackbone
 from surgvista.models.zoo.hf import HF_FRAME_KINDS, HF_KINDS, HFFrameBackbone, HFVideoBackbone
+from surgvista.models.zoo.internvideo2 import InternVideo2Backbone
 from surgvista.models.zoo.student import StudentBackbone
+from surgvista.models.zoo.timesformer import TimeSformerBackbone
 
 __all__ = [
     "HF_FRAME_KINDS",
@@ -22,7 +25,9 @@ __all__ = [
     "FrameBackbone",
     "HFFrameBackbone",
     "HFVideoBackbone",
+    "InternVideo2Backbone",
     "StudentBackbone",
+    "TimeSformerBackbone",
     "TimmFrameBackbone",
     "TorchvisionFrameBackbone",
     "ZooBackbone",
