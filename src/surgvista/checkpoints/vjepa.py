@@ -19,6 +19,7 @@ from torch import nn
 from surgvista.checkpoints.errors import CheckpointError, ExportError
 from surgvista.checkpoints.keys import (
     VJEPA_ENCODER_KEY,
+    VJEPA_HF_HEAD_PREFIXES,
     VJEPA_PREDICTOR_KEY,
     block_depth,
     strip_wrappers,
@@ -33,8 +34,7 @@ PARTS = ("encoder", "target_encoder", "predictor")
 # Heads by width where the file cannot say (no config): the released ViT-L, ViT-H, ViT-g and their predictor.
 KNOWN_HEADS = {1024: 16, 1280: 16, 1408: 22}
 KNOWN_PRED_HEADS = {384: 12}
-# The head of ``VJEPA2ForVideoClassification``: not part of V-JEPA 2 pre-training, skipped when reading.
-HF_HEAD_PREFIXES = ("pooler.", "classifier.")
+HF_HEAD_PREFIXES = VJEPA_HF_HEAD_PREFIXES  # VJEPA2ForVideoClassification's head: skipped when reading
 
 
 class VJEPAArch(NamedTuple):
