@@ -29,6 +29,8 @@ ENCODER_PARTS = ("target", "student")
 PT_PARTS = {"target": "target_encoder", "student": "encoder"}
 RUN_PREFIXES = {"target": "latent.target.", "student": "student."}
 RUN_PREDICTOR = "latent.predictor."
+# Encoder modules of V-JEPA 2.1 (app/vjepa_2_1/models/vision_transformer.py) that V-JEPA 2 has not.
+VJEPA21_ONLY = ("norms_block.", "patch_embed_img.", "img_mod_embed", "video_mod_embed")
 
 
 class EncoderSource(NamedTuple):
@@ -103,6 +105,12 @@ def _pt_encoder(name: str, obj: Mapping, meta: dict, part: str | None) -> Encode
         have = [p for p, k in PT_PARTS.items() if isinstance(obj.get(k), Mapping)]
         raise CheckpointError(f"{name}: no {key!r} state dict in this V-JEPA 2 file; set ckpt_part to one of {have}")
     state = {strip_wrappers(k): v for k, v in obj[key].items() if isinstance(v, torch.Tensor)}
+    newer = sorted(k for k in state if k.startswith(VJEPA21_ONLY))
+    if newer:
+        raise CheckpointError(
+            f"{name}: V-JEPA 2.1 layout ({newer[0]}, ...: per-depth norms, modality embeddings) is not supported; "
+            "expected a V-JEPA 2 encoder (patch_embed, blocks, norm)"
+        )
     others = [k for k in ("encoder", "target_encoder", "predictor") if k != key and isinstance(obj.get(k), Mapping)]
     notes = [f"V-JEPA 2 file: {key!r} loaded; not loaded: {others}"]
     return EncoderSource(StateSource(name, state, f"vjepa_pt:{key}", {}, meta, obj), "surgvista", "rope", notes)

@@ -6,7 +6,8 @@ normalisation (``mean``/``std``) and returns ``(tokens (B, N, D), pooled (B, D))
 
 One file per kind of family: ``student.py`` (our ViT: SurgVISTA, VideoMAE v1/v2, MVD, UMT files), ``hf.py``
 (``transformers`` video models on clips, DINOv3/DINOv2 on frames), ``frames.py`` (timm and torchvision image models
-and the EndoSSL ViT on frames, reading released checkpoint layouts). ``conf/model/backbone/*.yaml`` picks one by
+and the EndoSSL ViT on frames, reading released checkpoint layouts), ``vjepa.py`` (V-JEPA 2 ``.pt`` files, SurgMotion's,
+HF folders and our V-JEPA runs in the RoPE student). ``conf/model/backbone/*.yaml`` picks one by
 ``_target_: surgvista.models.zoo.<Class>``; the families, their weights and layouts are in docs/benchmark.md.
 """
 
@@ -14,6 +15,7 @@ from surgvista.models.zoo.base import FrameBackbone, ZooBackbone, ZooClassifier
 from surgvista.models.zoo.frames import EndoSSLBackbone, TimmFrameBackbone, TorchvisionFrameBackbone
 from surgvista.models.zoo.hf import HF_FRAME_KINDS, HF_KINDS, HFFrameBackbone, HFVideoBackbone
 from surgvista.models.zoo.student import StudentBackbone
+from surgvista.models.zoo.vjepa import VJEPABackbone
 
 __all__ = [
     "HF_FRAME_KINDS",
@@ -25,6 +27,7 @@ __all__ = [
     "StudentBackbone",
     "TimmFrameBackbone",
     "TorchvisionFrameBackbone",
+    "VJEPABackbone",
     "ZooBackbone",
     "ZooClassifier",
 ]
