@@ -102,6 +102,9 @@ def test_a_table_classifier_is_told_which_config_to_set(pt_file, tmp_path):
     torch.save(newer, tmp_path / "v21.pt")
     with pytest.raises(CheckpointError, match=r"v21\.pt: V-JEPA 2\.1 layout \(norms_block\.0\.weight"):
         load_backbone(tmp_path / "v21.pt", rope_classifier())
+    torch.save({"ema_encoder": newer["target_encoder"], "predictor": {}}, tmp_path / "v21_base.pt")
+    with pytest.raises(CheckpointError, match=r"v21_base\.pt: V-JEPA 2\.1 file \('ema_encoder'"):
+        load_backbone(tmp_path / "v21_base.pt", rope_classifier())
 
 
 def tiny_hf(seed: int) -> VJEPA2Model:

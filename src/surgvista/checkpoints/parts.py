@@ -53,7 +53,7 @@ def is_vjepa_pt(obj: Any) -> bool:
     """An official V-JEPA 2 file: a mapping with ``encoder`` or ``target_encoder`` state dicts (not a run)."""
     if not isinstance(obj, Mapping) or "state_dict" in obj:
         return False
-    return any(isinstance(obj.get(p), Mapping) for p in PT_PARTS.values())
+    return any(isinstance(obj.get(p), Mapping) for p in (*PT_PARTS.values(), "ema_encoder"))
 
 
 def is_vjepa_run(obj: Any) -> bool:
@@ -101,6 +101,8 @@ def _hf_encoder(name: str, obj: Any, meta: dict, part: str | None) -> EncoderSou
 def _pt_encoder(name: str, obj: Mapping, meta: dict, part: str | None) -> EncoderSource:
     """``target_encoder`` (default) or ``encoder`` of an official V-JEPA 2 file, wrapper prefixes removed."""
     key = PT_PARTS[part or "target"]
+    if isinstance(obj.get("ema_encoder"), Mapping):
+        raise CheckpointError(f"{name}: V-JEPA 2.1 file ('ema_encoder' state dict) is not supported; expected V-JEPA 2")
     if not isinstance(obj.get(key), Mapping):
         have = [p for p, k in PT_PARTS.items() if isinstance(obj.get(k), Mapping)]
         raise CheckpointError(f"{name}: no {key!r} state dict in this V-JEPA 2 file; set ckpt_part to one of {have}")
