@@ -255,3 +255,15 @@ def test_export_refuses_what_vjepa2model_cannot_hold(vjepa_run, tmp_path, capsys
     assert len(err) == 1 and "table.ckpt: target_encoder key(s) with no place in the V-JEPA 2 layout" in err[0]
     bad_part = [f"ckpt={vjepa_run / 'checkpoints' / 'last.ckpt'}", "format=hf", f"out={tmp_path / 'y'}", "part=ema"]
     assert exit_status(main, bad_part) == 1 and not (tmp_path / "y").exists()
+
+
+def test_init_from_our_own_vjepa_run_continues_its_student_target_and_predictor(vjepa_run, demo_root, tmp_path):
+    ckpt = vjepa_run / "checkpoints" / "last.ckpt"
+    cfg = compose("demo", "model=vjepa_tiny", *small_demo_data(demo_root), f"model.init_from={ckpt}", "seed=5",
+                  out=tmp_path)  # fmt: skip
+    module = instantiate(cfg.model)
+    state = run_state(vjepa_run)
+    for prefix, part in (("student.", module.student), ("latent.target.", module.latent.target),
+                         ("latent.predictor.", module.latent.predictor)):  # fmt: skip
+        for key, value in part.state_dict().items():
+            assert torch.equal(value, state[prefix + key]), prefix + key
