@@ -24,6 +24,7 @@ from surgvista.checkpoints.grids import Grid, classify_table_grid, guess_grid, i
 from surgvista.checkpoints.keys import POSITION_TABLES, Canonical, block_depth, detect_style, to_canonical
 from surgvista.checkpoints.parts import read_encoder
 from surgvista.layers.position import POS_EMBED_KINDS, position_table
+from surgvista.models.presets import STUDENT_PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def load_backbone(
     grid = tuple(model.token_grid)
     kind = getattr(model, "pos_embed_kind", "sincos3d")
     src_kind = _source_pos_kind(canon, style, pos_embed_kind, source_grid, grid, report, kind)
-    _check_rope_fit(report, src_kind, kind, target)
+    _check_rope_fit(report, src_kind, kind, target, canon)
     _check_pos_kind(report, src_kind, kind, strict)
     new = _position_tables(canon, target, kind, src_kind, grid, source_grid, report)
     new.update(_head_and_pooling_norm(canon, target, load_head, report))
@@ -304,9 +305,14 @@ def _finish_report(
     log.log(logging.INFO if report.ok else logging.WARNING, "%s", report)
 
 
-def _check_rope_fit(report: LoadReport, src_kind: str | None, kind: str, target: StateDict) -> None:
+def _check_rope_fit(report: LoadReport, src_kind: str | None, kind: str, target: StateDict, canon: Canonical) -> None:
     """One line telling which config to set when a V-JEPA (RoPE, fused qkv bias) encoder meets another model."""
     fix = "fine-tune with model=finetune_vjepa (or set model.net.pos_embed=rope model.net.qkv_bias=fused)"
+    if "patch_embed.proj.weight" in canon:
+        width, depth = canon["patch_embed.proj.weight"][1].shape[0], block_depth(canon)
+        names = [n for n, p in STUDENT_PRESETS.items() if (p.embed_dim, p.depth) == (width, depth)]
+        size = f"model.net.preset={names[0]}" if names else f"+model.net.embed_dim={width} +model.net.depth={depth}"
+        fix += f" and {size} (checkpoint: width {width}, {depth} blocks)"
     if src_kind == "rope" and kind != "rope":
         raise CheckpointError(
             f"{report.source}: a V-JEPA 2 (RoPE) encoder does not fit a model with a {kind} position table; {fix}"
