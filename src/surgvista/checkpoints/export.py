@@ -14,6 +14,11 @@ width/64), ``img_size=`` / ``num_frames=`` (default: the run's ``config.yaml``, 
 ``format=hf`` writes ``config.json`` + ``model.safetensors`` loadable by ``transformers.VideoMAE*.from_pretrained``
 offline. HF VideoMAE always builds a 1-D sinusoid table in code, so only ``sinusoid1d`` models can be exported
 there: a 3-D sin-cos (SurgVISTA/MVD) or learned table is refused rather than silently changed.
+
+V-JEPA: ``format=hf`` of a ``model=vjepa`` run (or an official V-JEPA 2 ``.pt``) writes a ``transformers``
+``VJEPA2Model`` folder: one encoder, ``part=target`` (the EMA target encoder, the default, as the released HF
+models carry) or ``part=student``, and the predictor. Heads, clip size: the run's ``config.yaml``, else
+``num_heads=`` / ``pred_heads=`` / ``img_size=`` / ``num_frames=``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from surgvista.checkpoints.errors import CheckpointError, ExportError
 from surgvista.checkpoints.grids import classify_table, classify_table_grid, guess_grid
 from surgvista.checkpoints.hf import check_hf_pos_kind, to_hf, write_hf
 from surgvista.checkpoints.keys import block_depth, detect_style, to_canonical
-from surgvista.checkpoints.read import read_state
+from surgvista.checkpoints.parts import ENCODER_PARTS, PT_PARTS, is_vjepa_pt, is_vjepa_run
+from surgvista.checkpoints.read import read_state, torch_load
 from surgvista.checkpoints.run_folder import run_config, run_dir
 from surgvista.models.presets import STUDENT_PRESETS
 from surgvista.utils.io import (
@@ -202,6 +208,8 @@ def export(
     pos_embed: str | None = None,
     ln_eps: float = 1e-6,
     overwrite: bool = False,
+    part: str | None = None,
+    pred_heads: int | None = None,
 ) -> Path:
     """Write ``ckpt`` as ``format`` to ``out``; return the written path (the folder for ``hf``).
 
@@ -212,6 +220,13 @@ def export(
         raise ExportError(f"unknown format {format!r}; expected one of {FORMATS}")
     ckpt, out = Path(ckpt), Path(out)
     _check_targets(ckpt, format, out, overwrite)
+    if part not in (None, *ENCODER_PARTS):
+        raise ExportError(f"unknown part {part!r}; expected one of {ENCODER_PARTS} (the encoder of a V-JEPA run)")
+    if format == "hf" and is_vjepa_source(ckpt):
+        given = {"num_heads": num_heads, "pred_heads": pred_heads, "img_size": img_size, "num_frames": num_frames}
+        return export_vjepa_run(ckpt, out, part, given, overwrite)
+    if part is not None:
+        raise ExportError(f"part={part!r} picks the encoder of a V-JEPA run or .pt (format=hf); {ckpt} is neither")
     state, info = _read_run_checkpoint(ckpt)
     student_cfg = _student_config(info)
     arch = infer_architecture(
@@ -231,6 +246,36 @@ def export(
     check_hf_pos_kind(ckpt, kind)
     hf_state, config, notes = to_hf(state, arch, hf_arch, ln_eps, info.get("class_names"))
     return write_hf(out, hf_state, config, card, notes)
+
+
+def is_vjepa_source(ckpt: Path) -> bool:
+    """A V-JEPA run (its ``config.yaml`` has ``model.latent``, or its weights ``latent.target.*``) or an official
+    V-JEPA 2 ``.pt``."""
+    model_cfg = run_config(ckpt).get("model") or {}
+    if model_cfg.get("latent"):
+        return True
+    if ckpt.is_dir() or ckpt.suffix in (".safetensors", ".json"):
+        return False
+    obj = torch_load(ckpt)
+    return is_vjepa_run(obj) or is_vjepa_pt(obj)
+
+
+def export_vjepa_run(ckpt: Path, out: Path, part: str | None, given: dict[str, Any], overwrite: bool) -> Path:
+    """A V-JEPA run's (or ``.pt``'s) target (default) or student encoder and its predictor as a ``VJEPA2Model``
+    folder; heads and clip size from ``given``, else the run's ``config.yaml``."""
+    from surgvista.checkpoints.vjepa import export_vjepa_weights, read_vjepa
+
+    model_cfg = run_config(ckpt).get("model") or {}
+    student = model_cfg.get("student") or {}
+    preset = STUDENT_PRESETS.get(student.get("preset"))
+    from_run = {
+        "num_heads": student.get("num_heads") or (preset.num_heads if preset else None),
+        "pred_heads": ((model_cfg.get("latent") or {}).get("predictor") or {}).get("num_heads"),
+        "img_size": student.get("img_size"),
+        "num_frames": student.get("num_frames"),
+    }
+    weights = read_vjepa(ckpt, **{k: given.get(k) or from_run[k] for k in from_run})
+    return export_vjepa_weights(weights, out, PT_PARTS[part or "target"], overwrite)
 
 
 def _read_run_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -244,6 +244,8 @@ VJEPA_HF_MODULES = {
     "predictor_proj": "predictor.proj",
 }
 VJEPA_HF_MASK_TOKENS = "predictor.embeddings.mask_tokens"
+# The head of ``VJEPA2ForVideoClassification``: not part of V-JEPA 2 pre-training, skipped when reading.
+VJEPA_HF_HEAD_PREFIXES = ("pooler.", "classifier.")
 _VJEPA_BLOCK = r"\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 # Every key of a V-JEPA 2 encoder / predictor in our (official) names.
 VJEPA_ENCODER_KEY = re.compile(rf"^(patch_embed\.proj|norm|blocks{_VJEPA_BLOCK})\.(weight|bias)$")

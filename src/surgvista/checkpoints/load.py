@@ -1,6 +1,6 @@
 """Load any supported checkpoint into our models, with layout detection and a key-diff report.
 
-``load_backbone`` reads the source with :func:`surgvista.checkpoints.read.read_state`, maps its key style (ours and
+``load_backbone`` reads the source with :func:`surgvista.checkpoints.parts.read_encoder`, maps its key style (ours and
 the official SurgVISTA files, VideoMAE/MVD/UMT originals, Hugging Face VideoMAE; see
 :mod:`surgvista.checkpoints.keys`) to canonical keys and matches them against the model. :func:`load_matching`
 loads a state dict whose keys already are the model's (any ``nn.Module``) with the same report.
@@ -22,8 +22,9 @@ from torch import nn
 from surgvista.checkpoints.errors import CheckpointError
 from surgvista.checkpoints.grids import Grid, classify_table_grid, guess_grid, interpolate_pos_embed
 from surgvista.checkpoints.keys import POSITION_TABLES, Canonical, block_depth, detect_style, to_canonical
-from surgvista.checkpoints.read import read_state
+from surgvista.checkpoints.parts import read_encoder
 from surgvista.layers.position import POS_EMBED_KINDS, position_table
+from surgvista.models.presets import STUDENT_PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def load_backbone(
     pos_embed_kind: str | None = None,
     load_head: bool | None = None,
     source_grid: Grid | None = None,
+    part: str | None = None,
 ) -> LoadReport:
     """Load the encoder (and whatever else the model has) of ``source`` into ``model``; return a :class:`LoadReport`.
 
@@ -124,8 +126,12 @@ def load_backbone(
             (e.g. an MVD original without ``pos_embed``: ``"sincos3d"``).
         load_head: load ``fc_norm``/``head`` from a fine-tuned source (default: when present and shapes match).
         source_grid: the checkpoint's token grid, to interpolate a learned table (default: guessed).
+        part: which encoder of a V-JEPA checkpoint (our run, an official ``.pt``): ``"target"`` (EMA target
+            encoder, the default) or ``"student"`` (see :mod:`surgvista.checkpoints.parts`). An HF ``VJEPA2Model``
+            folder's encoder loads into a RoPE model (``pos_embed="rope", qkv_bias="fused"``).
     """
-    report, canon, style = _canonical_source(source, layout)
+    report, canon, style, declared = _canonical_source(source, layout, part)
+    pos_embed_kind = pos_embed_kind or declared
     target = model.state_dict()
     if getattr(model, "token_grid", None) is None:
         raise CheckpointError(
@@ -134,6 +140,7 @@ def load_backbone(
     grid = tuple(model.token_grid)
     kind = getattr(model, "pos_embed_kind", "sincos3d")
     src_kind = _source_pos_kind(canon, style, pos_embed_kind, source_grid, grid, report, kind)
+    _check_rope_fit(report, src_kind, kind, target, canon)
     _check_pos_kind(report, src_kind, kind, strict)
     new = _position_tables(canon, target, kind, src_kind, grid, source_grid, report)
     new.update(_head_and_pooling_norm(canon, target, load_head, report))
@@ -148,10 +155,14 @@ def load_backbone(
     return report
 
 
-def _canonical_source(source: str | Path | Mapping[str, Any], layout: str | None) -> tuple[LoadReport, Canonical, str]:
-    """Read ``source``, settle its key style and map it to canonical keys: ``(report, canon, style)``."""
-    name, state, container, extra, meta, _ = read_state(source)
-    style = layout or ("hf" if "hf_config" in meta else detect_style(list(state)))
+def _canonical_source(
+    source: str | Path | Mapping[str, Any], layout: str | None, part: str | None = None
+) -> tuple[LoadReport, Canonical, str, str | None]:
+    """Read ``source`` (``part``: which encoder), settle its key style and map it to canonical keys:
+    ``(report, canon, style, position kind the source declares)``."""
+    found = read_encoder(source, part)
+    name, state, container, extra, meta, _ = found.src
+    style = layout or found.style or ("hf" if "hf_config" in meta else detect_style(list(state)))
     if style not in ("surgvista", "videomae", "hf"):
         raise ValueError(f"unknown layout {style!r}; expected surgvista, videomae or hf")
     if container == "raw" and "hf_config" in meta:
@@ -164,7 +175,8 @@ def _canonical_source(source: str | Path | Mapping[str, Any], layout: str | None
     report.notes += [
         f"Lightning key outside the student, not loaded: {k}" for k in extra.get("lightning_other_keys", [])
     ]
-    return report, canon, style
+    report.notes += found.notes
+    return report, canon, style, found.pos_kind
 
 
 def _source_pos_kind(
@@ -291,6 +303,24 @@ def _finish_report(
     if strict and not report.ok:
         raise CheckpointError(f"strict load failed (pass strict=False to load what matches):\n{report}")
     log.log(logging.INFO if report.ok else logging.WARNING, "%s", report)
+
+
+def _check_rope_fit(report: LoadReport, src_kind: str | None, kind: str, target: StateDict, canon: Canonical) -> None:
+    """One line telling which config to set when a V-JEPA (RoPE, fused qkv bias) encoder meets another model."""
+    fix = "fine-tune with model=finetune_vjepa (or set model.net.pos_embed=rope model.net.qkv_bias=fused)"
+    if "patch_embed.proj.weight" in canon:
+        width, depth = canon["patch_embed.proj.weight"][1].shape[0], block_depth(canon)
+        names = [n for n, p in STUDENT_PRESETS.items() if (p.embed_dim, p.depth) == (width, depth)]
+        size = f"model.net.preset={names[0]}" if names else f"+model.net.embed_dim={width} +model.net.depth={depth}"
+        fix += f" and {size} (checkpoint: width {width}, {depth} blocks)"
+    if src_kind == "rope" and kind != "rope":
+        raise CheckpointError(
+            f"{report.source}: a V-JEPA 2 (RoPE) encoder does not fit a model with a {kind} position table; {fix}"
+        )
+    if src_kind == "rope" and "blocks.0.attn.qkv.bias" not in target:
+        raise CheckpointError(
+            f"{report.source}: a V-JEPA 2 encoder has a fused qkv bias but the model's qkv_bias is not 'fused'; {fix}"
+        )
 
 
 def _check_pos_kind(report: LoadReport, src_kind: str | None, kind: str, strict: bool) -> None:

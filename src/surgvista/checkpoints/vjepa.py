@@ -3,7 +3,9 @@ our RoPE student and :class:`~surgvista.models.predictor.Predictor`, and export 
 
 Official layout (facebookresearch/vjepa2, ``app/vjepa/train.py`` ``save_checkpoint``): a dict with ``encoder``,
 ``predictor`` and ``target_encoder`` state dicts (and ``opt``, ``scaler``, ``epoch``, ...), their keys prefixed by
-``module.`` (DDP) and ``backbone.`` (the multi-mask wrapper). Without those prefixes the keys are ours.
+``module.`` (DDP) and ``backbone.`` (the multi-mask wrapper). Without those prefixes the keys are ours. Our own
+``model=vjepa`` runs (Lightning ``.ckpt``: ``student.*``, ``latent.target.*``, ``latent.predictor.*``) read the same
+way, as ``encoder``, ``target_encoder`` and ``predictor``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 from surgvista.checkpoints.errors import CheckpointError, ExportError
 from surgvista.checkpoints.keys import (
     VJEPA_ENCODER_KEY,
+    VJEPA_HF_HEAD_PREFIXES,
     VJEPA_PREDICTOR_KEY,
     block_depth,
     strip_wrappers,
@@ -26,6 +29,7 @@ from surgvista.checkpoints.keys import (
     vjepa_to_hf,
 )
 from surgvista.checkpoints.load import LoadReport, load_matching
+from surgvista.checkpoints.parts import PT_PARTS, RUN_PREDICTOR, RUN_PREFIXES, is_vjepa_run
 from surgvista.checkpoints.read import check_finite, read_checkpoint, torch_load
 from surgvista.utils.io import atomic_write_dir
 
@@ -33,8 +37,7 @@ PARTS = ("encoder", "target_encoder", "predictor")
 # Heads by width where the file cannot say (no config): the released ViT-L, ViT-H, ViT-g and their predictor.
 KNOWN_HEADS = {1024: 16, 1280: 16, 1408: 22}
 KNOWN_PRED_HEADS = {384: 12}
-# The head of ``VJEPA2ForVideoClassification``: not part of V-JEPA 2 pre-training, skipped when reading.
-HF_HEAD_PREFIXES = ("pooler.", "classifier.")
+HF_HEAD_PREFIXES = VJEPA_HF_HEAD_PREFIXES  # VJEPA2ForVideoClassification's head: skipped when reading
 
 
 class VJEPAArch(NamedTuple):
@@ -149,8 +152,11 @@ def _read_hf_folder(path: Path) -> tuple[dict[str, dict | None], dict[str, Any]]
 
 
 def _read_hub_file(path: Path) -> dict[str, dict | None]:
-    """The ``encoder``/``target_encoder``/``predictor`` state dicts of an official ``.pt``, wrappers removed."""
+    """The ``encoder``/``target_encoder``/``predictor`` state dicts of an official ``.pt`` (or of our V-JEPA run's
+    ``.ckpt``), wrappers removed."""
     obj = torch_load(path)
+    if is_vjepa_run(obj):
+        obj = run_parts(obj["state_dict"])
     if not isinstance(obj, Mapping) or not any(isinstance(obj.get(p), Mapping) for p in PARTS):
         top = sorted(map(str, obj))[:10] if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(f"{path}: not a V-JEPA 2 checkpoint: expected {PARTS} state dicts, found {top}")
@@ -166,6 +172,12 @@ def _read_hub_file(path: Path) -> dict[str, dict | None]:
             raise _bad_keys(path, part, bad)
         parts[part] = {strip_wrappers(k): v for k, v in state.items()}
     return parts
+
+
+def run_parts(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """A V-JEPA run's Lightning state dict as the official file's ``encoder``/``target_encoder``/``predictor``."""
+    prefixes = {PT_PARTS[part]: prefix for part, prefix in RUN_PREFIXES.items()} | {"predictor": RUN_PREDICTOR}
+    return {part: {k.removeprefix(p): v for k, v in state.items() if k.startswith(p)} for part, p in prefixes.items()}
 
 
 def _infer_arch(parts: Mapping[str, dict | None], config: Mapping[str, Any], source: str, given: dict) -> VJEPAArch:
@@ -224,16 +236,23 @@ def load_vjepa(
     return reports
 
 
-def export_vjepa_hf(student: nn.Module, predictor: nn.Module, folder: str | Path) -> Path:
+def export_vjepa_hf(student: nn.Module, predictor: nn.Module, folder: str | Path, overwrite: bool = False) -> Path:
     """Write our RoPE student's encoder and ``predictor`` as a ``transformers`` ``VJEPA2Model`` folder
-    (``config.json`` + ``model.safetensors``), atomically; an existing non-empty ``folder`` is refused."""
+    (``config.json`` + ``model.safetensors``), atomically; an existing non-empty ``folder`` is refused unless
+    ``overwrite`` (then replaced once the new folder is complete)."""
+    config = vjepa_hf_config(student, predictor)
+    return write_vjepa_hf({**student.state_dict(), **predictor.state_dict()}, config, folder, overwrite)
+
+
+def write_vjepa_hf(state: Mapping[str, torch.Tensor], config: Any, folder: str | Path, overwrite: bool = False) -> Path:
+    """Our V-JEPA 2 encoder + predictor tensors under their ``VJEPA2Model`` names and ``config`` (a
+    ``VJEPA2Config``) as a ``save_pretrained`` folder, atomically."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    if folder.is_file() or (folder.is_dir() and any(folder.iterdir())):
-        raise ExportError(f"{folder} already exists and is not empty; choose a new folder")
-    config = vjepa_hf_config(student, predictor)
-    state = vjepa_to_hf({**student.state_dict(), **predictor.state_dict()})
+    if folder.is_file() or (not overwrite and folder.is_dir() and any(folder.iterdir())):
+        raise ExportError(f"{folder} already exists and is not empty; choose a new folder (or overwrite=true)")
+    state = vjepa_to_hf(state)
 
     def write(tmp: Path) -> None:
         tensors = {k: v.detach().contiguous() for k, v in state.items()}
@@ -245,31 +264,80 @@ def export_vjepa_hf(student: nn.Module, predictor: nn.Module, folder: str | Path
 
 def vjepa_hf_config(student: nn.Module, predictor: nn.Module) -> Any:
     """The ``transformers.VJEPA2Config`` of an encoder-only RoPE student (fused qkv bias) and its predictor."""
+    _check_exportable(student, predictor)
+    blk, pblk = student.blocks[0], predictor.predictor_blocks[0]
+    arch = VJEPAArch(
+        embed_dim=student.embed_dim,
+        depth=len(student.blocks),
+        num_heads=blk.attn.num_heads,
+        mlp_ratio=blk.mlp.fc1.out_features / student.embed_dim,
+        patch_size=student.patch_size,
+        tubelet_size=student.tubelet_size,
+        img_size=student.img_size,
+        num_frames=student.num_frames,
+        ln_eps=student.norm.eps,
+        pred_dim=predictor.pred_dim,
+        pred_depth=len(predictor.predictor_blocks),
+        pred_heads=pblk.attn.num_heads,
+        pred_mlp_ratio=pblk.mlp.fc1.out_features / predictor.pred_dim,
+        num_mask_tokens=len(predictor.mask_tokens),
+    )
+    return hf_config_of(arch)
+
+
+def hf_config_of(arch: VJEPAArch) -> Any:
+    """The ``transformers.VJEPA2Config`` of ``arch`` (encoder with fused qkv bias, and its predictor)."""
     try:
         from transformers import VJEPA2Config
     except ImportError:
         raise ExportError("a Hugging Face V-JEPA 2 export needs the transformers package") from None
-    _check_exportable(student, predictor)
-    blk, pblk = student.blocks[0], predictor.predictor_blocks[0]
+    if arch.pred_dim is None or arch.img_size is None or arch.num_frames is None:
+        raise ExportError("VJEPA2Model needs an encoder, a predictor and the clip size (img_size, num_frames)")
     return VJEPA2Config(
-        patch_size=student.patch_size,
-        crop_size=student.img_size,
-        frames_per_clip=student.num_frames,
-        tubelet_size=student.tubelet_size,
-        hidden_size=student.embed_dim,
-        num_attention_heads=blk.attn.num_heads,
-        num_hidden_layers=len(student.blocks),
-        mlp_ratio=blk.mlp.fc1.out_features / student.embed_dim,
-        layer_norm_eps=student.norm.eps,
+        patch_size=arch.patch_size,
+        crop_size=arch.img_size,
+        frames_per_clip=arch.num_frames,
+        tubelet_size=arch.tubelet_size,
+        hidden_size=arch.embed_dim,
+        num_attention_heads=arch.num_heads,
+        num_hidden_layers=arch.depth,
+        mlp_ratio=arch.mlp_ratio,
+        layer_norm_eps=arch.ln_eps,
         qkv_bias=True,
         hidden_act="gelu",
-        pred_hidden_size=predictor.pred_dim,
-        pred_num_attention_heads=pblk.attn.num_heads,
-        pred_num_hidden_layers=len(predictor.predictor_blocks),
-        pred_num_mask_tokens=len(predictor.mask_tokens),
-        pred_mlp_ratio=pblk.mlp.fc1.out_features / predictor.pred_dim,
+        pred_hidden_size=arch.pred_dim,
+        pred_num_attention_heads=arch.pred_heads,
+        pred_num_hidden_layers=arch.pred_depth,
+        pred_num_mask_tokens=arch.num_mask_tokens,
+        pred_mlp_ratio=arch.pred_mlp_ratio,
         architectures=["VJEPA2Model"],
     )
+
+
+def export_vjepa_weights(
+    weights: VJEPAWeights, folder: str | Path, part: str = "target_encoder", overwrite: bool = False
+) -> Path:
+    """Write ``weights.<part>`` (``target_encoder``: what the released HF models carry; or ``encoder``) and the
+    predictor as a ``VJEPA2Model`` folder; what ``VJEPA2Model`` cannot hold is one :class:`ExportError` line."""
+    if part not in ("encoder", "target_encoder"):
+        raise ExportError(f"part must be 'encoder' or 'target_encoder' (student or target), got {part!r}")
+    encoder = getattr(weights, part)
+    for name, state in ((part, encoder), ("predictor", weights.predictor)):
+        if state is None:
+            raise ExportError(f"{weights.source}: no {name} weights; VJEPA2Model holds an encoder and a predictor")
+    if "blocks.0.attn.qkv.bias" not in encoder:
+        raise ExportError(f"{weights.source}: VJEPA2Model needs a fused qkv bias (qkv_bias='fused'); none found")
+    config = hf_config_of(weights.arch)
+    _check_heads(weights.arch, weights.source)
+    return write_vjepa_hf({**encoder, **weights.predictor}, config, folder, overwrite)
+
+
+def _check_heads(arch: VJEPAArch, source: str) -> None:
+    """Widths must split into the heads (a wrong head count cannot be seen in the weights: it comes from the run)."""
+    pairs = (("encoder", arch.embed_dim, arch.num_heads), ("predictor", arch.pred_dim, arch.pred_heads))
+    for what, dim, heads in pairs:
+        if dim % heads:
+            raise ExportError(f"{source}: {what} width {dim} is not divisible by {heads} heads; pass the head count")
 
 
 def _check_exportable(student: nn.Module, predictor: nn.Module) -> None:

@@ -27,6 +27,9 @@ class VideoClassifier(nn.Module):
     (image checkpoints, tubelet 1). ``forward(video (B,3,T,H,W))`` returns logits ``(B, num_classes)``.
     ``pos_embed="sinusoid1d", fc_norm_eps=1e-5`` computes what ``transformers.VideoMAEForVideoClassification``
     does (HF hard-codes eps 1e-5 on ``fc_norm``), so such a fine-tuned model exports to it exactly.
+
+    ``pos_embed="rope"`` (with ``qkv_bias="fused"``) is the V-JEPA 2 encoder: no table, 3-D RoPE in every block
+    (:mod:`surgvista.layers.rope`); its block keys are those of the official V-JEPA 2 files and of our RoPE student.
     """
 
     def __init__(
@@ -55,7 +58,7 @@ class VideoClassifier(nn.Module):
     ) -> None:
         super().__init__()
         size = lookup(STUDENT_PRESETS, preset, "preset")
-        check_pos_embed(pos_embed)
+        check_pos_embed(pos_embed, rope=True)
         if patch_embed not in PATCH_EMBED_KINDS:
             raise ValueError(f"unknown patch_embed {patch_embed!r}; expected one of {PATCH_EMBED_KINDS}")
         dim, depth, num_heads = embed_dim or size.embed_dim, depth or size.depth, num_heads or size.num_heads
@@ -66,14 +69,12 @@ class VideoClassifier(nn.Module):
             self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, num_frames, dim)
         else:
             self.patch_embed = FrameEmbed(img_size, patch_size, num_frames, dim)
-        table = position_table(pos_embed, dim, self.token_grid)
-        if pos_embed == "learned":
-            self.pos_embed = nn.Parameter(table)
-        else:
-            self.register_buffer("pos_embed", table, persistent=False)
-
+        self._add_position_table(pos_embed, dim)
         rates = np.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, r, ln_eps, qkv_bias, attn_backend) for r in rates)
+        rope = pos_embed == "rope"
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_ratio, r, ln_eps, qkv_bias, attn_backend, rope, self.token_grid) for r in rates
+        )
         self.use_mean_pooling = use_mean_pooling
         if use_mean_pooling:
             self.fc_norm = nn.LayerNorm(dim, eps=ln_eps if fc_norm_eps is None else fc_norm_eps)
@@ -82,6 +83,17 @@ class VideoClassifier(nn.Module):
         self.fc_dropout = nn.Dropout(fc_drop_rate)
         self.head = nn.Linear(dim, num_classes)
         self.reset_parameters(head_init_scale)
+
+    def _add_position_table(self, kind: str, dim: int) -> None:
+        """A learned ``pos_embed`` parameter, a fixed non-persistent buffer, or ``None`` (RoPE: no table)."""
+        if kind == "rope":
+            self.pos_embed = None
+            return
+        table = position_table(kind, dim, self.token_grid)
+        if kind == "learned":
+            self.pos_embed = nn.Parameter(table)
+        else:
+            self.register_buffer("pos_embed", table, persistent=False)
 
     @property
     def token_grid(self) -> tuple[int, int, int]:
@@ -111,7 +123,9 @@ class VideoClassifier(nn.Module):
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """Token features ``(B, N, D)`` after the blocks (before pooling)."""
-        x = self.patch_embed(video) + self.pos_embed.type_as(video)
+        x = self.patch_embed(video)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.type_as(x)
         return run_blocks(self.blocks, x, self.grad_checkpointing)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

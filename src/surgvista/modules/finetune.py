@@ -80,6 +80,7 @@ class FinetuneModule(NonFiniteGuardMixin):
         batch_size: int,
         ckpt: str | None = None,
         ckpt_strict: bool = True,
+        ckpt_part: str | None = None,
         base_lr: float = 5e-4,
         min_lr: float = 1e-6,
         warmup_epochs: float = 5,
@@ -143,7 +144,8 @@ class FinetuneModule(NonFiniteGuardMixin):
         """Load pre-trained encoder weights into ``net`` (prints the key diff, refuses partial loads)."""
         from surgvista.checkpoints.load import load_backbone
 
-        report = load_backbone(source, self.net, strict=self.hparams.ckpt_strict)
+        part = self.hparams.get("ckpt_part")  # V-JEPA checkpoints: target (EMA, default) | student
+        report = load_backbone(source, self.net, strict=self.hparams.ckpt_strict, part=part)
         self._backbone_loaded = True
         return report
 

@@ -7,7 +7,8 @@ normalisation (``mean``/``std``) and returns ``(tokens (B, N, D), pooled (B, D))
 One file per kind of family: ``student.py`` (our ViT: SurgVISTA, VideoMAE v1/v2, MVD, UMT files), ``hf.py``
 (``transformers`` video models on clips, DINOv3/DINOv2 on frames), ``frames.py`` (timm and torchvision image models
 and the EndoSSL ViT on frames, reading released checkpoint layouts), ``timesformer.py`` (a divided space-time
-video ViT: Endo-FM), ``internvideo2.py`` (InternVideo2's ViT). ``conf/model/backbone/*.yaml`` picks one by
+video ViT: Endo-FM), ``internvideo2.py`` (InternVideo2's ViT), ``vjepa.py`` (V-JEPA 2 ``.pt`` files,
+SurgMotion's, HF folders and our V-JEPA runs in the RoPE student). ``conf/model/backbone/*.yaml`` picks one by
 ``_target_: surgvista.models.zoo.<Class>``; the families, their weights and layouts are in docs/benchmark.md.
 """
 
@@ -17,6 +18,7 @@ from surgvista.models.zoo.hf import HF_FRAME_KINDS, HF_KINDS, HFFrameBackbone, H
 from surgvista.models.zoo.internvideo2 import InternVideo2Backbone
 from surgvista.models.zoo.student import StudentBackbone
 from surgvista.models.zoo.timesformer import TimeSformerBackbone
+from surgvista.models.zoo.vjepa import VJEPABackbone
 
 __all__ = [
     "HF_FRAME_KINDS",
@@ -30,6 +32,7 @@ __all__ = [
     "TimeSformerBackbone",
     "TimmFrameBackbone",
     "TorchvisionFrameBackbone",
+    "VJEPABackbone",
     "ZooBackbone",
     "ZooClassifier",
 ]
