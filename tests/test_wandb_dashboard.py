@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from helpers import ROOT, small_demo_set
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 from PIL import Image
 
 from surgvista.callbacks.wandb_summary import job_type, metric_goal, read_csv_table, sweep_group
@@ -220,26 +222,51 @@ def test_sweep_jobs_share_one_group(demo_root, tmp_path, monkeypatch):
         "train.py", "-m", "experiment=demo_phase", *small_demo_set(demo_root), "data.input_size=32",
         "data.num_frames=4", "model.net.preset=tiny", "trainer=cpu", "logger=wandb", "train=false", "test=false",
         "print_config=false", "optimized_metric=null", "seed=1,2", f"hydra.sweep.dir={sweep}",
+        "hydra/job_logging=none", "hydra/hydra_logging=none",  # leave this process's logging alone
     ])  # fmt: skip
-    run()
+    try:
+        run()
+    finally:
+        HydraConfig.instance().cfg = None  # the last job's config: later in-process runs are no sweep jobs
     runs = [read_run(offline_runs(sweep / str(job))[0])["run"] for job in (0, 1)]
     assert [r.run_group for r in runs] == [sweep_group(sweep)] * 2
+    saved = [OmegaConf.load(sweep / str(job) / "config.yaml").logger.wandb for job in (0, 1)]  # what config.yaml says
+    assert [(c.group, c.job_type) for c in saved] == [(runs[0].run_group, "finetune")] * 2
     assert [r.job_type for r in runs] == ["finetune"] * 2
     assert runs[0].run_id != runs[1].run_id
 
 
-def test_leaderboard_goes_to_wandb_in_the_sweep_group(tmp_path):
+@pytest.mark.parametrize("how", ["cli", "end_of_sweep"])
+def test_leaderboard_goes_to_wandb_in_the_sweep_group(tmp_path, how):
     from surgvista.cli.leaderboard import main
+    from surgvista.evaluation.leaderboard import LeaderboardCallback
 
     for job, (protocol, top1) in enumerate((("linear", 61.5), ("knn", 70.25))):
         (tmp_path / str(job)).mkdir()
         rec = {"dataset": "demo", "backbone": "b", "params": 5e6, "protocol": protocol, "metrics": {"test/top1": top1}}
         (tmp_path / str(job) / "probe.json").write_text(json.dumps(rec))
-    assert main([str(tmp_path), "--wandb"]) == 0
+    if how == "cli":
+        assert main([str(tmp_path), "--wandb"]) == 0
+    else:  # the Hydra callback of a probe grid run with logger=wandb (the sweep's master config)
+        wandb_cfg = {"_target_": "lightning.pytorch.loggers.wandb.WandbLogger", "project": "p", "offline": True}
+        LeaderboardCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}},
+                                                                "logger": {"wandb": wandb_cfg}}))  # fmt: skip
     (run_dir,) = offline_runs(tmp_path)
     run = read_run(run_dir)
     assert (run["run"].job_type, run["run"].run_group) == ("leaderboard", sweep_group(tmp_path))
+    assert run["run"].project == ("surgvista" if how == "cli" else "p")
     entry = next(h["leaderboard"] for h in run["history"] if "leaderboard" in h)
     table = json.loads((run_dir / "files" / entry["path"]).read_text())
     assert (table["columns"], table["data"]) == read_csv_table(tmp_path / "leaderboard.csv")
     assert [r[table["columns"].index("top1")] for r in table["data"]] == [70.25, 61.5]
+
+
+def test_leaderboard_without_wandb_logger_starts_no_run(tmp_path):
+    from surgvista.evaluation.leaderboard import LeaderboardCallback
+
+    rec = {"dataset": "demo", "backbone": "b", "params": 5e6, "protocol": "knn", "metrics": {"test/top1": 1.0}}
+    (tmp_path / "probe.json").write_text(json.dumps(rec))
+    csv_logger = {"_target_": "lightning.pytorch.loggers.csv_logs.CSVLogger"}
+    LeaderboardCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}},
+                                                            "logger": {"csv": csv_logger}}))  # fmt: skip
+    assert (tmp_path / "leaderboard.csv").is_file() and not (tmp_path / "wandb").exists()

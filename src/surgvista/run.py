@@ -139,7 +139,7 @@ def fill_wandb_fields(cfg: DictConfig, stage: str) -> None:
             if not node.get("group") and sweep:
                 node.group = sweep_group(hydra.sweep.dir)
             if not node.get("job_type"):
-                node.job_type = job_type(str(cfg.model.get("_target_", "")), stage, "probe_name" in cfg)
+                node.job_type = job_type(str((cfg.get("model") or {}).get("_target_", "")), stage, "probe_name" in cfg)
 
 
 def metric_value(metrics: dict, name: str | None) -> float | None:
