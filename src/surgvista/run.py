@@ -13,12 +13,16 @@ import lightning as L
 import rich
 import rich.syntax
 import rich.tree
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from surgvista.callbacks.preemption import Preempted
+from surgvista.callbacks.wandb_summary import WandbSummary, job_type, sweep_group
 from surgvista.checkpoints.run_folder import check_run_checkpoint
 from surgvista.utils.config_check import check_config
 from surgvista.utils.errors import ConfigError, find_user_error
@@ -116,9 +120,26 @@ def _setup(cfg: DictConfig):
     model = instantiate(cfg.model, _convert_="all")
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if any(isinstance(lg, WandbLogger) for lg in loggers):  # best values, per-video tables (docs/benchmark.md)
+        callbacks.append(WandbSummary())
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log_hyperparameters(loggers, cfg, model)
     return datamodule, model, trainer
+
+
+def fill_wandb_fields(cfg: DictConfig, stage: str) -> None:
+    """Give every W&B logger config without a ``group`` the sweep folder (``-m`` jobs only: all jobs of one sweep
+    share it) and without a ``job_type`` the run's stage (``eval`` for ``stage="eval"``, else from the model)."""
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    sweep = hydra is not None and hydra.mode == RunMode.MULTIRUN
+    for node in (cfg.get("logger") or {}).values():
+        if not isinstance(node, DictConfig) or not str(node.get("_target_", "")).endswith("WandbLogger"):
+            continue
+        with open_dict(node):
+            if not node.get("group") and sweep:
+                node.group = sweep_group(hydra.sweep.dir)
+            if not node.get("job_type"):
+                node.job_type = job_type(str((cfg.get("model") or {}).get("_target_", "")), stage, "probe_name" in cfg)
 
 
 def metric_value(metrics: dict, name: str | None) -> float | None:
@@ -133,6 +154,7 @@ def metric_value(metrics: dict, name: str | None) -> float | None:
 @task_wrapper
 def train(cfg: DictConfig) -> dict:
     """Seed, instantiate data/model/trainer, save the resolved config, fit; return the callback metrics."""
+    fill_wandb_fields(cfg, "fit")
     out_dir = _save_config(cfg)
     datamodule, model, trainer = _setup(cfg)
     cb = trainer.checkpoint_callback
@@ -204,6 +226,7 @@ def evaluate(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.exists():  # a file, or a sharded checkpoint folder
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
+    fill_wandb_fields(cfg, "eval")
     out_dir = _save_config(cfg)  # the eval run's own folder: its config.yaml names the checkpoint
     datamodule, model, trainer = _setup(cfg)
     check_run_checkpoint(ckpt, model, "ckpt_path")

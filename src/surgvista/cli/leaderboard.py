@@ -21,6 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare", nargs=2, metavar=("A", "B"), default=None,
         help="paired bootstrap A − B of two evaluations on the same test videos (run folders or per_video.json)",
     )  # fmt: skip
+    parser.add_argument(
+        "--wandb", nargs="?", const="offline", choices=("offline", "online"), default=None,
+        help="also log the table to W&B (a run with job_type=leaderboard in the sweep's group; default offline)",
+    )  # fmt: skip
+    parser.add_argument("--wandb-project", default="surgvista", help="W&B project of --wandb")
     parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (--compare)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed (--compare)")
     return parser
@@ -48,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not Path(args.root).is_dir():
             raise FileNotFoundError(f"{args.root} is not a folder")
-        board.leaderboard(args.root, args.out)
+        csv_path = board.leaderboard(args.root, args.out)
+        if args.wandb:
+            board.log_to_wandb(csv_path, args.root, args.wandb_project, offline=args.wandb == "offline")
     return 0
 
 

@@ -9,17 +9,21 @@ accuracy, mAP) and the feature extraction throughput. A metric with a bootstrap 
 (``probe.json``'s ``ci``) shows as ``mean [lo, hi]`` in the Markdown table and gets ``<metric>_lo``/``_hi`` columns
 in the CSV. The last printed line is
 ``leaderboard: <path to leaderboard.csv>``. Also run at the end of a ``-m`` grid (:class:`LeaderboardCallback`).
+With ``--wandb`` (or at the end of a grid run with ``logger=wandb``) the table also goes to W&B (:func:`log_to_wandb`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
 
 # Headline metrics, in column order, when a run logged them (test/<name>); the rest stay in the per-run files.
 HEADLINE = (
@@ -101,8 +105,45 @@ def leaderboard(root: str | Path, out: str | Path | None = None) -> Path:
     return csv_path
 
 
+def log_to_wandb(csv_path: str | Path, sweep_dir: str | Path, project: str = "surgvista", offline: bool = True) -> Path:
+    """The leaderboard CSV as the table ``leaderboard`` of a W&B run (``job_type="leaderboard"``) in the group of the
+    sweep's own runs (:func:`~surgvista.callbacks.wandb_summary.sweep_group` of ``sweep_dir``), saved under the CSV's
+    folder; returns the run's folder."""
+    import wandb
+
+    from surgvista.callbacks.wandb_summary import read_csv_table, sweep_group
+
+    csv_path = Path(csv_path)
+    columns, rows = read_csv_table(csv_path)
+    mode = "offline" if offline else None  # None: WANDB_MODE / the wandb settings decide
+    run = wandb.init(
+        project=project, group=sweep_group(sweep_dir), job_type="leaderboard", name="leaderboard",
+        dir=str(csv_path.parent), mode=mode,
+    )  # fmt: skip
+    try:
+        run.log({"leaderboard": wandb.Table(columns=columns, data=rows)})
+        folder = Path(run.dir).parent
+    finally:
+        run.finish()
+    log.info("W&B leaderboard table: %s", folder)
+    return folder
+
+
+def wandb_logger(config: DictConfig) -> DictConfig | None:
+    """The ``WandbLogger`` entry of a run config's ``logger`` group, if any."""
+    for node in (config.get("logger") or {}).values():
+        if isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith("WandbLogger"):
+            return node
+    return None
+
+
 class LeaderboardCallback(Callback):
-    """Hydra callback: the leaderboard of the sweep folder at the end of a multirun."""
+    """Hydra callback: the leaderboard of the sweep folder at the end of a multirun (and its W&B table when the
+    grid logged to W&B)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        leaderboard(config.hydra.sweep.dir)
+        csv_path = leaderboard(config.hydra.sweep.dir)
+        node = wandb_logger(config)
+        if node is not None:
+            project, offline = node.get("project") or "surgvista", bool(node.get("offline"))
+            log_to_wandb(csv_path, config.hydra.sweep.dir, project, offline)
