@@ -136,17 +136,24 @@ class ProbeGrid(ProbeHead):
         qp = qp.view(k_, q_, nh, dim // nh)  # (K, Q, H, dh)
         wk = w_in[:, dim : 2 * dim].view(k_, nh, dim // nh, dim)  # (K, H, dh, D)
         u = torch.einsum("kqhe,khed->kqhd", qp, wk) * gamma[:, None, None] / math.sqrt(dim // nh)
-        attn = torch.einsum("bnd,kqhd->bkqhn", xhat, u).softmax(-1)
-        pooled = torch.einsum("bkqhn,bnd->bkqhd", attn, xhat) * gamma[:, None, None] + beta[:, None, None]
+        # Two plain matmuls over the tokens (every head, query and attention head as one column): (B, N, KQH).
+        attn = (xhat @ u.reshape(-1, dim).T).softmax(1)
+        pooled = (attn.transpose(1, 2) @ xhat).view(xhat.shape[0], k_, q_, nh, dim)
+        pooled = pooled * gamma[:, None, None] + beta[:, None, None]
         wv = w_in[:, 2 * dim :].view(k_, nh, dim // nh, dim)
         out = torch.einsum("bkqhd,khed->bkqhe", pooled, wv).flatten(3) + b_in[:, 2 * dim :][:, None]
         out = out + 0.0 * b_in[:, dim : 2 * dim].sum()  # the key bias shifts a head's scores alike: zero gradient
-        q = query + torch.einsum("bkqd,ked->bkqe", out, p("attn.out_proj.weight")) + p("attn.out_proj.bias")[:, None]
-        hidden = self.norm_k(q, "norm_mlp", 1)  # (B, K, Q, D)
-        hidden = F.gelu(torch.einsum("bkqd,khd->bkqh", hidden, p("mlp.0.weight")) + p("mlp.0.bias")[:, None])
-        q = q + torch.einsum("bkqh,kdh->bkqd", hidden, p("mlp.2.weight")) + p("mlp.2.bias")[:, None]
-        final = self.norm_k(q.mean(2), "norm_out", 1)  # (B, K, D)
-        return torch.einsum("bkd,kcd->kbc", final, p("head.weight")) + p("head.bias")[:, None]
+        q = query[:, None] + self.linear_k(out.transpose(0, 1), "attn.out_proj")  # (K, B, Q, D): heads first
+        hidden = F.gelu(self.linear_k(self.norm_k(q, "norm_mlp", 0), "mlp.0"))
+        q = q + self.linear_k(hidden, "mlp.2")
+        return self.linear_k(self.norm_k(q.mean(2), "norm_out", 0), "head")  # (K, B, C)
+
+    def linear_k(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """Each head's Linear ``name`` on its slice ``x[k]`` (heads first): one batched matmul, weights read
+        transposed in place (an einsum would copy the ``(K, out, in)`` weights at every call)."""
+        weight, bias = self.param(f"{name}.weight"), self.param(f"{name}.bias")
+        flat = x.reshape(len(self), -1, x.shape[-1])
+        return torch.baddbmm(bias[:, None], flat, weight.transpose(1, 2)).view(*x.shape[:-1], weight.shape[1])
 
     def norm_k(self, x: torch.Tensor, name: str, axis: int) -> torch.Tensor:
         """Each head's LayerNorm ``name`` on its slice of ``x`` (the head index is dimension ``axis``)."""
