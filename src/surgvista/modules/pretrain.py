@@ -189,8 +189,8 @@ class PretrainModule(NonFiniteGuardMixin):
             if encoder is not None:
                 register_fsdp_forward_method(encoder, "encode")
         log.info(
-            "FSDP2: fully_shard per block and per root on %d networks over a data-parallel mesh of %d ranks; "
-            "teacher %s", len(sharded), dp_mesh.size(),
+            "FSDP2: fully_shard on %d student blocks and the student root over a data-parallel mesh of %d ranks "
+            "(%d networks sharded in all); teacher %s", len(self._blocks(self.student)), dp_mesh.size(), len(sharded),
             "sharded" if self.teacher is not None and self.teacher.shard else "replicated",
         )
 
