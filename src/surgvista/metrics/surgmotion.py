@@ -45,7 +45,7 @@ def surgmotion_video_scores(target, pred) -> dict[str, float]:
         "sm_recall": float(_ratio(tp, n_gt).mean() * 100),
         "sm_jaccard": float(_ratio(tp, n_pred + n_gt - tp).mean() * 100),
         "sm_f1": float(_ratio(2 * tp, n_pred + n_gt).mean() * 100),
-        "sm_edit": edit_score(pr, gt),
+        "sm_edit": float(edit_score(pr, gt)),
     }
 
 
