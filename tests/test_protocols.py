@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_script, small_demo_set
+from helpers import exit_status, run_script, small_demo_set
 from hydra import compose, initialize_config_dir
 from sklearn import metrics as skm
 
+from surgvista.cli.score import main
 from surgvista.metrics.bootstrap import bootstrap_ci
 from surgvista.metrics.per_video import HEADLINE, phase_metric, phase_records
 from surgvista.metrics.phase import phase_scores
@@ -205,3 +206,22 @@ def test_tiny_surgmotion_probe_run_writes_the_sm_metrics(demo_root, tmp_path):
     assert "jaccard" in ci  # the MATLAB metrics stay
     records = json.loads(next(run.rglob("per_video.json")).read_text())["videos"]
     assert ci["sm_jaccard"]["value"] == pytest.approx(np.mean([r["sm_jaccard"] for r in records]))
+
+
+def test_score_command_reports_the_worked_example_with_surgmotion(tmp_path, capsys):
+    for side, sequences in (("gt", EXAMPLE_TARGETS), ("pred", EXAMPLE_PREDS)):
+        (tmp_path / side).mkdir()
+        for name, labels in zip(("video41", "video42"), sequences):
+            (tmp_path / side / f"{name}.txt").write_text("".join(f"{i}\t{x}\n" for i, x in enumerate(labels)))
+    out, per_video = tmp_path / "m.json", tmp_path / "pv.json"
+    args = [str(tmp_path / "gt"), str(tmp_path / "pred"), "--dataset", "cholec80", "--json", str(out)]
+    assert exit_status(main, ["phase", *args, "--surgmotion", "--ci", "--per-video", str(per_video)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["sm_jaccard"] == pytest.approx(49.03, abs=5e-3)
+    assert doc["relaxed_jaccard"] == pytest.approx(99.76, abs=5e-3)
+    assert doc["ci"]["metrics"]["sm_jaccard"]["value"] == pytest.approx(doc["sm_jaccard"])
+    records = json.loads(per_video.read_text())["videos"]
+    assert [r["sm_jaccard"] for r in records] == pytest.approx([18.73, 79.33], abs=5e-3)
+    assert exit_status(main, ["phase", *args]) == 0  # without the flag: no sm_* (today's output)
+    assert not any(k.startswith("sm_") for k in json.loads(out.read_text()))
+    capsys.readouterr()
