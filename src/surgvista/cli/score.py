@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the predictions' frame rate: map them onto the ground truth's frames (latest prediction at or before)",
     )  # fmt: skip
     ph.add_argument("--num-classes", type=int, default=None, help="for integer ids of an unknown --dataset")
+    ph.add_argument(
+        "--surgmotion", action="store_true",
+        help="also SurgMotion's per-video sklearn metrics sm_* (mean over videos; docs/metrics.md)",
+    )  # fmt: skip
     ph.add_argument("--csv", type=Path, default=None, help="per-video scores")
     tr = sub.add_parser("triplet", help="action triplets: video-wise mAP (ivtmetrics protocol)")
     tr.add_argument("gt_dir", type=Path)
@@ -83,10 +87,12 @@ def run_phase(args: argparse.Namespace) -> tuple[dict[str, float], str, list[dic
     videos = load_phase_videos(args.gt_dir, args.pred_dir, names, resample)
     num_classes = phase_num_classes(videos, names, args.num_classes)
     options = {"dataset": args.dataset, "fps": args.fps, "relaxed": args.relaxed, "matlab": args.matlab}
-    scores = score_phase(videos, num_classes, **options)
+    scores = score_phase(videos, num_classes, **options, surgmotion=args.surgmotion)
     if args.csv is not None:
         write_csv(args.csv, per_video_rows(videos, num_classes))
-    records = phase_video_records(videos, num_classes, **options) if args.ci or args.per_video else []
+    records = []
+    if args.ci or args.per_video:
+        records = phase_video_records(videos, num_classes, **options, surgmotion=args.surgmotion)
     return scores, f"{args.dataset}: {len(videos)} videos", records, phase_options(**options)
 
 

@@ -4,7 +4,8 @@ Reads every ``probe.json`` under the folder (one per job, written by :class:`sur
 and writes ``leaderboard.csv`` and ``leaderboard.md`` (into ``--out``, default the folder): one row per (dataset,
 backbone, protocol) with the backbone's parameter count, the task's test metrics (phase: accuracy, mean video
 accuracy, Jaccard/F1/precision/recall, and their ``relaxed_`` versions where the dataset has relaxed boundaries;
-the edit score and segmental F1@10/25/50; triplets: mAP_ivt and its components; CVS/action: top-1/top-k, balanced
+the edit score and segmental F1@10/25/50; with ``protocol=surgmotion`` SurgMotion's per-video ``sm_*`` metrics;
+triplets: mAP_ivt and its components; CVS/action: top-1/top-k, balanced
 accuracy, mAP) and the feature extraction throughput. A metric with a bootstrap interval in the run's record
 (``probe.json``'s ``ci``) shows as ``mean [lo, hi]`` in the Markdown table and gets ``<metric>_lo``/``_hi`` columns
 in the CSV. The last printed line is
@@ -31,6 +32,7 @@ HEADLINE = (
     "relaxed_accuracy", "relaxed_video_accuracy_mean", "relaxed_jaccard", "relaxed_f1", "relaxed_precision",
     "relaxed_recall", "edit", "f1@10", "f1@25", "f1@50", "accuracy_top3", "accuracy_top5", "balanced_accuracy", "mAP",
     "mAP_ivt", "mAP_i", "mAP_v", "mAP_t", "mAP_iv", "mAP_it",
+    "sm_accuracy", "sm_precision", "sm_recall", "sm_jaccard", "sm_f1", "sm_edit",
 )  # fmt: skip
 FIXED = ("dataset", "backbone", "params_M", "protocol")
 

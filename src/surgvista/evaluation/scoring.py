@@ -1,7 +1,7 @@
 """``surgvista-score``: score the prediction files of any model with surgvista's metrics, no code needed.
 
     surgvista-score phase GT_DIR PRED_DIR --dataset cholec80 [--relaxed auto|true|false] [--no-matlab-quirk]
-                    [--fps 1] [--resample PRED_FPS] [--json OUT] [--csv OUT]
+                    [--fps 1] [--resample PRED_FPS] [--surgmotion] [--json OUT] [--csv OUT]
     surgvista-score triplet GT PRED [--json OUT]       (CholecT50 labels JSON or our CSVs vs our prediction CSVs)
     surgvista-score clip GT PRED [--top-k 1,5] [--json OUT]
     every task: [--ci [--resamples 1000] [--seed 0]] [--per-video OUT.json]
@@ -190,9 +190,14 @@ def phase_num_classes(videos: dict[str, tuple], names: Sequence[str] | None, giv
     raise ScoreError("the number of phases is unknown: pass --num-classes (or a --dataset with known phase names)")
 
 
-def score_phase(videos: dict[str, tuple], num_classes: int, *, dataset: str, fps: float, relaxed, matlab: bool):
-    """The metrics ``surgvista-eval`` writes (``PhaseMetrics`` + ``top1``), from aligned label sequences."""
+def score_phase(
+    videos: dict[str, tuple], num_classes: int, *, dataset: str, fps: float, relaxed, matlab: bool,
+    surgmotion: bool = False,
+):  # fmt: skip
+    """The metrics ``surgvista-eval`` writes (``PhaseMetrics`` + ``top1``), from aligned label sequences;
+    ``surgmotion``: SurgMotion's ``sm_*`` too."""
     from surgvista.metrics import phase_scores
+    from surgvista.metrics.surgmotion import surgmotion_scores
 
     preds = [np.asarray(p.labels) for _, p in videos.values()]
     targets = [np.asarray(g.labels) for g, _ in videos.values()]
@@ -202,6 +207,8 @@ def score_phase(videos: dict[str, tuple], num_classes: int, *, dataset: str, fps
         )
     except ValueError as e:
         raise ScoreError(str(e)) from e
+    if surgmotion:
+        out.update(surgmotion_scores(preds, targets))
     probs = [p.probs for _, p in videos.values()]
     if all(p is not None for p in probs):  # only our CSVs carry probabilities
         all_probs, all_t = np.concatenate(probs).astype(np.float64), np.concatenate(targets)
@@ -212,7 +219,10 @@ def score_phase(videos: dict[str, tuple], num_classes: int, *, dataset: str, fps
     return out
 
 
-def phase_video_records(videos: dict[str, tuple], num_classes: int, *, dataset: str, fps: float, relaxed, matlab):
+def phase_video_records(
+    videos: dict[str, tuple], num_classes: int, *, dataset: str, fps: float, relaxed, matlab: bool,
+    surgmotion: bool = False,
+):  # fmt: skip
     """Per-video records (``surgvista.metrics.per_video``) of aligned label sequences, as ``score_phase`` scores."""
     from surgvista.metrics.per_video import phase_records
 
@@ -221,7 +231,7 @@ def phase_video_records(videos: dict[str, tuple], num_classes: int, *, dataset: 
     try:
         return phase_records(
             preds, targets, list(videos), num_classes, fps=fps, relaxed=relaxed, matlab_compatible=matlab,
-            dataset=dataset,
+            dataset=dataset, surgmotion=surgmotion,
         )  # fmt: skip
     except ValueError as e:
         raise ScoreError(str(e)) from e

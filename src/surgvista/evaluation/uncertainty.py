@@ -33,6 +33,7 @@ from surgvista.metrics.bootstrap import (
 )
 from surgvista.metrics.per_video import HEADLINE, PHASE_SCORES, task_metric
 from surgvista.metrics.stats import nanmean
+from surgvista.metrics.surgmotion import SM_METRICS
 from surgvista.utils.errors import UserError
 from surgvista.utils.io import atomic_write_text
 
@@ -56,7 +57,8 @@ def jsonable(x):
 
 def summary_row(task: str, record: dict) -> dict:
     """One readable ``per_video.csv`` row: phase: accuracy, phase-averaged (nanmean, clipped) J/P/R/F1 (and
-    relaxed), edit, segmental F1; other tasks: the task's metrics on that video alone."""
+    relaxed), edit, segmental F1, SurgMotion's ``sm_*`` when recorded; other tasks: the task's metrics on that
+    video alone."""
     if task != "phase":
         return {"video": record["video"], **task_metric(task)([record])}
     row = {"video": record["video"], "frames": record["frames"]}
@@ -67,6 +69,7 @@ def summary_row(task: str, record: dict) -> dict:
             row[prefix + name] = nanmean(np.where(values > 100, 100.0, values))
     alone = task_metric("phase")([record])
     row.update({k: alone[k] for k in ("edit", *(k for k in record if k.startswith("f1@")))})
+    row.update({k: record[k] for k in SM_METRICS if k in record})
     return row
 
 

@@ -6,6 +6,8 @@ test set, or a bootstrap resample, ``metrics/bootstrap.py``) is computed exactly
 * phase: the unclipped per-phase J/P/R/F1 and accuracy (``video_phase_scores``, unrelaxed and ``relaxed_``), the
   correct and total frame counts (pooled ``accuracy``), the edit score and the TP/FP/FN counts of ``f1@k``; the
   metric is ``Main.m``'s aggregation (``aggregate_phase_scores``), pooled accuracy, mean edit, pooled F1@k;
+  with ``surgmotion=True`` also SurgMotion's per-video ``sm_*`` values (``metrics/surgmotion.py``), whose metric
+  is their mean over the videos;
 * triplet: the per-video AP of every class of every component (``ivt`` without the null triplets when
   ``ignore_null``); the metric is the per-class nanmean over the videos then the nanmean over classes, as
   ``video_ap`` (per-video AP depends on that video's frames only, so this equals recomputing from the frames);
@@ -36,6 +38,7 @@ from surgvista.metrics.phase import (
 )
 from surgvista.metrics.segments import DEFAULT_OVERLAPS, edit_score, f1_from_counts, overlap_counts
 from surgvista.metrics.stats import mean
+from surgvista.metrics.surgmotion import SM_METRICS, surgmotion_aggregate, surgmotion_video_scores
 from surgvista.metrics.triplet import CHOLECT50, COMPONENTS, ComponentMap
 
 PHASE_SCORES = ("jaccard", "precision", "recall", "f1")
@@ -44,7 +47,7 @@ HEADLINE = {
     "phase": (
         "top1", "accuracy", "video_accuracy_mean", "jaccard", "precision", "recall", "f1",
         "relaxed_accuracy", "relaxed_video_accuracy_mean", "relaxed_jaccard", "relaxed_precision", "relaxed_recall",
-        "relaxed_f1", "edit", "f1@10", "f1@25", "f1@50",
+        "relaxed_f1", "edit", "f1@10", "f1@25", "f1@50", *SM_METRICS,
     ),
     "triplet": tuple(f"mAP_{c}" for c in ("ivt", *COMPONENTS[:-1])),
     "clip": ("top1", "accuracy", "balanced_accuracy", "mAP"),
@@ -70,8 +73,10 @@ def phase_records(
     matlab_compatible: bool = True,
     dataset: str = "cholec80",
     overlaps: Sequence[float] = DEFAULT_OVERLAPS,
+    surgmotion: bool = False,
 ) -> list[dict]:
-    """One record per video of integer label sequences (checked as ``phase_scores`` checks them)."""
+    """One record per video of integer label sequences (checked as ``phase_scores`` checks them); ``surgmotion``:
+    each record also holds the video's ``sm_*`` values (SurgMotion's per-video sklearn metrics)."""
     preds, targets = check_videos(preds, targets, num_classes)
     if len(videos) != len(preds):
         raise ValueError(f"phase records: {len(videos)} video ids for {len(preds)} videos")
@@ -87,6 +92,8 @@ def phase_records(
             ok = relaxed_correct(t, p, rules, window, matlab_compatible)
             rec.update(_phase_part(t, p, num_classes, ok, "relaxed_"))
         rec.update({f"f1@{round(k * 100):d}": list(overlap_counts(p, t, k)) for k in overlaps})
+        if surgmotion:
+            rec.update(surgmotion_video_scores(t, p))
         records.append(rec)
     return records
 
@@ -104,7 +111,8 @@ def _phase_aggregate(records: Sequence[dict], prefix: str) -> dict[str, float]:
 
 
 def phase_metric(records: Sequence[dict]) -> dict[str, float]:
-    """The phase headline metrics of a list of records (equal to ``phase_scores`` on the same videos)."""
+    """The phase headline metrics of a list of records (equal to ``phase_scores`` on the same videos; ``sm_*``
+    when the records hold them, equal to ``surgmotion_scores``)."""
     out = _phase_aggregate(records, "")
     out["top1"] = out["accuracy"]
     if "relaxed_correct" in records[0]:
@@ -112,6 +120,8 @@ def phase_metric(records: Sequence[dict]) -> dict[str, float]:
     out["edit"] = mean([r["edit"] for r in records])
     for key in (k for k in records[0] if k.startswith("f1@")):
         out[key] = f1_from_counts(*(int(c) for c in np.sum([r[key] for r in records], axis=0)))
+    if SM_METRICS[0] in records[0]:
+        out.update(surgmotion_aggregate(records))
     return out
 
 

@@ -27,6 +27,7 @@ from surgvista.metrics.phase import (
     resolve_relaxed,
 )
 from surgvista.metrics.segments import DEFAULT_OVERLAPS
+from surgvista.metrics.surgmotion import surgmotion_scores
 from surgvista.metrics.triplet import CHOLECT50, COMPONENTS, ComponentMap, triplet_scores, video_ap
 
 
@@ -99,7 +100,8 @@ class PhaseMetrics(_KeyedMetric):
     ``relaxed``: True / False / ``"auto"`` (on iff ``dataset`` has relaxed-boundary rules: cholec80, autolaparo,
     m2cai16); ``matlab_compatible``: reproduce ``Evaluate.m``'s early-transition indexing (default, comparable
     with published numbers) or apply the corrected rule; ``fps``: frame rate of the evaluated sequences (the
-    window is ``10 * fps`` frames).
+    window is ``10 * fps`` frames); ``surgmotion``: also SurgMotion's per-video ``sm_*`` metrics (their mean over
+    videos, ``metrics/surgmotion.py``).
     """
 
     def __init__(
@@ -112,9 +114,11 @@ class PhaseMetrics(_KeyedMetric):
         class_names: Sequence[str] | None = None,
         overlaps: Sequence[float] = DEFAULT_OVERLAPS,
         ignore_index: int | None = -1,
+        surgmotion: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.surgmotion = surgmotion
         if num_classes < 2:
             raise ValueError(f"PhaseMetrics: num_classes must be >= 2, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
@@ -169,6 +173,8 @@ class PhaseMetrics(_KeyedMetric):
             probs = np.concatenate([v["probs"] for v in videos.values()])
             top5 = np.argsort(-probs, axis=1, kind="stable")[:, :5]
             out["accuracy_top5"] = float((top5 == np.concatenate(targets)[:, None]).any(axis=1).mean() * 100)
+        if self.surgmotion:
+            out.update(surgmotion_scores(preds, targets))
         return out
 
     def predictions(self) -> dict[int, dict[str, np.ndarray]]:

@@ -5,9 +5,11 @@
 K axis) and computes all K outputs from one read of the shared input: the linear grid is one batch norm and one
 einsum over the ``(K, C, D)`` weight; the attentive grid one score matmul and one weighted sum of the normalised
 tokens for every (head, query, attention head) at once, the key/value projections being moved onto the query side,
-which is exact (:meth:`ProbeGrid.attentive_all`). :meth:`ProbeGrid.param_groups` carries each head's lr factor and
-weight decay for :class:`surgvista.modules.grid_optim.GridAdamW`, which updates head k as AdamW would with that lr
-and weight decay. In training ``forward`` returns ``(K, B, C)``; in evaluation the ``active`` head's ``(B, C)``.
+which is exact (:meth:`ProbeGrid.attentive_all`); attentive heads with self-attention blocks (``depth > 1``)
+change the tokens per head, so they run one after the other (:meth:`ProbeGrid.each_head`).
+:meth:`ProbeGrid.param_groups` carries each head's lr factor and weight decay for
+:class:`surgvista.modules.grid_optim.GridAdamW`, which updates head k as AdamW would with that lr and weight decay.
+In training ``forward`` returns ``(K, B, C)``; in evaluation the ``active`` head's ``(B, C)``.
 """
 
 from __future__ import annotations
@@ -109,7 +111,15 @@ class ProbeGrid(ProbeHead):
         self._check_built()
         if isinstance(self.proto, LinearProbe):
             return self.linear_all(x)
+        if len(getattr(self.proto, "blocks", ())):
+            return self.each_head(x)
         return self.attentive_all(x)
+
+    def each_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every head from its own forward (no shared shortcut), stacked: ``(K, B, C)``."""
+        buffers = dict(self.proto.named_buffers())
+        logits = [functional_call(self.proto, {**self.head_params(k), **buffers}, (x,)) for k in range(len(self))]
+        return torch.stack(logits)
 
     def linear_all(self, pooled: torch.Tensor) -> torch.Tensor:
         """The batch norm has no parameters: one for all heads (its running statistics are every head's)."""

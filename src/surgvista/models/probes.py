@@ -62,11 +62,30 @@ def _heads(dim: int, wanted: int) -> int:
     return next(h for h in range(min(wanted, dim), 0, -1) if dim % h == 0)
 
 
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm transformer block over the tokens: ``x = x + attn(norm(x))``, ``x = x + mlp(norm(x))``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm_attn, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm_attn(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm_mlp(x))
+
+
 class AttentiveProbe(ProbeHead):
     """Learnable queries cross-attend to the frozen tokens (V-JEPA's attentive pooler), then a linear classifier.
 
-    One block: ``q = query + attn(norm(query), norm(tokens))``, ``q = q + mlp(norm(q))``; the queries are
-    averaged and classified. ``num_heads`` is lowered to the nearest divisor of the feature width.
+    ``depth - 1`` pre-norm self-attention blocks over the tokens (:class:`SelfAttentionBlock`; SurgMotion's
+    ``num_probe_blocks: 4`` is ``depth=4``), then one cross-attention block:
+    ``q = query + attn(norm(query), norm(tokens))``, ``q = q + mlp(norm(q))``; the queries are averaged and
+    classified. ``num_heads`` (every block's) is lowered to the nearest divisor of the feature width. ``depth=1``
+    (the default) is the head without self-attention blocks, with the same parameters and initialisation draws.
     """
 
     inputs = "tokens"
@@ -78,8 +97,11 @@ class AttentiveProbe(ProbeHead):
         num_queries: int = 1,
         num_heads: int = 8,
         mlp_ratio: float = 4.0,
+        depth: int = 1,
     ) -> None:
-        self.num_queries, self.num_heads, self.mlp_ratio = num_queries, num_heads, mlp_ratio
+        if int(depth) != depth or depth < 1:
+            raise ValueError(f"AttentiveProbe: depth must be an integer >= 1 (1 = cross-attention only), got {depth}")
+        self.num_queries, self.num_heads, self.mlp_ratio, self.depth = num_queries, num_heads, mlp_ratio, int(depth)
         super().__init__(num_classes, input_dim)
 
     def _build(self, dim: int) -> None:
@@ -91,13 +113,18 @@ class AttentiveProbe(ProbeHead):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.norm_out = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, self.num_classes)
+        heads = _heads(dim, self.num_heads)  # after the layers above: depth 1 draws exactly as before
+        self.blocks = nn.ModuleList(SelfAttentionBlock(dim, heads, self.mlp_ratio) for _ in range(self.depth - 1))
 
     def no_weight_decay(self) -> set[str]:
         return {"query"}
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         self._check_built()
-        kv = self.norm_kv(tokens.float())
+        tokens = tokens.float()
+        for block in self.blocks:
+            tokens = block(tokens)
+        kv = self.norm_kv(tokens)
         q = self.query.expand(tokens.shape[0], -1, -1)
         q = q + self.attn(self.norm_q(q), kv, kv, need_weights=False)[0]
         q = q + self.mlp(self.norm_mlp(q))

@@ -96,6 +96,7 @@ class FinetuneModule(NonFiniteGuardMixin):
         fps: float = 1.0,
         relaxed: bool | str = "auto",
         matlab_compatible: bool = True,
+        surgmotion_metrics: bool = False,
         output_dir: str | None = None,
         max_consecutive_nonfinite: int = 10,
         nonfinite_check_every: int | None = None,
@@ -343,6 +344,7 @@ class PhaseModule(FinetuneModule):
             matlab_compatible=hp.matlab_compatible,
             dataset=hp.dataset,
             class_names=self.class_names,
+            surgmotion=hp.get("surgmotion_metrics", False),
         )
 
     def per_video_records(self, split: str, preds: dict) -> list[dict]:
@@ -355,6 +357,7 @@ class PhaseModule(FinetuneModule):
         return phase_records(
             preds_, targets, list(videos), self.num_classes, fps=hp.fps, relaxed=self.metrics[split].relaxed,
             matlab_compatible=hp.matlab_compatible, dataset=hp.dataset,
+            surgmotion=hp.get("surgmotion_metrics", False),
         )  # fmt: skip
 
     def write_figures(self, out: Path, split: str, preds: dict) -> None:
