@@ -89,3 +89,12 @@ def test_colour_baseline_is_near_chance_on_the_proxy_and_far_above_on_the_demo(s
         assert proxy.uniform_chance == pytest.approx(1 / 7)
         assert proxy.accuracy < bound, (classifier, proxy)
         assert demo.accuracy > 0.5, (classifier, demo)
+
+
+def test_demo_data_command_offers_the_variants(capsys):
+    from helpers import exit_status
+
+    from surgvista.cli.demo_data import main
+
+    assert exit_status(main, ["--out", "unused", "--variant", "colour"]) == 2
+    assert "invalid choice: 'colour'" in capsys.readouterr().err
