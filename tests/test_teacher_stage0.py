@@ -109,3 +109,23 @@ def test_image_distillation_loads_the_stage0_teacher_strictly(stage0):
     torch.save({"extra": torch.zeros(1), **torch.load(ckpt)}, run.parent / "extra.pth")
     with pytest.raises(TeacherCheckpointError, match="unexpected key: extra"):
         ImageTeacher("tiny", img_size=64, patch_size=16, ckpt=str(run.parent / "extra.pth"))
+
+
+def test_stage0_rerun_resumes_from_its_last_checkpoint(stage0, tmp_path):
+    """A rerun in the same run folder with one more epoch trains only that epoch and rewrites teacher.pth."""
+    import shutil
+
+    from surgvista.run import train
+
+    run, proxy = stage0
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = torch.load(copy / "teacher.pth")
+    cfg = compose("teacher_proxy", f"data.root={proxy}", *TINY_PROXY, "data.batch_size=8", "trainer.max_epochs=2",
+                  "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", out=copy)
+    train(cfg)
+    assert sorted(p.name for p in (copy / "checkpoints").glob("epoch_*.ckpt")) == ["epoch_000.ckpt", "epoch_001.ckpt"]
+    last = torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 6  # 3 steps per epoch: the first epoch was not redone
+    after = torch.load(copy / "teacher.pth")
+    assert after.keys() == before.keys() and any(not torch.equal(after[k], before[k]) for k in before)
