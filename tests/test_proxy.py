@@ -98,3 +98,16 @@ def test_demo_data_command_offers_the_variants(capsys):
 
     assert exit_status(main, ["--out", "unused", "--variant", "colour"]) == 2
     assert "invalid choice: 'colour'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("experiment", "data"), [("demo", "proxy"), ("demo_phase", "proxy_phase"), ("teacher_proxy", "proxy_frames")]
+)
+def test_proxy_data_configs_build_proxy_data_modules(experiment, data, tmp_path):
+    from helpers import compose
+    from hydra.utils import instantiate
+
+    cfg = compose(experiment, f"data={data}", f"paths.data_dir={tmp_path}", out=tmp_path / "run")
+    module = instantiate(cfg.data, _convert_="all")
+    assert module.demo.variant == "proxy" and module.demo.root == tmp_path / "proxy"
+    assert module.demo.train_manifest == str(tmp_path / "proxy" / "train.jsonl")
