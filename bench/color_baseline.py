@@ -42,7 +42,8 @@ def main() -> None:
         for classifier in CLASSIFIERS:
             res = color_baseline(train, val, classifier=classifier)
             rows.append({"dataset": variant, **res.as_dict()})
-            print(f"{variant:6s} {classifier:8s} accuracy {res.accuracy:.3f} (uniform chance "
+            print(f"{variant:6s} {classifier:8s} accuracy {res.accuracy:.3f} [{res.accuracy_lo:.3f}, "
+                  f"{res.accuracy_hi:.3f}] (uniform chance "
                   f"{res.uniform_chance:.3f}, majority {res.majority_chance:.3f}; {res.num_test_frames} test "
                   f"frames of {res.num_test_videos} videos)")
         print(f"{variant}: {time.perf_counter() - start:.0f} s")

@@ -88,6 +88,7 @@ def test_colour_baseline_is_near_chance_on_the_proxy_and_far_above_on_the_demo(s
         assert proxy.num_test_videos == 4 and proxy.num_test_frames > 200
         assert proxy.uniform_chance == pytest.approx(1 / 7)
         assert proxy.accuracy < bound, (classifier, proxy)
+        assert proxy.accuracy_lo <= proxy.accuracy <= proxy.accuracy_hi and demo.accuracy_lo > 0.5
         assert demo.accuracy > 0.5, (classifier, demo)
 
 

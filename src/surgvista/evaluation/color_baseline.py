@@ -15,6 +15,7 @@ import numpy as np
 
 from surgvista.data.manifest import read_manifest
 from surgvista.data.readers import EntryReader
+from surgvista.metrics.bootstrap import bootstrap_ci
 
 CLASSIFIERS = ("logreg", "centroid")
 
@@ -24,6 +25,8 @@ class ColorBaselineResult:
     """Frame accuracy of the colour baseline on the test videos, with the chance levels to read it against."""
 
     accuracy: float
+    accuracy_lo: float  # 95 % percentile bootstrap interval over the test videos (1000 resamples, seed 0)
+    accuracy_hi: float
     uniform_chance: float  # 1 / number of classes
     majority_chance: float  # accuracy of always predicting the test set's most frequent label
     num_train_frames: int
@@ -49,8 +52,8 @@ def color_histograms(frames: np.ndarray, bins: int = 8) -> np.ndarray:
 
 def manifest_histograms(
     manifest: str | Path, label: str = "phase", bins: int = 8, backend: str = "pyav"
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Histograms and labels of every frame of every video of ``manifest``, and the number of videos."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Histograms and labels of every frame of every video of ``manifest``, and each frame's video number."""
     reader = EntryReader(backend)
     feats, labels = [], []
     entries = read_manifest(manifest).entries
@@ -58,7 +61,13 @@ def manifest_histograms(
         frames = reader.read(entry, range(entry.num_frames))
         feats.append(color_histograms(frames, bins))
         labels.append(np.asarray(entry.labels[label], np.int64)[: entry.num_frames])
-    return np.concatenate(feats), np.concatenate(labels), len(entries)
+    videos = np.concatenate([np.full(len(y), v) for v, y in enumerate(labels)])
+    return np.concatenate(feats), np.concatenate(labels), videos
+
+
+def pooled_accuracy(videos: list[tuple[int, int]]) -> dict[str, float]:
+    """``{"accuracy": right / frames}`` pooled over per-video ``(right, frames)`` counts."""
+    return {"accuracy": float(sum(r for r, _ in videos) / sum(n for _, n in videos))}
 
 
 def fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, classifier: str) -> np.ndarray:
@@ -91,13 +100,17 @@ def color_baseline(
     test_x, test_y, videos = manifest_histograms(test_manifest, label, bins, backend)
     pred = fit_predict(train_x, train_y, test_x, classifier)
     counts = np.bincount(test_y)
+    per_video = [((pred == test_y)[videos == v].sum(), (videos == v).sum()) for v in np.unique(videos)]
+    ci = bootstrap_ci(per_video, pooled_accuracy)["accuracy"]
     return ColorBaselineResult(
-        accuracy=float((pred == test_y).mean()),
+        accuracy=ci.value,
+        accuracy_lo=ci.lo,
+        accuracy_hi=ci.hi,
         uniform_chance=1.0 / len(np.unique(np.concatenate([train_y, test_y]))),
         majority_chance=float(counts.max() / counts.sum()),
         num_train_frames=len(train_y),
         num_test_frames=len(test_y),
-        num_test_videos=videos,
+        num_test_videos=len(per_video),
         classifier=classifier,
         bins=bins,
     )
