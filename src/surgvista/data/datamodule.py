@@ -158,9 +158,10 @@ class DemoDataModule(PretrainDataModule):
         video_frames: Sequence[int] = (300, 420),
         video_size: Sequence[int] = (160, 128),
         seed: int = 0,
+        variant: str = "demo",
         **kwargs,
     ) -> None:
-        demo = DemoSet(Path(root), num_videos, num_val_videos, video_frames, video_size, seed)
+        demo = DemoSet(Path(root), num_videos, num_val_videos, video_frames, video_size, seed, variant)
         super().__init__(train_manifests=[demo.train_manifest], val_manifests=[demo.val_manifest], **kwargs)
         self.demo = demo
 

@@ -5,7 +5,9 @@ hook, clipper, bag, irrigator), their motion, the camera drift and the appearanc
 gallbladder, clips, blood, smoke). Labels are written in the official Cholec80 ``Frame<TAB>Phase`` format at
 the native frame rate, and the train/val manifests sample them at ``manifest_fps``.
 
-Command: ``surgvista-demo-data --out data/demo`` (``python -m surgvista.demo_data``).
+Command: ``surgvista-demo-data --out data/demo`` (``python -m surgvista.demo_data``). ``variant="proxy"``
+(``--variant proxy``) writes the same layout with :mod:`surgvista.data.proxy`'s videos instead: phases carried by
+instrument shape, motion and scene events, every colour random per video (docs/proxy.md).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from tqdm import tqdm
 
 from surgvista.data.annotations import CHOLEC80_PHASES, read_phase_file, write_phase_file
 from surgvista.data.manifest import ManifestError, VideoEntry, read_manifest, write_manifest
+from surgvista.data.proxy import PROXY_VERSION, write_proxy_video
 from surgvista.utils.io import atomic_write_text
 
 GENERATOR_VERSION = 1
+VARIANTS = ("demo", "proxy")  # the demo's colour-coded phases | the proxy's shape/motion/event-coded phases
 # Per phase: instruments, motion speed, camera drift speed, scene effects.
 PHASE_SCRIPT = (
     {"tools": ("grasper",), "speed": 0.4, "drift": 0.3, "effects": ()},
@@ -160,12 +164,19 @@ def generate_demo_dataset(
     fps: int = 25,
     manifest_fps: float = 5.0,
     seed: int = 0,
+    variant: str = "demo",
 ) -> tuple[Path, Path]:
-    """Write the demo videos, labels and ``train.jsonl`` / ``val.jsonl`` under ``root`` (skipped if done)."""
+    """Write the demo (or ``variant="proxy"``) videos, labels and ``train.jsonl`` / ``val.jsonl`` under ``root``
+    (skipped if done)."""
     root = Path(root).resolve()  # absolute sources: the manifests do not depend on the working directory
     params = {"version": GENERATOR_VERSION, "num_videos": num_videos, "num_val_videos": num_val_videos,
               "frames": list(frames_per_video), "size": list(size), "fps": fps, "manifest_fps": manifest_fps,
               "seed": seed}
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown demo variant {variant!r}; expected one of {VARIANTS}")
+    if variant != "demo":  # the demo's stamp stays as it always was
+        params.update(variant=variant, variant_version=PROXY_VERSION)
+    write_video = write_demo_video if variant == "demo" else write_proxy_video
     stamp = root / "demo_params.json"
     train, val = root / "train.jsonl", root / "val.jsonl"
     if stamp.is_file() and json.loads(stamp.read_text()) == params and _readable(train, val):
@@ -178,11 +189,11 @@ def generate_demo_dataset(
     lengths = rng.integers(frames_per_video[0], frames_per_video[1] + 1, size=num_videos)
     entries = []
     step = fps / manifest_fps
-    for v in tqdm(range(num_videos), desc="demo videos", unit="video"):
+    for v in tqdm(range(num_videos), desc=f"{variant} videos", unit="video"):
         name = f"video{v + 1:02d}"
         video = root / "videos" / f"{name}.mp4"
         label_file = root / "phase_annotations" / f"{name}-phase.txt"
-        write_demo_video(video, label_file, seed * 1000 + v, int(lengths[v]), size, fps)
+        write_video(video, label_file, seed * 1000 + v, int(lengths[v]), size, fps)
         native = read_phase_file(label_file)
         count = int((len(native) - 1) / step) + 1
         labels = [native[int(round(i * step))] for i in range(count)]
@@ -205,6 +216,7 @@ class DemoSet:
     video_frames: Sequence[int] = (300, 420)
     video_size: Sequence[int] = (160, 128)
     seed: int = 0
+    variant: str = "demo"
 
     @property
     def train_manifest(self) -> str:
@@ -223,6 +235,7 @@ class DemoSet:
             frames_per_video=tuple(self.video_frames),
             size=tuple(self.video_size),
             seed=self.seed,
+            variant=self.variant,
         )
 
 

@@ -252,9 +252,10 @@ class DemoDownstreamDataModule(DownstreamDataModule):
         video_frames: Sequence[int] = (300, 420),
         video_size: Sequence[int] = (160, 128),
         seed: int = 0,
+        variant: str = "demo",
         **kwargs,
     ) -> None:
-        demo = DemoSet(Path(root), num_videos, num_val_videos, video_frames, video_size, seed)
+        demo = DemoSet(Path(root), num_videos, num_val_videos, video_frames, video_size, seed, variant)
         kwargs.setdefault("label", "phase")
         super().__init__(
             train_manifest=demo.train_manifest, val_manifest=demo.val_manifest, test_manifest=None, **kwargs

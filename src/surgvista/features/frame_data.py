@@ -165,10 +165,11 @@ class DemoFeatureDataModule(FeatureDataModule):
         video_frames: Sequence[int] = (300, 420),
         video_size: Sequence[int] = (160, 128),
         seed: int = 0,
+        variant: str = "demo",
         cache_root: str | None = None,
         **kwargs,
     ) -> None:
-        demo = DemoSet(Path(root), num_videos, num_val_videos, video_frames, video_size, seed)
+        demo = DemoSet(Path(root), num_videos, num_val_videos, video_frames, video_size, seed, variant)
         super().__init__(
             cache_root=cache_root or str(demo.root / "features"),
             extractor=extractor,

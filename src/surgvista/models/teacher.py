@@ -101,6 +101,27 @@ def check_teacher_dtype(dtype: str | None, shard: bool) -> str | None:
     return dtype
 
 
+def teacher_vit(preset: str, img_size: int, patch_size: int) -> VisionTransformer:
+    """The timm ViT of a teacher ``preset`` (EndoSSL layout once :func:`timm_to_endossl` maps its keys): CLS token
+    without a position, patch positions learned, no head. The image MAE of stage 0 trains this very module."""
+    size = lookup(TEACHER_PRESETS, preset, "teacher preset")
+    return VisionTransformer(
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=size.embed_dim,
+        depth=size.depth,
+        num_heads=size.num_heads,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        class_token=True,
+        no_embed_class=True,
+        num_classes=0,
+        global_pool="token",
+        norm_layer=nn.LayerNorm,
+        act_layer=nn.GELU,
+    )
+
+
 class ImageTeacher(nn.Module):
     """Frozen ViT image expert giving the distillation targets of a video clip.
 
@@ -133,21 +154,7 @@ class ImageTeacher(nn.Module):
         self.shard = shard
         self.tokens_per_frame = (img_size // patch_size) ** 2
         with seeded(seed):
-            self.vit = VisionTransformer(
-                img_size=img_size,
-                patch_size=patch_size,
-                embed_dim=size.embed_dim,
-                depth=size.depth,
-                num_heads=size.num_heads,
-                mlp_ratio=4.0,
-                qkv_bias=True,
-                class_token=True,
-                no_embed_class=True,
-                num_classes=0,
-                global_pool="token",
-                norm_layer=nn.LayerNorm,
-                act_layer=nn.GELU,
-            )
+            self.vit = teacher_vit(preset, img_size, patch_size)
         self.set_attn_backend(attn_backend)
         if ckpt:
             self.load_checkpoint(ckpt)
