@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from surgvista.data.annotations import CHOLEC80_PHASES, read_phase_file, write_phase_file
 from surgvista.data.manifest import ManifestError, VideoEntry, read_manifest, write_manifest
-from surgvista.data.proxy import PROXY_VERSION, write_proxy_video
+from surgvista.data.proxy import PROXY_VERSION, segment_distance, write_proxy_video
 from surgvista.utils.io import atomic_write_text
 
 GENERATOR_VERSION = 1
@@ -55,12 +55,6 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, octaves=(8, 16, 32))
 
 def _blob(yy, xx, cy, cx, ry, rx) -> np.ndarray:
     return np.exp(-(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) * 2).astype(np.float32)
-
-
-def _segment_distance(yy, xx, y0, x0, y1, x1) -> tuple[np.ndarray, np.ndarray]:
-    dy, dx = y1 - y0, x1 - x0
-    t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / (dy * dy + dx * dx + 1e-6), 0, 1)
-    return np.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx)), t
 
 
 class _Scene:
@@ -114,7 +108,7 @@ class _Scene:
         reach = 0.15 + 0.25 * (1 + np.sin(t)) / 2 + 0.1 * slot
         y1 = h / 2 + (y0 - h / 2) * reach + 0.15 * h * np.sin(1.7 * t)
         x1 = w / 2 + (x0 - w / 2) * reach + 0.15 * w * np.cos(1.3 * t)
-        dist, along = _segment_distance(self.yy, self.xx, y0, x0, y1, x1)
+        dist, along = segment_distance(self.yy, self.xx, y0, x0, y1, x1)
         width = 0.035 * w * (1.6 if tool == "bag" else 1.0)
         shaft = (dist < width)[..., None]
         shade = 0.7 + 0.3 * np.cos(dist / width * np.pi / 2)[..., None]

@@ -28,10 +28,8 @@ from surgvista.metrics.classification import clip_scores
 from surgvista.metrics.phase import (
     VideoPhaseScores,
     aggregate_phase_scores,
-    check_relaxed_rate,
     check_videos,
-    relax_window,
-    relaxation_rules,
+    relaxation,
     relaxed_correct,
     resolve_relaxed,
     video_phase_scores,
@@ -82,8 +80,7 @@ def phase_records(
         raise ValueError(f"phase records: {len(videos)} video ids for {len(preds)} videos")
     relax = resolve_relaxed(relaxed, dataset)
     if relax:
-        check_relaxed_rate(dataset, fps)
-        rules, window = relaxation_rules(dataset, num_classes), relax_window(fps)
+        rules, window = relaxation(dataset, num_classes, fps)
     records = []
     for vid, p, t in zip(videos, preds, targets):
         rec = {"video": str(vid), "frames": int(t.size), "edit": edit_score(p, t)}

@@ -104,6 +104,14 @@ def relax_window(fps: float, seconds: float = RELAX_SECONDS) -> int:
     return window
 
 
+def relaxation(dataset: str, num_classes: int, fps: float) -> tuple[RelaxationRules, int]:
+    """The relaxed-boundary rules and window (frames) of ``dataset`` at ``fps``; refuses a dataset without rules,
+    another class count and a rate its official evaluation does not use (:func:`check_relaxed_rate`)."""
+    rules = relaxation_rules(dataset, num_classes)
+    check_relaxed_rate(dataset, fps)
+    return rules, relax_window(fps)
+
+
 # Our own code on purpose: no library reproduces Evaluate.m's relaxed-boundary rules (and their indexing quirk).
 def relaxed_correct(target, pred, rules: RelaxationRules, window: int, matlab_compatible: bool = True) -> np.ndarray:
     """Boolean (N,) mask of frames counted correct under relaxed boundaries.
@@ -273,8 +281,7 @@ def phase_scores(
     out = {"accuracy": float(np.count_nonzero(all_p == all_t)) / all_t.size * 100}
     out.update(aggregate_phase_scores([video_phase_scores(t, p, num_classes) for p, t in zip(preds, targets)]))
     if resolve_relaxed(relaxed, dataset):
-        check_relaxed_rate(dataset, fps)
-        rules, window = relaxation_rules(dataset, num_classes), relax_window(fps)
+        rules, window = relaxation(dataset, num_classes, fps)
         correct = [relaxed_correct(t, p, rules, window, matlab_compatible) for p, t in zip(preds, targets)]
         out["relaxed_accuracy"] = float(sum(int(c.sum()) for c in correct)) / all_t.size * 100
         videos = [video_phase_scores(t, p, num_classes, c) for p, t, c in zip(preds, targets, correct)]
@@ -304,8 +311,7 @@ def phase_table(
     if len(names) != num_classes:
         raise ValueError(f"phase_table: {len(names)} class names for num_classes={num_classes}")
     if relaxed:
-        check_relaxed_rate(dataset, fps)
-        rules, window = relaxation_rules(dataset, num_classes), relax_window(fps)
+        rules, window = relaxation(dataset, num_classes, fps)
         correct = [relaxed_correct(t, p, rules, window, matlab_compatible) for p, t in zip(preds, targets)]
     else:
         correct = [None] * len(preds)

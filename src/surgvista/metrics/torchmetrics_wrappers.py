@@ -18,12 +18,10 @@ from torchmetrics.utilities.data import dim_zero_cat
 from surgvista.metrics.classification import clip_scores
 from surgvista.metrics.collect import merge_duplicates, split_by_video
 from surgvista.metrics.phase import (
-    check_relaxed_rate,
     normalise_dataset,
     phase_scores,
     phase_table,
-    relax_window,
-    relaxation_rules,
+    relaxation,
     resolve_relaxed,
 )
 from surgvista.metrics.segments import DEFAULT_OVERLAPS
@@ -126,9 +124,7 @@ class PhaseMetrics(_KeyedMetric):
         self.num_classes, self.fps, self.dataset = num_classes, fps, normalise_dataset(dataset)
         self.relaxed = resolve_relaxed(relaxed, dataset)
         if self.relaxed:  # fail at construction, not at the end of a test epoch
-            relaxation_rules(dataset, num_classes)
-            check_relaxed_rate(dataset, fps)
-            relax_window(fps)
+            relaxation(dataset, num_classes, fps)
         self.matlab_compatible, self.overlaps, self.ignore_index = matlab_compatible, tuple(overlaps), ignore_index
         self.class_names = list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]
 

@@ -364,13 +364,13 @@ class PhaseModule(FinetuneModule):
         """Per-video phase ribbons (relaxed-correct frames marked), the normalised confusion matrix and the
         per-phase J/P/R/F1 table (``per_phase.{md,json}``, relaxed rows too when relaxation is on)."""
         from surgvista.evaluation.plots import confusion_matrix, phase_ribbon
-        from surgvista.metrics.phase import phase_table, relax_window, relaxation_rules, relaxed_correct
+        from surgvista.metrics.phase import phase_table, relaxation, relaxed_correct
 
         hp, names = self.hparams, self.class_names or [str(k) for k in range(self.num_classes)]
         videos = per_video_labels(preds, self.trainer.datamodule.video_ids(split))
         relaxed = self.metrics[split].relaxed
         if relaxed:
-            rules, window = relaxation_rules(hp.dataset, self.num_classes), relax_window(hp.fps)
+            rules, window = relaxation(hp.dataset, self.num_classes, hp.fps)
         for vid, (target, pred) in videos.items():
             ok = relaxed_correct(target, pred, rules, window, hp.matlab_compatible) if relaxed else None
             self._save_figure(out, f"{split}/ribbon_{vid}", phase_ribbon(target, pred, names, ok, hp.fps, vid))
