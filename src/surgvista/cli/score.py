@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from surgvista.evaluation.scoring import (
 )
 from surgvista.evaluation.uncertainty import phase_options
 from surgvista.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
+from surgvista.utils.io import atomic_write_text
 
 
 def _relaxed(text: str) -> bool | str:
@@ -132,11 +134,11 @@ def intervals(args: argparse.Namespace, records: list[dict]) -> tuple[dict, str]
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     """``rows`` as a CSV file (header: the first row's keys)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,15 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_video is not None:
         from surgvista.evaluation.uncertainty import jsonable
 
-        args.per_video.parent.mkdir(parents=True, exist_ok=True)
         doc = {"task": args.task, "options": options, "videos": records}
-        args.per_video.write_text(json.dumps(jsonable(doc)) + "\n")
+        atomic_write_text(args.per_video, json.dumps(jsonable(doc)) + "\n")
     if args.json is not None:
         from surgvista.metrics import nan_to_none
 
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = nan_to_none(scores) | ({"ci": ci} if ci is not None else {})
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(payload, indent=2) + "\n")
     return 0
 
 

@@ -12,6 +12,7 @@ else the range over the subset seeds (a single seed: no band). Also run at the e
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
@@ -21,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from surgvista.utils.io import atomic_write, atomic_write_text
 
 
 def run_value(rec: Mapping, metric: str) -> tuple[float, float | None, float | None]:
@@ -87,9 +90,7 @@ def plot_label_efficiency(curves: Mapping[str, Mapping[str, Sequence[float]]], p
     ax.set_ylabel(f"test {metric} (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def write_label_efficiency(root: str | Path, metric: str = "top1", out: str | Path | None = None) -> Path:
@@ -100,12 +101,13 @@ def write_label_efficiency(root: str | Path, metric: str = "top1", out: str | Pa
         raise FileNotFoundError(f"no probe.json under {root}: did the probe runs finish their test?")
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "label_efficiency.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["curve", "fraction_or_shots", f"{metric}_mean", f"{metric}_lo", f"{metric}_hi", "runs"])
-        for label, c in curves.items():
-            for row in zip(c["fraction"], c["mean"], c["lo"], c["hi"], c["runs"]):
-                writer.writerow([label, *(round(float(v), 4) if math.isfinite(v) else v for v in row)])
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["curve", "fraction_or_shots", f"{metric}_mean", f"{metric}_lo", f"{metric}_hi", "runs"])
+    for label, c in curves.items():
+        for row in zip(c["fraction"], c["mean"], c["lo"], c["hi"], c["runs"]):
+            writer.writerow([label, *(round(float(v), 4) if math.isfinite(v) else v for v in row)])
+    atomic_write_text(out / "label_efficiency.csv", text.getvalue())
     png = plot_label_efficiency(curves, out / "label_efficiency.png", metric)
     print(f"label efficiency: {png}")
     return png
