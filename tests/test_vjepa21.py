@@ -216,3 +216,20 @@ def test_backbone_configs_name_the_released_sizes():
         merged = OmegaConf.merge(OmegaConf.load(conf / "vjepa2_pt.yaml"), parent, cfg)
         assert (merged.embed_dim, merged.depth, merged.num_heads) == (dim, depth, heads)
         assert merged.rope_variant == "vjepa21" and merged.img_size == 384 and dim % heads == 0
+
+
+def test_model_finetune_vjepa_reads_a_21_file(files, tmp_path):
+    """``model=finetune_vjepa model.ckpt=<2.1 .pt> model.net.rope_variant=vjepa21``: the module loads it strictly."""
+    from helpers import compose
+    from hydra.utils import instantiate
+
+    size = [f"+model.net.{k}={v}" for k, v in (("embed_dim", DIM), ("depth", DEPTH), ("num_heads", HEADS))]
+    cfg = compose("demo_phase", "model=finetune_vjepa", f"model.ckpt={files['vitl']}", "model.net.rope_variant=vjepa21",
+                  "model.net.preset=tiny", *size, out=tmp_path)  # fmt: skip
+    module = instantiate(cfg.model)
+    assert module.load_backbone(str(files["vitl"])).ok
+    ema = {k.removeprefix(PREFIX): v for k, v in torch.load(files["vitl"], weights_only=False)["ema_encoder"].items()}
+    net = module.net.state_dict()
+    assert torch.equal(net["blocks.11.mlp.fc2.weight"], ema["blocks.11.mlp.fc2.weight"])
+    folded = ema["patch_embed.proj.bias"] + ema["video_mod_embed"].flatten()
+    torch.testing.assert_close(net["patch_embed.proj.bias"], folded, rtol=0, atol=0)
