@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from surgvista.checkpoints.errors import CheckpointError
+from surgvista.checkpoints.errors import CheckpointError, ExportError
 from surgvista.checkpoints.load import load_backbone
-from surgvista.checkpoints.vjepa import read_vjepa
+from surgvista.checkpoints.vjepa import export_vjepa_hf, read_vjepa
 from surgvista.layers.rope import apply_rope
 from surgvista.models.classifier import VideoClassifier
 from surgvista.models.student import SurgVISTAStudent
@@ -193,6 +193,10 @@ def test_wrong_or_missing_keys_and_the_wrong_rope_are_one_line_errors(files, tmp
         VJEPABackbone(str(files["vitl"]), part="student", rope_variant="vjepa21", **GEOMETRY)
     with pytest.raises(CheckpointError, match=r"vitg_384\.pt: a V-JEPA 2\.1 file; read_vjepa"):
         read_vjepa(files["vitg"])
+    student = SurgVISTAStudent("tiny", **GEOMETRY, pos_embed="rope", qkv_bias="fused", image_decoder=False,
+                               pixel_decoder=False, rope_variant="vjepa21")  # fmt: skip
+    with pytest.raises(ExportError, match="VJEPA2Model computes V-JEPA 2's RoPE, not rope_variant='vjepa21'"):
+        export_vjepa_hf(student, None, tmp_path / "hf")
 
 
 def test_rope_variant_differs_from_vjepa2_and_matches_the_reference():

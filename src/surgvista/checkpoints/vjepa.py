@@ -349,6 +349,8 @@ def _check_heads(arch: VJEPAArch, source: str) -> None:
 def _check_exportable(student: nn.Module, predictor: nn.Module) -> None:
     """Refuse what ``VJEPA2Model`` cannot hold: a table encoder, decoders, another qkv bias, mixed sizes or eps."""
     keys = list(student.state_dict())
+    if getattr(student, "rope_variant", "vjepa2") != "vjepa2":
+        raise ExportError(f"VJEPA2Model computes V-JEPA 2's RoPE, not rope_variant={student.rope_variant!r}")
     if getattr(student, "pos_embed_kind", None) != "rope":
         kind = getattr(student, "pos_embed_kind", None)
         raise ExportError(f"VJEPA2Model needs a RoPE encoder (pos_embed='rope'), got pos_embed={kind!r}")
