@@ -267,6 +267,9 @@ def export_vjepa_run(ckpt: Path, out: Path, part: str | None, given: dict[str, A
 
     model_cfg = run_config(ckpt).get("model") or {}
     student = model_cfg.get("student") or {}
+    if student.get("rope_variant", "vjepa2") != "vjepa2":
+        raise ExportError(f"{ckpt}: VJEPA2Model computes V-JEPA 2's RoPE; this run's student has rope_variant "
+                          f"{student.get('rope_variant')!r}")  # fmt: skip
     preset = STUDENT_PRESETS.get(student.get("preset"))
     from_run = {
         "num_heads": student.get("num_heads") or (preset.num_heads if preset else None),

@@ -128,11 +128,14 @@ def load_backbone(
         source_grid: the checkpoint's token grid, to interpolate a learned table (default: guessed).
         part: which encoder of a V-JEPA checkpoint (our run, an official ``.pt``): ``"target"`` (EMA target
             encoder, the default) or ``"student"`` (see :mod:`surgvista.checkpoints.parts`). An HF ``VJEPA2Model``
-            folder's encoder loads into a RoPE model (``pos_embed="rope", qkv_bias="fused"``).
+            folder's encoder loads into a RoPE model (``pos_embed="rope", qkv_bias="fused"``); a V-JEPA 2.1 file's
+            into one with ``rope_variant="vjepa21"`` (a tubelet-1 model takes its single-frame patch embedding).
     """
-    report, canon, style, declared = _canonical_source(source, layout, part)
-    pos_embed_kind = pos_embed_kind or declared
     target = model.state_dict()
+    embed = target.get("patch_embed.proj.weight")
+    tubelet = embed.shape[2] if embed is not None and embed.ndim == 5 else None
+    report, canon, style, declared, variant = _canonical_source(source, layout, part, tubelet)
+    pos_embed_kind = pos_embed_kind or declared
     if getattr(model, "token_grid", None) is None:
         raise CheckpointError(
             f"{type(model).__name__} has no token_grid; expected a SurgVISTAStudent or VideoClassifier"
@@ -141,6 +144,7 @@ def load_backbone(
     kind = getattr(model, "pos_embed_kind", "sincos3d")
     src_kind = _source_pos_kind(canon, style, pos_embed_kind, source_grid, grid, report, kind)
     _check_rope_fit(report, src_kind, kind, target, canon)
+    _check_rope_variant(report, variant, model)
     _check_pos_kind(report, src_kind, kind, strict)
     new = _position_tables(canon, target, kind, src_kind, grid, source_grid, report)
     new.update(_head_and_pooling_norm(canon, target, load_head, report))
@@ -156,11 +160,11 @@ def load_backbone(
 
 
 def _canonical_source(
-    source: str | Path | Mapping[str, Any], layout: str | None, part: str | None = None
-) -> tuple[LoadReport, Canonical, str, str | None]:
-    """Read ``source`` (``part``: which encoder), settle its key style and map it to canonical keys:
-    ``(report, canon, style, position kind the source declares)``."""
-    found = read_encoder(source, part)
+    source: str | Path | Mapping[str, Any], layout: str | None, part: str | None = None, tubelet: int | None = None
+) -> tuple[LoadReport, Canonical, str, str | None, str | None]:
+    """Read ``source`` (``part``: which encoder; ``tubelet``: the model's), settle its key style and map it to
+    canonical keys: ``(report, canon, style, position kind the source declares, its RoPE variant if known)``."""
+    found = read_encoder(source, part, tubelet)
     name, state, container, extra, meta, _ = found.src
     style = layout or found.style or ("hf" if "hf_config" in meta else detect_style(list(state)))
     if style not in ("surgvista", "videomae", "hf"):
@@ -176,7 +180,7 @@ def _canonical_source(
         f"Lightning key outside the student, not loaded: {k}" for k in extra.get("lightning_other_keys", [])
     ]
     report.notes += found.notes
-    return report, canon, style, found.pos_kind
+    return report, canon, style, found.pos_kind, found.rope_variant
 
 
 def _source_pos_kind(
@@ -321,6 +325,18 @@ def _check_rope_fit(report: LoadReport, src_kind: str | None, kind: str, target:
         raise CheckpointError(
             f"{report.source}: a V-JEPA 2 encoder has a fused qkv bias but the model's qkv_bias is not 'fused'; {fix}"
         )
+
+
+def _check_rope_variant(report: LoadReport, variant: str | None, model: nn.Module) -> None:
+    """One line when a V-JEPA 2 or 2.1 file meets a RoPE model of the other variant (RoPE has no weights to tell)."""
+    have = getattr(model, "rope_variant", "vjepa2")
+    if variant is None or getattr(model, "pos_embed_kind", None) != "rope" or variant == have:
+        return
+    what = {"vjepa21": "V-JEPA 2.1", "vjepa2": "V-JEPA 2"}[variant]
+    raise CheckpointError(
+        f"{report.source}: a {what} encoder needs rope_variant={variant!r} but the model has {have!r}; set "
+        f"backbone.rope_variant={variant} (zoo) or model.net.rope_variant={variant} (fine-tuning)"
+    )
 
 
 def _check_pos_kind(report: LoadReport, src_kind: str | None, kind: str, strict: bool) -> None:

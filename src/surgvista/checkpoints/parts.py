@@ -5,7 +5,9 @@ Three V-JEPA sources hold a RoPE encoder for :func:`~surgvista.checkpoints.load.
 * our V-JEPA pre-training run (a Lightning ``.ckpt`` with ``student.*``, ``latent.target.*``, ``latent.predictor.*``);
 * an official V-JEPA 2 ``.pt`` (facebookresearch/vjepa2 ``app/vjepa/train.py`` ``save_checkpoint``: ``encoder``,
   ``target_encoder``, ``predictor`` state dicts with ``module.backbone.`` prefixes);
-* a ``transformers`` ``VJEPA2Model`` folder (one encoder: the released folders carry the target encoder).
+* a ``transformers`` ``VJEPA2Model`` folder (one encoder: the released folders carry the target encoder);
+* an official V-JEPA 2.1 ``.pt`` (``ema_encoder`` or ``target_encoder``, per-depth ``norms_block``, modality
+  embeddings): mapped by :mod:`surgvista.checkpoints.vjepa21`; it needs a model with ``rope_variant="vjepa21"``.
 
 ``part`` picks the encoder: ``"target"`` (the EMA target encoder, the default: V-JEPA evaluates it and the
 released models carry it) or ``"student"`` (the context encoder; ``encoder`` in the official files). Where a
@@ -23,14 +25,13 @@ import torch
 from surgvista.checkpoints.errors import CheckpointError
 from surgvista.checkpoints.keys import VJEPA_HF_HEAD_PREFIXES, strip_wrappers, vjepa_from_hf
 from surgvista.checkpoints.read import StateSource, check_finite, read_checkpoint, unwrap
+from surgvista.checkpoints.vjepa21 import PART_KEYS, is_vjepa21, state_key, vjepa21_encoder
 
 ENCODER_PARTS = ("target", "student")
 # The official file's state dict for each part, and the Lightning prefix of our V-JEPA runs.
 PT_PARTS = {"target": "target_encoder", "student": "encoder"}
 RUN_PREFIXES = {"target": "latent.target.", "student": "student."}
 RUN_PREDICTOR = "latent.predictor."
-# Encoder modules of V-JEPA 2.1 (app/vjepa_2_1/models/vision_transformer.py) that V-JEPA 2 has not.
-VJEPA21_ONLY = ("norms_block.", "patch_embed_img.", "img_mod_embed", "video_mod_embed")
 
 
 class EncoderSource(NamedTuple):
@@ -40,6 +41,7 @@ class EncoderSource(NamedTuple):
     style: str | None  # None: detect from the keys
     pos_kind: str | None  # "rope" for a V-JEPA encoder; None: read off the file
     notes: list[str]
+    rope_variant: str | None = None  # the RoPE the file's encoder was trained with (None: not known from the file)
 
 
 def check_part(part: str | None) -> str | None:
@@ -62,9 +64,12 @@ def is_vjepa_run(obj: Any) -> bool:
     return isinstance(sd, Mapping) and any(str(k).startswith(RUN_PREFIXES["target"]) for k in sd)
 
 
-def read_encoder(source: str | Path | Mapping[str, Any], part: str | None = None) -> EncoderSource:
+def read_encoder(
+    source: str | Path | Mapping[str, Any], part: str | None = None, tubelet: int | None = None
+) -> EncoderSource:
     """Read ``source`` and take out one encoder's state dict (see the module docstring); any other checkpoint is
-    unwrapped as :func:`~surgvista.checkpoints.read.read_state` does. Non-finite weights are refused."""
+    unwrapped as :func:`~surgvista.checkpoints.read.read_state` does. Non-finite weights are refused.
+    ``tubelet``: the model's tubelet size; 1 takes a V-JEPA 2.1 file's single-frame patch embedding."""
     check_part(part)
     if isinstance(source, (str, Path)):
         name = str(source)
@@ -73,6 +78,8 @@ def read_encoder(source: str | Path | Mapping[str, Any], part: str | None = None
         name, obj, meta = "<mapping>", source, {}
     if (meta.get("hf_config") or {}).get("model_type") == "vjepa2":
         found = _hf_encoder(name, obj, meta, part)
+    elif is_vjepa21(obj):
+        found = _pt21_encoder(name, obj, meta, part, tubelet == 1)
     elif is_vjepa_pt(obj):
         found = _pt_encoder(name, obj, meta, part)
     elif is_vjepa_run(obj):
@@ -95,27 +102,30 @@ def _hf_encoder(name: str, obj: Any, meta: dict, part: str | None) -> EncoderSou
     if part == "student":
         notes.append("ckpt_part='student' ignored: an HF VJEPA2Model folder holds one encoder")
     meta = {k: v for k, v in meta.items() if k != "hf_config"} | {"vjepa2_config": meta["hf_config"]}
-    return EncoderSource(StateSource(name, encoder, "hf_dir", {}, meta, obj), "surgvista", "rope", notes)
+    return EncoderSource(StateSource(name, encoder, "hf_dir", {}, meta, obj), "surgvista", "rope", notes, "vjepa2")
 
 
 def _pt_encoder(name: str, obj: Mapping, meta: dict, part: str | None) -> EncoderSource:
     """``target_encoder`` (default) or ``encoder`` of an official V-JEPA 2 file, wrapper prefixes removed."""
     key = PT_PARTS[part or "target"]
-    if isinstance(obj.get("ema_encoder"), Mapping):
-        raise CheckpointError(f"{name}: V-JEPA 2.1 file ('ema_encoder' state dict) is not supported; expected V-JEPA 2")
     if not isinstance(obj.get(key), Mapping):
         have = [p for p, k in PT_PARTS.items() if isinstance(obj.get(k), Mapping)]
         raise CheckpointError(f"{name}: no {key!r} state dict in this V-JEPA 2 file; set ckpt_part to one of {have}")
     state = {strip_wrappers(k): v for k, v in obj[key].items() if isinstance(v, torch.Tensor)}
-    newer = sorted(k for k in state if k.startswith(VJEPA21_ONLY))
-    if newer:
-        raise CheckpointError(
-            f"{name}: V-JEPA 2.1 layout ({newer[0]}, ...: per-depth norms, modality embeddings) is not supported; "
-            "expected a V-JEPA 2 encoder (patch_embed, blocks, norm)"
-        )
     others = [k for k in ("encoder", "target_encoder", "predictor") if k != key and isinstance(obj.get(k), Mapping)]
     notes = [f"V-JEPA 2 file: {key!r} loaded; not loaded: {others}"]
-    return EncoderSource(StateSource(name, state, f"vjepa_pt:{key}", {}, meta, obj), "surgvista", "rope", notes)
+    src = StateSource(name, state, f"vjepa_pt:{key}", {}, meta, obj)
+    return EncoderSource(src, "surgvista", "rope", notes, "vjepa2")
+
+
+def _pt21_encoder(name: str, obj: Mapping, meta: dict, part: str | None, image: bool) -> EncoderSource:
+    """``ema_encoder``/``target_encoder`` (default) or ``encoder`` of a V-JEPA 2.1 file, in our names."""
+    key = state_key(obj, part, name)
+    state, notes = vjepa21_encoder(obj[key], f"{name} [{key}]", image)
+    others = [k for k in (*PART_KEYS["target"], "encoder", "predictor") if k != key and isinstance(obj.get(k), Mapping)]
+    notes = [f"V-JEPA 2.1 file: {key!r} loaded; not loaded: {others}", *notes]
+    src = StateSource(name, state, f"vjepa21_pt:{key}", {}, meta, obj)
+    return EncoderSource(src, "surgvista", "rope", notes, "vjepa21")
 
 
 def _run_encoder(name: str, obj: Mapping, meta: dict, part: str | None) -> EncoderSource:

@@ -31,6 +31,7 @@ from surgvista.checkpoints.keys import (
 from surgvista.checkpoints.load import LoadReport, load_matching
 from surgvista.checkpoints.parts import PT_PARTS, RUN_PREDICTOR, RUN_PREFIXES, is_vjepa_run
 from surgvista.checkpoints.read import check_finite, read_checkpoint, torch_load
+from surgvista.checkpoints.vjepa21 import is_vjepa21
 from surgvista.utils.io import atomic_write_dir
 
 PARTS = ("encoder", "target_encoder", "predictor")
@@ -155,6 +156,11 @@ def _read_hub_file(path: Path) -> dict[str, dict | None]:
     """The ``encoder``/``target_encoder``/``predictor`` state dicts of an official ``.pt`` (or of our V-JEPA run's
     ``.ckpt``), wrappers removed."""
     obj = torch_load(path)
+    if is_vjepa21(obj):
+        raise CheckpointError(
+            f"{path}: a V-JEPA 2.1 file; read_vjepa (model.init_from, export) reads V-JEPA 2 files only: load its "
+            "encoder as a backbone (backbone=vjepa21_pt) or fine-tune it (model.net.rope_variant=vjepa21)"
+        )
     if is_vjepa_run(obj):
         obj = run_parts(obj["state_dict"])
     if not isinstance(obj, Mapping) or not any(isinstance(obj.get(p), Mapping) for p in PARTS):
@@ -343,6 +349,8 @@ def _check_heads(arch: VJEPAArch, source: str) -> None:
 def _check_exportable(student: nn.Module, predictor: nn.Module) -> None:
     """Refuse what ``VJEPA2Model`` cannot hold: a table encoder, decoders, another qkv bias, mixed sizes or eps."""
     keys = list(student.state_dict())
+    if getattr(student, "rope_variant", "vjepa2") != "vjepa2":
+        raise ExportError(f"VJEPA2Model computes V-JEPA 2's RoPE, not rope_variant={student.rope_variant!r}")
     if getattr(student, "pos_embed_kind", None) != "rope":
         kind = getattr(student, "pos_embed_kind", None)
         raise ExportError(f"VJEPA2Model needs a RoPE encoder (pos_embed='rope'), got pos_embed={kind!r}")

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from surgvista.layers.patchify import patchify
-from surgvista.layers.rope import apply_rope
+from surgvista.layers.rope import apply_rope, check_rope_variant
 
 QKV_BIAS_KINDS = ("divided", "fused", "none")
 ATTN_BACKENDS = ("sdpa", "flash_attn", "eager")
@@ -82,6 +82,7 @@ class Attention(nn.Module):
     ``rope=True`` rotates queries and keys by the V-JEPA 2 3-D RoPE (:func:`~surgvista.layers.rope.apply_rope`) of
     each token's flat id on the token ``grid`` ``(T', H', W')``; ``forward``'s ``positions`` are those ids
     (``(B, N)``, or ``None`` for ``arange(N)``). Without RoPE, ``positions`` is ignored. RoPE has no parameters.
+    ``rope_variant="vjepa21"`` (with ``rope_ref_side``) is V-JEPA 2.1's RoPE (see :mod:`surgvista.layers.rope`).
     """
 
     def __init__(
@@ -92,6 +93,8 @@ class Attention(nn.Module):
         attn_backend: str = "sdpa",
         rope: bool = False,
         grid: tuple[int, int, int] | None = None,
+        rope_variant: str = "vjepa2",
+        rope_ref_side: int = 16,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -101,6 +104,7 @@ class Attention(nn.Module):
         if rope and grid is None:
             raise ValueError("rope=True needs the token grid (T', H', W')")
         self.rope_grid = tuple(grid) if rope else None
+        self.rope_variant, self.rope_ref_side = check_rope_variant(rope_variant), rope_ref_side
         self.num_heads = num_heads
         self.attn_backend = check_attn_backend(attn_backend)
         if qkv_bias == "divided":
@@ -120,7 +124,8 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias()).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         qkv = qkv.permute(2, 0, 3, 1, 4)
         if self.rope_grid is not None:
-            qkv = torch.cat([apply_rope(qkv[:2], positions, self.rope_grid), qkv[2:]])
+            qk = apply_rope(qkv[:2], positions, self.rope_grid, self.rope_variant, self.rope_ref_side)
+            qkv = torch.cat([qk, qkv[2:]])
         q, k, v = qkv.unbind(0)
         x = attention(q, k, v, self.attn_backend)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
@@ -140,10 +145,12 @@ class Block(nn.Module):
         attn_backend: str = "sdpa",
         rope: bool = False,
         grid: tuple[int, int, int] | None = None,
+        rope_variant: str = "vjepa2",
+        rope_ref_side: int = 16,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=ln_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_backend, rope, grid)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_backend, rope, grid, rope_variant, rope_ref_side)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=ln_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from surgvista.layers.position import check_pos_embed, position_table
+from surgvista.layers.rope import check_rope_variant, rope_ref_side
 from surgvista.layers.vit import Block, FrameEmbed, TubeletEmbed, init_weights, run_blocks
 from surgvista.models.presets import STUDENT_PRESETS, lookup
 
@@ -30,6 +31,7 @@ class VideoClassifier(nn.Module):
 
     ``pos_embed="rope"`` (with ``qkv_bias="fused"``) is the V-JEPA 2 encoder: no table, 3-D RoPE in every block
     (:mod:`surgvista.layers.rope`); its block keys are those of the official V-JEPA 2 files and of our RoPE student.
+    ``rope_variant="vjepa21"``: V-JEPA 2.1's RoPE, to fine-tune its released encoders.
     """
 
     def __init__(
@@ -55,9 +57,11 @@ class VideoClassifier(nn.Module):
         grad_checkpointing: bool = False,
         attn_backend: str = "sdpa",
         fc_norm_eps: float | None = None,
+        rope_variant: str = "vjepa2",
     ) -> None:
         super().__init__()
         size = lookup(STUDENT_PRESETS, preset, "preset")
+        self.rope_variant = check_rope_variant(rope_variant)
         check_pos_embed(pos_embed, rope=True)
         if patch_embed not in PATCH_EMBED_KINDS:
             raise ValueError(f"unknown patch_embed {patch_embed!r}; expected one of {PATCH_EMBED_KINDS}")
@@ -71,9 +75,10 @@ class VideoClassifier(nn.Module):
             self.patch_embed = FrameEmbed(img_size, patch_size, num_frames, dim)
         self._add_position_table(pos_embed, dim)
         rates = np.linspace(0, drop_path_rate, depth).tolist()
-        rope = pos_embed == "rope"
+        rope, variant = pos_embed == "rope", (self.rope_variant, rope_ref_side(patch_size))
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio, r, ln_eps, qkv_bias, attn_backend, rope, self.token_grid) for r in rates
+            Block(dim, num_heads, mlp_ratio, r, ln_eps, qkv_bias, attn_backend, rope, self.token_grid, *variant)
+            for r in rates
         )
         self.use_mean_pooling = use_mean_pooling
         if use_mean_pooling:

@@ -10,6 +10,7 @@ from torch import nn
 
 from surgvista.layers.masking import take, token_order
 from surgvista.layers.position import check_pos_embed, position_table
+from surgvista.layers.rope import check_rope_variant, rope_ref_side
 from surgvista.layers.vit import Block, TubeletEmbed, init_weights, rescale_residual_projections, run_blocks
 from surgvista.models.presets import STUDENT_PRESETS, lookup
 
@@ -62,6 +63,9 @@ class SurgVISTAStudent(nn.Module):
     ``(None, None)``; use :meth:`encode`) its ``state_dict`` keys are those of the official V-JEPA 2 encoder.
     ``qkv_bias`` is the encoder blocks' bias layout (:class:`~surgvista.layers.vit.Attention`); ``init`` is
     ``"xavier"`` (the reference student) or ``"trunc_normal"`` (V-JEPA 2, see :meth:`reset_parameters`).
+    ``rope_variant="vjepa21"`` gives V-JEPA 2.1's RoPE (interleaved frequencies, rows and columns stretched onto the
+    256 px grid: :mod:`surgvista.layers.rope`); its released encoders load through
+    :mod:`surgvista.checkpoints.vjepa21`.
     """
 
     def __init__(
@@ -93,9 +97,11 @@ class SurgVISTAStudent(nn.Module):
         decoder_bias: bool = True,
         qkv_bias: str = "divided",
         init: str = "xavier",
+        rope_variant: str = "vjepa2",
     ) -> None:
         super().__init__()
         size = lookup(STUDENT_PRESETS, preset, "student preset")
+        self.rope_variant = check_rope_variant(rope_variant)
         check_pos_embed(pos_embed, learned=False, rope=True)
         if init not in INIT_KINDS:
             raise ValueError(f"unknown init {init!r}; expected one of {INIT_KINDS}")
@@ -160,8 +166,9 @@ class SurgVISTAStudent(nn.Module):
         self.patch_embed = TubeletEmbed(self.img_size, self.patch_size, self.tubelet_size, self.num_frames, dim)
         rates = np.linspace(0, drop_path_rate, depth).tolist()
         rope, grid = self.pos_embed_kind == "rope", self.patch_embed.grid
+        variant = (self.rope_variant, rope_ref_side(self.patch_size))
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio, r, ln_eps, qkv_bias, attn_backend, rope, grid) for r in rates
+            Block(dim, heads, mlp_ratio, r, ln_eps, qkv_bias, attn_backend, rope, grid, *variant) for r in rates
         )
         self.norm = nn.LayerNorm(dim, eps=ln_eps)
 

@@ -7,7 +7,7 @@ normalisation (``mean``/``std``) and returns ``(tokens (B, N, D), pooled (B, D))
 One file per kind of family: ``student.py`` (our ViT: SurgVISTA, VideoMAE v1/v2, MVD, UMT files), ``hf.py``
 (``transformers`` video models on clips, DINOv3/DINOv2 on frames), ``frames.py`` (timm and torchvision image models
 and the EndoSSL ViT on frames, reading released checkpoint layouts), ``timesformer.py`` (a divided space-time
-video ViT: Endo-FM), ``internvideo2.py`` (InternVideo2's ViT), ``vjepa.py`` (V-JEPA 2 ``.pt`` files,
+video ViT: Endo-FM), ``internvideo2.py`` (InternVideo2's ViT), ``vjepa.py`` (V-JEPA 2 and 2.1 ``.pt`` files,
 SurgMotion's, HF folders and our V-JEPA runs in the RoPE student). ``conf/model/backbone/*.yaml`` picks one by
 ``_target_: surgvista.models.zoo.<Class>``; the families, their weights and layouts are in docs/benchmark.md.
 """

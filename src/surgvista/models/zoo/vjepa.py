@@ -1,4 +1,4 @@
-"""V-JEPA 2 video encoders as a zoo family: the official ``.pt`` files (and SurgMotion's, same layout), HF
+"""V-JEPA 2 and 2.1 video encoders as a zoo family: the official ``.pt`` files (and SurgMotion's, same layout), HF
 ``VJEPA2Model`` folders and our ``model=vjepa`` runs, in our RoPE student."""
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ class VJEPABackbone(ZooBackbone):
     and ``num_frames`` are free (multiples of the patch and tubelet). Input: ImageNet mean/std, as V-JEPA 2's
     evaluation transforms. Tokens: the encoder's output after its final norm; pooled: their mean (the released
     attentive probe is a trained head, not part of the backbone).
+
+    V-JEPA 2.1 files (``ema_encoder``/``target_encoder`` with ``norms_block`` and modality embeddings,
+    :mod:`surgvista.checkpoints.vjepa21`) need ``rope_variant="vjepa21"``; tokens are then the last block's output
+    through the last of ``norms_block`` (2.1's default output). ``num_frames=1, tubelet_size=1`` gives 2.1's
+    single-frame encoder (its image patch embedding and image modality embedding).
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class VJEPABackbone(ZooBackbone):
         ln_eps: float = 1e-6,
         attn_backend: str = "sdpa",
         seed: int = 0,
+        rope_variant: str = "vjepa2",
     ) -> None:
         super().__init__()
         from surgvista.models.student import SurgVISTAStudent
@@ -52,14 +58,14 @@ class VJEPABackbone(ZooBackbone):
             self.encoder = SurgVISTAStudent(
                 tubelet_size=tubelet_size, **geometry, **size, ln_eps=ln_eps, drop_path_rate=0.0,
                 pos_embed="rope", qkv_bias="fused", image_decoder=False, pixel_decoder=False,
-                attn_backend=attn_backend, init="trunc_normal",
+                attn_backend=attn_backend, init="trunc_normal", rope_variant=rope_variant,
             )  # fmt: skip
         self.embed_dim = embed_dim
         if ckpt:
             from surgvista.checkpoints.load import load_backbone
 
             report = load_backbone(ckpt, self.encoder, part=part)
-            log.info("zoo V-JEPA 2: %s", report)
+            log.info("zoo V-JEPA 2%s: %s", ".1" if rope_variant == "vjepa21" else "", report)
 
     def _features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.encoder.encode(video)
