@@ -12,7 +12,7 @@ Samples are dicts: ``video``, ``target`` (class id, or a multi-hot float vector 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +26,7 @@ from surgvista.data.manifest import ManifestError, read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.resumable import data_seed, eval_loader, resumable_loader
 from surgvista.data.sampling import causal_clip_indices
+from surgvista.data.subsets import nested_video_subset, subset_size
 
 SAMPLERS = ("frame", "clip")
 
@@ -113,6 +114,11 @@ class DownstreamDataset(Dataset):
             rows.extend((v, t) for t in frames[::target_stride])
         return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
 
+    def keep_videos(self, video_ids: Collection[str], target_stride: int = 1) -> None:
+        """Keep only the manifest rows of ``video_ids`` (a label-efficiency subset) and index them again."""
+        self.entries = [e for e in self.entries if e.video_id in set(video_ids)]
+        self.samples = self._index(target_stride)
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -178,8 +184,11 @@ class DownstreamDataModule(L.LightningDataModule):
         val_target_stride: int = 1,
         test_target_stride: int = 1,
         backend: str = "decord",
+        train_fraction: float = 1.0,
+        subset_seed: int = 0,
     ) -> None:
         super().__init__()
+        subset_size(train_fraction, 1)  # checks the fraction now
         self.save_hyperparameters(logger=False)
         self.datasets: dict[str, DownstreamDataset] = {}
 
@@ -193,7 +202,11 @@ class DownstreamDataModule(L.LightningDataModule):
             transform = EvalClipTransform(hp.input_size, hp.eval_views)
         stride = {"train": 1, "val": hp.val_target_stride, "test": hp.test_target_stride}[split]
         keys = ("label", "num_classes", "sampler", "multilabel", "num_frames", "sampling_rate", "backend")
-        return DownstreamDataset(manifest, transform=transform, target_stride=stride, **{k: hp[k] for k in keys})
+        dataset = DownstreamDataset(manifest, transform=transform, target_stride=stride, **{k: hp[k] for k in keys})
+        if train and hp.train_fraction < 1:  # few labelled videos: a nested, seeded subset (data/subsets.py)
+            ids = [e.video_id for e in dataset.entries]
+            dataset.keep_videos(nested_video_subset(ids, hp.train_fraction, hp.subset_seed), stride)
+        return dataset
 
     def manifests(self) -> dict[str, str | None]:
         hp = self.hparams

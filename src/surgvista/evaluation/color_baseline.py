@@ -34,6 +34,7 @@ class ColorBaselineResult:
     num_test_videos: int
     classifier: str
     bins: int
+    video_accuracies: tuple[float, ...] = ()  # frame accuracy of each test video, in manifest order
 
     def as_dict(self) -> dict:
         """The fields as a plain dict (JSON-ready)."""
@@ -113,4 +114,5 @@ def color_baseline(
         num_test_videos=len(per_video),
         classifier=classifier,
         bins=bins,
+        video_accuracies=tuple(float(r / n) for r, n in per_video),
     )

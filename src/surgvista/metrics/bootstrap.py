@@ -10,6 +10,8 @@ test set is.
 * Interval: the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles (numpy's linear interpolation) of the
   resampled values. Resamples where a metric is NaN (e.g. a plain mean over phases when no drawn video shows one
   phase) are left out of that metric's percentiles; all NaN gives a NaN interval.
+* Seeds and videos (``seeds_videos_interval``, the objectives' ablation): a ``(seeds, videos)`` matrix, its rows
+  (runs of one recipe with different seeds) and columns (test videos) resampled independently; its mean.
 * Paired difference of runs A and B on the same videos: both are resampled with the same rows,
   ``d_r = m(A_r) - m(B_r)``; reported are the observed ``m(A) - m(B)``, the percentile interval of ``d_r`` and the
   two-sided p-value ``p = min(1, 2 * min(1 + #{d_r <= 0}, 1 + #{d_r >= 0}) / (R + 1))`` over the ``R`` resamples
@@ -141,3 +143,19 @@ def paired_bootstrap(
         k: Difference(float(point_a[k]) - float(point_b[k]), *percentile_interval(d, level), p_value(d))
         for k, d in zip(names, diffs)
     }
+
+
+def seeds_videos_interval(
+    values, *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, level: float = DEFAULT_LEVEL
+) -> Interval:
+    """Mean of a ``(seeds, videos)`` matrix of per-video values and its interval when both the seeds (runs) and the
+    test videos are resampled: resample ``r`` takes the rows of ``seeds_r`` and the columns of ``videos_r``, each
+    drawn with replacement (two independent draws from one ``default_rng(seed)``), and averages that block."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2 or x.size == 0:
+        raise ValueError(f"bootstrap: expected a non-empty (seeds, videos) matrix, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, x.shape[0], size=(resamples, x.shape[0]))
+    cols = rng.integers(0, x.shape[1], size=(resamples, x.shape[1]))
+    means = np.array([x[np.ix_(r, c)].mean() for r, c in zip(rows, cols)])
+    return Interval(float(x.mean()), *percentile_interval(means, level))
