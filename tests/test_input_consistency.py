@@ -291,6 +291,23 @@ def test_geometry_from_checkpoint_hyperparameters_without_config(tmp_path):
     assert check_geometry(ckpt, other)["changed"] == {}
 
 
+def test_unreadable_or_other_model_run_config_is_not_compared(tmp_path):
+    """A damaged config.yaml, or the run of another model (the module check names that), compares nothing."""
+    from surgvista.checkpoints.geometry import check_geometry
+
+    ckpt = lightning_file(tmp_path / "run" / "checkpoints" / "last.ckpt", tiny_phase_state())
+    cfg = OmegaConf.create({"model": {"_target_": "surgvista.modules.finetune.PhaseModule"}, "data": {"num_frames": 8}})
+    (tmp_path / "run" / "config.yaml").write_text("data: [unclosed\n")
+    assert check_geometry(ckpt, cfg)["changed"] == {}
+    other = {"model": {"_target_": "surgvista.modules.pretrain.PretrainModule"}, "data": {"num_frames": 4}}
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(other))
+    assert check_geometry(ckpt, cfg)["changed"] == {}
+    same = {**other, "model": {"_target_": "surgvista.modules.finetune.PhaseModule"}}
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(same))
+    with pytest.raises(CheckpointError, match=r"data\.num_frames=8 \(trained with 4\)"):
+        check_geometry(ckpt, cfg)
+
+
 def test_allowed_geometry_change_runs_and_is_recorded(tmp_path, demo_root):
     """allow_geometry_change=true: the evaluation runs, geometry.json names what was used and what changed."""
     from surgvista.run import evaluate

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from surgvista.checkpoints.errors import CheckpointError
+from surgvista.checkpoints.read import torch_load
 from surgvista.checkpoints.run_folder import run_config_file
 
 log = logging.getLogger(__name__)
@@ -55,17 +56,25 @@ def data_geometry(data: Mapping | DictConfig | None) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not _ABSENT}
 
 
+def _load_config(path: Path) -> DictConfig | None:
+    """The run's ``config.yaml``, or ``None`` (logged) when it is not a readable YAML mapping."""
+    try:
+        run = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - a damaged config.yaml only means there is nothing to compare
+        log.warning("%s is not readable (%s): the data geometry is not compared", path, str(e).splitlines()[0])
+        return None
+    return run if isinstance(run, DictConfig) else None
+
+
 def trained_geometry(ckpt: str | Path) -> tuple[dict[str, Any], str]:
     """The geometry ``ckpt`` was trained with and where it was read: the run's ``config.yaml``, else the checkpoint's
     ``datamodule_hyper_parameters``; ``({}, "")`` when neither is there."""
     path = run_config_file(ckpt)
     if path is not None:
-        run = OmegaConf.load(path)
-        return data_geometry(run.get("data")), str(path)
+        run = _load_config(path)
+        return (data_geometry(run.get("data")), str(path)) if run is not None else ({}, "")
     ckpt = Path(ckpt)
     if ckpt.is_file():
-        from surgvista.checkpoints.read import torch_load
-
         obj = torch_load(ckpt)
         hparams = obj.get("datamodule_hyper_parameters") if isinstance(obj, Mapping) else None
         if isinstance(hparams, Mapping):
@@ -75,8 +84,8 @@ def trained_geometry(ckpt: str | Path) -> tuple[dict[str, Any], str]:
 
 def _same_module(ckpt: str | Path, cfg: DictConfig) -> bool:
     """False when the run's ``config.yaml`` names another ``model._target_`` than ``cfg`` (unknown: True)."""
-    path = run_config_file(ckpt)
-    theirs = OmegaConf.select(OmegaConf.load(path), "model._target_", default=None) if path else None
+    run = _load_config(path) if (path := run_config_file(ckpt)) else None
+    theirs = OmegaConf.select(run, "model._target_", default=None) if run is not None else None
     ours = OmegaConf.select(cfg, "model._target_", default=None)
     return theirs is None or ours is None or theirs == ours
 
