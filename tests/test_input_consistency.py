@@ -400,3 +400,22 @@ def test_config_rules_list_the_validators_choices():
 def test_documented_backends_pass_the_config_check(backend, tmp_path):
     cfg = compose("demo", *small_demo_data(tmp_path / "demo"), f"data.backend={backend}")
     check_config(cfg)
+
+
+def test_tecno_feature_splits_are_disjoint(tmp_path):
+    """The per-frame feature data module (TeCNO) refuses a video in two split files before extracting anything."""
+    from surgvista.features.frame_data import FeatureDataModule
+
+    ctx = split_files(tmp_path, {"train": ["v0", "v1"], "val": ["v2"], "test": ["v1", "v3"]})
+    extractor = OmegaConf.to_container(compose("demo_tecno").data.extractor, resolve=True)
+
+    def module(**splits) -> FeatureDataModule:
+        return FeatureDataModule(str(tmp_path / "cache"), extractor, **splits)
+
+    bad = module(train_manifests=[str(ctx["train"])], val_manifests=[str(ctx["val"])],
+                 test_manifests=[str(ctx["test"])])
+    with pytest.raises(ManifestError, match=r"train\.jsonl \(train\) and .*test\.jsonl \(test\) share .*\['v1'\]"):
+        bad.check_inputs()
+    assert not (tmp_path / "cache").exists()
+    module(train_manifests=[str(ctx["train"])], val_manifests=[str(ctx["val"])],
+           test_manifests=[str(ctx["val"])]).check_inputs()  # test = val: one file, one split

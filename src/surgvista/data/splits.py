@@ -12,7 +12,7 @@ Uniqueness *within* a manifest is checked when it is read (:func:`surgvista.data
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from surgvista.data.manifest import Manifest, ManifestError
@@ -34,10 +34,12 @@ def _same_split(a: tuple[str, Manifest], b: tuple[str, Manifest]) -> bool:
     return _rows(ma) == _rows(mb)
 
 
-def check_disjoint(splits: Mapping[str, Manifest]) -> None:
-    """Raise :class:`ManifestError` naming both files and the shared ids if two splits share a ``video_id``."""
+def check_disjoint(splits: Mapping[str, Manifest] | Sequence[tuple[str, Manifest]]) -> None:
+    """Raise :class:`ManifestError` naming both files and the shared ids if two split files share a ``video_id``
+    (``splits``: ``{split: manifest}``, or ``(split, manifest)`` pairs where a split has several files)."""
     rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
-    named = sorted(splits.items(), key=lambda item: rank.get(item[0], len(rank)))
+    items = list(splits.items()) if isinstance(splits, Mapping) else list(splits)
+    named = sorted(items, key=lambda item: rank.get(item[0], len(rank)))
     for i, a in enumerate(named):
         for b in named[i + 1 :]:
             if _same_split(a, b):
