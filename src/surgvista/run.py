@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import warnings
@@ -23,10 +24,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from surgvista.callbacks.preemption import Preempted
 from surgvista.callbacks.wandb_summary import WandbSummary, job_type, sweep_group
+from surgvista.checkpoints.geometry import OVERRIDE, check_geometry
 from surgvista.checkpoints.run_folder import check_run_checkpoint
 from surgvista.utils.config_check import check_config
 from surgvista.utils.errors import ConfigError, find_user_error
-from surgvista.utils.io import clean_orphaned_temp_files
+from surgvista.utils.io import atomic_write_text, clean_orphaned_temp_files
 
 log = logging.getLogger(__name__)
 PREEMPTED = "preempted"  # train()'s result when the run stopped on the preemption signal (saved, requeued)
@@ -226,8 +228,10 @@ def evaluate(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.exists():  # a file, or a sharded checkpoint folder
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
+    geometry = check_geometry(ckpt, cfg, bool(cfg.get(OVERRIDE, False)))  # clips shaped as in training
     fill_wandb_fields(cfg, "eval")
     out_dir = _save_config(cfg)  # the eval run's own folder: its config.yaml names the checkpoint
+    _write_geometry(out_dir, geometry)
     datamodule, model, trainer = _setup(cfg)
     check_run_checkpoint(ckpt, model, "ckpt_path")
     test = is_overridden("test_step", model, L.LightningModule)  # fine-tuned modules print their own table
@@ -236,6 +240,12 @@ def evaluate(cfg: DictConfig) -> dict:
     results = run(model, datamodule=datamodule, ckpt_path=str(ckpt), verbose=not test)
     _report(trainer, out_dir)
     return {k: float(v) for r in results for k, v in r.items()}
+
+
+@rank_zero_only
+def _write_geometry(out_dir: Path, record: dict) -> None:
+    """``<eval run>/geometry.json``: the data geometry evaluated, the one trained with, and what changed."""
+    atomic_write_text(out_dir / "geometry.json", json.dumps(record, indent=1, default=str) + "\n")
 
 
 @rank_zero_only

@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from surgvista.data.clip_augment import EvalClipTransform, TrainClipTransform
 from surgvista.data.demo import DemoSet
-from surgvista.data.manifest import ManifestError, read_manifest
+from surgvista.data.manifest import Manifest, ManifestError, read_manifest
 from surgvista.data.readers import EntryReader
 from surgvista.data.resumable import data_seed, eval_loader, resumable_loader
 from surgvista.data.sampling import causal_clip_indices
+from surgvista.data.splits import check_splits
 from surgvista.data.subsets import nested_video_subset, subset_size
 
 SAMPLERS = ("frame", "clip")
@@ -212,12 +213,30 @@ class DownstreamDataModule(L.LightningDataModule):
         hp = self.hparams
         return {"train": hp.train_manifest, "val": hp.val_manifest, "test": hp.test_manifest or hp.val_manifest}
 
+    def check_inputs(self) -> None:
+        """Before the model is built: the split manifests that exist are consistent (:func:`check_splits`)."""
+        self.check_splits()
+
+    def check_splits(self) -> None:
+        """Refuse a ``video_id`` in two split files and class names that differ between splits
+        (:mod:`surgvista.data.splits`); loaded splits as loaded, the others read (no media) if their file exists, so
+        the test split is checked before training too."""
+        splits: dict[str, Manifest] = {}
+        for split, path in self.manifests().items():
+            if split in self.datasets:
+                d = self.datasets[split]
+                splits[split] = Manifest(d.manifest, d.entries, d.meta)
+            elif path and Path(path).is_file():
+                splits[split] = read_manifest(path, check_media=False)
+        check_splits(splits, self.hparams.label, self.hparams.num_classes)
+
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in wanted.get(stage, ("train", "val", "test")):
             path = self.manifests()[split]
             if split not in self.datasets and path:
                 self.datasets[split] = self._dataset(split, path, train=split == "train")
+        self.check_splits()
         if stage == "fit" and "train" not in self.datasets:
             raise ValueError("data.train_manifest is required for training")
         if stage in ("test", "predict") and "test" not in self.datasets:
@@ -274,6 +293,9 @@ class DemoDownstreamDataModule(DownstreamDataModule):
             train_manifest=demo.train_manifest, val_manifest=demo.val_manifest, test_manifest=None, **kwargs
         )
         self.demo = demo
+
+    def check_inputs(self) -> None:
+        """Nothing to check before ``prepare_data`` (re)generates the demo set; ``setup`` checks the splits."""
 
     def prepare_data(self) -> None:
         self.demo.generate()

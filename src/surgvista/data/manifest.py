@@ -138,7 +138,7 @@ def read_manifest(path: str | Path, check_media: bool = True) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}{prepare_hint(path)}")
-    entries, meta = [], {}
+    entries, meta, lines_of = [], {}, []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
@@ -157,9 +157,33 @@ def read_manifest(path: str | Path, check_media: bool = True) -> Manifest:
             meta = row["_meta"]
             continue
         entries.append(_parse_row(row, path.parent, where, check_media))
+        lines_of.append(lineno)
     if not entries:
         raise ManifestError(f"manifest {path} has no video rows")
+    check_unique_videos(path, entries, lines_of)
     return Manifest(path, entries, meta)
+
+
+def check_unique_videos(path: Path, entries: list[VideoEntry], lines: list[int]) -> None:
+    """Raise :class:`ManifestError` naming every ``(dataset, video_id)`` that is on more than one row of ``path``:
+    a repeated row would be sampled twice per epoch, two videos under one id would share one prediction file."""
+    rows: dict[tuple[str, str], list[int]] = {}
+    for i, e in enumerate(entries):
+        rows.setdefault((e.dataset, e.video_id), []).append(i)
+    repeated = [(key, idx) for key, idx in rows.items() if len(idx) > 1]
+    if not repeated:
+        return
+    parts = []
+    for (dataset, video_id), idx in repeated:
+        first = entries[idx[0]].to_row(path.parent.resolve())
+        same = all(entries[i].to_row(path.parent.resolve()) == first for i in idx[1:])
+        where = ", ".join(str(lines[i]) for i in idx)
+        kind = "the same row repeated" if same else "different rows"
+        parts.append(f"{dataset}/{video_id!r} on lines {where} ({kind})")
+    raise ManifestError(
+        f"{path}: video_id(s) not unique: {'; '.join(parts)}; every row must be one distinct video "
+        "(a repeated row is sampled twice, two videos under one id share one prediction file)"
+    )
 
 
 def write_manifest(path: str | Path, entries: list[VideoEntry], meta: dict | None = None) -> Path:

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from surgvista.checkpoints.read import torch_load
 from surgvista.data.demo import DemoSet
 from surgvista.data.manifest import VideoEntry, read_manifest
+from surgvista.data.splits import check_disjoint
 from surgvista.features.digest import media_fingerprint
 from surgvista.features.frames import FeatureCacheError, cache_dir, extract_features, resolve_settings, video_cache_path
 
@@ -113,7 +114,17 @@ class FeatureDataModule(L.LightningDataModule):
         if self.hparams.extract_missing:
             self.extract()
 
+    def check_inputs(self) -> None:
+        """Before the backbone is built and features are extracted: the splits are disjoint."""
+        self.check_splits()
+
+    def check_splits(self) -> None:
+        """No video in two split files (:func:`~surgvista.data.splits.check_disjoint`), read without media."""
+        files = [(split, read_manifest(m, check_media=False)) for split in SPLITS for m in self.manifests(split)]
+        check_disjoint(files)
+
     def setup(self, stage: str | None = None) -> None:
+        self.check_splits()
         for split in SPLITS:
             if split not in self.datasets and self.manifests(split):
                 self.datasets[split] = FeatureDataset(self.manifests(split), self.directory)
@@ -178,6 +189,9 @@ class DemoFeatureDataModule(FeatureDataModule):
             **kwargs,
         )
         self.demo = demo
+
+    def check_inputs(self) -> None:
+        """Nothing to check before ``prepare_data`` generates the demo set; ``setup`` checks the splits."""
 
     def extract(self) -> Path:
         self.demo.generate()
