@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
 # A bad input prints one `error: ...` line; run with HYDRA_FULL_ERROR=1 for the full traceback.
 
-.PHONY: install demo demo-tecno benchmark-demo test test-fast lint format demo-data prepare bench-data bench bench-gpu gpu-check clean clean-logs
+.PHONY: install demo demo-tecno benchmark-demo ablation-demo test test-fast lint format demo-data prepare bench-data bench bench-gpu gpu-check clean clean-logs
 
 install: $(STAMP)
 
@@ -48,6 +48,14 @@ benchmark-demo: install  ## frozen probes (linear, attentive, k-NN) x 3 backbone
 		hydra.sweep.dir='$${paths.log_dir}/benchmark_demo/$(BENCH_DEMO_STAMP)_label_efficiency'
 	$(PY) train.py -m experiment=probe_demo model/backbone=$(BENCH_DEMO_BACKBONES) probe=linear,attentive,knn \
 		print_config=false hydra.sweep.dir='$${paths.log_dir}/benchmark_demo/$(BENCH_DEMO_STAMP)'
+
+# The objectives' ablation in miniature (docs/objectives.md#ablation): the proxy data, the stage-0 teacher, 5
+# objectives x 3 seeds pre-trained, probed (attentive, k-NN) and fine-tuned on 2 videos, then the table with 95 % CIs.
+# A rerun with the same ABLATION_DIR reuses every finished stage; ABLATION_ARGS edits conf/ablation/proxy.yaml.
+ABLATION_DIR ?= $(or $(SURGVISTA_LOG_DIR),$(CURDIR)/logs)/ablation_demo
+ABLATION_ARGS ?=#
+ablation-demo: install  ## objectives x 3 seeds on the proxy: frozen + few-video fine-tuning, table with CIs (CPU)
+	$(PY) -m surgvista.ablation --config proxy --out '$(ABLATION_DIR)' $(ABLATION_ARGS)
 
 test: install  ## ruff, then the whole suite (slow tests included)
 	$(PY) -m ruff check .

@@ -79,8 +79,10 @@ def evaluation_stages(cfg: DictConfig, out: Path, shared: list[str], data_root: 
             ckpt = quoted(encoder_ckpt(cfg, out, name, seed))
             for protocol, probe in cfg.probes.items():
                 overrides = [f"experiment={probe.experiment}", *shared, f"seed={seed}", f"backbone_name={name}"]
-                overrides += [f"backbone.ckpt={ckpt}", f"backbone.seed={seed}", *probe.overrides]
-                overrides += [f"data.cache_root={quoted(data_root / 'features')}", *spec.get("backbone", [])]
+                overrides += [f"backbone.ckpt={ckpt}", f"++backbone.seed={seed}", *probe.overrides]
+                overrides += [*spec.get("backbone", [])]
+                if cfg.data.get("generate"):
+                    overrides.append(f"data.cache_root={quoted(data_root / 'features')}")
                 stages.append(Stage(str(run_folder(Path(), protocol, name, seed)), tuple(overrides)))
             ft = cfg.finetune
             overrides = [f"experiment={ft.experiment}", *shared, *spec.get("finetune", []), f"seed={seed}"]
@@ -107,6 +109,19 @@ def colour_baselines(cfg: DictConfig, data_root: Path, out: Path) -> dict:
     return {"colour histogram (logreg)": colour, "chance (uniform)": {"value": chance, "lo": chance, "hi": chance}}
 
 
+def plan(cfg: DictConfig, out: Path, data_root: Path) -> list[Stage]:
+    """Every stage in order: stage 0 (when configured), the pre-trainings, then the probes and fine-tunings."""
+    shared = [*cfg.common, *cfg.data.overrides]
+    if cfg.data.get("generate"):
+        shared.append(f"data.root={quoted(data_root)}")
+    teacher = Path(cfg.teacher_ckpt) if cfg.get("teacher_ckpt") else None
+    stages = []
+    if cfg.get("teacher"):
+        teacher = out / "teacher" / "teacher.pth"
+        stages.append(Stage("teacher", (f"experiment={cfg.teacher.experiment}", *shared, *cfg.teacher.overrides)))
+    return stages + pretrain_stages(cfg, out, shared, teacher) + evaluation_stages(cfg, out, shared, data_root)
+
+
 def run_ablation(cfg: DictConfig, out: Path | None, name: str = "proxy") -> Path:
     """Every stage of the ablation, then its table (default folder ``<paths.log_dir>/ablation/<name>``)."""
     data_root, log_dir = data_root_and_paths(cfg)
@@ -115,15 +130,7 @@ def run_ablation(cfg: DictConfig, out: Path | None, name: str = "proxy") -> Path
         g = cfg.data.generate
         frames, size = g.get("frames", (300, 420)), g.get("size", (160, 128))
         DemoSet(data_root, g.videos, g.val_videos, tuple(frames), tuple(size), g.seed, g.variant).generate()
-    shared = [*cfg.common, f"data.root={quoted(data_root)}", *cfg.data.overrides]
-    teacher = Path(cfg.teacher_ckpt) if cfg.get("teacher_ckpt") else None
-    stages = []
-    if cfg.get("teacher"):
-        teacher = out / "teacher" / "teacher.pth"
-        teacher_overrides = [f"experiment={cfg.teacher.experiment}", *shared, *cfg.teacher.overrides]
-        stages.append(Stage("teacher", tuple(teacher_overrides)))
-    stages += pretrain_stages(cfg, out, shared, teacher) + evaluation_stages(cfg, out, shared, data_root)
-    run_stages(stages, out)
+    run_stages(plan(cfg, out, data_root), out)
     baselines = colour_baselines(cfg, data_root, out) if cfg.data.get("generate") else {}
     protocols = [*cfg.probes, "finetune"]
     result = ablation_result(out, objective_names(cfg), list(cfg.seeds), protocols, cfg.metric)
