@@ -286,6 +286,11 @@ def test_refused_before_writing(case: Case, tmp_path, capsys, demo_root, live_pi
     assert snapshot(inp) == before, f"{case.id}: an input or an earlier output changed"
 
 
+def test_every_case_is_in_docs_errors():
+    section = (ROOT / "docs" / "errors.md").read_text().split("## Run folders and outputs", 1)[1]
+    assert [c.id for c in CASES if f"| `{c.id}` |" not in section] == []
+
+
 # ------------------------------------------------------------------------------------- what users see
 def cli(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
