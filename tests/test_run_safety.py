@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dataset_fixtures as F
@@ -53,9 +54,10 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def write_lock(folder: Path, pid: int, host: str | None = None) -> Path:
+def write_lock(folder: Path, pid: int, host: str | None = None, started: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    info = {"host": host or socket.gethostname(), "pid": pid, "started": "2026-01-01T00:00:00+00:00"}
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    info = {"host": host or socket.gethostname(), "pid": pid, "started": started or now}
     (folder / LOCK_NAME).write_text(json.dumps({**info, "command": "train.py experiment=demo"}))
     return folder / LOCK_NAME
 
@@ -193,7 +195,8 @@ CASES = [
         "run-folder-locked",
         locked(),
         train_in("run"),
-        r"error: run folder {run} is in use by another run \(host .*, pid \d+, started 2026-01-01",
+        r"error: run folder {run} is in use by another run \(host .*, pid \d+, started 20.*; if pid \d+ is not a run, "
+        r"remove {run}/\.surgvista\.lock",
     ),
     Case(
         "run-folder-locked-other-host",
@@ -344,16 +347,30 @@ def test_release_leaves_a_lock_taken_over_by_another_run(tmp_path, live_pid):
     assert read_lock(tmp_path / LOCK_NAME)["pid"] == live_pid
 
 
-def test_lock_of_an_earlier_start_of_the_same_slurm_job_is_taken_over(tmp_path, monkeypatch, caplog):
+def test_lock_of_an_earlier_start_of_the_same_slurm_job_is_taken_over(tmp_path, monkeypatch, caplog, live_pid):
+    """A requeued job (SLURM_RESTART_COUNT counted up, maybe on another node) takes over its own earlier lock; a
+    second run inside the same allocation (same job, same restart count) does not."""
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    path = write_lock(tmp_path, 1, host="node-a")
-    info = json.loads(path.read_text())
-    path.write_text(json.dumps({**info, "slurm_job_id": "4242"}))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    path = write_lock(tmp_path, live_pid, host="node-a")
+    info = {**json.loads(path.read_text()), "slurm_job_id": "4242", "slurm_restart_count": 0}
+    path.write_text(json.dumps(info))
+    with pytest.raises(RunFolderLockedError, match="on another host"):
+        acquire_run_lock(tmp_path)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     with caplog.at_level("WARNING"):
         lock = acquire_run_lock(tmp_path)
-    assert "an earlier start of this SLURM job 4242" in caplog.text
-    assert read_lock(path)["pid"] == os.getpid()
+    assert "an earlier start of this requeued SLURM job 4242" in caplog.text
+    assert read_lock(path)["pid"] == os.getpid() and read_lock(path)["slurm_restart_count"] == 1
     lock.release()
+
+
+def test_lock_of_a_reused_pid_is_stale(tmp_path, live_pid, caplog):
+    """The lock's pid is alive but started after the lock was written: the run died and its pid was reused."""
+    write_lock(tmp_path, live_pid, started="2020-01-01T00:00:00+00:00")
+    with caplog.at_level("WARNING"):
+        acquire_run_lock(tmp_path).release()
+    assert f"pid {live_pid} on {socket.gethostname()} is another process, started after the lock" in caplog.text
 
 
 def test_stale_lock_is_taken_over_and_the_run_resumes_its_own_folder(tmp_path, demo_root, dead_pid, caplog):

@@ -1,10 +1,10 @@
-"""One run per folder: ``<run>/.surgvista.lock`` (host, pid, start time, command), created atomically
+"""One run per folder: ``<run>/.surgvista.lock`` (host, pid, start time, command, SLURM job), created atomically
 (``O_CREAT | O_EXCL``) before a run writes anything there and removed when it ends, on errors too.
 
 A second run on a locked folder stops with one line naming the folder and the run that holds it. A lock left by a
-run that was killed is *stale* and taken over with a warning: same host and its pid is no longer alive, or the same
-SLURM job (a requeued job on another node). A lock of a live run on another host cannot be checked from here: the
-error shows its contents and how to remove it.
+run that was killed is *stale* and taken over with a warning: same host and its pid is no longer alive (or is a
+process that started after the lock: a reused pid), or an earlier start of the same requeued SLURM job. A lock of a
+live run on another host cannot be checked from here: the error shows its contents and how to remove it.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def lock_info() -> dict[str, Any]:
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
     }
 
 
@@ -77,20 +78,49 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch, from ``/proc``); ``None`` where that is unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        return int(boot.split()[1]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _started(holder: dict[str, Any]) -> float | None:
+    try:
+        return datetime.fromisoformat(str(holder.get("started"))).timestamp()
+    except ValueError:
+        return None
+
+
+def _requeued(holder: dict[str, Any]) -> bool:
+    """The lock was written by an earlier start of this SLURM job (a requeue counts up ``SLURM_RESTART_COUNT``)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or holder.get("slurm_job_id") != job:
+        return False
+    return int(holder.get("slurm_restart_count") or 0) < int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
 def stale_reason(path: Path, holder: dict[str, Any] | None) -> str | None:
     """Why the lock at ``path`` (contents ``holder``) is stale, or ``None`` while its run may still be running."""
     if holder is None:
         age = time.time() - path.stat().st_mtime if path.exists() else UNREADABLE_GRACE_S
         return "unreadable lock file" if age >= UNREADABLE_GRACE_S else None
-    here, job = socket.gethostname(), os.environ.get("SLURM_JOB_ID")
-    if job and holder.get("slurm_job_id") == job:
-        return f"an earlier start of this SLURM job {job}"
+    if _requeued(holder):
+        return f"an earlier start of this requeued SLURM job {holder['slurm_job_id']}"
+    here, pid = socket.gethostname(), holder.get("pid")
     if holder.get("host") != here:
         return None
-    pid = holder.get("pid")
     if not isinstance(pid, int) or pid == os.getpid():
         return f"left by this process (pid {pid})"
-    return None if pid_alive(pid) else f"pid {pid} is no longer running on {here}"
+    if not pid_alive(pid):
+        return f"pid {pid} is no longer running on {here}"
+    born, locked_at = process_start(pid), _started(holder)
+    if born is not None and locked_at is not None and born > locked_at + 2:  # 2 s: the lock's time is truncated
+        return f"pid {pid} on {here} is another process, started after the lock"
+    return None
 
 
 def describe(holder: dict[str, Any]) -> str:
@@ -107,7 +137,7 @@ def _locked_error(folder: Path, path: Path, holder: dict[str, Any] | None) -> Ru
     if holder.get("host") == socket.gethostname():
         return RunFolderLockedError(
             f"run folder {folder} is in use by another run ({describe(holder)}); wait for it to end, or give this "
-            "run another folder (hydra.run.dir=...)"
+            f"run another folder (hydra.run.dir=...); if pid {holder.get('pid')} is not a run, remove {path}"
         )
     return RunFolderLockedError(
         f"run folder {folder} is locked by a run on another host ({describe(holder)}); if that run is no longer "
