@@ -60,10 +60,11 @@ def check_run_checkpoint(path: str | Path, model: nn.Module, key: str = "ckpt_pa
     theirs, ours = _module_of(path, state), type(model).__name__
     if missing or unexpected:
         example = (missing or unexpected)[0]
+        other = f"but the configured model is {ours}" if theirs != ours else "configured otherwise than this run's"
         raise CheckpointError(
-            f"{path}: a checkpoint of {theirs}, but the configured model is {ours} ({len(missing)} missing and "
-            f"{len(unexpected)} unexpected keys, e.g. {example!r}); use the experiment that wrote it "
-            "(its config.yaml), or load its backbone with model.ckpt=<file>"
+            f"{path}: a checkpoint of {theirs}, {other} ({len(missing)} missing and {len(unexpected)} unexpected "
+            f"keys, e.g. {example!r}); use the experiment that wrote it (its config.yaml), or load its backbone "
+            "with model.ckpt=<file>"
         )
     wrong = [k for k in target if tuple(target[k].shape) != tuple(state[k].shape)]
     if wrong:
