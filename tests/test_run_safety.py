@@ -441,6 +441,19 @@ def test_export_overwrite_replaces_an_earlier_export(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "student.pth"]  # no temporary folder left
 
 
+def test_vjepa_hf_folder_overwrite_replaces_only_an_earlier_export(tmp_path):
+    """``write_vjepa_hf`` (V-JEPA runs, ``export_vjepa_hf``) checks the folder before converting anything."""
+    from surgvista.checkpoints.vjepa import write_vjepa_hf
+    from surgvista.utils.owned_files import ForeignFilesError
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    before = snapshot(tmp_path)
+    with pytest.raises(ForeignFilesError, match=r"hf was not written by surgvista-export .*holds config\.json"):
+        write_vjepa_hf({}, None, tmp_path / "hf", overwrite=True)
+    assert snapshot(tmp_path) == before
+
+
 # --------------------------------------------------------------------------------------------- umask
 @pytest.fixture(params=[0o022, 0o002, 0o077])
 def umask(request) -> Iterator[int]:
