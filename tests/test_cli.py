@@ -30,6 +30,11 @@ def test_demo_run_writes_checkpoint_metrics_images_and_config(demo_run):
     assert [p.name for p in images] == ["step_0000000.png", "step_0000002.png"]
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"]["student"]["preset"] == "tiny" and config["paths"]["output_dir"] == str(out)
+    # Hydra's files, written by the run once its folder is checked and locked; the lock is gone at the end
+    assert "experiment=demo" in yaml.safe_load((out / ".hydra" / "overrides.yaml").read_text())
+    assert yaml.safe_load((out / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["output_dir"] == str(out)
+    assert (out / ".hydra" / "config.yaml").is_file() and (out / "demo.log").is_file()
+    assert not (out / ".surgvista.lock").exists()
     assert "Checkpoints:" in proc.stdout + proc.stderr and "Reconstructions:" in proc.stdout + proc.stderr
 
 

@@ -6,7 +6,8 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 
@@ -25,10 +26,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from surgvista.callbacks.preemption import Preempted
 from surgvista.callbacks.wandb_summary import WandbSummary, job_type, sweep_group
 from surgvista.checkpoints.geometry import OVERRIDE, check_geometry
-from surgvista.checkpoints.run_folder import check_run_checkpoint
+from surgvista.checkpoints.run_folder import check_run_checkpoint, check_run_folder_owner
 from surgvista.utils.config_check import check_config
 from surgvista.utils.errors import ConfigError, find_user_error
 from surgvista.utils.io import atomic_write_text, clean_orphaned_temp_files
+from surgvista.utils.run_lock import run_folder_lock
 
 log = logging.getLogger(__name__)
 PREEMPTED = "preempted"  # train()'s result when the run stopped on the preemption signal (saved, requeued)
@@ -125,7 +127,6 @@ def _setup(cfg: DictConfig):
     if any(isinstance(lg, WandbLogger) for lg in loggers):  # best values, per-video tables (docs/benchmark.md)
         callbacks.append(WandbSummary())
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    log_hyperparameters(loggers, cfg, model)
     return datamodule, model, trainer
 
 
@@ -155,42 +156,78 @@ def metric_value(metrics: dict, name: str | None) -> float | None:
 
 @task_wrapper
 def train(cfg: DictConfig) -> dict:
-    """Seed, instantiate data/model/trainer, save the resolved config, fit; return the callback metrics."""
-    fill_wandb_fields(cfg, "fit")
-    out_dir = _save_config(cfg)
-    datamodule, model, trainer = _setup(cfg)
-    cb = trainer.checkpoint_callback
-    ckpt_dir = Path(cb.dirpath) if cb is not None and getattr(cb, "dirpath", None) else None
-    if ckpt_dir is not None and rank_zero_only.rank == 0:
-        clean_orphaned_temp_files(ckpt_dir)
-    if cfg.get("train", True):
-        if cfg.get("seed") is not None:
-            # Distributed strategies re-seed at setup (Lightning's reset_seed); do the same here so a single-process
-            # run sees the same data order and augmentations as rank 0 of a multi-process run.
-            L.seed_everything(cfg.seed, workers=True, verbose=False)
-        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir)
+    """Lock the run folder, instantiate data/model/trainer, check a checkpoint to resume, save the config, fit (and
+    test); return the callback metrics. A folder of another run is refused before anything is written."""
+    files = hydra_files(cfg)
+    with owned_run_folder(cfg) as out_dir:
+        fill_wandb_fields(cfg, "fit")
+        datamodule, model, trainer = _setup(cfg)
+        cb = trainer.checkpoint_callback
+        ckpt_dir = Path(cb.dirpath) if cb is not None and getattr(cb, "dirpath", None) else None
+        if ckpt_dir is not None and rank_zero_only.rank == 0:
+            clean_orphaned_temp_files(ckpt_dir)
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir) if cfg.get("train", True) else None
         if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry"):  # Lightning's own names
             check_run_checkpoint(ckpt_path, model, "ckpt_path")
-        try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        except Preempted as stop:  # last.ckpt is saved and the job requeued: end this process cleanly
-            log.warning("%s", stop)
-            return {PREEMPTED: 1.0}
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.get("test"):  # testing replaces the callback metrics: keep the fit ones (optimized_metric) too
-        ckpt = _selected_ckpt(trainer, cfg.get("test_ckpt", "best"))
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)  # the module prints its table
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    _report(trainer, out_dir)
+        save_run_config(cfg, out_dir, files)  # after the checks: a refused resume leaves the run's config as it was
+        log_hyperparameters(trainer.loggers, cfg, model)  # the loggers' first files, after the checks too
+        if cfg.get("train", True):
+            if cfg.get("seed") is not None:
+                # Distributed strategies re-seed at setup (Lightning's reset_seed); do the same here so a
+                # single-process run sees the same data order and augmentations as rank 0 of a multi-process run.
+                L.seed_everything(cfg.seed, workers=True, verbose=False)
+            try:
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            except Preempted as stop:  # last.ckpt is saved and the job requeued: end this process cleanly
+                log.warning("%s", stop)
+                return {PREEMPTED: 1.0}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.get("test"):  # testing replaces the callback metrics: keep the fit ones (optimized_metric) too
+            ckpt = _selected_ckpt(trainer, cfg.get("test_ckpt", "best"))
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)  # the module prints its table
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        _report(trainer, out_dir)
     return metrics
 
 
-def _save_config(cfg: DictConfig) -> Path:
-    """Create the run folder ``paths.output_dir`` and write the resolved ``config.yaml`` there (rank 0)."""
+@contextmanager
+def owned_run_folder(cfg: DictConfig) -> Iterator[Path]:
+    """The run folder ``paths.output_dir``, held for the ``with`` block. On rank 0 it is refused when it holds a
+    run of another kind (training, evaluation), task or model, then locked (``<run>/.surgvista.lock``,
+    :mod:`surgvista.utils.run_lock`) until the run ends, also on errors; other ranks share rank 0's folder."""
     out_dir = Path(cfg.paths.output_dir)
+    if rank_zero_only.rank != 0:
+        yield out_dir
+        return
+    check_run_folder_owner(out_dir, cfg)
+    with run_folder_lock(out_dir):
+        yield out_dir
+
+
+def hydra_files(cfg: DictConfig) -> dict[str, str]:
+    """What Hydra writes to ``<run>/.hydra/`` (config, hydra, overrides), for :func:`save_run_config` to write once
+    the folder is checked and locked: our ``hydra.output_subdir`` is null, so Hydra writes nothing before the task
+    starts. Empty outside a Hydra app, or when ``hydra.output_subdir`` is set (Hydra wrote them itself)."""
+    if not HydraConfig.initialized():
+        return {}
+    hydra = HydraConfig.get()
+    if hydra.get("output_subdir") is not None:
+        return {}
+    return {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})),
+        "overrides.yaml": OmegaConf.to_yaml(hydra.overrides.task),
+    }
+
+
+def save_run_config(cfg: DictConfig, out_dir: Path, files: dict[str, str] | None = None) -> Path:
+    """Write the resolved ``<run>/config.yaml`` and ``files`` (:func:`hydra_files`) under ``<run>/.hydra/``, each
+    atomically (rank 0); returns ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:
-        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        for name, text in (files or {}).items():
+            atomic_write_text(out_dir / ".hydra" / name, text)
     return out_dir
 
 
@@ -223,22 +260,26 @@ def _selected_ckpt(trainer: L.Trainer, which: str) -> str | None:
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the checkpoint ``cfg.ckpt_path``: ``trainer.test`` for modules with a ``test_step`` (fine-tuning:
-    writes predictions and metric tables), otherwise ``trainer.validate`` (pre-training); return its metrics."""
+    writes predictions and metric tables), otherwise ``trainer.validate`` (pre-training); return its metrics. The
+    eval run's own folder is locked and its ``config.yaml`` (naming the checkpoint) written after the checks."""
     check_config(cfg)
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.exists():  # a file, or a sharded checkpoint folder
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
     geometry = check_geometry(ckpt, cfg, bool(cfg.get(OVERRIDE, False)))  # clips shaped as in training
-    fill_wandb_fields(cfg, "eval")
-    out_dir = _save_config(cfg)  # the eval run's own folder: its config.yaml names the checkpoint
-    _write_geometry(out_dir, geometry)
-    datamodule, model, trainer = _setup(cfg)
-    check_run_checkpoint(ckpt, model, "ckpt_path")
-    test = is_overridden("test_step", model, L.LightningModule)  # fine-tuned modules print their own table
-    log.info("evaluating %s", ckpt.resolve())
-    run = trainer.test if test else trainer.validate
-    results = run(model, datamodule=datamodule, ckpt_path=str(ckpt), verbose=not test)
-    _report(trainer, out_dir)
+    files = hydra_files(cfg)
+    with owned_run_folder(cfg) as out_dir:
+        fill_wandb_fields(cfg, "eval")
+        datamodule, model, trainer = _setup(cfg)
+        check_run_checkpoint(ckpt, model, "ckpt_path")
+        save_run_config(cfg, out_dir, files)
+        _write_geometry(out_dir, geometry)
+        log_hyperparameters(trainer.loggers, cfg, model)
+        test = is_overridden("test_step", model, L.LightningModule)  # fine-tuned modules print their own table
+        log.info("evaluating %s", ckpt.resolve())
+        run = trainer.test if test else trainer.validate
+        results = run(model, datamodule=datamodule, ckpt_path=str(ckpt), verbose=not test)
+        _report(trainer, out_dir)
     return {k: float(v) for r in results for k, v in r.items()}
 
 

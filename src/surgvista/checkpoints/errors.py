@@ -1,4 +1,4 @@
-"""The two refusals of the checkpoints package, both :class:`~surgvista.utils.errors.UserError`."""
+"""The refusals of the checkpoints package, both :class:`~surgvista.utils.errors.UserError`."""
 
 from __future__ import annotations
 
@@ -11,3 +11,7 @@ class CheckpointError(UserError, ValueError):
 
 class ExportError(UserError, ValueError):
     """A checkpoint that cannot be written in the requested format (the message says why)."""
+
+
+class RunFolderError(UserError, ValueError):
+    """A run folder that belongs to a run of another task or model (the message names both)."""

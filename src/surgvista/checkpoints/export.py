@@ -6,7 +6,9 @@ Usage (Hydra-style ``key=value`` arguments; ``surgvista-export`` is the same as 
     python -m surgvista.export ckpt=... format=safetensors out=surgvista.safetensors
     python -m surgvista.export ckpt=... format=hf out=hf_dir/ [hf_arch=auto|model|pretraining|classification]
 
-An existing ``out`` is refused unless ``overwrite=true``; ``out`` may never be the input checkpoint.
+An existing ``out`` is refused unless ``overwrite=true``; ``out`` may never be the input checkpoint. ``format=hf``
+with ``overwrite=true`` replaces only a folder that an earlier export wrote (its ``.surgvista-written.json`` lists
+every file in it), never a folder holding other files.
 
 Optional: ``num_heads=`` / ``decoder_heads=`` (default: from the preset with that width and depth, else
 width/64), ``img_size=`` / ``num_frames=`` (default: the run's ``config.yaml``, else guessed from ``pos_embed``).
@@ -49,6 +51,7 @@ from surgvista.utils.io import (
     same_or_nested,
     sha256_file,
 )
+from surgvista.utils.owned_files import EXPORT, check_replaceable_folder
 
 FORMATS = ("original", "safetensors", "hf")
 
@@ -311,11 +314,14 @@ def _write_safetensors(state: Mapping[str, torch.Tensor], card: Mapping[str, Any
 
 
 def _check_targets(ckpt: Path, format: str, out: Path, overwrite: bool) -> None:
-    """Refuse an export onto its own input, and onto existing files unless ``overwrite`` (before reading)."""
+    """Refuse an export onto its own input, onto existing files unless ``overwrite``, and (``hf``) onto a folder
+    holding files no earlier export wrote even with ``overwrite`` (before reading)."""
     targets = [out, out.with_suffix(".json")] if format == "safetensors" else [out]
     for target in targets:
         if ckpt.exists() and same_or_nested(target, ckpt):
             raise ExportError(f"out={target} would overwrite the input checkpoint ckpt={ckpt}; choose another out")
         refuse_existing(target, overwrite)
+    if format == "hf" and overwrite:  # replaces an earlier export's folder, never a folder of other files
+        check_replaceable_folder(out, EXPORT)
     if format != "hf" and out.is_dir():
         raise ExportError(f"out={out} is a folder; format={format} writes one file (give a file name)")

@@ -16,6 +16,7 @@ import torch
 from surgvista.checkpoints.errors import ExportError
 from surgvista.checkpoints.keys import to_hf_state
 from surgvista.utils.io import atomic_write_dir
+from surgvista.utils.owned_files import EXPORT, record_written
 
 HF_ARCHS = ("auto", "model", "pretraining", "classification")
 # Hyper-parameters the model card lists under "Recipe".
@@ -165,7 +166,8 @@ def write_hf(
     card: Mapping[str, Any],
     notes: list[str],
 ) -> Path:
-    """The HF folder, atomically: weights, ``config.json``, our card (with notes), preprocessor config, README card."""
+    """The HF folder, atomically: weights, ``config.json``, our card (with notes), preprocessor config, README card
+    and the marker of what the export wrote (:mod:`surgvista.utils.owned_files`: ``overwrite`` replaces only it)."""
     from safetensors.torch import save_file
 
     def write(folder: Path) -> None:
@@ -174,6 +176,7 @@ def write_hf(
         (folder / "surgvista_card.json").write_text(json.dumps({**card, "notes": notes}, indent=2) + "\n")
         (folder / "preprocessor_config.json").write_text(json.dumps(hf_preprocessor_config(config), indent=2) + "\n")
         (folder / "README.md").write_text(hf_model_card(config, card))
+        record_written(folder, EXPORT, [p.name for p in folder.iterdir()])
 
     return atomic_write_dir(out, write)
 

@@ -1,5 +1,5 @@
-"""Run folders (``<run>/config.yaml``, ``<run>/checkpoints/*.ckpt``): a checkpoint's run and config, and the check
-of a run checkpoint before resuming or evaluating from it."""
+"""Run folders (``<run>/config.yaml``, ``<run>/checkpoints/*.ckpt``): a checkpoint's run and config, the check
+of a run checkpoint before resuming or evaluating from it, and whose run a folder is before a run writes there."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from surgvista.checkpoints.errors import CheckpointError
+from surgvista.checkpoints.errors import CheckpointError, RunFolderError
 from surgvista.checkpoints.read import check_finite, torch_load
 
 
@@ -60,10 +60,11 @@ def check_run_checkpoint(path: str | Path, model: nn.Module, key: str = "ckpt_pa
     theirs, ours = _module_of(path, state), type(model).__name__
     if missing or unexpected:
         example = (missing or unexpected)[0]
+        other = f"but the configured model is {ours}" if theirs != ours else "configured otherwise than this run's"
         raise CheckpointError(
-            f"{path}: a checkpoint of {theirs}, but the configured model is {ours} ({len(missing)} missing and "
-            f"{len(unexpected)} unexpected keys, e.g. {example!r}); use the experiment that wrote it "
-            "(its config.yaml), or load its backbone with model.ckpt=<file>"
+            f"{path}: a checkpoint of {theirs}, {other} ({len(missing)} missing and {len(unexpected)} unexpected "
+            f"keys, e.g. {example!r}); use the experiment that wrote it (its config.yaml), or load its backbone "
+            "with model.ckpt=<file>"
         )
     wrong = [k for k in target if tuple(target[k].shape) != tuple(state[k].shape)]
     if wrong:
@@ -92,3 +93,38 @@ def _module_of(path: Path, state: Mapping[str, Any]) -> str:
     if heads == ["net"]:
         return "a fine-tuning module (net.* weights)"
     return f"a model with weights {heads[:5]}"
+
+
+def run_identity(cfg: Mapping[str, Any]) -> tuple[str, Any, str | None]:
+    """What a run folder belongs to: ``("training" | "evaluation", task_name, model class name)`` of a run's
+    config (a training config has the key ``train``, an evaluation config has not)."""
+    model = cfg.get("model")
+    target = model.get("_target_") if isinstance(model, Mapping) else None
+    kind = "training" if "train" in cfg else "evaluation"
+    return kind, cfg.get("task_name"), str(target).rsplit(".", 1)[-1] if target else None
+
+
+def check_run_folder_owner(folder: str | Path, cfg: Mapping[str, Any]) -> None:
+    """Before the run of config ``cfg`` writes into ``folder``: it is new, or holds a run of the same kind, task and
+    model (its ``config.yaml`` says; resuming into one's own folder is the default), else one
+    :class:`RunFolderError` naming both runs."""
+    from omegaconf import OmegaConf
+
+    path = Path(folder) / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable YAML is reported with its reason
+        raise RunFolderError(
+            f"run folder {folder}: its config.yaml cannot be read ({type(e).__name__}); a run writes only into a new "
+            "folder or one of its own earlier runs: choose another folder (hydra.run.dir=...)"
+        ) from e
+    theirs, ours = run_identity(saved if isinstance(saved, dict) else {}), run_identity(cfg)
+    if all(t is None or t == o for t, o in zip(theirs, ours)):
+        return
+    raise RunFolderError(
+        f"run folder {folder} holds a {theirs[0]} run of task_name={theirs[1]!r} with model {theirs[2]}, not this "
+        f"{ours[0]} run of task_name={ours[1]!r} with model {ours[2]}; nothing was written: choose another folder "
+        "(hydra.run.dir=...), or resume that run with the experiment that wrote it"
+    )

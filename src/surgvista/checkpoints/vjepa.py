@@ -33,6 +33,7 @@ from surgvista.checkpoints.parts import PT_PARTS, RUN_PREDICTOR, RUN_PREFIXES, i
 from surgvista.checkpoints.read import check_finite, read_checkpoint, torch_load
 from surgvista.checkpoints.vjepa21 import is_vjepa21
 from surgvista.utils.io import atomic_write_dir
+from surgvista.utils.owned_files import EXPORT, check_replaceable_folder, record_written
 
 PARTS = ("encoder", "target_encoder", "predictor")
 # Heads by width where the file cannot say (no config): the released ViT-L, ViT-H, ViT-g and their predictor.
@@ -252,18 +253,21 @@ def export_vjepa_hf(student: nn.Module, predictor: nn.Module, folder: str | Path
 
 def write_vjepa_hf(state: Mapping[str, torch.Tensor], config: Any, folder: str | Path, overwrite: bool = False) -> Path:
     """Our V-JEPA 2 encoder + predictor tensors under their ``VJEPA2Model`` names and ``config`` (a
-    ``VJEPA2Config``) as a ``save_pretrained`` folder, atomically."""
+    ``VJEPA2Config``) as a ``save_pretrained`` folder, atomically; ``overwrite`` replaces only an earlier export's
+    folder (its marker lists every file in it)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     if folder.is_file() or (not overwrite and folder.is_dir() and any(folder.iterdir())):
         raise ExportError(f"{folder} already exists and is not empty; choose a new folder (or overwrite=true)")
+    check_replaceable_folder(folder, EXPORT)
     state = vjepa_to_hf(state)
 
     def write(tmp: Path) -> None:
         tensors = {k: v.detach().contiguous() for k, v in state.items()}
         save_file(tensors, str(tmp / "model.safetensors"), {"format": "pt"})
         config.to_json_file(str(tmp / "config.json"))
+        record_written(tmp, EXPORT, [p.name for p in tmp.iterdir()])
 
     return atomic_write_dir(folder, write)
 

@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default=None, help="official split variant (cholec80: 40-40|40-8-32; cholect50: challenge|camma)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of random splits (saved to splits.json)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an --out that holds other files (never replaces a file prepare did not write)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
     return p
 

@@ -8,6 +8,9 @@ manifests then point into the original videos, read by decord at ``fps``), ``che
 file), ``stats.json`` (printed as a table) and ``splits.json`` where the split is seeded-random.
 
 Resumable: a finished video leaves ``.prepare/<video_id>.json``; a re-run with the same options skips it.
+Owned: ``.surgvista-written.json`` lists what prepare wrote; an ``--out`` holding other files is refused (unless
+``--overwrite``, which writes beside them), and a file at one of prepare's names that it did not write is never
+replaced.
 See ``docs/datasets.md`` for every dataset's expected layout.
 """
 
@@ -34,6 +37,7 @@ from surgvista.data.adapters import REGISTRY, PrepareError, Source, Timeline
 from surgvista.data.adapters.base import as_fraction, native_indices, numeric_key
 from surgvista.data.manifest import ManifestError, VideoEntry, frame_files, write_manifest
 from surgvista.utils.io import atomic_write_text, same_or_nested, sha256_file
+from surgvista.utils.owned_files import MARKER, PREPARE, foreign_names, record_written, shown, written_by
 
 log = logging.getLogger("surgvista.prepare")
 MARKER_VERSION = 1
@@ -265,6 +269,46 @@ def _check_previous(out: Path, dataset: str) -> None:
             )
 
 
+FIXED_NAMES = ("frames", ".prepare", "checksums.sha256", "stats.json")  # what prepare writes besides manifests
+
+
+def prepare_names(splits: tuple[str, ...]) -> set[str]:
+    """Every top-level name prepare may write into ``--out`` for an adapter with ``splits``."""
+    return {*FIXED_NAMES, "splits.json", *(f"{sp}.jsonl" for sp in (*splits, "val"))}
+
+
+def _earlier_prepare(out: Path, dataset: str) -> bool:
+    """``out`` holds an output of a prepare that kept no marker yet (its ``.prepare/`` or ``stats.json``)."""
+    if (out / ".prepare").is_dir():
+        return True
+    try:
+        return json.loads((out / "stats.json").read_text()).get("dataset") == dataset
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out_owner(out: Path, dataset: str, splits: tuple[str, ...], overwrite: bool) -> None:
+    """``--out`` is new, empty or prepare's own output (:mod:`surgvista.utils.owned_files`); files prepare did not
+    write are refused unless ``overwrite``, and those at the names prepare writes are refused even then."""
+    planned = prepare_names(splits)
+    own = written_by(out, PREPARE)
+    if own is None and out.is_dir() and _earlier_prepare(out, dataset):
+        own = planned
+    foreign = foreign_names(out, own or set())
+    clash = [name for name in foreign if name in planned]
+    if clash:
+        raise PrepareError(
+            f"--out {out} holds {shown(clash)}, which surgvista-prepare did not write (its {MARKER} does not list "
+            "it); prepare never replaces files it did not write, even with --overwrite: move them away or choose "
+            "another output folder"
+        )
+    if foreign and not overwrite:
+        raise PrepareError(
+            f"--out {out} holds files that surgvista-prepare did not write: {shown(foreign)}; choose a new or empty "
+            "output folder, or pass --overwrite to write beside them (only prepare's own files are replaced)"
+        )
+
+
 def check_source(job: dict, min_frames: int, min_seconds: float) -> tuple[str, str] | None:
     """Cheap check of one source before any extraction (open + frame count, no decoding):
     ``("bad", reason)``, ``("short", reason)`` (shorter than the adapter's ``min_seconds``) or ``None``."""
@@ -413,6 +457,7 @@ class PrepareOptions:
     min_frames: int = 1
     progress: bool = True  # progress bars and the stats table
     videos: str | Path | None = None  # another download that holds the videos (Cholec80-CVS: the Cholec80 root)
+    overwrite: bool = False  # write into an --out holding other files (prepare's own files only are replaced)
 
     def frame_options(self, fps_frac: Fraction | None) -> Options:
         """The frame extraction options (the resume key) at the resolved rate ``fps_frac``."""
@@ -432,7 +477,9 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, options: PrepareOpti
     fps_frac = _resolve_fps(adapter.default_fps if options.fps == "default" else options.fps)
     out = Path(out)
     _check_previous(out, dataset)
+    check_out_owner(out, dataset, adapter.splits, options.overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    record_written(out, PREPARE, FIXED_NAMES + (("splits.json",) if adapter.random_split else ()))
     sources = _discover(adapter, dataset, out, options.seed)
     opts = options.frame_options(fps_frac)
     jobs = [_job(s, out, opts) for s in sources]
@@ -581,6 +628,7 @@ def _write_manifests(
 ) -> dict[str, Path]:
     """``<out>/<split>.jsonl`` of every non-empty split (atomic); a split emptied since an earlier run is removed."""
     same_video = {s.video_id: s.meta["same_video_as"] for s in sources if s.meta.get("same_video_as")}
+    record_written(out, PREPARE, [f"{sp}.jsonl" for sp, es in entries.items() if es])
     written = {}
     for sp, es in entries.items():
         if not es:

@@ -1,5 +1,8 @@
 """Safe writes: a temporary file in the target's folder (never ``$TMPDIR``, which may be another filesystem),
-fsynced, then renamed over the target, so a crash never leaves a half-written file; and the one file digest."""
+fsynced, then renamed over the target, so a crash never leaves a half-written file; and the one file digest.
+
+Written files and folders get the modes a plain ``open``/``mkdir`` would give them under the user's umask
+(``0o666 & ~umask``, ``0o777 & ~umask``), not the private 0600/0700 of :mod:`tempfile`'s names."""
 
 from __future__ import annotations
 
@@ -33,16 +36,36 @@ def _fsync(path: Path) -> None:
             os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask (read from ``/proc/self/status`` where possible, which leaves it untouched)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(path: str | Path) -> int:
+    """Give ``path`` the mode a new file (``0o666``) or folder (``0o777``) gets under the umask; returns it."""
+    mode = (0o777 if Path(path).is_dir() else 0o666) & ~current_umask()
+    os.chmod(path, mode)
+    return mode
+
+
 def temp_dir_next_to(path: str | Path) -> Path:
-    """A new empty temporary folder in ``path``'s folder, named ``.<name>.<random>.tmp``."""
+    """A new empty temporary folder in ``path``'s folder, named ``.<name>.<random>.tmp`` (mode from the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
+    umask_mode(tmp)
+    return tmp
 
 
 def atomic_write(path: str | Path, writer: Callable[[Path], Any]) -> Path:
-    """Call ``writer(tmp)`` on a temporary path next to ``path``, fsync it, rename it to ``path`` (atomic on POSIX)
-    and fsync the folder; the temporary file is removed if ``writer`` fails."""
+    """Call ``writer(tmp)`` on a temporary path next to ``path``, give it the umask's mode, fsync it, rename it to
+    ``path`` (atomic on POSIX) and fsync the folder; the temporary file is removed if ``writer`` fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
@@ -50,6 +73,7 @@ def atomic_write(path: str | Path, writer: Callable[[Path], Any]) -> Path:
     tmp = Path(name)
     try:
         writer(tmp)
+        umask_mode(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -86,12 +110,15 @@ def replace_folder(tmp: Path, path: Path) -> Path:
 
 
 def atomic_write_dir(path: str | Path, writer: Callable[[Path], Any]) -> Path:
-    """Fill a temporary folder next to ``path`` with ``writer(tmp_dir)``, then move it to ``path`` (replacing an
-    existing one only once the new folder is complete)."""
+    """Fill a temporary folder next to ``path`` with ``writer(tmp_dir)``, give everything in it the umask's modes,
+    then move it to ``path`` (replacing an existing one only once the new folder is complete)."""
     path = Path(path)
     tmp = temp_dir_next_to(path)
     try:
         writer(tmp)
+        for inner in tmp.rglob("*"):  # libraries that write private files (safetensors: 0600) included
+            if not inner.is_symlink():
+                umask_mode(inner)
         return replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
