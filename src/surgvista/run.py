@@ -27,6 +27,7 @@ from surgvista.checkpoints.run_folder import check_run_checkpoint
 from surgvista.utils.config_check import check_config
 from surgvista.utils.errors import ConfigError, find_user_error
 from surgvista.utils.io import clean_orphaned_temp_files
+from surgvista.utils.preflight import check_ckpt_path, check_output_folder, checkpoint_bytes, warn_if_low_disk
 
 log = logging.getLogger(__name__)
 PREEMPTED = "preempted"  # train()'s result when the run stopped on the preemption signal (saved, requeued)
@@ -106,8 +107,17 @@ def log_hyperparameters(loggers: list, cfg: DictConfig, model: L.LightningModule
         lg.log_hyperparams(hparams)
 
 
-def _setup(cfg: DictConfig):
+def preflight(cfg: DictConfig) -> None:
+    """Everything checked on the composed config before any file is written or anything built: the knobs, the
+    interpolations, Lightning's choices, ``ckpt_path`` and the run folder (one :class:`ConfigError` each)."""
     check_config(cfg)
+    check_ckpt_path(cfg.get("ckpt_path"))
+    output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None, throw_on_resolution_failure=False)
+    if output_dir:
+        check_output_folder(output_dir, "paths.output_dir")
+
+
+def _setup(cfg: DictConfig):
     apply_extras(cfg)
     if cfg.get("print_config"):
         print_config(cfg)
@@ -154,11 +164,14 @@ def metric_value(metrics: dict, name: str | None) -> float | None:
 @task_wrapper
 def train(cfg: DictConfig) -> dict:
     """Seed, instantiate data/model/trainer, save the resolved config, fit; return the callback metrics."""
+    preflight(cfg)
     fill_wandb_fields(cfg, "fit")
     out_dir = _save_config(cfg)
     datamodule, model, trainer = _setup(cfg)
     cb = trainer.checkpoint_callback
     ckpt_dir = Path(cb.dirpath) if cb is not None and getattr(cb, "dirpath", None) else None
+    if rank_zero_only.rank == 0:
+        warn_if_low_disk(ckpt_dir or out_dir, checkpoint_bytes(list(model.parameters())))
     if ckpt_dir is not None and rank_zero_only.rank == 0:
         clean_orphaned_temp_files(ckpt_dir)
     if cfg.get("train", True):
@@ -222,7 +235,7 @@ def _selected_ckpt(trainer: L.Trainer, which: str) -> str | None:
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the checkpoint ``cfg.ckpt_path``: ``trainer.test`` for modules with a ``test_step`` (fine-tuning:
     writes predictions and metric tables), otherwise ``trainer.validate`` (pre-training); return its metrics."""
-    check_config(cfg)
+    preflight(cfg)
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.exists():  # a file, or a sharded checkpoint folder
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")
