@@ -146,9 +146,11 @@ def check_interpolations(cfg: DictConfig) -> None:
         except (InterpolationKeyError, InterpolationToMissingValueError) as e:
             missing = re.search(r"'([^']+)'", str(e))
             what = missing.group(1) if missing else str(e).splitlines()[0]
+            parts = key.split(".")
+            off = f" (or {parts[0]}.{parts[1]}=null)" if len(parts) > 2 and parts[0] in ("callbacks", "logger") else ""
             raise ConfigError(
                 f"{key}={raw!r} refers to {what}, which is not set in this config (another data or model group?): "
-                f"set {what} or override {key} (or remove it with ~{key.rsplit('.', 1)[0]})"
+                f"set {what} or override {key}{off}"
             ) from None
         except OmegaConfBaseException:
             continue
