@@ -344,13 +344,26 @@ def test_checkpoint_size_estimate_matches_a_real_checkpoint(tmp_path):
 
 # --------------------------------------------------------------------------------------- what users see
 @pytest.mark.slow
-def test_train_cli_constructor_error_is_one_line(tmp_path):
-    """From the command line: a value validated inside a constructor (Hydra's instantiate) is one line, exit 1."""
+def test_train_cli_constructor_error_and_run_folder_under_a_file_are_one_line(tmp_path):
+    """From the command line: a value validated inside a constructor (Hydra's instantiate), and a log folder that
+    is a file (checked before Hydra creates the run folder), are one line each, exit status 1."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    cmd = [sys.executable, str(ROOT / "train.py"), "experiment=demo", "callbacks.preemption.signals=[SIGFOO]",
-           f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    (tmp_path / "logs").write_text("a file\n")
+
+    def train_cli(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, str(ROOT / "train.py"), "experiment=demo", f"paths.data_dir={tmp_path / 'data'}", *args]
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+        return proc
+
+    proc = train_cli("callbacks.preemption.signals=[SIGFOO]", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: callbacks.preemption.signals: unknown signal 'SIGFOO' (e.g. SIGUSR1, SIGTERM)"
     )
+    proc = train_cli(f"paths.log_dir={tmp_path / 'logs'}")
+    assert re.fullmatch(
+        rf"error: hydra\.run\.dir={re.escape(str(tmp_path))}/logs/demo/runs/[\d_-]+: {re.escape(str(tmp_path))}/logs "
+        r"is a file, expected a folder \(set hydra\.run\.dir or paths\.log_dir to a folder\)",
+        proc.stderr.strip(),
+    ), proc.stderr
+    assert (tmp_path / "logs").read_text() == "a file\n"

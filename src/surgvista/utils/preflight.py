@@ -62,7 +62,7 @@ def check_output_folder(path: str | Path, key: str) -> None:
     folder (not a file) that this process may write."""
     anc = existing_ancestor(path)
     if not anc.is_dir():
-        raise ConfigError(f"{key}={path}: {anc} is a file, expected a folder (set {key} to a folder)")
+        raise ConfigError(f"{key}={path}: {anc} is a file, expected a folder (set {key} or paths.log_dir to a folder)")
     if not os.access(anc, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}={path}: {anc} is not writable; set {key} (or paths.log_dir) to a writable folder")
 
