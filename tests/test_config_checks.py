@@ -181,6 +181,12 @@ CASES = [
         r"callbacks\.preemption\.signals: unknown signal 'SIGFOO'",
     ),
     Case(
+        "cfg-constructor-unknown-key",
+        lambda i, o: {},
+        train_with("+model.student.drop_rate=0.1"),
+        r"model\.student\.drop_rate: not an argument of SurgVISTAStudent \(a typo\? remove or rename it\)",
+    ),
+    Case(
         "cfg-test-ckpt",
         lambda i, o: {},
         train_with("test_ckpt=middle", experiment="demo_phase"),

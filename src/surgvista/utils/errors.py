@@ -79,23 +79,34 @@ def check_extras(argv: Sequence[str]) -> None:
 
 def constructor_error(exc: BaseException) -> ConfigError | None:
     """A ``ValueError``/``TypeError`` that our own code raised while Hydra's ``instantiate`` built a config node (a
-    constructor's validation of its arguments), as a :class:`ConfigError` naming that node (Hydra's ``full_key``);
-    ``None`` for anything else (an error raised outside ``surgvista`` keeps its traceback)."""
+    constructor's validation of its arguments), or a key that our constructor does not take (a typo), as a
+    :class:`ConfigError` naming that node (Hydra's ``full_key``); ``None`` for anything else (an error raised
+    outside ``surgvista`` keeps its traceback)."""
     from hydra.errors import InstantiationException
 
     cause = exc.__cause__
     if not isinstance(exc, InstantiationException) or not isinstance(cause, (ValueError, TypeError)):
         return None
-    tb = cause.__traceback__
+    key = re.search(r"^full_key: (\S+)$", str(exc), re.M)
+    where = key.group(1) if key else "a config node"
+    target = re.search(r"target '([\w.]+)'", str(exc))
+    unknown = re.search(r"got an unexpected keyword argument '(\w+)'", str(cause))
+    if unknown and target and target.group(1).startswith("surgvista."):
+        name = target.group(1).rsplit(".", 1)[-1]
+        return ConfigError(f"{where}.{unknown.group(1)}: not an argument of {name} (a typo? remove or rename it)")
+    if not _raised_by_surgvista(cause):
+        return None
+    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return ConfigError(text if text.startswith(where) else f"{where}: {text}")
+
+
+def _raised_by_surgvista(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is in the ``surgvista`` package."""
+    tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
-    if module != "surgvista" and not module.startswith("surgvista."):
-        return None
-    key = re.search(r"^full_key: (\S+)$", str(exc), re.M)
-    where = key.group(1) if key else "a config node"
-    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-    return ConfigError(text if text.startswith(where) else f"{where}: {text}")
+    return module == "surgvista" or module.startswith("surgvista.")
 
 
 def find_user_error(exc: BaseException) -> BaseException | None:
