@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 from helpers import ROOT, small_demo_overrides
+from lightning.pytorch.callbacks import Callback
 
 from surgvista.callbacks.preemption import PreemptionCallback
 
@@ -93,3 +94,46 @@ def test_preemption_callback_is_off_outside_slurm_and_refuses_unknown_signals(mo
     assert not PreemptionCallback().enabled and signal.getsignal(signal.SIGUSR1) == before
     with pytest.raises(ValueError, match="unknown signal 'SIGFOO'"):
         PreemptionCallback(signals=["SIGFOO"])
+
+
+
+class SignalDuringStep(Callback):
+    """Send this process ``SIGUSR1`` during optimiser step ``step`` (before its forward pass) and record every
+    step's training loss as the module returned it (keyed by the step count after it)."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.losses = step, {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses[trainer.global_step] = float(outputs["loss"])
+
+
+def test_the_step_during_which_the_signal_arrives_is_logged(demo_root, tmp_path, monkeypatch):
+    """The preempted step's train/loss is in metrics.csv, although log_every_n_steps would skip it (it was in no
+    log: Lightning logs a step only after ``on_train_batch_end``, where the callback stops the run)."""
+    import csv
+
+    from helpers import compose
+
+    import surgvista.run as run
+
+    spy = SignalDuringStep(step=1)
+    build = run.instantiate_group
+    monkeypatch.setattr(run, "instantiate_group", lambda g: [spy, *build(g)] if g and "preemption" in g else build(g))
+    demo = [a for a in small_demo_overrides(demo_root) if not a.startswith("trainer.log_every_n_steps")]
+    cfg = compose("demo", *demo, "trainer.log_every_n_steps=50", "callbacks.preemption.enabled=true",
+                  "callbacks.preemption.requeue=false", "callbacks.probe_monitor=null", out=tmp_path)  # fmt: skip
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        assert run.train(cfg) == {run.PREEMPTED: 1.0}
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    with open(next(tmp_path.rglob("metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    logged = {int(r["step"]): float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")}
+    assert list(logged) == [1] and logged[1] == pytest.approx(spy.losses[2], rel=1e-6)  # the 2nd step, 0-based
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2

@@ -30,6 +30,7 @@ from surgvista.checkpoints.run_folder import check_run_checkpoint, check_run_fol
 from surgvista.utils.config_check import check_config
 from surgvista.utils.errors import ConfigError, find_user_error
 from surgvista.utils.io import atomic_write_text, clean_orphaned_temp_files
+from surgvista.utils.preflight import check_ckpt_path, check_output_folder, checkpoint_bytes, warn_if_low_disk
 from surgvista.utils.run_lock import run_folder_lock
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,17 @@ def log_hyperparameters(loggers: list, cfg: DictConfig, model: L.LightningModule
         lg.log_hyperparams(hparams)
 
 
-def _setup(cfg: DictConfig):
+def preflight(cfg: DictConfig) -> None:
+    """Everything checked on the composed config before any file is written or anything built: the knobs, the
+    interpolations, Lightning's choices, ``ckpt_path`` and the run folder (one :class:`ConfigError` each)."""
     check_config(cfg)
+    check_ckpt_path(cfg.get("ckpt_path"))
+    output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None, throw_on_resolution_failure=False)
+    if output_dir:
+        check_output_folder(output_dir, "paths.output_dir")
+
+
+def _setup(cfg: DictConfig):
     apply_extras(cfg)
     if cfg.get("print_config"):
         print_config(cfg)
@@ -158,12 +168,15 @@ def metric_value(metrics: dict, name: str | None) -> float | None:
 def train(cfg: DictConfig) -> dict:
     """Lock the run folder, instantiate data/model/trainer, check a checkpoint to resume, save the config, fit (and
     test); return the callback metrics. A folder of another run is refused before anything is written."""
+    preflight(cfg)
     files = hydra_files(cfg)
     with owned_run_folder(cfg) as out_dir:
         fill_wandb_fields(cfg, "fit")
         datamodule, model, trainer = _setup(cfg)
         cb = trainer.checkpoint_callback
         ckpt_dir = Path(cb.dirpath) if cb is not None and getattr(cb, "dirpath", None) else None
+        if rank_zero_only.rank == 0:
+            warn_if_low_disk(ckpt_dir or out_dir, checkpoint_bytes(list(model.parameters())))
         if ckpt_dir is not None and rank_zero_only.rank == 0:
             clean_orphaned_temp_files(ckpt_dir)
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir) if cfg.get("train", True) else None
@@ -262,7 +275,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the checkpoint ``cfg.ckpt_path``: ``trainer.test`` for modules with a ``test_step`` (fine-tuning:
     writes predictions and metric tables), otherwise ``trainer.validate`` (pre-training); return its metrics. The
     eval run's own folder is locked and its ``config.yaml`` (naming the checkpoint) written after the checks."""
-    check_config(cfg)
+    preflight(cfg)
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.exists():  # a file, or a sharded checkpoint folder
         raise FileNotFoundError(f"ckpt_path not found: {ckpt}")

@@ -34,6 +34,21 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def log_this_step(trainer: L.Trainer) -> dict:
+    """Send the metrics the module logged in the current training step (``on_step=True``) to every logger now and
+    flush them, whatever ``log_every_n_steps`` says. Lightning logs a step only after ``on_train_batch_end``, so
+    the step during which a preemption signal arrives would otherwise be in no log. Returns what was logged."""
+    connector = trainer._logger_connector  # Lightning has no public "log this step now"
+    if trainer._results is None or not trainer.loggers:
+        return {}
+    metrics = connector.metrics["log"]
+    if metrics:
+        connector.log_metrics(metrics)  # at this step (the step counter of Lightning's own step logging)
+    for logger in trainer.loggers:
+        logger.save()
+    return dict(metrics)
+
+
 class PreemptionCallback(Callback):
     """Save-and-requeue on ``signals`` (names such as ``SIGUSR1``; ``sbatch --signal=USR1@120`` sends it 120 s
     before the time limit). ``enabled``: ``auto`` = only in a SLURM batch job, or ``true``/``false``.
@@ -91,6 +106,7 @@ class PreemptionCallback(Callback):
         cb = trainer.checkpoint_callback
         folder = Path(cb.dirpath) if cb is not None and cb.dirpath else Path(trainer.default_root_dir) / "checkpoints"
         self.saved = folder / "last.ckpt"
+        log_this_step(trainer)
         trainer.save_checkpoint(self.saved)
         log.warning("preemption: saved %s at step %d", self.saved, trainer.global_step)
         if self.requeue and trainer.is_global_zero:

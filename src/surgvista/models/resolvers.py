@@ -19,7 +19,16 @@ def if_cuda(with_cuda, without_cuda):
     return with_cuda if torch.cuda.is_available() else without_cuda
 
 
+def under(folder, name: str):
+    """``${surgvista.under:<folder>,<name>}``: ``<folder>/<name>``, or ``None`` when ``folder`` is null (with
+    ``${oc.select:data.root,null}``: a callback's file of the data group's folder, off after ``data=<a group
+    without one>`` instead of an unresolvable interpolation)."""
+    return None if folder is None else f"{folder}/{name}"
+
+
 def register() -> None:
-    """Register ``${surgvista.teacher_dim:<preset>}`` and ``${surgvista.if_cuda:a,b}`` (idempotent)."""
+    """Register ``${surgvista.teacher_dim:<preset>}``, ``${surgvista.if_cuda:a,b}`` and
+    ``${surgvista.under:folder,name}`` (idempotent)."""
     OmegaConf.register_new_resolver("surgvista.teacher_dim", teacher_dim, replace=True)
+    OmegaConf.register_new_resolver("surgvista.under", under, replace=True)
     OmegaConf.register_new_resolver("surgvista.if_cuda", if_cuda, replace=True)

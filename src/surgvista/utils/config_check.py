@@ -1,14 +1,17 @@
 """Types and ranges of the public config knobs (:data:`RULES`), checked once on the composed config before anything
-is built; keys absent from it (another experiment's knobs) are not checked."""
+is built; keys absent from it (another experiment's knobs) are not checked. Also checked there: every interpolation
+resolves (:func:`check_interpolations`), clip geometry fits the patch grid (:func:`check_geometry`) and Lightning's
+own choices (:func:`check_trainer`)."""
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationKeyError, InterpolationToMissingValueError, OmegaConfBaseException
 
 from surgvista.utils.errors import ConfigError
 
@@ -94,7 +97,14 @@ RULES: dict[str, Rule] = {
     "trainer.accumulate_grad_batches": POSITIVE_INT,
     "trainer.gradient_clip_val": Rule("float", 0, null=True, example=1.0),
     "trainer.log_every_n_steps": POSITIVE_INT,
+    "test_ckpt": Rule("str", choices=("best", "last"), example="last"),
 }
+# Lightning's accepted ``Trainer(precision=...)`` values (lightning.fabric.connector's _PRECISION_INPUT; a test
+# keeps them equal).
+PRECISIONS = (64, 32, 16, "64", "32", "16", "bf16", "16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true")
+PRECISIONS += ("64-true", "transformer-engine", "transformer-engine-float16")
+# (size key, unit key) pairs of a model node: the clip must be a whole number of patches and tubelets.
+GEOMETRY = (("img_size", "patch_size"), ("num_frames", "tubelet_size"))
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -111,6 +121,40 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if not rule.accepts(value):
             raise ConfigError(f"{key}={value!r}: expected {rule.describe()} (e.g. override {key}={rule.example!s})")
+    check_interpolations(cfg)
+    check_trainer(cfg)
+    check_geometry(cfg)
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, raw value)`` of every leaf of a plain container (list items as ``key.<i>``)."""
+    if isinstance(node, dict):
+        return [leaf for key, v in node.items() for leaf in _leaves(v, f"{prefix}{key}.")]
+    if isinstance(node, list):
+        return [leaf for i, v in enumerate(node) for leaf in _leaves(v, f"{prefix}{i}.")]
+    return [(prefix[:-1], node)]
+
+
+def check_interpolations(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming the first key whose ``${...}`` refers to a key this config does not have
+    (e.g. a callback of one data group's keys after ``data=<another group>``); other resolver failures (Hydra's
+    ``${hydra:...}`` outside a Hydra run) are left to where the value is used."""
+    for key, raw in _leaves(OmegaConf.to_container(cfg, resolve=False)):
+        if not isinstance(raw, str) or "${" not in raw:
+            continue
+        try:
+            OmegaConf.select(cfg, key, throw_on_missing=True)
+        except (InterpolationKeyError, InterpolationToMissingValueError) as e:
+            missing = re.search(r"'([^']+)'", str(e))
+            what = missing.group(1) if missing else str(e).splitlines()[0]
+            parts = key.split(".")
+            off = f" (or {parts[0]}.{parts[1]}=null)" if len(parts) > 2 and parts[0] in ("callbacks", "logger") else ""
+            raise ConfigError(
+                f"{key}={raw!r} refers to {what}, which is not set in this config (another data or model group?): "
+                f"set {what} or override {key}{off}"
+            ) from None
+        except OmegaConfBaseException:
+            continue
 
 
 def _missing(node: Any, prefix: str = "") -> list[str]:
@@ -118,3 +162,76 @@ def _missing(node: Any, prefix: str = "") -> list[str]:
     if isinstance(node, dict):
         return [k for key, v in node.items() for k in _missing(v, f"{prefix}{key}.")]
     return [prefix[:-1]] if node == "???" else []
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """Lightning's own choices where a typo is likely (``trainer.precision``, ``accelerator``, ``strategy``,
+    ``devices``), named with the accepted values before the ``Trainer`` is built."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    trainer = cfg.get("trainer")
+    if not isinstance(trainer, DictConfig):
+        return
+    accelerators = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
+    choices = {
+        "precision": PRECISIONS,
+        "accelerator": accelerators,
+        "strategy": ("auto", *StrategyRegistry.available_strategies()),
+    }
+    for name, accepted in choices.items():
+        value = OmegaConf.select(trainer, name, default=None, throw_on_resolution_failure=False)
+        if value is None or isinstance(value, DictConfig):  # Lightning's default, or an object (_target_)
+            continue
+        if value not in accepted:
+            raise ConfigError(f"trainer.{name}={value!r}: expected one of {list(accepted)}")
+    devices = OmegaConf.select(trainer, "devices", default=None, throw_on_resolution_failure=False)
+    if devices is not None and not _valid_devices(devices):
+        raise ConfigError(
+            f"trainer.devices={devices!r}: expected auto, a number of devices >= 1 (-1 = all), a list of device "
+            "indices such as [0,1] or a string such as '0,1'"
+        )
+
+
+def _valid_devices(value: Any) -> bool:
+    """What Lightning's ``Trainer(devices=...)`` accepts: ``auto``, an int >= 1 or -1, indices, "0,1" or "-1"."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 1 or value == -1
+    if isinstance(value, str):
+        return value == "auto" or re.fullmatch(r"\s*(-1|\d+(\s*,\s*\d+)*\s*,?)\s*", value) is not None
+    if OmegaConf.is_list(value) or isinstance(value, (list, tuple)):
+        return len(value) > 0 and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+    return False
+
+
+def check_geometry(cfg: DictConfig) -> None:
+    """Every model node holding a size and its unit (``img_size``/``patch_size``, ``num_frames``/
+    ``tubelet_size``) divides evenly; the error names the key the size comes from (e.g. ``data.input_size``)."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    for key, value in _leaves(raw):
+        for size_key, unit_key in GEOMETRY:
+            if not key.endswith(f".{size_key}") or key.startswith("data."):
+                continue
+            node = key[: -len(size_key) - 1]
+            size = _int_at(cfg, key)
+            unit = _int_at(cfg, f"{node}.{unit_key}")
+            if size is None or unit is None or unit < 1 or size % unit == 0:
+                continue
+            source = re.fullmatch(r"\$\{([\w.]+)\}", value) if isinstance(value, str) else None
+            culprit = source.group(1) if source else key
+            via = f" ({key} = ${{{culprit}}})" if source else ""
+            raise ConfigError(
+                f"{culprit}={size}: expected a multiple of {node}.{unit_key}={unit}{via}, e.g. {culprit}="
+                f"{max(unit, size // unit * unit)}"
+            )
+
+
+def _int_at(cfg: DictConfig, key: str) -> int | None:
+    """The resolved value at ``key`` when it is an int, else ``None`` (absent, unresolvable or another type)."""
+    try:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False, throw_on_resolution_failure=False)
+    except OmegaConfBaseException:
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

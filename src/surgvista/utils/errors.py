@@ -9,6 +9,7 @@ Every error class whose message names the culprit (a file, key or value) derives
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 
 
@@ -18,6 +19,10 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config value of the wrong type or outside its range."""
+
+
+class DiskFullError(UserError, OSError):
+    """A write that failed because its filesystem is full (the message names the file and the free space)."""
 
 
 class MissingExtraError(UserError, ImportError):
@@ -72,14 +77,50 @@ def check_extras(argv: Sequence[str]) -> None:
                 raise missing_extra(module, arg)
 
 
+def constructor_error(exc: BaseException) -> ConfigError | None:
+    """A ``ValueError``/``TypeError`` that our own code raised while Hydra's ``instantiate`` built a config node (a
+    constructor's validation of its arguments), or a key that our constructor does not take (a typo), as a
+    :class:`ConfigError` naming that node (Hydra's ``full_key``); ``None`` for anything else (an error raised
+    outside ``surgvista`` keeps its traceback)."""
+    from hydra.errors import InstantiationException
+
+    cause = exc.__cause__
+    if not isinstance(exc, InstantiationException) or not isinstance(cause, (ValueError, TypeError)):
+        return None
+    key = re.search(r"^full_key: (\S+)$", str(exc), re.M)
+    where = key.group(1) if key else "a config node"
+    target = re.search(r"target '([\w.]+)'", str(exc))
+    unknown = re.search(r"got an unexpected keyword argument '(\w+)'", str(cause))
+    if unknown and target and target.group(1).startswith("surgvista."):
+        name = target.group(1).rsplit(".", 1)[-1]
+        return ConfigError(f"{where}.{unknown.group(1)}: not an argument of {name} (a typo? remove or rename it)")
+    if not _raised_by_surgvista(cause):
+        return None
+    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return ConfigError(text if text.startswith(where) else f"{where}: {text}")
+
+
+def _raised_by_surgvista(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is in the ``surgvista`` package."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return module == "surgvista" or module.startswith("surgvista.")
+
+
 def find_user_error(exc: BaseException) -> BaseException | None:
     """The :class:`UserError` (or file error / missing extra) behind ``exc``, following ``__cause__`` and
-    ``__context__`` (Hydra's ``InstantiationException`` wraps the constructor's error); ``None`` for a bug."""
+    ``__context__`` (Hydra's ``InstantiationException`` wraps the constructor's error; a ``ValueError`` that our
+    own constructor raised there is a user error too, see :func:`constructor_error`); ``None`` for a bug."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, (UserError, FileNotFoundError, FileExistsError)):
             return exc
+        wrapped = constructor_error(exc)
+        if wrapped is not None and not isinstance(exc.__cause__, UserError):
+            return wrapped
         if isinstance(exc, ModuleNotFoundError):
             name = exc.name or next((m for m in EXTRAS if f"`{m}`" in str(exc) or f"'{m}'" in str(exc)), None)
             if name in EXTRAS or (name and name.split(".")[0] in EXTRAS):

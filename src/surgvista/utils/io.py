@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from surgvista.utils.preflight import disk_full_error
+
 log = logging.getLogger(__name__)
 
 
@@ -76,6 +78,12 @@ def atomic_write(path: str | Path, writer: Callable[[Path], Any]) -> Path:
         umask_mode(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
+    except Exception as e:
+        full = disk_full_error(e, path, tmp.stat().st_size if tmp.exists() else 0)
+        tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
