@@ -69,6 +69,25 @@ def test_decord_and_pyav_readers_agree_on_demo_video(demo_root):
         dec.read([len(dec)])
 
 
+def test_memory_reader_decodes_a_video_once_equal_to_pyav(demo_root, tmp_path):
+    """``data.backend=memory``: the same frames as PyAV, decoded once per process and shared; a changed file is
+    decoded again (the cache key holds its size and modification time)."""
+    from surgvista.data.readers import MemoryReader
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(next((demo_root / "videos").glob("*.mp4")).read_bytes())
+    pyav = open_reader(video, "pyav")
+    first, second = open_reader(video, "memory"), open_reader(video, "memory")
+    ids = [0, 3, 3, len(pyav) - 1, 7]
+    np.testing.assert_array_equal(first.read(ids), pyav.read(sorted(set(ids)))[[0, 1, 1, 3, 2]])
+    assert second.frames is first.frames and first.fps == pyav.fps and len(first) == len(pyav)
+    video.write_bytes(video.read_bytes()[:-1] + b"\0")  # another file at the same path
+    assert open_reader(video, "memory").frames is not first.frames
+    with pytest.raises(IndexError, match="out of range"):
+        first.read([len(first)])
+    MemoryReader._videos.clear()
+
+
 def test_entry_reader_maps_manifest_fps_to_native_frames(demo_root):
     entry = read_manifest(demo_root / "train.jsonl").entries[0]
     assert entry.fps == 5.0

@@ -19,7 +19,8 @@ from surgvista.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("decord", "pyav", "torchcodec", "torchcodec-cuda")
+BACKENDS = ("decord", "pyav", "torchcodec", "torchcodec-cuda", "memory")
+MEMORY_BUDGET = 2 << 30  # bytes of decoded frames the `memory` backend keeps per process (LRU over videos)
 # torchcodec loads the system's FFmpeg (4-9) shared libraries; PyPI cannot provide them.
 FFMPEG_HINT = "install FFmpeg's shared libraries, e.g. `apt-get install ffmpeg` (Debian/Ubuntu)"
 
@@ -292,8 +293,8 @@ def check_backend(backend: str) -> None:
 
 
 def open_reader(path: str | Path, backend: str = "decord") -> VideoReader:
-    """Open a video file with ``backend`` (``decord`` | ``pyav`` | ``torchcodec`` | ``torchcodec-cuda``) or a
-    frame folder."""
+    """Open a video file with ``backend`` (``decord`` | ``pyav`` | ``torchcodec`` | ``torchcodec-cuda`` | ``memory``)
+    or a frame folder."""
     path = Path(path)
     if path.is_dir():
         return FrameFolderReader(path)
@@ -303,7 +304,39 @@ def open_reader(path: str | Path, backend: str = "decord") -> VideoReader:
     backend = available_backend(backend)
     if backend.startswith("torchcodec"):
         return TorchCodecReader(path, "cuda" if backend == "torchcodec-cuda" else "cpu")
+    if backend == "memory":
+        return MemoryReader(path)
     return DecordReader(path) if backend == "decord" else PyAVReader(path)
+
+
+class MemoryReader(VideoReader):
+    """Every frame of a video decoded once (PyAV, in order) and kept in this process's memory, shared by all readers
+    of the same unchanged file (LRU over videos, :data:`MEMORY_BUDGET` bytes in all): for many in-process runs over
+    a small dataset (the objectives' ablation); each DataLoader worker would hold its own copy."""
+
+    _videos: OrderedDict[tuple, tuple[np.ndarray, float]] = OrderedDict()  # (path, size, mtime) -> (frames, fps)
+
+    def __init__(self, path: Path) -> None:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        video = self._videos.pop(key, None)
+        if video is None:
+            reader = PyAVReader(path)
+            try:
+                video = (reader.read(list(range(len(reader)))), reader.fps)
+            finally:
+                reader.close()
+        self._videos[key] = video
+        while sum(v[0].nbytes for v in self._videos.values()) > MEMORY_BUDGET and len(self._videos) > 1:
+            self._videos.popitem(last=False)
+        self.path, (self.frames, self.fps) = path, video
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        self._check(indices)
+        return self.frames[np.asarray(indices, dtype=np.int64)]
 
 
 @functools.cache

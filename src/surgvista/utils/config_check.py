@@ -70,7 +70,7 @@ RULES: dict[str, Rule] = {
     "data.val_anchor_stride": POSITIVE_INT,
     "data.prefetch_factor": Rule("int", 1, null=True, example=2),
     "data.on_bad_video": Rule("str", choices=("error", "skip"), example="skip"),
-    "data.backend": Rule("str", choices=("decord", "pyav", "torchcodec", "torchcodec-cuda"), example="pyav"),
+    "data.backend": Rule("str", choices=("decord", "pyav", "torchcodec", "torchcodec-cuda", "memory"), example="pyav"),
     "data.allow_leakage": Rule("bool", example=False),
     "allow_geometry_change": Rule("bool", example=False),
     "model.base_lr": Rule("float", 0, lo_open=True, example=1.5e-4),
