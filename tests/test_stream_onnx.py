@@ -91,6 +91,18 @@ def test_clip_classifier_onnx_parity(tmp_path, kind):
         np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
 
 
+def test_tecno_feature_extractor_onnx_parity(tmp_path):
+    """The first stage of TeCNO (the frozen backbone's pooled pre-logits feature of the clip ending at a frame)."""
+    from surgvista.features.frames import FrameFeatureExtractor
+
+    extractor = FrameFeatureExtractor(tiny_classifier())
+    clip = torch.randn(1, 3, 4, 64, 64)
+    session = OnnxSession(export_onnx(extractor, clip, tmp_path / "features.onnx"))
+    got = session(clip.numpy())
+    assert got.shape == (1, 64)
+    np.testing.assert_allclose(got, extractor(clip).numpy(), rtol=0, atol=TOLERANCE)
+
+
 def test_mstcn_step_onnx_parity_over_a_stream(tmp_path):
     model = tiny_mstcn(num_stages=2, num_layers=5)
     step = IncrementalMSTCN(model)
