@@ -12,7 +12,14 @@ import torch
 from surgvista.models.classifier import VideoClassifier
 from surgvista.models.mstcn import MSTCN
 from surgvista.streaming.mstcn_step import IncrementalMSTCN
-from surgvista.streaming.onnx import OnnxError, OnnxSession, export_onnx
+from surgvista.streaming.onnx import (
+    OnnxError,
+    OnnxMSTCNStream,
+    OnnxSession,
+    export_clip_model,
+    export_mstcn_step,
+    export_onnx,
+)
 from surgvista.streaming.overlay import OverlayError, phase_palette, write_overlay
 
 TOLERANCE = 1e-4
@@ -62,6 +69,9 @@ def test_incremental_mstcn_refuses_what_it_cannot_run():
         IncrementalMSTCN(tiny_mstcn(causal=False))
     with pytest.raises(TypeError, match="wraps an MSTCN"):
         IncrementalMSTCN(torch.nn.Linear(2, 2))
+    step = IncrementalMSTCN(tiny_mstcn(num_stages=1, num_layers=2))
+    with pytest.raises(ValueError, match=r"expects feature \(B, 16\) and state \(1, 8, 6\), got \(1, 15\)"):
+        step(torch.zeros(1, 15), step.initial_state())
 
 
 def test_incremental_mstcn_never_uses_dropout():
@@ -78,10 +88,10 @@ def test_incremental_mstcn_never_uses_dropout():
 @pytest.mark.parametrize("kind", [{}, {"pos_embed": "rope", "qkv_bias": "fused"}], ids=["sincos3d", "rope"])
 def test_clip_classifier_onnx_parity(tmp_path, kind):
     model = tiny_classifier(**kind)
-    clip = torch.randn(1, 3, 4, 64, 64)
-    path = export_onnx(model, clip, tmp_path / "clip.onnx", input_names=["clip"], output_names=["logits"])
+    path = export_clip_model(model, tmp_path / "clip.onnx")  # the clip shape from the model: (1, 3, 4, 64, 64)
     assert leftovers(tmp_path) == ["clip.onnx"]  # atomic: no temporary file left
     session = OnnxSession(path)
+    assert [(i.name, i.shape) for i in session.inputs] == [("clip", [1, 3, 4, 64, 64])]
     for seed in range(3):
         clip = torch.randn(1, 3, 4, 64, 64, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
@@ -97,7 +107,7 @@ def test_tecno_feature_extractor_onnx_parity(tmp_path):
 
     extractor = FrameFeatureExtractor(tiny_classifier())
     clip = torch.randn(1, 3, 4, 64, 64)
-    session = OnnxSession(export_onnx(extractor, clip, tmp_path / "features.onnx"))
+    session = OnnxSession(export_clip_model(extractor, tmp_path / "features.onnx"))
     got = session(clip.numpy())
     assert got.shape == (1, 64)
     np.testing.assert_allclose(got, extractor(clip).numpy(), rtol=0, atol=TOLERANCE)
@@ -105,20 +115,15 @@ def test_tecno_feature_extractor_onnx_parity(tmp_path):
 
 def test_mstcn_step_onnx_parity_over_a_stream(tmp_path):
     model = tiny_mstcn(num_stages=2, num_layers=5)
-    step = IncrementalMSTCN(model)
-    example = (torch.zeros(1, 16), step.initial_state())
-    path = export_onnx(step, example, tmp_path / "mstcn.onnx", input_names=["feature", "state"],
-                       output_names=["logits", "state_out"])
-    session = OnnxSession(path)
+    stream = OnnxMSTCNStream(export_mstcn_step(model, tmp_path / "mstcn.onnx"))
+    assert stream.state_shape == (1, 8, 2 * 2 * 31)
     features = torch.randn(1, 50, 16)
     with torch.no_grad():
         full = model(features)[-1][0].numpy()
-    state, rows = step.initial_state().numpy(), []
-    for t in range(50):
-        logits, state = session(features[:, t].numpy(), state)
-        rows.append(logits[0])
-    assert state.shape == (1, 8, step.state_length)
-    np.testing.assert_allclose(np.stack(rows), full, rtol=0, atol=TOLERANCE)
+    rows = np.stack([stream.push(features[0, t].numpy()) for t in range(50)])
+    np.testing.assert_allclose(rows, full, rtol=0, atol=TOLERANCE)
+    stream.reset()  # a new video starts from zeros again
+    np.testing.assert_allclose(stream.push(features[0, 0].numpy()), full[0], rtol=0, atol=TOLERANCE)
 
 
 def test_export_failure_and_bad_paths_leave_nothing(tmp_path):
@@ -148,6 +153,11 @@ def test_onnx_session_bad_inputs(tmp_path):
         session(np.zeros((1, 15)), step.initial_state().numpy())
     logits, _ = session(np.zeros((1, 16), np.float64), step.initial_state().numpy())  # float64 is cast
     assert logits.shape == (1, 5)
+    with pytest.raises(OnnxError, match=r"expected an MS-TCN step with inputs \['feature', 'state'\]"):
+        OnnxMSTCNStream(path)  # exported with other input names
+    with pytest.raises(OnnxError, match="Linear has no num_frames/img_size; pass clip_shape"):
+        export_clip_model(torch.nn.Linear(2, 2), tmp_path / "linear.onnx")
+    assert leftovers(tmp_path) == ["corrupt.onnx", "step.onnx"]
 
 
 # ---------------------------------------------------------------- the overlay video

@@ -45,6 +45,12 @@ class IncrementalMSTCN(nn.Module):
         return torch.zeros(batch, self.num_f_maps, self.state_length, dtype=dtype, device=device)
 
     def forward(self, feature: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        expected = (feature.shape[0], self.num_f_maps, self.state_length)
+        if feature.ndim != 2 or feature.shape[1] != self.mstcn.input_dim or tuple(state.shape) != expected:
+            raise ValueError(
+                f"IncrementalMSTCN expects feature (B, {self.mstcn.input_dim}) and state {expected}, "
+                f"got {tuple(feature.shape)} and {tuple(state.shape)}"
+            )
         x = feature[:, :, None]  # (B, input_dim, 1)
         new_states, offset = [], 0
         for i, stage in enumerate(self.mstcn.stages):

@@ -17,12 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from surgvista.models.mstcn import MSTCN
+from surgvista.streaming.mstcn_step import IncrementalMSTCN
 from surgvista.utils.errors import MissingExtraError, UserError
 from surgvista.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
+CLIP_NAMES = (["clip"], ["logits"])  # input and output names of an exported clip model
+STEP_NAMES = (["feature", "state"], ["logits", "state_out"])  # ... and of an exported MS-TCN step
 EXTRA_HINT = "pip install 'surgvista[onnx]'"
 
 
@@ -128,3 +132,48 @@ class OnnxSession:
     def __call__(self, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         outputs = self.session.run(self.output_names, self._feed(arrays))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def export_clip_model(
+    model: nn.Module, path: str | Path, clip_shape: Sequence[int] | None = None, opset: int = DEFAULT_OPSET
+) -> Path:
+    """Export a clip model (a ``VideoClassifier``: logits; a TeCNO ``FrameFeatureExtractor``: the feature) for one
+    clip ``(1, 3, T, H, W)``: input ``clip``, output ``logits``. ``clip_shape`` defaults to the model's (or its
+    ``backbone``'s) ``num_frames`` and ``img_size``."""
+    if clip_shape is None:
+        net = getattr(model, "backbone", model)
+        if not hasattr(net, "num_frames") or not hasattr(net, "img_size"):
+            raise OnnxError(f"{path}: {type(net).__name__} has no num_frames/img_size; pass clip_shape (1, 3, T, H, W)")
+        clip_shape = (1, 3, net.num_frames, net.img_size, net.img_size)
+    example = torch.zeros(tuple(clip_shape))
+    return export_onnx(model, example, path, opset, *CLIP_NAMES)
+
+
+def export_mstcn_step(model: MSTCN | IncrementalMSTCN, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Export one step of a causal MS-TCN (batch 1): inputs ``feature``, ``state``; outputs ``logits``,
+    ``state_out`` (see :class:`~surgvista.streaming.mstcn_step.IncrementalMSTCN`)."""
+    step = model if isinstance(model, IncrementalMSTCN) else IncrementalMSTCN(model)
+    example = (torch.zeros(1, step.mstcn.input_dim), step.initial_state())
+    return export_onnx(step, example, path, opset, *STEP_NAMES)
+
+
+class OnnxMSTCNStream:
+    """An exported MS-TCN step run along one video: ``push(feature (D,) or (1, D)) -> logits (num_classes,)``,
+    keeping the state between calls; ``reset()`` starts a new video."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.session = OnnxSession(path, threads)
+        shapes = {spec.name: spec.shape for spec in self.session.inputs}
+        if set(shapes) != set(STEP_NAMES[0]):
+            raise OnnxError(f"{path}: inputs {sorted(shapes)}; expected an MS-TCN step with inputs {STEP_NAMES[0]}")
+        self.state_shape = tuple(shapes["state"])
+        self.reset()
+
+    def reset(self) -> None:
+        """Zeros: the state before a video's first frame."""
+        self.state = np.zeros(self.state_shape, np.float32)
+
+    def push(self, feature: np.ndarray) -> np.ndarray:
+        """The logits at the new frame, given its feature."""
+        logits, self.state = self.session(np.asarray(feature, np.float32).reshape(1, -1), self.state)
+        return logits[0]
