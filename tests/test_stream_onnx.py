@@ -126,6 +126,23 @@ def test_mstcn_step_onnx_parity_over_a_stream(tmp_path):
     np.testing.assert_allclose(stream.push(features[0, 0].numpy()), full[0], rtol=0, atol=TOLERANCE)
 
 
+def test_torchscript_exporter_when_the_dynamo_one_fails(tmp_path, monkeypatch, caplog):
+    original = torch.onnx.export
+
+    def dynamo_fails(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("an operator the dynamo exporter does not cover")
+        return original(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    step = IncrementalMSTCN(tiny_mstcn(num_stages=2, num_layers=3))
+    stream = OnnxMSTCNStream(export_mstcn_step(step, tmp_path / "step.onnx"))
+    assert "using the TorchScript exporter" in caplog.text
+    features = torch.randn(1, 20, 16)
+    rows = np.stack([stream.push(features[0, t].numpy()) for t in range(20)])
+    np.testing.assert_allclose(rows, step.run(features)[0].numpy(), rtol=0, atol=TOLERANCE)
+
+
 def test_export_failure_and_bad_paths_leave_nothing(tmp_path):
     class Broken(torch.nn.Module):
         def forward(self, x):
