@@ -26,7 +26,8 @@ def _to_array(fig) -> np.ndarray:
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
-def _class_colors(n: int) -> list:
+def class_colors(n: int) -> list:
+    """The phase/class palette (RGBA floats): tab10 up to 10 classes, tab20 beyond (also the stream overlays')."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
@@ -58,7 +59,7 @@ def phase_ribbon(
     fig = _figure(12, 2.4)
     ax = fig.add_subplot()
     end = len(target) / fps
-    _cells(ax, np.stack([target, pred]), (0, end, 1, 3), _class_colors(k))  # row 0 on top: ground truth
+    _cells(ax, np.stack([target, pred]), (0, end, 1, 3), class_colors(k))  # row 0 on top: ground truth
     outcome = (target == pred).astype(int)
     if relaxed_correct is not None:
         outcome[np.asarray(relaxed_correct, bool) & (outcome == 0)] = 2
@@ -67,7 +68,7 @@ def phase_ribbon(
     ax.set_yticks([0.5, 1.5, 2.5], ["outcome", "prediction", "ground truth"])
     ax.set_xlabel("time (s)")
     ax.set_title(title)
-    handles = [Patch(color=c, label=n) for c, n in zip(_class_colors(k), class_names)]
+    handles = [Patch(color=c, label=n) for c, n in zip(class_colors(k), class_names)]
     handles += [Patch(color=c, label=n) for c, n in zip(OUTCOME_COLORS, ("wrong", "correct", "relaxed-correct"))]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     return _to_array(fig)

@@ -1,0 +1,1 @@
+"""Online (streaming) phase recognition: live inputs, causal per-frame predictions, overlays and deployment export."""
