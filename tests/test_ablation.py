@@ -75,6 +75,10 @@ def test_few_video_fine_tuning_keeps_a_nested_subset_of_training_videos(tmp_path
     rows = {v for v, _ in few.datasets["train"].samples.tolist()}
     assert rows == set(range(len(kept)))  # every sample is re-indexed onto the kept rows
     assert few.video_ids("val") == full.video_ids("val")  # validation untouched
+    strided = DemoDownstreamDataModule(**kwargs, train_fraction=0.5, subset_seed=1, train_target_stride=2)
+    strided.setup("fit")
+    every_other = [[v, t] for v, t in few.datasets["train"].samples.tolist() if t % 2 == 0]
+    assert strided.datasets["train"].samples.tolist() == every_other  # every 2nd labelled frame of the same videos
     with pytest.raises(ConfigError, match="train_fraction=1.5"):
         DemoDownstreamDataModule(**kwargs, train_fraction=1.5)
 

@@ -185,6 +185,7 @@ class DownstreamDataModule(L.LightningDataModule):
         val_target_stride: int = 1,
         test_target_stride: int = 1,
         backend: str = "decord",
+        train_target_stride: int = 1,
         train_fraction: float = 1.0,
         subset_seed: int = 0,
     ) -> None:
@@ -201,7 +202,7 @@ class DownstreamDataModule(L.LightningDataModule):
             )
         else:
             transform = EvalClipTransform(hp.input_size, hp.eval_views)
-        stride = {"train": 1, "val": hp.val_target_stride, "test": hp.test_target_stride}[split]
+        stride = {"train": hp.train_target_stride, "val": hp.val_target_stride, "test": hp.test_target_stride}[split]
         keys = ("label", "num_classes", "sampler", "multilabel", "num_frames", "sampling_rate", "backend")
         dataset = DownstreamDataset(manifest, transform=transform, target_stride=stride, **{k: hp[k] for k in keys})
         if train and hp.train_fraction < 1:  # few labelled videos: a nested, seeded subset (data/subsets.py)

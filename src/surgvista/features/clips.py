@@ -53,13 +53,16 @@ def clip_cache_key(backbone: Mapping, source, storage: Mapping) -> str:
     """Digest (16 hex) of the backbone config, the split manifests and their videos (size, frames, sha256 as
     :func:`surgvista.features.digest.media_fingerprint`), the clip geometry and ``storage``."""
     splits = {s: m for s, m in source.manifests().items() if m}
+    geometry = {k: source.hparams.get(k) for k in GEOMETRY_FIELDS}
+    if source.hparams.get("train_target_stride", 1) != 1:  # only then: caches written before the option keep their key
+        geometry["train_target_stride"] = source.hparams["train_target_stride"]
     return payload_key(
         {
             "version": CLIP_FEATURE_VERSION,
             "backbone": content_digest(backbone),
             "manifests": {s: sha256_file(m) for s, m in splits.items()},
             "media": {s: [media_fingerprint(e) for e in read_manifest(m).entries] for s, m in splits.items()},
-            "geometry": {k: source.hparams.get(k) for k in GEOMETRY_FIELDS},
+            "geometry": geometry,
             "storage": dict(storage),
         }
     )
