@@ -45,6 +45,7 @@ def quoted(path: Path | str | None) -> str:
 
 
 def objective_names(cfg: DictConfig) -> list[str]:
+    """The objectives to run, in the config's order (``only`` selects some)."""
     return [n for n in cfg.objectives if not cfg.only or n in cfg.only]
 
 
@@ -55,7 +56,8 @@ def encoder_ckpt(cfg: DictConfig, out: Path, name: str, seed: int) -> Path | Non
     return run_folder(out, "pretrain", name, seed) / "checkpoints" / "last.ckpt"
 
 
-def pretrain_stages(cfg: DictConfig, out: Path, shared: list[str], teacher: Path | None) -> list[Stage]:
+def pretrain_stages(cfg: DictConfig, shared: list[str], teacher: Path | None) -> list[Stage]:
+    """One pre-training per objective (but random init) and seed; the distilling ones read ``teacher``."""
     stages = []
     for name in objective_names(cfg):
         spec = cfg.objectives[name]
@@ -72,6 +74,7 @@ def pretrain_stages(cfg: DictConfig, out: Path, shared: list[str], teacher: Path
 
 
 def evaluation_stages(cfg: DictConfig, out: Path, shared: list[str], data_root: Path) -> list[Stage]:
+    """Every probe and the few-video fine-tuning of each objective's encoder (random init: seeded init)."""
     stages = []
     for name in objective_names(cfg):
         spec = cfg.objectives[name]
@@ -119,7 +122,7 @@ def plan(cfg: DictConfig, out: Path, data_root: Path) -> list[Stage]:
     if cfg.get("teacher"):
         teacher = out / "teacher" / "teacher.pth"
         stages.append(Stage("teacher", (f"experiment={cfg.teacher.experiment}", *shared, *cfg.teacher.overrides)))
-    return stages + pretrain_stages(cfg, out, shared, teacher) + evaluation_stages(cfg, out, shared, data_root)
+    return stages + pretrain_stages(cfg, shared, teacher) + evaluation_stages(cfg, out, shared, data_root)
 
 
 def run_ablation(cfg: DictConfig, out: Path | None, name: str = "proxy") -> Path:
