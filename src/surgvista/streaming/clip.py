@@ -67,16 +67,14 @@ class ClipPredictor:
         embed = self.net.patch_embed
         if not self.reuse:
             return embed(clip)
-        step = getattr(embed, "tubelet_size", 1)
+        frame_level = not hasattr(embed, "tubelet_size")  # FrameEmbed: a Conv2d per frame
+        step = 1 if frame_level else embed.tubelet_size
         parts = []
         for k in range(0, len(ids), step):
             key = tuple(ids[k : k + step])
             if key not in self.tubelets:
                 tub = clip[:, :, k : k + step]
-                if step == 1 and not hasattr(embed, "tubelet_size"):
-                    x = embed.proj(tub[:, :, 0])
-                else:
-                    x = embed.proj(tub)
+                x = embed.proj(tub[:, :, 0]) if frame_level else embed.proj(tub)
                 self.tubelets[key] = x.flatten(2).transpose(1, 2)
             parts.append(self.tubelets[key])
         while len(self.tubelets) > 4 * self.num_frames:

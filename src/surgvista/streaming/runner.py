@@ -107,6 +107,7 @@ def latency_report(run: StreamRun, stream: PhaseStream, name: str, device: str, 
 
 def report_table(reports: Sequence[dict]) -> str:
     """A Markdown table of latency reports."""
+
     def f(x):
         return "–" if x is None else f"{x:.1f}"
 
@@ -129,7 +130,10 @@ def write_report(path: str | Path, reports: Sequence[dict]) -> Path:
 
 
 def write_stream_csv(
-    path: str | Path, predictions: Sequence[Prediction], label_names: Sequence[str], targets: Sequence[int] | None = None
+    path: str | Path,
+    predictions: Sequence[Prediction],
+    label_names: Sequence[str],
+    targets: Sequence[int] | None = None,
 ) -> Path:
     """``frame,target,prediction,prob_<class>…`` (``target`` -1 when unknown), written atomically."""
     if not predictions:

@@ -78,7 +78,7 @@ class FrameFolderSource(FrameSource):
 
 class LiveSource(FrameSource):
     """A camera device (``/dev/video0``, ``format="v4l2"``), a network URL (``rtsp://…``) or any readable file
-    object (a pipe), decoded as it arrives with PyAV; timestamps are the stream's presentation times."""
+    object (a pipe), decoded as it arrives with PyAV; timestamps are presentation times since the first frame."""
 
     def __init__(self, url, format: str | None = None, name: str = "live", options: dict | None = None) -> None:
         self.url, self.format, self.options, self.name = url, format, options or {}, name
@@ -96,11 +96,13 @@ class LiveSource(FrameSource):
             yield from self._decode(container, stream)
 
     def _decode(self, container, stream) -> Iterator[tuple[np.ndarray, float]]:
-        count = 0
+        """Frames with their times since the first frame (a live stream's clock rarely starts at 0)."""
+        count, first = 0, None
         try:
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else count / (self.source_fps or 1.0)
-                yield frame.to_ndarray(format="rgb24"), t
+                first = t if first is None else first
+                yield frame.to_ndarray(format="rgb24"), t - first
                 count += 1
         except Exception as e:
             if isinstance(e, StreamError):

@@ -91,16 +91,15 @@ class PhaseStream:
         index = self.next_index
         self.next_index += 1
         start = time.perf_counter()
-        if self.model.family == "clip":
-            probs = self.clip.push(frame, predict)
-        else:
-            probs = self._tecno(frame)
+        probs = self.clip.push(frame, predict) if self.model.family == "clip" else self._tecno(frame, predict)
         if probs is None:
             return None
         phase = int(probs.argmax())
         ms = (time.perf_counter() - start) * 1000
         return Prediction(index, timestamp, phase, self.label_names[phase], probs, ms)
 
-    def _tecno(self, frame: np.ndarray) -> np.ndarray:
+    def _tecno(self, frame: np.ndarray, predict: bool) -> np.ndarray | None:
+        """The MS-TCN's state must see every frame (a drop saves only the softmax)."""
         feature = torch.as_tensor(self.feature_fn(frame), dtype=torch.float32, device=self.device).reshape(-1)
-        return self.tcn.step(feature).float().softmax(-1).cpu().numpy()
+        logits = self.tcn.step(feature)
+        return logits.float().softmax(-1).cpu().numpy() if predict else None
