@@ -250,3 +250,61 @@ def test_a_checkpoint_that_is_not_a_phase_model_is_refused(phase_run, tmp_path, 
     torch.save({"state_dict": {}}, alone)
     assert "config.yaml" in _cli_error([str(alone), "--video", str(phase_run["video"]), "--out", str(tmp_path / "o")],
                                        capsys)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tecno_run(phase_run) -> dict[str, Path]:
+    """A 2-epoch TeCNO run on the small demo set (features of its seeded random backbone, cached once)."""
+    from hydra import compose, initialize_config_dir
+
+    from surgvista.run import train
+
+    out = phase_run["tmp"] / "tecno"
+    overrides = [
+        "experiment=demo_tecno", "trainer=cpu", "trainer.devices=1", "logger=csv", "print_config=false",
+        *small_demo_set(phase_run["root"]), "trainer.max_epochs=2", "callbacks.rich_progress_bar=null",
+        "callbacks.model_summary=null", f"paths.output_dir={out}", f"paths.work_dir={out}", "test=false",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        train(compose("train", overrides=overrides))
+    return {"ckpt": out / "checkpoints" / "last.ckpt", "cache": phase_run["root"] / "features"}
+
+
+def test_tecno_stream_equals_the_full_mstcn_on_the_cached_features(phase_run, tecno_run):
+    stream = PhaseStream(tecno_run["ckpt"])
+    assert stream.model.family == "tecno"
+    run = run_stream(stream, VideoFileSource(phase_run["video"]))
+    (cache,) = tecno_run["cache"].glob("*/demo/video03.pt")
+    cached = torch.load(cache, weights_only=True)
+    with torch.no_grad():  # what TeCNOModule's test step computes on the cached features
+        full = stream.model.net(cached["features"].float()[None])[-1, 0].softmax(-1).numpy()
+    assert [p.frame for p in run.predictions] == list(cached["frames"])
+    np.testing.assert_array_equal([p.phase for p in run.predictions], full.argmax(1))
+    np.testing.assert_allclose(_probs(run), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("patch_embed,reuse", [("image", False), ("image", True), ("video", True)])
+def test_frame_level_and_clip_models_equal_the_model_on_eval_clips(phase_run, patch_embed, reuse):
+    """Frame-level (``model=finetune_image``: a Conv2d per frame) and clip models against the network run on
+    eval.py's clips (EntryReader + causal clip indices + EvalClipTransform)."""
+    from surgvista.data.clip_augment import EvalClipTransform
+    from surgvista.data.manifest import read_manifest
+    from surgvista.data.readers import EntryReader
+    from surgvista.data.sampling import causal_clip_indices
+    from surgvista.models.classifier import VideoClassifier
+    from surgvista.streaming.model import PhaseModel
+
+    torch.manual_seed(0)
+    tubelet = 1 if patch_embed == "image" else 2
+    net = VideoClassifier(7, "tiny", img_size=32, num_frames=4, tubelet_size=tubelet, patch_embed=patch_embed,
+                          head_init_scale=1.0, fc_drop_rate=0.0).eval()  # fmt: skip
+    model = PhaseModel("clip", net, [str(k) for k in range(7)], 5.0, 4, 3, 32, ["squash", "hflip"])
+    run = run_stream(PhaseStream(model, reuse_tubelets=reuse), VideoFileSource(phase_run["video"]))
+    entry = read_manifest(phase_run["root"] / "val.jsonl").entries[0]
+    reader, transform = EntryReader("decord"), EvalClipTransform(32, ["squash", "hflip"])
+    with torch.no_grad():
+        ref = [
+            net(transform(reader.read(entry, causal_clip_indices(t, 4, 3)))).softmax(-1).mean(0).numpy()
+            for t in range(entry.num_frames)
+        ]
+    np.testing.assert_allclose(_probs(run), np.stack(ref), atol=1e-5, rtol=0)

@@ -16,7 +16,7 @@ import torch
 
 from surgvista.data.clip_augment import EvalClipTransform
 from surgvista.data.sampling import causal_clip_indices
-from surgvista.layers.vit import run_blocks
+from surgvista.layers.vit import TubeletEmbed, run_blocks
 from surgvista.models.classifier import VideoClassifier
 
 
@@ -67,7 +67,7 @@ class ClipPredictor:
         embed = self.net.patch_embed
         if not self.reuse:
             return embed(clip)
-        frame_level = not hasattr(embed, "tubelet_size")  # FrameEmbed: a Conv2d per frame
+        frame_level = not isinstance(embed, TubeletEmbed)  # FrameEmbed: a Conv2d per frame
         step = 1 if frame_level else embed.tubelet_size
         parts = []
         for k in range(0, len(ids), step):

@@ -35,13 +35,24 @@ class Prediction:
 FeatureFn = Callable[[np.ndarray], torch.Tensor]
 
 
+def tecno_features(model: PhaseModel, device: str) -> FeatureFn:
+    """The per-frame features of a TeCNO run, computed as its feature cache was (``data.extractor``)."""
+    from surgvista.streaming.tecno import FrameFeatures
+
+    settings = (model.config.get("data") or {}).get("extractor")
+    if not settings:
+        raise StreamError("the TeCNO run's config has no data.extractor: pass feature_fn (a frame -> its feature)")
+    return FrameFeatures(settings, device)
+
+
 class PhaseStream:
     """Push decoded frames (``H×W×3`` uint8, any rate) with their timestamps in seconds; every frame at the
     model's rate (``model.fps``: the manifests' rate of its training data) gets a prediction that uses only the
     frames up to it. ``source_fps`` (when known) picks the frame nearest to each sampling time, as ``eval.py``'s
     readers do (``round(i · source_fps / fps)``); otherwise the first frame at or after it.
 
-    TeCNO checkpoints need ``feature_fn`` (a frame → its feature vector, computed once per frame).
+    TeCNO checkpoints compute each frame's feature once with their run's extractor (or ``feature_fn``, a frame →
+    its feature vector) and step the incremental MS-TCN.
     ``reuse_tubelets`` caches tubelet embeddings across overlapping clips (exact, docs/streaming.md).
     """
 
@@ -64,7 +75,7 @@ class PhaseStream:
             )
         else:
             if feature_fn is None:
-                raise StreamError("a TeCNO checkpoint streams from per-frame features: pass feature_fn")
+                feature_fn = tecno_features(self.model, device)
             self.feature_fn, self.tcn = feature_fn, IncrementalMSTCN(self.model.net.to(device))
 
     def _check(self, frame: np.ndarray, timestamp: float) -> None:
