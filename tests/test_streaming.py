@@ -75,6 +75,8 @@ def test_stream_equals_eval_prediction_file(phase_run, reuse):
     np.testing.assert_array_equal([p.phase for p in run.predictions], ref["prediction"])
     np.testing.assert_allclose(_probs(run), ref["probs"], atol=1e-5, rtol=0)
     assert [p.name for p in run.predictions] == [ref["classes"][k] for k in ref["prediction"]]
+    if reuse:  # T=4, s=2, tubelet 2: after the start, the clip of t shares 1 of its 2 tubelets with that of t - 4
+        assert stream.clip.hits >= len(run.predictions) - 4 and latency_report(run, stream, "m", "cpu")["tubelet_cache"]
 
 
 class ListSource(FrameSource):

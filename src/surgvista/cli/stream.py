@@ -11,13 +11,23 @@ import importlib.util
 import logging
 from pathlib import Path
 
+import torch
+
 from surgvista.cli.common import user_errors
 from surgvista.evaluation.predictions import safe_name
 from surgvista.streaming import PhaseStream, StreamError
-from surgvista.streaming.runner import latency_report, report_table, run_stream, write_report, write_stream_csv
+from surgvista.streaming.runner import (
+    latency_report,
+    report_table,
+    run_side_by_side,
+    run_stream,
+    write_report,
+    write_stream_csv,
+)
 from surgvista.streaming.sources import FrameFolderSource, FrameSource, LiveSource, VideoFileSource
 
 OVERLAY_MODULE = "surgvista.streaming.overlay"
+LABELS = ("plain", "reuse")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,10 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default=None, help="PyAV input format of --live (e.g. v4l2)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU intra-op threads (default 1: more slows small models on shared cores)",
+    )
     p.add_argument("--realtime", action="store_true", help="drop (and log) frames when falling behind real time")
     p.add_argument("--paced", action="store_true", help="deliver a file's frames at their timestamps")
     p.add_argument("--reuse-tubelets", action="store_true", help="cache tubelet embeddings across clips (exact)")
-    p.add_argument("--compare-reuse", action="store_true", help="also run with the other reuse setting; report both")
+    p.add_argument("--compare-reuse", action="store_true", help="also time plain and reuse side by side")
     p.add_argument("--expect-frames", type=int, default=None, help="fewer sampled frames is an error")
     p.add_argument("--overlay", type=Path, default=None, help="also write an overlay mp4 (needs streaming.overlay)")
     p.add_argument("--offline", type=Path, default=None, help="eval.py's predictions folder of the same video")
@@ -91,20 +107,26 @@ def _stream_once(args, reuse: bool) -> tuple[PhaseStream, object, FrameSource, l
     return stream, run, source, targets
 
 
+def compare_reuse(args, name: str) -> list[dict]:
+    """Plain and tubelet-reusing streams fed the same frames side by side (one run); their reports."""
+    streams = {label: PhaseStream(args.checkpoint, args.device, reuse_tubelets=label == "reuse") for label in LABELS}
+    source, _ = make_source(args, streams["plain"])
+    runs = run_side_by_side(streams, source)
+    return [
+        latency_report(runs[label], streams[label], f"{name} ({label}, side by side)", args.device,
+                       reuse_tubelets=label == "reuse")
+        for label in LABELS
+    ]  # fmt: skip
+
+
 def stream_command(args) -> list[str]:
-    """Run the stream(s), write the CSV and the report; the closing lines."""
+    """Run the stream, write the CSV and the report; the closing lines."""
     name = args.name or args.checkpoint.resolve().parent.parent.name
     stream, run, source, targets = _stream_once(args, args.reuse_tubelets)
     label = "reuse" if args.reuse_tubelets else "plain"
     reports = [latency_report(run, stream, f"{name} ({label})", args.device, reuse_tubelets=args.reuse_tubelets)]
-    if args.compare_reuse:
-        other_stream, other, _, _ = _stream_once(args, not args.reuse_tubelets)
-        other_label = "plain" if args.reuse_tubelets else "reuse"
-        reports.append(
-            latency_report(
-                other, other_stream, f"{name} ({other_label})", args.device, reuse_tubelets=not args.reuse_tubelets
-            )
-        )
+    if args.compare_reuse and stream.model.family == "clip":
+        reports += compare_reuse(args, name)
     csv_path = write_stream_csv(
         args.out / "predictions" / f"{safe_name(source.name)}.csv", run.predictions, stream.label_names, targets
     )
@@ -124,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     """0 when streamed; a bad input: one ``error:`` line, exit 1; bad usage: exit 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     with user_errors():
         for line in stream_command(args):
             print(line)

@@ -55,7 +55,9 @@ class ClipPredictor:
         self.ring = FrameRing((num_frames - 1) * sampling_rate + 1)
         self.reuse = reuse_tubelets
         self.tubelets: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
-        self.count = 0
+        self.count, self.hits, self.misses = 0, 0, 0
+        # the clip of frame t shares all but one tubelet with the clip of frame t - 2s: keep the last 2s + 2 clips'
+        self.cache_size = (2 * sampling_rate + 2) * num_frames
 
     def _transform(self, frame: np.ndarray) -> torch.Tensor:
         x = self.transform(frame[None])  # (3, 1, S, S) or (V, 3, 1, S, S)
@@ -72,12 +74,14 @@ class ClipPredictor:
         parts = []
         for k in range(0, len(ids), step):
             key = tuple(ids[k : k + step])
+            self.hits += key in self.tubelets
             if key not in self.tubelets:
+                self.misses += 1
                 tub = clip[:, :, k : k + step]
                 x = embed.proj(tub[:, :, 0]) if frame_level else embed.proj(tub)
                 self.tubelets[key] = x.flatten(2).transpose(1, 2)
             parts.append(self.tubelets[key])
-        while len(self.tubelets) > 4 * self.num_frames:
+        while len(self.tubelets) > self.cache_size:
             self.tubelets.popitem(last=False)
         return torch.cat(parts, dim=1)
 

@@ -89,6 +89,9 @@ def percentiles(values: Sequence[float]) -> dict[str, float | None]:
 def latency_report(run: StreamRun, stream: PhaseStream, name: str, device: str, **extra) -> dict:
     """Per-frame compute ms, lag ms (frame timestamp → prediction), sustained fps, drops."""
     n = len(run.predictions)
+    clip = getattr(stream, "clip", None)
+    if clip is not None and clip.reuse:
+        extra["tubelet_cache"] = {"hits": clip.hits, "misses": clip.misses}
     return {
         "model": name,
         "family": stream.model.family,
@@ -148,3 +151,22 @@ def write_stream_csv(
                 w.writerow([p.frame, target, p.phase, *(f"{x:{PROB_FORMAT}}" for x in p.probs)])
 
     return atomic_write(path, write)
+
+
+def run_side_by_side(streams: dict[str, PhaseStream], source: FrameSource) -> dict[str, StreamRun]:
+    """Feed every frame of ``source`` to each stream in turn (alternating which goes first), so that timings of
+    settings compared on a shared machine see the same load; all streams must agree on the frames they sample."""
+    runs = {name: StreamRun() for name in streams}
+    order, start = list(streams), time.perf_counter()
+    for s in streams.values():
+        s.source_fps = s.source_fps or source.source_fps
+    for k, (frame, ts) in enumerate(source):
+        for name in order if k % 2 == 0 else order[::-1]:
+            arrival = time.perf_counter()
+            pred = streams[name].push(frame, ts)
+            if pred is not None:
+                runs[name].predictions.append(pred)
+                runs[name].lag_ms.append((time.perf_counter() - arrival) * 1000)
+    for run in runs.values():
+        run.wall_s = time.perf_counter() - start
+    return runs
