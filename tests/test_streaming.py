@@ -221,6 +221,13 @@ def test_a_stream_that_ends_early_is_one_error_and_writes_nothing(phase_run, cap
     assert not out.exists() or not any(out.rglob("*.csv"))
 
 
+def test_a_live_stream_cut_before_its_end_is_an_error(phase_run):
+    data = _mpegts_bytes(phase_run["video"])
+    source = LiveSource(io.BytesIO(data[: len(data) // 2]), format="mpegts", name="pipe")
+    with pytest.raises(StreamError, match="pipe: the stream ended early after [0-9]+ of 14 frames"):
+        run_stream(PhaseStream(phase_run["ckpt"]), source, expected_frames=14)
+
+
 def test_a_corrupt_frame_is_one_error_and_writes_nothing(phase_run, capsys):
     folder = phase_run["tmp"] / "frames"
     folder.mkdir()
