@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
 # A bad input prints one `error: ...` line; run with HYDRA_FULL_ERROR=1 for the full traceback.
 
-.PHONY: install demo demo-tecno benchmark-demo ablation-demo test test-fast lint format demo-data prepare bench-data bench bench-gpu gpu-check clean clean-logs
+.PHONY: install demo demo-tecno stream-demo benchmark-demo ablation-demo test test-fast lint format demo-data prepare bench-data bench bench-gpu gpu-check clean clean-logs
 
 install: $(STAMP)
 
@@ -37,6 +37,22 @@ demo: install  ## pre-train a tiny student on the demo dataset, fine-tune it on 
 	$(PY) -m surgvista.pretrain_probe '$(DEMO_OUT)/pretrain' $(DEMO_PROBE_ARGS)
 	ln -sfn '$(DEMO_RUN)' '$(DEMO_DIR)/latest'
 	@echo "demo run: $(DEMO_OUT) (also $(DEMO_DIR)/latest)"
+
+# `make stream-demo` fine-tunes the demo phase model into STREAM_DEMO_DIR/finetune and evaluates it into
+# STREAM_DEMO_DIR/eval once (both skipped when present), then streams the first test video with it.
+STREAM_DEMO_DIR ?= $(or $(SURGVISTA_LOG_DIR),$(CURDIR)/logs)/stream_demo
+STREAM_DEMO_CKPT = $(STREAM_DEMO_DIR)/finetune/checkpoints/last.ckpt
+STREAM_DEMO_MANIFEST ?= $(or $(SURGVISTA_DATA_DIR),$(CURDIR)/data)/demo/val.jsonl
+STREAM_DEMO_ARGS ?=#   extra options of surgvista-stream (e.g. --realtime --paced)
+
+stream-demo: install  ## stream a demo test video with the demo's fine-tuned model: latency table, overlay, stream/offline CSVs (CPU)
+	test -f '$(STREAM_DEMO_CKPT)' || $(PY) train.py experiment=demo_phase test=false \
+		hydra.run.dir='$(STREAM_DEMO_DIR)/finetune' $(DEMO_ARGS)
+	test -d '$(STREAM_DEMO_DIR)/eval/test/predictions' || $(PY) eval.py experiment=demo_phase \
+		hydra.run.dir='$(STREAM_DEMO_DIR)/eval' ckpt_path='$(STREAM_DEMO_CKPT)' $(DEMO_ARGS)
+	$(PY) -m surgvista.stream '$(STREAM_DEMO_CKPT)' --manifest '$(STREAM_DEMO_MANIFEST)' \
+		--out '$(STREAM_DEMO_DIR)/stream' --compare-reuse --overlay '$(STREAM_DEMO_DIR)/stream/overlay.mp4' \
+		--offline '$(STREAM_DEMO_DIR)/eval/test/predictions' $(STREAM_DEMO_ARGS)
 
 demo-tecno: install  ## TeCNO (cached features + causal MS-TCN) on the embedded demo dataset (CPU, about a minute)
 	$(PY) train.py experiment=demo_tecno

@@ -24,7 +24,8 @@ FORBIDDEN = {
     "strategies": {"data", "features", "modules", "callbacks", "evaluation", "run"},
     "evaluation": {"modules", "run", "features"},
     "modules": {"run", "strategies"},
-    "streaming": {"modules", "run", "cli", "callbacks", "strategies"},
+    # online phase recognition: plain nn.Modules and the data's transforms, never the Lightning side
+    "streaming": {"modules", "run", "cli", "callbacks", "strategies", "stages"},
 }
 MODELS_FROM_CHECKPOINTS = "surgvista.models.presets"  # export reads the named presets (plain data, no torch)
 ONLY_ALLOWED = {"utils": {"utils"}, "metrics": {"metrics", "utils"}}  # part -> the only parts it may import
