@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -184,10 +185,13 @@ def test_stream_csv_is_scored_by_surgvista_score(phase_run, capsys):
     out = phase_run["tmp"] / "cli"
     manifest = phase_run["root"] / "val.jsonl"
     code = stream_main([str(phase_run["ckpt"]), "--manifest", str(manifest), "--out", str(out),
-                        "--offline", str(phase_run["offline"])])  # fmt: skip
+                        "--offline", str(phase_run["offline"]), "--overlay", str(out / "overlay.mp4")])  # fmt: skip
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     csv_path = out / "predictions" / "video03.csv"
+    assert f"overlay: {out / 'overlay.mp4'}" in lines
+    with av.open(str(out / "overlay.mp4")) as video:  # one overlay frame per streamed prediction
+        assert sum(1 for _ in video.decode(video=0)) == len(read_prediction_file(csv_path)["target"])
     assert lines[-2:] == [f"stream: {csv_path}", f"offline: {phase_run['offline'] / 'video03.csv'}"]
     assert "| ms p50 |" in "\n".join(lines) and (out / "latency.json").is_file()
     ours, theirs = read_prediction_file(csv_path), read_prediction_file(phase_run["offline"] / "video03.csv")

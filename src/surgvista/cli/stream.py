@@ -7,7 +7,6 @@ the latency table and ends with ``stream: <csv>`` (and ``offline: <csv>`` with `
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from surgvista.cli.common import user_errors
 from surgvista.evaluation.predictions import safe_name
 from surgvista.streaming import PhaseStream, StreamError
+from surgvista.streaming.overlay import write_overlay
 from surgvista.streaming.runner import (
     latency_report,
     report_table,
@@ -26,7 +26,6 @@ from surgvista.streaming.runner import (
 )
 from surgvista.streaming.sources import FrameFolderSource, FrameSource, LiveSource, VideoFileSource
 
-OVERLAY_MODULE = "surgvista.streaming.overlay"
 LABELS = ("plain", "reuse")
 
 
@@ -54,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse-tubelets", action="store_true", help="cache tubelet embeddings across clips (exact)")
     p.add_argument("--compare-reuse", action="store_true", help="also time plain and reuse side by side")
     p.add_argument("--expect-frames", type=int, default=None, help="fewer sampled frames is an error")
-    p.add_argument("--overlay", type=Path, default=None, help="also write an overlay mp4 (needs streaming.overlay)")
+    p.add_argument("--overlay", type=Path, default=None, help="an overlay mp4 (phase, confidence, past phases)")
     p.add_argument("--offline", type=Path, default=None, help="eval.py's predictions folder of the same video")
     p.add_argument("--name", default=None, help="model name in the report (default: the checkpoint's run folder)")
     return p
@@ -89,13 +88,11 @@ def make_source(args, stream: PhaseStream) -> tuple[FrameSource, list | None]:
 
 
 def _write_overlay(args, run, stream: PhaseStream) -> None:
-    if importlib.util.find_spec(OVERLAY_MODULE) is None:
-        print(f"overlay: skipped ({OVERLAY_MODULE} is not installed in this version)")
-        return
-    from surgvista.streaming.overlay import write_overlay
-
+    """The overlay mp4 of the predicted frames (a frame dropped in real-time mode has no prediction to show)."""
     rows = [{"frame": p.frame, "phase": p.phase, "probs": p.probs} for p in run.predictions]
-    path = write_overlay(run.frames, rows, stream.label_names, args.overlay, stream.fps)
+    predicted = {row["frame"] for row in rows}
+    frames = [frame for i, frame in enumerate(run.frames) if i in predicted]
+    path = write_overlay(frames, rows, stream.label_names, args.overlay, stream.fps)
     print(f"overlay: {path}")
 
 
