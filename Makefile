@@ -51,7 +51,7 @@ stream-demo: install  ## stream a demo test video with the demo's fine-tuned mod
 	test -d '$(STREAM_DEMO_DIR)/eval/test/predictions' || $(PY) eval.py experiment=demo_phase \
 		hydra.run.dir='$(STREAM_DEMO_DIR)/eval' ckpt_path='$(STREAM_DEMO_CKPT)' $(DEMO_ARGS)
 	$(PY) -m surgvista.stream '$(STREAM_DEMO_CKPT)' --manifest '$(STREAM_DEMO_MANIFEST)' \
-		--out '$(STREAM_DEMO_DIR)/stream' --compare-reuse --overlay '$(STREAM_DEMO_DIR)/stream/overlay.mp4' \
+		--out '$(STREAM_DEMO_DIR)/stream' --compare-reuse --onnx --overlay '$(STREAM_DEMO_DIR)/stream/overlay.mp4' \
 		--offline '$(STREAM_DEMO_DIR)/eval/test/predictions' $(STREAM_DEMO_ARGS)
 
 demo-tecno: install  ## TeCNO (cached features + causal MS-TCN) on the embedded demo dataset (CPU, about a minute)

@@ -4,6 +4,7 @@ causal, incremental MS-TCN equal to the full one, logged drops, CSVs that surgvi
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import threading
@@ -296,6 +297,25 @@ def test_tecno_stream_equals_the_full_mstcn_on_the_cached_features(phase_run, te
     assert [p.frame for p in run.predictions] == list(cached["frames"])
     np.testing.assert_array_equal([p.phase for p in run.predictions], full.argmax(1))
     np.testing.assert_allclose(_probs(run), full, atol=1e-5, rtol=0)
+    onnx = run_stream(PhaseStream(tecno_run["ckpt"], onnx=phase_run["tmp"] / "tecno_step.onnx"),
+                      VideoFileSource(phase_run["video"]))  # fmt: skip
+    np.testing.assert_allclose(_probs(onnx), full, atol=1e-4, rtol=0)  # the exported MS-TCN step in onnxruntime
+
+
+def test_onnx_stream_is_timed_beside_pytorch_and_agrees(phase_run, capsys):
+    from surgvista.cli.stream import main as stream_main
+
+    out = phase_run["tmp"] / "onnx_cli"
+    assert stream_main([str(phase_run["ckpt"]), "--video", str(phase_run["video"]), "--out", str(out), "--onnx"]) == 0
+    reports = json.loads((out / "latency.json").read_text())
+    reports = reports["reports"] if isinstance(reports, dict) else reports
+    names = [r["model"] for r in reports]
+    assert any("onnxruntime, side by side" in n for n in names) and any("pytorch, side by side" in n for n in names)
+    onnx = next(r for r in reports if "onnxruntime" in r["model"])
+    assert onnx["max_prob_diff_vs_pytorch"] <= 1e-4 and (out / "model.onnx").is_file()
+    assert "onnxruntime" in capsys.readouterr().out  # in the printed latency table
+    with pytest.raises(StreamError, match="cannot reuse tubelets"):
+        PhaseStream(phase_run["ckpt"], onnx=out / "other.onnx", reuse_tubelets=True)
 
 
 @pytest.mark.parametrize("patch_embed,reuse", [("image", False), ("image", True), ("video", True)])

@@ -10,6 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from surgvista.cli.common import user_errors
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true", help="drop (and log) frames when falling behind real time")
     p.add_argument("--paced", action="store_true", help="deliver a file's frames at their timestamps")
     p.add_argument("--reuse-tubelets", action="store_true", help="cache tubelet embeddings across clips (exact)")
+    p.add_argument("--onnx", action="store_true", help="also export <out>/model.onnx and time onnxruntime side by side")
     p.add_argument("--compare-reuse", action="store_true", help="also time plain and reuse side by side")
     p.add_argument("--expect-frames", type=int, default=None, help="fewer sampled frames is an error")
     p.add_argument("--overlay", type=Path, default=None, help="an overlay mp4 (phase, confidence, past phases)")
@@ -116,6 +118,22 @@ def compare_reuse(args, name: str) -> list[dict]:
     ]  # fmt: skip
 
 
+def compare_onnx(args, name: str) -> list[dict]:
+    """PyTorch and the exported model in onnxruntime fed the same frames side by side; their reports, the second
+    with the largest probability difference from PyTorch."""
+    streams = {
+        "pytorch": PhaseStream(args.checkpoint, args.device),
+        "onnxruntime": PhaseStream(args.checkpoint, "cpu", onnx=args.out / "model.onnx"),
+    }
+    source, _ = make_source(args, streams["pytorch"])
+    runs = run_side_by_side(streams, source)
+    devices = {"pytorch": args.device, "onnxruntime": "cpu"}
+    reports = [latency_report(runs[k], streams[k], f"{name} ({k}, side by side)", devices[k]) for k in streams]
+    pairs = zip(runs["pytorch"].predictions, runs["onnxruntime"].predictions)
+    reports[1]["max_prob_diff_vs_pytorch"] = max(float(np.abs(a.probs - b.probs).max()) for a, b in pairs)
+    return reports
+
+
 def stream_command(args) -> list[str]:
     """Run the stream, write the CSV and the report; the closing lines."""
     name = args.name or args.checkpoint.resolve().parent.parent.name
@@ -124,6 +142,8 @@ def stream_command(args) -> list[str]:
     reports = [latency_report(run, stream, f"{name} ({label})", args.device, reuse_tubelets=args.reuse_tubelets)]
     if args.compare_reuse and stream.model.family == "clip":
         reports += compare_reuse(args, name)
+    if args.onnx:
+        reports += compare_onnx(args, name)
     csv_path = write_stream_csv(
         args.out / "predictions" / f"{safe_name(source.name)}.csv", run.predictions, stream.label_names, targets
     )

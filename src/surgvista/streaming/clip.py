@@ -10,6 +10,7 @@ after the embedding, and a tubelet of the same frames gives the same tokens in e
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -49,8 +50,10 @@ class ClipPredictor:
         views: list[str],
         reuse_tubelets: bool = False,
         device: str = "cpu",
+        onnx: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.net, self.num_frames, self.rate, self.device = net.to(device).eval(), num_frames, sampling_rate, device
+        self.onnx = onnx  # an exported clip model (streaming.onnx.OnnxSession) run instead of the network
         self.transform = EvalClipTransform(input_size, views)
         self.ring = FrameRing((num_frames - 1) * sampling_rate + 1)
         self.reuse = reuse_tubelets
@@ -96,6 +99,9 @@ class ClipPredictor:
             return None
         ids = causal_clip_indices(index, self.num_frames, self.rate)
         clip = self.ring.clip(ids)
+        if self.onnx is not None:
+            logits = torch.cat([torch.from_numpy(self.onnx(view[None].cpu().numpy())) for view in clip])
+            return logits.float().softmax(-1).mean(0).numpy()
         x = self._embed(clip, ids)
         if self.net.pos_embed is not None:
             x = x + self.net.pos_embed.type_as(x)

@@ -177,3 +177,7 @@ class OnnxMSTCNStream:
         """The logits at the new frame, given its feature."""
         logits, self.state = self.session(np.asarray(feature, np.float32).reshape(1, -1), self.state)
         return logits[0]
+
+    def step(self, feature: torch.Tensor) -> torch.Tensor:
+        """:meth:`push` of a torch feature ``(D,)`` (the interface of ``streaming.mstcn.MSTCNStream``)."""
+        return torch.from_numpy(self.push(feature.detach().cpu().numpy()))

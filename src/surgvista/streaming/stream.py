@@ -63,20 +63,22 @@ class PhaseStream:
         source_fps: float | None = None,
         reuse_tubelets: bool = False,
         feature_fn: FeatureFn | None = None,
+        onnx: str | Path | None = None,
     ) -> None:
         self.model = checkpoint if isinstance(checkpoint, PhaseModel) else load_phase_model(checkpoint)
         self.device, self.source_fps = device, source_fps
         self.fps, self.label_names = self.model.fps, self.model.label_names
         self.next_index, self.last_timestamp, self.shape = 0, -float("inf"), None
+        session = onnx_model(self.model, onnx, reuse_tubelets) if onnx is not None else None
         if self.model.family == "clip":
             m = self.model
             self.clip = ClipPredictor(
-                m.net, m.num_frames, m.sampling_rate, m.input_size, m.eval_views, reuse_tubelets, device
+                m.net, m.num_frames, m.sampling_rate, m.input_size, m.eval_views, reuse_tubelets, device, session
             )
         else:
             if feature_fn is None:
                 feature_fn = tecno_features(self.model, device)
-            self.feature_fn, self.tcn = feature_fn, MSTCNStream(self.model.net.to(device))
+            self.feature_fn, self.tcn = feature_fn, session or MSTCNStream(self.model.net.to(device))
 
     def _check(self, frame: np.ndarray, timestamp: float) -> None:
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
@@ -114,3 +116,16 @@ class PhaseStream:
         feature = torch.as_tensor(self.feature_fn(frame), dtype=torch.float32, device=self.device).reshape(-1)
         logits = self.tcn.step(feature)
         return logits.float().softmax(-1).cpu().numpy() if predict else None
+
+
+def onnx_model(model: PhaseModel, path: str | Path, reuse_tubelets: bool = False):
+    """The online part of ``model`` exported to ``path`` (opset 18) and opened with onnxruntime: the clip classifier
+    (an :class:`~surgvista.streaming.onnx.OnnxSession`), or TeCNO's MS-TCN step (its state kept between frames)."""
+    from surgvista.streaming.onnx import OnnxMSTCNStream, OnnxSession, export_clip_model, export_mstcn_step
+
+    if reuse_tubelets:
+        raise StreamError("--onnx runs the exported clip model whole: it cannot reuse tubelets (drop one option)")
+    if model.family == "clip":
+        shape = (1, 3, model.num_frames, model.input_size, model.input_size)
+        return OnnxSession(export_clip_model(model.net.eval(), path, shape))
+    return OnnxMSTCNStream(export_mstcn_step(model.net, path))
