@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_dir, initialize_config_module
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -43,7 +43,12 @@ def compose_stage(overrides: Sequence[str], run_dir: Path) -> DictConfig:
     """The ``train`` config of ``overrides`` with its outputs in ``run_dir`` (as ``hydra.run.dir`` would)."""
     set_project_root()
     paths = [f"paths.output_dir={run_dir}", f"paths.work_dir={run_dir}"]
-    with initialize_config_dir(config_dir=str(Path(primary_config_path()).resolve()), version_base="1.3"):
+    primary = primary_config_path()
+    if primary.startswith("pkg://"):  # an installed wheel: the configs shipped in the package
+        context = initialize_config_module(config_module=primary.removeprefix("pkg://"), version_base="1.3")
+    else:
+        context = initialize_config_dir(config_dir=str(Path(primary).resolve()), version_base="1.3")
+    with context:
         return compose("train", overrides=[*overrides, *paths])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from importlib import resources
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +29,9 @@ from surgvista.utils.io import atomic_write_text
 
 def load_ablation_config(config: str, edits: list[str]) -> DictConfig:
     """``conf/ablation/<config>.yaml`` (or a YAML path) with the ``key=value`` edits merged in."""
-    path = Path(config) if config.endswith(".yaml") else Path(primary_config_path()) / "ablation" / f"{config}.yaml"
+    primary = primary_config_path()
+    root = resources.files(primary.removeprefix("pkg://")) if primary.startswith("pkg://") else Path(primary)
+    path = Path(config) if config.endswith(".yaml") else Path(str(root / "ablation" / f"{config}.yaml"))
     if not path.is_file():
         raise ConfigError(f"--config {config}: no ablation config {path}")
     cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(edits))
