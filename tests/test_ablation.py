@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, exit_status
 from omegaconf import OmegaConf
 
 from surgvista.cli import ablation as cli
@@ -134,6 +134,9 @@ def test_reduced_ablation_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, monkey
     again = {p: p.stat().st_mtime_ns for p in (tmp_path / "abl").rglob("stage.json")}
     changed = [p.relative_to(tmp_path / "abl").as_posix() for p in again if again[p] != stamps.get(p)]
     assert changed == ["knn/surgvista/seed0/stage.json"]
+    other = [a.replace("probe=attentive,trainer.max_epochs=2", "probe=attentive,trainer.max_epochs=3") for a in argv]
+    assert exit_status(cli.main, other) == 1  # another recipe in the same folder: one error line, no silent reuse
+    assert "ran with other settings" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

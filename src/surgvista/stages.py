@@ -69,6 +69,10 @@ def run_stage(stage: Stage, root: Path) -> dict:
     run_dir = root / stage.name
     record = stage_record(run_dir)
     if record is not None:
+        if record.get("overrides") != list(stage.overrides):  # another recipe: never reuse its result silently
+            changed = sorted(set(stage.overrides) ^ set(record.get("overrides") or []))
+            raise ConfigError(f"{run_dir / DONE}: this stage ran with other settings ({changed[:4]}); choose another "
+                              "output folder (--out) for another recipe")
         return {**record, "reused": True}
     cfg = compose_stage(stage.overrides, run_dir)
     wall, cpu = time.perf_counter(), cpu_seconds()
