@@ -381,7 +381,7 @@ def test_every_documented_choice_is_accepted():
         if rule is not None:
             assert all(rule.accepts(v) for v in docs), f"{key}: config check refuses one of {docs}: {rule.choices}"
     # the walk reads what it should (a parser that finds nothing would pass vacuously)
-    assert found["data.backend"] == {"decord", "pyav", "torchcodec", "torchcodec-cuda"}
+    assert found["data.backend"] == {"decord", "pyav", "torchcodec", "torchcodec-cuda", "memory"}
     assert found["model.masking.kind"] == {"tube", "random"} and found["model.ckpt_part"] == {"target", "student"}
     assert found["model.student.attn_backend"] == {"sdpa", "flash_attn", "eager"}
     assert 0.5 in found["model.decoder_mask_ratio"] and found["data.on_bad_video"] == {"error", "skip"}
@@ -396,7 +396,7 @@ def test_config_rules_list_the_validators_choices():
             assert not refused, f"{key}: the config check refuses {sorted(refused)}"
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav", "torchcodec", "torchcodec-cuda"])
+@pytest.mark.parametrize("backend", ["decord", "pyav", "torchcodec", "torchcodec-cuda", "memory"])
 def test_documented_backends_pass_the_config_check(backend, tmp_path):
     cfg = compose("demo", *small_demo_data(tmp_path / "demo"), f"data.backend={backend}")
     check_config(cfg)
