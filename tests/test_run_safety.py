@@ -490,8 +490,11 @@ def test_checkpoints_and_hf_exports_follow_the_umask(tmp_path, umask):
 
 def test_run_config_is_saved_after_the_checks_with_the_composed_hydra_files(tmp_path):
     """Outside a Hydra app there are no .hydra files to write; the resolved config.yaml is written atomically."""
+    from hydra.core.hydra_config import HydraConfig
+
     from surgvista.run import hydra_files, save_run_config
 
+    HydraConfig.instance().cfg = None  # an earlier in-process test may have left a Hydra job's config behind
     cfg = compose("demo", out=tmp_path / "run")
     assert hydra_files(cfg) == {}
     save_run_config(cfg, tmp_path / "run", {"overrides.yaml": "- experiment=demo\n"})
