@@ -73,12 +73,14 @@ ABLATION_ARGS ?=#
 ablation-demo: install  ## objectives x 3 seeds on the proxy: frozen + few-video fine-tuning, table with CIs (CPU)
 	$(PY) -m surgvista.ablation --config proxy --out '$(ABLATION_DIR)' $(ABLATION_ARGS)
 
+# Test files are spread over TEST_WORKERS pytest-xdist processes (each test uses one OpenMP thread); 0: one process.
+TEST_WORKERS ?= 2
 test: install  ## ruff, then the whole suite (slow tests included)
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: install
 	$(PY) -m ruff check .

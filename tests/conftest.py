@@ -14,6 +14,13 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_ddp_port(monkeypatch):
+    """An in-process Lightning DDP fit leaves ``MASTER_PORT`` in this process's environment: the runs a later test
+    starts would all inherit that one port (two at once: EADDRINUSE), so each test starts without it."""
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """The small demo dataset, generated once per session."""

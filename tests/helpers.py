@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -70,9 +71,26 @@ def exit_status(main: Callable[[list[str]], int], argv: list[str]) -> int:
         return e.code
 
 
-def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True, timeout: int = 600):
-    """Run ``python <script> args`` like a user would; return the CompletedProcess (output captured)."""
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports of this host, held together while chosen (runs started side by side)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_script(
+    script: str, *args: str, cwd: Path = ROOT, check: bool = True, timeout: int = 600, port: int | None = None
+):  # fmt: skip
+    """Run ``python <script> args`` like a user would; return the CompletedProcess (output captured). ``port``: its
+    DDP rendezvous port (runs started side by side need one each; conftest removes an inherited ``MASTER_PORT``)."""
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
+    if port is not None:
+        env["MASTER_PORT"] = str(port)
     proc = subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=cwd,

@@ -3,12 +3,13 @@ configs, and each pre-training objective training a few steps with a finite, dec
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compose
+from helpers import compose, free_ports
 from hydra.utils import instantiate
 
 from surgvista.layers.masking import MaskGenerator
@@ -136,7 +137,7 @@ def test_each_objective_trains_with_a_finite_decreasing_loss(name, tmp_path):
     assert losses[-1] < losses[0], f"{name}: {losses}"
 
 
-def target_after_three_steps(trainer: str, out, demo_root) -> dict[str, torch.Tensor]:
+def target_after_three_steps(trainer: str, out, demo_root, port: int | None = None) -> dict[str, torch.Tensor]:
     from helpers import run_script, small_demo_data
 
     run_script(
@@ -144,7 +145,7 @@ def target_after_three_steps(trainer: str, out, demo_root) -> dict[str, torch.Te
         *small_demo_data(demo_root), "data.batch_size=2", "data.num_workers=0", "trainer.max_epochs=1",
         "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "callbacks.probe_monitor=null",
         "callbacks.rich_progress_bar=null", "model.student.drop_path_rate=0", "logger=csv", "print_config=false",
-        f"hydra.run.dir={out}",
+        f"hydra.run.dir={out}", port=port,
     )
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     return {k: v for k, v in state.items() if k.startswith(("latent.target.", "student."))}
@@ -153,8 +154,10 @@ def target_after_three_steps(trainer: str, out, demo_root) -> dict[str, torch.Te
 @pytest.mark.slow
 def test_ema_target_is_the_same_under_ddp_and_fsdp2(demo_root, tmp_path):
     """Two ranks with DDP and with FSDP2 (sharded EMA update on the local shards, no gather) end equal."""
-    ddp = target_after_three_steps("ddp_sim", tmp_path / "ddp", demo_root)
-    fsdp2 = target_after_three_steps("fsdp2_cpu", tmp_path / "fsdp2", demo_root)
+    trainers, ports = ("ddp_sim", "fsdp2_cpu"), free_ports(2)  # side by side on the 2-core CI, a port each
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(target_after_three_steps, t, tmp_path / t, demo_root, p) for t, p in zip(trainers, ports)]
+    ddp, fsdp2 = (run.result() for run in runs)
     assert ddp.keys() == fsdp2.keys() and any(k.startswith("latent.target.") for k in ddp)
     for name, value in ddp.items():
         torch.testing.assert_close(fsdp2[name], value, atol=2e-5, rtol=1e-4, msg=name)

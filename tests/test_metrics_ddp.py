@@ -4,12 +4,12 @@ included) and ``compute()`` equals the 1-process result exactly."""
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_ports
 
 from surgvista.metrics import ClipMetrics, PhaseMetrics, TripletMetrics
 
@@ -78,9 +78,7 @@ def same(a, b) -> bool:
 
 
 def test_two_gloo_processes_equal_one(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    (port,) = free_ports(1)
     path = str(tmp_path / "rank0.pt")
     mp.spawn(worker, args=(port, path), nprocs=WORLD, join=True)
     two = torch.load(path, weights_only=False)

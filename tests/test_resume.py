@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, small_demo_data
+from helpers import ROOT, free_ports, small_demo_data
 
 STEPS_PER_EPOCH, EVERY = 6, 2  # checkpoints at global steps 2, 4 (mid-epoch), 6, ...
 
@@ -71,20 +71,29 @@ CASES = {
 }
 
 
-def train(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def start(*args: str, log: Path, port: int) -> subprocess.Popen:
+    """``train.py args`` started in the background, its output to ``log`` and its DDP rendezvous on ``port`` (two
+    runs share the 2-core CI; an inherited ``MASTER_PORT`` would be the same for both)."""
     env = {
         **os.environ,
+        "MASTER_PORT": str(port),
         "WANDB_MODE": "offline",
         "HYDRA_FULL_ERROR": "1",
         "PYTHONWARNINGS": "ignore",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
     }
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def finish(proc: subprocess.Popen, log: Path, check: bool = True) -> int:
+    """Wait for a :func:`start`-ed run; with ``check``, its failure (and the end of its log) fails the test."""
+    code = proc.wait(timeout=600)
+    if check and code != 0:
+        raise AssertionError(f"train.py failed ({code}):\n{log.read_text()[-6000:]}")
+    return code
 
 
 def logged(run_dir: Path) -> dict[tuple[str, int], float]:
@@ -105,24 +114,27 @@ def test_run_killed_mid_epoch_resumes_exactly(case, demo_root, tmp_path):
     args = [*CASES[case], *demo_data(demo_root)]
     kill = random.choice([3, 4, 5])  # a random mid-epoch step of the first epoch, after a mid-epoch checkpoint
     ckpt_step = kill // EVERY * EVERY
-    train(*args, f"hydra.run.dir={tmp_path / 'full'}")
-
+    ports = free_ports(2)
+    full_run = start(*args, f"hydra.run.dir={tmp_path / 'full'}", log=tmp_path / "full.log", port=ports[0])
     run = tmp_path / "killed"
-    proc = train(
+    killed = start(
         *args,
         f"hydra.run.dir={run}",
         "+callbacks.kill._target_=fault_callbacks.KillAtStep",
         f"+callbacks.kill.step={kill}",
-        check=False,
-    )
-    assert proc.returncode != 0, f"the run was not killed at step {kill}"
+        log=tmp_path / "killed.log",
+        port=ports[1],
+    )  # alongside the uninterrupted run: two processes for the 2-core CI
+    assert finish(killed, tmp_path / "killed.log", check=False) != 0, f"the run was not killed at step {kill}"
+    finish(full_run, tmp_path / "full.log")
     last = run / "checkpoints" / "last.ckpt"
     meta = last / "meta.pt" if last.is_dir() else last  # a DCP checkpoint is a folder
     assert torch.load(meta, map_location="cpu", weights_only=True)["global_step"] == ckpt_step
     orphan = run / "checkpoints" / ".last.ckpt.k3x9q1.tmp"  # what a save killed half-way leaves
     orphan.write_bytes(b"partial")
 
-    train(*args, f"hydra.run.dir={run}", f"ckpt_path={last}")
+    resumed_log = tmp_path / "resumed.log"
+    finish(start(*args, f"hydra.run.dir={run}", f"ckpt_path={last}", log=resumed_log, port=ports[0]), resumed_log)
     assert not orphan.exists()
     full, resumed = logged(tmp_path / "full"), logged(run)
     expected = {k: v for k, v in full.items() if k[1] >= ckpt_step}
