@@ -18,7 +18,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from surgvista.metrics.torchmetrics_wrappers import nan_to_none
+from surgvista.metrics.table import nan_to_none
 from surgvista.utils.errors import UserError
 
 

@@ -23,8 +23,7 @@ from surgvista.metrics.phase import (
     video_phase_scores,
 )
 from surgvista.metrics.segments import edit_score, overlap_counts, segment_scores
-from surgvista.metrics.table import metrics_table
-from surgvista.metrics.torchmetrics_wrappers import ClipMetrics, PhaseMetrics, TripletMetrics, nan_to_none
+from surgvista.metrics.table import metrics_table, nan_to_none
 from surgvista.metrics.triplet import CHOLECT50, COMPONENTS, ComponentMap, triplet_scores, video_ap
 
 __all__ = [
@@ -57,3 +56,13 @@ __all__ = [
     "video_macro_scores",
     "video_phase_scores",
 ]
+_LAZY = {"ClipMetrics", "PhaseMetrics", "TripletMetrics"}  # torchmetrics: imported on first use
+
+
+def __getattr__(name: str):
+    """The torchmetrics classes on first use, so that numpy-only users (``surgvista-score``) skip its import."""
+    if name in _LAZY:
+        from surgvista.metrics import torchmetrics_wrappers
+
+        return getattr(torchmetrics_wrappers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,11 @@ from collections.abc import Mapping, Sequence
 STD_SUFFIX = "_std"
 
 
+def nan_to_none(results: dict[str, float]) -> dict[str, float | None]:
+    """JSON-friendly copy of a result dict (NaN -> None)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in results.items()}
+
+
 def _cell(value, digits: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"

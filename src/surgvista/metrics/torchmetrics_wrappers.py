@@ -7,7 +7,6 @@ evaluating, so results are identical with any number of processes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -315,8 +314,3 @@ class ClipMetrics(_KeyedMetric):
             class_names=self.class_names,
             per_class=self.per_class,
         )
-
-
-def nan_to_none(results: dict[str, float]) -> dict[str, float | None]:
-    """JSON-friendly copy of a result dict (NaN -> None)."""
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in results.items()}
