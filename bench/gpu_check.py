@@ -123,8 +123,8 @@ def env_report() -> dict:
 
 # ----------------------------------------------------------------------------------------------- step
 def step_configs(dry: bool) -> list[tuple[str, dict]]:
-    """(label, BenchConfig kwargs): ours and the reference at batch 32 and 64, ours compiled at 64. At batch 32 ours
-    is the recipe's model (pure-bf16 teacher), as in the end-to-end fits."""
+    """(label, BenchConfig kwargs): the recipe's model (pure-bf16 teacher) at batch 32 (the end-to-end fits' batch) and
+    64, the reference configuration at 64, and the recipe's model compiled at 64 (the ``model.compile`` decision)."""
     if dry:
         common = {"preset": "tiny", "steps": 2, "warmup": 1}
         return [
@@ -134,8 +134,6 @@ def step_configs(dry: bool) -> list[tuple[str, dict]]:
     common = {"preset": "base", "steps": 8, "warmup": 3}
     return [
         ("ours_bf16teacher_b32", common | {"batch": 32, "teacher_dtype": "bfloat16"}),  # the e2e fits' model
-        ("reference_b32", common | {"batch": 32, "ref": True}),
-        ("ours_b64", common | {"batch": 64}),
         ("ours_bf16teacher_b64", common | {"batch": 64, "teacher_dtype": "bfloat16"}),
         ("reference_b64", common | {"batch": 64, "ref": True}),
         ("ours_compile_b64", common | {"batch": 64, "teacher_dtype": "bfloat16", "compile": True}),  # vs the recipe
@@ -272,7 +270,7 @@ class MemoryBatches(torch.utils.data.Dataset):
         return {"video": self.batches[index % 2]}
 
 
-class _NormalizeOnDevice:
+class NormalizeOnDevice:
     @staticmethod
     def on_after_batch_transfer(batch: dict, dataloader_idx: int) -> dict:
         from surgvista.data.transforms import normalize_clip
@@ -288,7 +286,7 @@ def loaders(kind: str, data: dict, batch: int, workers: int, frames: int, size: 
 
     if kind == "ours_memory":
         ds = MemoryBatches(batch, frames, size, length=steps)
-        return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0), _NormalizeOnDevice()
+        return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0), NormalizeOnDevice()
     if kind == "reference":
         ds = ReferenceClips(data["png"], frames, size)
         return torch.utils.data.DataLoader(
@@ -386,10 +384,29 @@ class StepClock:
         }
 
 
-def e2e_fit(kind: str, data: dict, args) -> dict:
-    """A Lightning fit of ``warmup + steps`` optimiser steps; the data path and model configuration by ``kind``."""
+def timed_fit(module, loader, clock: StepClock, precision: str, steps: int, root: Path) -> None:
+    """A bare Lightning fit of ``steps`` optimiser steps timed by ``clock`` (no logger, checkpoints, progress bar or
+    sanity check; anything Lightning writes goes under ``root``)."""
     import lightning as L
 
+    trainer = L.Trainer(
+        accelerator="cuda" if torch.cuda.is_available() else "cpu",
+        devices=1,
+        precision=precision,
+        max_steps=steps,
+        logger=False,
+        default_root_dir=root,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock.callback],
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_dataloaders=loader)
+
+
+def e2e_fit(kind: str, data: dict, args) -> dict:
+    """A Lightning fit of ``warmup + steps`` optimiser steps; the data path and model configuration by ``kind``."""
     from surgvista.bench.pretrain import BenchConfig, build, reference_config
 
     ref = kind == "reference"
@@ -403,22 +420,10 @@ def e2e_fit(kind: str, data: dict, args) -> dict:
     loader, dm = loaders(kind, data, args.batch, args.workers, *shape, steps=steps)
     clock = StepClock(args.warmup)
     precision = ("16-mixed" if ref else "bf16-mixed") if device.type == "cuda" else "32"
-    trainer = L.Trainer(
-        accelerator=device.type,
-        devices=1,
-        precision=precision,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[clock.callback],
-        num_sanity_val_steps=0,
-    )
     if dm is not None:
         module.on_after_batch_transfer = dm.on_after_batch_transfer  # uint8 → normalised float on the device
     t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader)
+    timed_fit(module, loader, clock, precision, steps, args.out)
     res = clock.summary() | {
         "data_clips_per_s": rate,
         "precision": precision,
@@ -428,7 +433,7 @@ def e2e_fit(kind: str, data: dict, args) -> dict:
         "batch": args.batch,
         "workers": args.workers,
     }
-    del trainer, module, loader
+    del module, loader
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return res
@@ -465,6 +470,11 @@ def _ok(d: dict | None) -> bool:
     return isinstance(d, dict) and "error" not in d
 
 
+def _ratio(step: dict, a: str, b: str) -> float | None:
+    """clips/s of step configuration ``a`` ÷ that of ``b``, when both ran."""
+    return step[a]["clips_per_s"] / step[b]["clips_per_s"] if _ok(step.get(a)) and _ok(step.get(b)) else None
+
+
 def _same_model_step(step: dict, e2e_config: dict) -> dict | None:
     """The step benchmark of our model at the end-to-end fits' batch and teacher dtype, if it ran."""
     for v in step.values():
@@ -479,6 +489,7 @@ def summarise(out: Path, results_dir: Path) -> dict:
     """Merge the parts into the committed result JSON and a Markdown summary."""
     load = lambda n: json.loads((out / n).read_text()) if (out / n).is_file() else {}  # noqa: E731
     env, step, e2e = load("env.json"), load("step.json"), load("e2e.json")
+    objectives, stream = load("objectives.json"), load("stream.json")
     pytest_txt = (out / "pytest.txt").read_text() if (out / "pytest.txt").is_file() else ""
     tests = re.findall(r"^=* ?(\d+ (?:passed|failed|skipped|error).*) in [\d.]+s", pytest_txt, re.M)
     ours_e2e = max(
@@ -504,6 +515,8 @@ def summarise(out: Path, results_dir: Path) -> dict:
         if bare and "ours_memory" in paths
         else None,
         "mfu": best_step and best_step["mfu"],
+        "compile_speedup": _ratio(step, "ours_compile_b64", "ours_bf16teacher_b64"),
+        "step_speedup_vs_reference_b64": _ratio(step, "ours_bf16teacher_b64", "reference_b64"),
         "peak_mem_gib": {k: v["peak_memory_mb"] / 1024 for k, v in step.items() if _ok(v)},
         "step": {
             k: (
@@ -527,6 +540,8 @@ def summarise(out: Path, results_dir: Path) -> dict:
             for k, v in step.items()
         },
         "e2e": e2e,
+        "objectives": objectives,
+        "stream": stream,
         "tests": tests[-1] if tests else None,
         "env": env,
     }
@@ -545,51 +560,115 @@ def _fmt(x, spec: str = ".1f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def markdown(res: dict) -> str:
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def _step_lines(step: dict) -> list[str]:
     lines = [
-        f"# GPU check: {res['device']} ({res['date']}{', dry run' if res['dry_run'] else ''})",
-        "",
-        f"torch {res['torch']}; tests: {res['tests'] or 'not run'}",
-        "",
         "## Step benchmark (synthetic tensors, model + optimiser only)",
         "",
         "| config | clips/s | step ms | teacher ms | student ms | optim ms | peak GiB | MFU |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for k, v in res["step"].items():
+    for k, v in step.items():
         if not _ok(v):
             lines.append(f"| {k} | failed: {v.get('error', '?')[:80]} |||||||")
             continue
-        mfu = None if v["mfu"] is None else 100 * v["mfu"]
         lines.append(
             f"| {k} ({v['precision']}) | {v['clips_per_s']:.1f} | {v['step_ms']:.1f} | {v['teacher_ms']:.1f} "
             f"| {v['student_ms']:.1f} | {v['optimizer_ms']:.1f} | {v['peak_memory_mb'] / 1024:.2f} "
-            f"| {_fmt(mfu)} % |"
+            f"| {_pct(v['mfu'])} |"
         )
-    lines += [
-        "",
+    return lines
+
+
+def _e2e_lines(e2e: dict) -> list[str]:
+    lines = [
         "## End to end (Lightning fit: loader + teacher + student + optimiser)",
         "",
         "| path | clips/s | GPU idle | loader alone clips/s | precision / attention |",
         "|---|---|---|---|---|",
     ]
     for k in ("ours_jpg", "ours_mp4", "reference", "ours_memory"):
-        v = res["e2e"].get(k)
+        v = e2e.get(k)
         if v is None:
             continue
         if not _ok(v):
             lines.append(f"| {k} | failed: {v['error'][:80]} ||||")
             continue
         lines.append(
-            f"| {k} | {v['clips_per_s']:.1f} | {100 * v['gpu_idle_frac']:.1f} % | "
+            f"| {k} | {v['clips_per_s']:.1f} | {_pct(v['gpu_idle_frac'])} | "
             f"{v['data_clips_per_s']:.1f} | {v['precision']} / {v['attn']} |"
         )
-    lines += [
+    return lines
+
+
+def _objective_lines(objectives: dict) -> list[str]:
+    lines = [
+        "## Objectives side by side (Lightning fit from batches in memory; bench/objective_fit.py)",
+        "",
+        "| objective | batch | clips/s | step ms | GPU idle | GFLOP/clip | MFU | peak GiB | trainable M |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k, v in objectives.items():
+        if not isinstance(v, dict) or k == "geometry":
+            continue
+        if not _ok(v):
+            lines.append(f"| {k} | failed: {v['error'][:80]} ||||||||")
+            continue
+        lines.append(
+            f"| {k} | {v['batch']} | {v['clips_per_s']:.1f} | {v['step_ms_median']:.1f} | "
+            f"{_pct(v['gpu_idle_frac'])} | {v['gflop_per_clip']:.4g} | {_pct(v['mfu'])} | "
+            f"{_fmt(v['peak_memory_gib'], '.1f')} | {v['trainable_params_m']:.1f} |"
+        )
+    return lines
+
+
+def _stream_lines(stream: dict) -> list[str]:
+    if not stream:
+        return []
+    rows = [
+        f"| {k} | {_fmt(stream[k]['p50'], '.2f')} | {_fmt(stream[k]['p95'], '.2f')} | "
+        f"{_fmt(stream[k]['frames_per_s'])} |"
+        for k in ("plain", "reuse_tubelets")
+        if k in stream
+    ]
+    m = stream.get("model", {})
+    return [
+        f"## Streaming latency ({m.get('network')}: {m.get('num_frames')} frames, {m.get('input_size')} px, "
+        f"{m.get('precision')}; bench/stream_latency.py)",
+        "",
+        "| stream | median ms | p95 ms | frames/s |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        f"reuse ÷ plain: {_fmt(stream.get('reuse_speedup'), '.2f')}x, largest probability difference "
+        f"{_fmt(stream.get('reuse_max_abs_diff'), '.1e')}",
+    ]
+
+
+def markdown(res: dict) -> str:
+    lines = [
+        f"# GPU check: {res['device']} ({res['date']}{', dry run' if res['dry_run'] else ''})",
+        "",
+        f"torch {res['torch']}; tests: {res['tests'] or 'not run'}",
+        "",
+        *_step_lines(res["step"]),
+        "",
+        f"recipe ÷ reference configuration (b64): {_fmt(res['step_speedup_vs_reference_b64'], '.2f')}x; "
+        f"model.compile=true ÷ eager (b64): {_fmt(res['compile_speedup'], '.2f')}x",
+        "",
+        *_e2e_lines(res["e2e"]),
         "",
         f"**speedup_vs_reference (end to end): {_fmt(res['speedup_vs_reference'], '.2f')}x**",
         "",
         "Lightning fit from batches in memory ÷ bare step (same model and batch): "
         f"{_fmt(res['fit_vs_bare_step'], '.2f')}",
+        "",
+        *_objective_lines(res["objectives"]),
+        "",
+        *_stream_lines(res["stream"]),
         "",
     ]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """GPU tests (``pytest -m gpu``, run by ``make gpu-check``): they skip when CUDA is absent.
 
-bf16 fit through train.py, SDPA dispatch to fused kernels, torch.compile on CUDA, FSDP2 (DCP save + resume) and
-FSDP1 at world size 1, and a checkpoint written on the GPU loaded on the CPU.
+bf16 fit through train.py (SurgVISTA and V-JEPA), SDPA dispatch to fused kernels, torch.compile on CUDA, FSDP2 (DCP
+save + resume) and FSDP1 at world size 1, a checkpoint written on the GPU loaded on the CPU, the V-JEPA loss on CUDA
+against the CPU, and streaming phase predictions on CUDA against the CPU.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 
 import pytest
 import torch
-from helpers import run_script, small_demo_overrides
+from helpers import compose, run_script, small_demo_overrides
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -161,3 +162,62 @@ def test_linear_tubelet_embedding_on_cuda_equals_the_conv3d():
     video = torch.randn(2, 3, 16, 224, 224, device="cuda")
     conv = embed.proj(video).flatten(2).transpose(1, 2)
     assert rel_err(embed(video), conv) < 1e-3  # tf32 matmuls
+
+
+def test_vjepa_loss_on_cuda_equals_the_cpu_and_bf16_stays_close():
+    from hydra.utils import instantiate
+
+    import surgvista  # noqa: F401  (registers the configs' resolvers)
+
+    tiny = ["data.input_size=32", "data.num_frames=4", "model=vjepa_tiny", "model.student.drop_path_rate=0"]
+    cfg = compose("demo", *tiny)
+    torch.manual_seed(0)
+    module = instantiate(cfg.model)
+    video = torch.randn(2, 3, 4, 32, 32)
+
+    def latent_loss(device: str, bf16: bool = False) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            out = module.to(device)._shared_step(video.to(device), None, torch.Generator().manual_seed(0))
+        return out["loss_latent"].float().cpu()
+
+    cpu = latent_loss("cpu")
+    assert torch.isfinite(cpu) and cpu > 0
+    torch.testing.assert_close(latent_loss("cuda"), cpu, rtol=5e-3, atol=1e-5)  # tf32 matmuls at most
+    torch.testing.assert_close(latent_loss("cuda", bf16=True), cpu, rtol=5e-2, atol=1e-4)
+
+
+def test_vjepa_fit_on_gpu_in_bf16_moves_the_ema_target(demo_root, tmp_path):
+    run_script(
+        "train.py", "experiment=demo", "model=vjepa_tiny", "model.latent.momentum=0.5",
+        *small_demo_overrides(demo_root), *GPU_FIT, f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    values = losses(tmp_path)
+    assert len(values) == 3 and all(math.isfinite(v) and v > 0 for v in values)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    pairs = [(v, state[f"latent.target.{k[8:]}"]) for k, v in state.items()
+             if k.startswith("student.") and f"latent.target.{k[8:]}" in state]  # fmt: skip
+    assert pairs and all(torch.isfinite(t).all() for _, t in pairs)
+    assert max(float((s - t).abs().max()) for s, t in pairs) > 0  # the target trails the student
+
+
+def test_stream_on_cuda_equals_the_cpu_with_and_without_tubelet_reuse():
+    import copy
+
+    import numpy as np
+
+    from surgvista.models.classifier import VideoClassifier
+    from surgvista.streaming import PhaseStream
+    from surgvista.streaming.model import PhaseModel
+
+    torch.manual_seed(0)
+    net = VideoClassifier(7, preset="tiny", img_size=64, num_frames=8).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (12, 120, 160, 3), dtype=np.uint8)
+
+    def probs(device: str, reuse: bool) -> np.ndarray:
+        model = PhaseModel("clip", copy.deepcopy(net), [f"p{i}" for i in range(7)], 1.0, 8, 2, 64)
+        stream = PhaseStream(model, device=device, reuse_tubelets=reuse)
+        return np.stack([stream.push(frame, float(i)).probs for i, frame in enumerate(frames)])
+
+    cpu = probs("cpu", False)
+    np.testing.assert_allclose(probs("cuda", False), cpu, atol=1e-4)
+    np.testing.assert_allclose(probs("cuda", True), cpu, atol=1e-4)

@@ -57,6 +57,11 @@ PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 DEVICE_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
 
 
+def device_peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU named ``device_name`` (e.g. "NVIDIA H100 80GB HBM3"); ``None`` if unknown."""
+    return next((v for k, v in DEVICE_PEAK_TFLOPS.items() if k in device_name), None)
+
+
 @dataclass
 class BenchConfig:
     preset: str = "tiny"
@@ -315,7 +320,7 @@ class Runner:
             mem, kind = torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
             name = torch.cuda.get_device_name(device)
             if peak is None:
-                peak = next((v for k, v in DEVICE_PEAK_TFLOPS.items() if k in name), None)
+                peak = device_peak_tflops(name)
         else:
             mem, kind = self.peak_rss, "peak RSS of the process, sampled per step"
             threads = torch.get_num_threads()
