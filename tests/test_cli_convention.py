@@ -5,6 +5,8 @@ Each command's ``main`` runs in-process."""
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,23 @@ def test_bad_usage_is_the_usage_text_and_exit_2(name, cli_env, capsys):
 def test_help_exits_0(name, capsys):
     code, out, _ = run(name, ["--help"], Path("."), capsys)
     assert code == 0 and out.startswith("usage: surgvista-")
+
+
+# Commands whose --help must not wait for Lightning or torchmetrics (seconds to import): they load them after parsing.
+LIGHT_HELP = ["ablation", "pretrain_probe", "score", "leaderboard", "label_efficiency", "prepare", "demo_data"]
+
+
+def test_help_loads_neither_lightning_nor_torchmetrics():
+    code = (
+        "import contextlib, io, sys\n"
+        f"for name in {LIGHT_HELP!r}:\n"
+        "    main = __import__(f'surgvista.cli.{name}', fromlist=['main']).main\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(['--help'])\n"
+        "print(sorted(m for m in ('lightning', 'torchmetrics', 'timm') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_full_error_shows_the_traceback(cli_env, monkeypatch):

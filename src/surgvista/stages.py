@@ -21,7 +21,6 @@ from hydra import compose, initialize_config_dir, initialize_config_module
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from surgvista.run import PREEMPTED, train
 from surgvista.utils.config_dirs import primary_config_path, set_project_root
 from surgvista.utils.errors import ConfigError
 from surgvista.utils.io import atomic_write_text
@@ -74,6 +73,8 @@ def run_stage(stage: Stage, root: Path) -> dict:
             raise ConfigError(f"{run_dir / DONE}: this stage ran with other settings ({changed[:4]}); choose another "
                               "output folder (--out) for another recipe")
         return {**record, "reused": True}
+    from surgvista.run import PREEMPTED, train  # Lightning (seconds to import) only when a stage runs
+
     cfg = compose_stage(stage.overrides, run_dir)
     wall, cpu = time.perf_counter(), cpu_seconds()
     metrics = train(cfg)
