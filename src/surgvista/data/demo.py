@@ -24,6 +24,7 @@ from tqdm import tqdm
 from surgvista.data.annotations import CHOLEC80_PHASES, read_phase_file, write_phase_file
 from surgvista.data.manifest import ManifestError, VideoEntry, read_manifest, write_manifest
 from surgvista.data.proxy import PROXY_VERSION, segment_distance, write_proxy_video
+from surgvista.data.video_writer import write_h264
 from surgvista.utils.io import atomic_write_text
 
 GENERATOR_VERSION = 1
@@ -128,23 +129,14 @@ def _phase_lengths(rng: np.random.Generator, total: int) -> list[int]:
 def write_demo_video(path: Path, label_path: Path, seed: int, num_frames: int, size: tuple[int, int],
                      fps: int) -> list[int]:
     """Render one seeded video to ``path`` (h264 mp4, GOP 12) and its Cholec80-format labels."""
-    import av  # only when writing: the demo data modules import this module
-
     rng = np.random.default_rng(seed)
     width, height = size
     scene = _Scene(rng, height, width)
     lengths = _phase_lengths(rng, num_frames)
     phases = [p for p, n in enumerate(lengths) for _ in range(n)]
     starts = np.cumsum([0, *lengths[:-1]])
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "23"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = 12
-        for i, p in enumerate(phases):
-            progress = (i - starts[p]) / max(1, lengths[p])
-            frame = av.VideoFrame.from_ndarray(scene.render(i / fps, p, progress), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    frames = (scene.render(i / fps, p, (i - starts[p]) / max(1, lengths[p])) for i, p in enumerate(phases))
+    write_h264(path, frames, fps, size)
     write_phase_file(label_path, phases)
     return phases
 

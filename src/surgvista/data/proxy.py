@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from surgvista.data.annotations import write_phase_file
+from surgvista.data.video_writer import write_h264
 
 PROXY_VERSION = 1
 # Per phase: the two instruments, their motion, the scene event, the organ's state.
@@ -246,17 +247,13 @@ def render_proxy_frames(seed: int, num_frames: int, size: tuple[int, int], fps: 
 def write_proxy_video(path: Path, label_path: Path, seed: int, num_frames: int, size: tuple[int, int],
                       fps: int) -> list[int]:
     """Render one seeded proxy video to ``path`` (h264 mp4, GOP 12) and its Cholec80-format labels."""
-    import av  # only when writing
+    phases: list[int] = []
 
-    width, height = size
-    phases = []
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "23"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = 12
-        for frame, p in render_proxy_frames(seed, num_frames, size, fps):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            phases.append(p)
-        container.mux(stream.encode())
+    def frames():
+        for frame, phase in render_proxy_frames(seed, num_frames, size, fps):
+            phases.append(phase)
+            yield frame
+
+    write_h264(path, frames(), fps, size)
     write_phase_file(label_path, phases)
     return phases
