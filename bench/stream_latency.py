@@ -34,22 +34,17 @@ def phase_model(dry: bool):
     from omegaconf import OmegaConf
 
     from surgvista.models.classifier import VideoClassifier
-    from surgvista.streaming.model import PhaseModel
+    from surgvista.streaming.model import clip_phase_model
 
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     small = ["data.num_frames=8", "data.input_size=64", "model.net.preset=tiny"] if dry else []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=phase_cholec80", *small])
-    net_args = OmegaConf.to_container(cfg.model.net, resolve=True)
-    net_args.pop("_target_")
+    run_cfg = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "data")}
+    net_args = {k: v for k, v in run_cfg["model"]["net"].items() if k != "_target_"}
     torch.manual_seed(0)
-    net = VideoClassifier(**net_args).eval()
-    names = [f"phase{i}" for i in range(net_args["num_classes"])]
-    data = cfg.data
-    return PhaseModel(
-        "clip", net, names, float(cfg.model.fps), data.num_frames, data.sampling_rate, data.input_size,
-        list(data.get("eval_views", ["squash"])),
-    )  # fmt: skip
+    net = VideoClassifier(**net_args)
+    return clip_phase_model(run_cfg, net, [f"phase{i}" for i in range(net_args["num_classes"])])
 
 
 def stream_latencies(model, device: str, reuse: bool, frames: list[np.ndarray], n: int) -> tuple[list, list]:

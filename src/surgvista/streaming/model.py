@@ -63,10 +63,8 @@ def _state_dict(checkpoint: Path, state: Any, prefix: str) -> dict[str, torch.Te
     return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
-def _clip_model(checkpoint: Path, state: Any, cfg: dict[str, Any], names: list[str]) -> PhaseModel:
-    net_args = {k: v for k, v in cfg["model"]["net"].items() if k != "_target_"}
-    net = VideoClassifier(**net_args)
-    net.load_state_dict(_state_dict(checkpoint, state, "net."))
+def clip_phase_model(cfg: dict[str, Any], net: VideoClassifier, names: list[str]) -> PhaseModel:
+    """The clip classifier ``net`` with the fps, clip geometry, views and backend of its run config ``cfg``."""
     data = cfg.get("data", {})
     return PhaseModel(
         family="clip",
@@ -80,6 +78,13 @@ def _clip_model(checkpoint: Path, state: Any, cfg: dict[str, Any], names: list[s
         backend=str(data.get("backend", "decord")),
         config=cfg,
     )
+
+
+def _clip_model(checkpoint: Path, state: Any, cfg: dict[str, Any], names: list[str]) -> PhaseModel:
+    net_args = {k: v for k, v in cfg["model"]["net"].items() if k != "_target_"}
+    net = VideoClassifier(**net_args)
+    net.load_state_dict(_state_dict(checkpoint, state, "net."))
+    return clip_phase_model(cfg, net, names)
 
 
 def _tecno_model(checkpoint: Path, state: Any, cfg: dict[str, Any], names: list[str]) -> PhaseModel:
