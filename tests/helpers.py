@@ -83,18 +83,24 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def run_script(
-    script: str, *args: str, cwd: Path = ROOT, check: bool = True, timeout: int = 600, port: int | None = None
-):  # fmt: skip
-    """Run ``python <script> args`` like a user would; return the CompletedProcess (output captured). ``port``: its
-    DDP rendezvous port (runs started side by side need one each; conftest removes an inherited ``MASTER_PORT``)."""
+def script_env(port: int | None = None) -> dict[str, str]:
+    """The environment of a script a test runs: offline W&B, full Hydra errors, no warnings; ``port``: its DDP
+    rendezvous port (runs started side by side need one each; conftest removes an inherited ``MASTER_PORT``)."""
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
     if port is not None:
         env["MASTER_PORT"] = str(port)
+    return env
+
+
+def run_script(
+    script: str, *args: str, cwd: Path = ROOT, check: bool = True, timeout: int = 600, port: int | None = None
+):  # fmt: skip
+    """Run ``python <script> args`` like a user would; return the CompletedProcess (output captured). ``port``: see
+    :func:`script_env`."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=cwd,
-        env=env,
+        env=script_env(port),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, free_ports, small_demo_data
+from helpers import ROOT, free_ports, script_env, small_demo_data
 
 STEPS_PER_EPOCH, EVERY = 6, 2  # checkpoints at global steps 2, 4 (mid-epoch), 6, ...
 
@@ -74,14 +74,7 @@ CASES = {
 def start(*args: str, log: Path, port: int) -> subprocess.Popen:
     """``train.py args`` started in the background, its output to ``log`` and its DDP rendezvous on ``port`` (two
     runs share the 2-core CI; an inherited ``MASTER_PORT`` would be the same for both)."""
-    env = {
-        **os.environ,
-        "MASTER_PORT": str(port),
-        "WANDB_MODE": "offline",
-        "HYDRA_FULL_ERROR": "1",
-        "PYTHONWARNINGS": "ignore",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = script_env(port) | {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     with open(log, "w") as out:
         return subprocess.Popen(
             [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
